@@ -92,3 +92,87 @@ class Aggregate(Base):
     score: Mapped[float] = mapped_column(Float, default=0.0)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     wall_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+# -- evolution (CycleQD) ----------------------------------------------------------------------------------------
+
+
+class Archive(Base):
+    """One MAP-Elites grid per task: quality = that task's score, BCs = the other tasks' scores, binned."""
+
+    __tablename__ = "archives"
+    __table_args__ = (UniqueConstraint("run_id", "task_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    task_index: Mapped[int] = mapped_column(Integer)
+    task_name: Mapped[str] = mapped_column(String(64))
+    bins: Mapped[int] = mapped_column(Integer)
+    bc_tasks: Mapped[list[str]] = mapped_column(JSON, default=list)  # the tasks whose scores are the BCs
+    bc_ranges: Mapped[list[list[float]]] = mapped_column(JSON, default=list)  # [lo, hi] per BC
+
+
+class Candidate(Base):
+    """A model the evolution made or measured: an expert, a child, the base, a merge or the final model.
+
+    `genome_hash` names its recipe on disk (none for the base); `parents`, `omegas` and `mutation` are its lineage;
+    `scores` are per-task selection scores, `test_scores` held-out ones; `insertions` says what each archive did.
+    """
+
+    __tablename__ = "candidates"
+    __table_args__ = (UniqueConstraint("run_id", "kind", "generation", "slot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # expert, child, base, merge, final
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    slot: Mapped[int] = mapped_column(Integer, default=0)
+    genome_hash: Mapped[str | None] = mapped_column(String(64))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    active_task: Mapped[int | None] = mapped_column(Integer)
+    parents: Mapped[list[int]] = mapped_column(JSON, default=list)
+    omegas: Mapped[list[float]] = mapped_column(JSON, default=list)
+    mutation: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, evaluated, inserted
+    scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    test_scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    insertions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    evaluated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Cell(Base):
+    """The elite of one archive cell. `cell` is the bin index per BC, joined by commas ("3,7")."""
+
+    __tablename__ = "cells"
+
+    archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True)
+    cell: Mapped[str] = mapped_column(String(64), primary_key=True)
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"))
+    quality: Mapped[float] = mapped_column(Float)
+    generation: Mapped[int] = mapped_column(Integer)  # when this elite took the cell
+
+
+class Generation(Base):
+    """A committed generation: its active task and the QD metrics of every archive after its insertions."""
+
+    __tablename__ = "generations"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    active_task: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # per archive: coverage, qd, best
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ServerState(Base):
+    """What each model server of an evolution holds now, and how long its last swap took."""
+
+    __tablename__ = "server_states"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"))
+    label: Mapped[str] = mapped_column(Text, default="")
+    swap_s: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
