@@ -9,11 +9,15 @@ from pathlib import Path
 
 from envs.coding import CodingTask, humaneval_path, load_coding_tasks
 from envs.db_tasks import DBTask, load_db_tasks
+from envs.episode import ENVIRONMENTS
 from envs.os_tasks import OSTask, load_os_tasks
 from envs.suite_verify import task_files
 
-ENVS = ("os", "db", "coding")
+ENVS = ENVIRONMENTS
 BUILTIN = Path(__file__).resolve().parents[1] / "envs" / "data"
+# The built-in coding suite is HumanEval, which has no splits of its own; an evolution needs disjoint selection
+# and test sets, so its problems are dealt round-robin: every 4th to dev, the next to test, the other half to train.
+HUMANEVAL_SPLITS = {"dev": (0,), "test": (1,), "train": (2, 3)}
 LOADERS = {"os": load_os_tasks, "db": load_db_tasks, "coding": load_coding_tasks}
 
 
@@ -34,7 +38,9 @@ def suite_files(env: str, suite: str, split: str) -> list[Path]:
     if suite != "builtin":
         return task_files(Path(suite))
     if env == "coding":
-        return [humaneval_path()]  # HumanEval has no splits; the coding suite is all of it
+        if split not in HUMANEVAL_SPLITS:
+            raise ValueError(f"the built-in coding suite has no split {split!r}; it has: dev, test, train")
+        return [humaneval_path()]
     folder = BUILTIN / env
     files = sorted(folder.glob(f"{split}.json*"))
     if not files:
@@ -49,12 +55,12 @@ def load_eval_tasks(envs: list[str], suite: str, split: str, limit: int | None) 
     for env in envs:
         if env not in ENVS:
             raise ValueError(f"unknown environment {env!r}; choose from {', '.join(ENVS)}")
-        # HumanEval has no splits: its episodes are labelled as what they are.
-        label = "humaneval" if env == "coding" and suite == "builtin" else split
         found = [
-            EvalTask(env, suite, label, task.task_id, task)
+            EvalTask(env, suite, split, task.task_id, task)
             for path in suite_files(env, suite, split)
             for task in LOADERS[env](path)
         ]
+        if env == "coding" and suite == "builtin":
+            found = [t for i, t in enumerate(found) if i % 4 in HUMANEVAL_SPLITS[split]]
         tasks.extend(found[:limit] if limit else found)
     return tasks

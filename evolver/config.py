@@ -1,0 +1,274 @@
+"""The evolution's YAML config, validated with errors that name the file, the field and what was expected.
+
+Defaults are the paper's setting (preset `paper`): 15 bins per BC, the 85%/115% BC-range rule, elite sampling
+with α_low 0.5 / α_high 0.8, crossover ω ~ N(1, 0.01²), SVD mutation with w_max 0.1, the active task changing
+every generation, one child per generation, 1200 generations. Relative paths are read from the config's folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from envs.episode import ENVIRONMENTS
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    # A few minutes on a CPU: enough generations to see archives fill, few episodes per score.
+    "small": {"generations": 6, "bins": 5, "eval": {"max_tokens": 128}},
+}
+
+
+class ConfigError(ValueError):
+    """The config is wrong; the message names the file, the field and what was expected."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    env: str
+    expert: str  # a checkpoint folder (absolute once loaded)
+    suite: str = "builtin"
+    selection_split: str = "dev"
+    test_split: str = "test"
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    kind: str = "elite"
+    alpha_low: float = 0.5
+    alpha_high: float = 0.8
+
+
+@dataclass(frozen=True)
+class CrossoverSpec:
+    mu: float = 1.0
+    sigma: float = 0.01
+
+
+@dataclass(frozen=True)
+class MutationSpec:
+    kind: str = "svd"
+    w_max: float = 0.1
+    std: float = 3e-4
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    concurrency: int = 4
+    max_tokens: int = 512
+    repeats: int = 1
+    rounds: int = 5
+
+
+@dataclass(frozen=True)
+class EvolveConfig:
+    base: str
+    tasks: tuple[TaskSpec, ...]
+    generations: int = 1200
+    flip_interval: int = 1
+    bins: int = 15
+    bc_ranges: dict[str, tuple[float, float]] | None = None  # None: the paper's rule from the experts' scores
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    crossover: CrossoverSpec = field(default_factory=CrossoverSpec)
+    mutation: MutationSpec = field(default_factory=MutationSpec)
+    servers: int = 1
+    mode: str = "sync"
+    seed: int = 0
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready, stored with the run so that a resume needs no config file."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> EvolveConfig:
+        return parse_config(data, "<stored run config>", Path("/"))
+
+
+def load_config(path: Path) -> EvolveConfig:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path), path.resolve().parent)
+
+
+def parse_config(data: Any, source: str, folder: Path) -> EvolveConfig:
+    reader = _Reader(source)
+    if not isinstance(data, dict):
+        reader.fail("", "a mapping at the top level", data)
+    data = dict(data)
+    preset_name = data.pop("preset", "paper")
+    if preset_name not in PRESETS:
+        reader.fail("preset", f"one of {', '.join(PRESETS)}", preset_name)
+    data = _merged(PRESETS[preset_name], data)
+    known = {f for f in EvolveConfig.__dataclass_fields__}
+    for key in data:
+        if key not in known:
+            reader.fail(key, f"a known field ({', '.join(sorted(known))})", "an unknown field")
+    tasks = reader.tasks(data.get("tasks"), folder)
+    names = [t.name for t in tasks]
+    config = EvolveConfig(
+        base=reader.checkpoint("base", data.get("base"), folder),
+        tasks=tasks,
+        generations=reader.integer("generations", data.get("generations", 1200), minimum=0),
+        flip_interval=reader.integer("flip_interval", data.get("flip_interval", 1), minimum=1),
+        bins=reader.integer("bins", data.get("bins", 15), minimum=1),
+        bc_ranges=reader.bc_ranges(data.get("bc_ranges", "paper"), names),
+        sampler=reader.sampler(data.get("sampler", {})),
+        crossover=reader.crossover(data.get("crossover", {})),
+        mutation=reader.mutation(data.get("mutation", {})),
+        servers=reader.integer("servers", data.get("servers", 1), minimum=1),
+        mode=reader.choice("mode", data.get("mode", "sync"), ("sync", "async")),
+        seed=reader.integer("seed", data.get("seed", 0), minimum=0),
+        eval=reader.eval_spec(data.get("eval", {})),
+    )
+    return config
+
+
+def _merged(preset: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(preset)
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+class _Reader:
+    """Typed reads of config fields; every failure says where and what was expected."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, name: str, expected: str, got: Any) -> None:
+        where = f"field {name!r}" if name else "top level"
+        raise ConfigError(f"{self.source}: {where}: expected {expected}, got {got!r}")
+
+    def integer(self, name: str, value: Any, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(name, f"an integer ≥ {minimum}", value)
+        return value
+
+    def number(self, name: str, value: Any, minimum: float | None = None) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(name, "a number", value)
+        if minimum is not None and value < minimum:
+            self.fail(name, f"a number ≥ {minimum}", value)
+        return float(value)
+
+    def choice(self, name: str, value: Any, options: tuple[str, ...]) -> str:
+        if value not in options:
+            self.fail(name, f"one of {', '.join(options)}", value)
+        return value
+
+    def mapping(self, name: str, value: Any, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(name, "a mapping", value)
+        for key in value:
+            if key not in allowed:
+                self.fail(f"{name}.{key}", f"one of {', '.join(sorted(allowed))}", "an unknown field")
+        return value
+
+    def checkpoint(self, name: str, value: Any, folder: Path) -> str:
+        if value == "default":
+            return "default"
+        if not isinstance(value, str) or not value:
+            self.fail(name, "a checkpoint folder or 'default'", value)
+        path = (folder / Path(value).expanduser()).resolve()
+        if not (path / "config.json").is_file():
+            self.fail(name, "a checkpoint folder with a config.json", str(path))
+        return str(path)
+
+    def tasks(self, value: Any, folder: Path) -> tuple[TaskSpec, ...]:
+        if not isinstance(value, list) or len(value) < 2:
+            self.fail("tasks", "a list of at least two tasks (one archive each, the others are its BCs)", value)
+        tasks = []
+        allowed = set(TaskSpec.__dataclass_fields__)
+        for index, item in enumerate(value):
+            where = f"tasks[{index}]"
+            item = self.mapping(where, item, allowed)
+            for required in ("name", "env", "expert"):
+                if required not in item:
+                    self.fail(f"{where}.{required}", "a value", None)
+            env = self.choice(f"{where}.env", item["env"], tuple(ENVIRONMENTS))
+            limit = item.get("limit")
+            if limit is not None:
+                self.integer(f"{where}.limit", limit, minimum=1)
+            suite = item.get("suite", "builtin")
+            if suite != "builtin":
+                suite = str((folder / Path(suite).expanduser()).resolve())
+            tasks.append(TaskSpec(
+                name=str(item["name"]), env=env, expert=self.checkpoint(f"{where}.expert", item["expert"], folder),
+                suite=suite, selection_split=str(item.get("selection_split", "dev")),
+                test_split=str(item.get("test_split", "test")), limit=limit,
+            ))  # fmt: skip
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            self.fail("tasks", "distinct task names", names)
+        return tuple(tasks)
+
+    def bc_ranges(self, value: Any, names: list[str]) -> dict[str, tuple[float, float]] | None:
+        if value == "paper" or value is None:
+            return None
+        if not isinstance(value, dict):
+            self.fail("bc_ranges", "'paper' or a mapping of task name to [lo, hi]", value)
+        ranges = {}
+        for name in names:
+            pair = value.get(name)
+            if not (isinstance(pair, list | tuple) and len(pair) == 2):
+                self.fail(f"bc_ranges.{name}", "[lo, hi] for every task", pair)
+            lo, hi = self.number(f"bc_ranges.{name}[0]", pair[0]), self.number(f"bc_ranges.{name}[1]", pair[1])
+            if not hi > lo:
+                self.fail(f"bc_ranges.{name}", "lo < hi", pair)
+            ranges[name] = (lo, hi)
+        for name in value:
+            if name not in names:
+                self.fail(f"bc_ranges.{name}", f"one of the tasks ({', '.join(names)})", "an unknown task")
+        return ranges
+
+    def sampler(self, value: Any) -> SamplerSpec:
+        value = self.mapping("sampler", value, {"kind", "alpha_low", "alpha_high"})
+        spec = SamplerSpec(
+            kind=self.choice("sampler.kind", value.get("kind", "elite"), ("elite", "uniform")),
+            alpha_low=self.number("sampler.alpha_low", value.get("alpha_low", 0.5), minimum=0.0),
+            alpha_high=self.number("sampler.alpha_high", value.get("alpha_high", 0.8), minimum=0.0),
+        )
+        if spec.alpha_low <= 0 and spec.alpha_high <= 0:
+            self.fail("sampler", "α_low or α_high above 0 (every weight would be 0)", value)
+        return spec
+
+    def crossover(self, value: Any) -> CrossoverSpec:
+        value = self.mapping("crossover", value, {"mu", "sigma"})
+        return CrossoverSpec(
+            mu=self.number("crossover.mu", value.get("mu", 1.0)),
+            sigma=self.number("crossover.sigma", value.get("sigma", 0.01), minimum=0.0),
+        )
+
+    def mutation(self, value: Any) -> MutationSpec:
+        value = self.mapping("mutation", value, {"kind", "w_max", "std"})
+        return MutationSpec(
+            kind=self.choice("mutation.kind", value.get("kind", "svd"), ("svd", "gaussian", "none")),
+            w_max=self.number("mutation.w_max", value.get("w_max", 0.1), minimum=0.0),
+            std=self.number("mutation.std", value.get("std", 3e-4), minimum=0.0),
+        )
+
+    def eval_spec(self, value: Any) -> EvalSpec:
+        value = self.mapping("eval", value, set(EvalSpec.__dataclass_fields__))
+        return EvalSpec(**{
+            name: self.integer(f"eval.{name}", value.get(name, default), minimum=1)
+            for name, default in asdict(EvalSpec()).items()
+        })  # fmt: skip

@@ -1,0 +1,140 @@
+"""Archives, elite sampling, QD metrics and the evolution config, on hand-made archives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evolver.archive import AddStatus, Elite, GridArchive, paper_bc_range
+from evolver.config import ConfigError, load_config
+from evolver.qd_metrics import qd_metrics
+from evolver.sampling import elite_weights, sample_parents
+
+TASKS = ("os", "db", "coding")
+
+
+def archive(task_index: int = 0, bins: int = 4) -> GridArchive:
+    return GridArchive(task_index, TASKS, bins, ((0.0, 1.0), (0.0, 1.0)))
+
+
+def elite(candidate_id: int, *scores: float) -> Elite:
+    return Elite(candidate_id, f"genome-{candidate_id}", tuple(scores))
+
+
+def test_cells_bin_the_other_tasks_scores_and_clamp_outside_values() -> None:
+    grid = archive(task_index=0)
+    assert grid.bc_names == ("db", "coding")
+    assert grid.cell_of((0.9, 0.0, 0.0)) == (0, 0)
+    assert grid.cell_of((0.9, 0.26, 0.74)) == (1, 2)
+    assert grid.cell_of((0.9, 1.0, -0.5)) == (3, 0)  # 1.0 and below-range values go to the end bins
+    assert grid.cell_of((0.9, 7.0, 0.5)) == (3, 2)
+
+
+def test_a_cell_is_taken_when_empty_or_by_strictly_higher_quality() -> None:
+    grid = archive()
+    first = grid.offer(elite(1, 0.5, 0.1, 0.1))
+    assert first.status is AddStatus.NEW and first.old_quality is None and first.new_quality == 0.5
+    tie = grid.offer(elite(2, 0.5, 0.15, 0.1))  # same cell, equal quality: rejected
+    assert tie.status is AddStatus.REJECTED and not tie.status
+    assert grid.elites[(0, 0)].candidate_id == 1
+    better = grid.offer(elite(3, 0.6, 0.2, 0.0))
+    assert better.status is AddStatus.IMPROVED and better.old_quality == 0.5 and better.new_quality == 0.6
+    assert grid.elites[(0, 0)].candidate_id == 3
+    assert better.as_record() == {"archive": "os", "cell": "0,0", "status": "improved", "old": 0.5, "new": 0.6}
+
+
+def test_elite_weights_follow_the_papers_formula() -> None:
+    grid = archive(task_index=1)  # quality = db; BCs = os, coding
+    elites = [elite(1, 0.2, 0.4, 0.3), elite(2, 0.6, 0.8, 0.3), elite(3, 0.4, 0.6, 0.3)]
+    weights = elite_weights(grid, elites, 0.5, 0.8)
+    # columns: quality (db) 0.4/0.8/0.6 → 0, 1, 0.5; BC os 0.2/0.6/0.4 → 0, 1, 0.5; BC coding constant → 1
+    expected = [0.5 * 0.5 * 0.8, 0.8 * 0.8 * 0.8, 0.65 * 0.65 * 0.8]
+    assert weights == pytest.approx(expected)
+
+
+def test_sampled_parents_are_distinct_and_follow_the_weights() -> None:
+    grid = archive(task_index=0, bins=2)
+    for item in (elite(1, 0.1, 0.1, 0.1), elite(2, 0.9, 0.9, 0.1), elite(3, 0.5, 0.1, 0.9)):
+        assert grid.offer(item).status is AddStatus.NEW
+    rng = np.random.default_rng(7)
+    counts = {1: 0, 2: 0, 3: 0}
+    for _ in range(4000):
+        a, b = sample_parents(grid, rng)
+        assert a.genome_hash != b.genome_hash
+        counts[a.candidate_id] += 1
+    weights = elite_weights(grid, grid.ordered_elites(), 0.5, 0.8)
+    expected = weights / weights.sum()
+    observed = np.array([counts[e.candidate_id] for e in grid.ordered_elites()]) / 4000
+    assert observed == pytest.approx(expected, abs=0.03)
+    assert expected.max() > 1.5 * expected.min()  # the test would notice uniform sampling
+
+
+def test_a_lone_elite_falls_back_to_every_archives_elites() -> None:
+    grid = archive()
+    grid.offer(elite(1, 0.3, 0.0, 0.0))
+    other = elite(2, 0.0, 0.5, 0.0)
+    a, b = sample_parents(grid, np.random.default_rng(0), fallback=[elite(1, 0.3, 0.0, 0.0), other])
+    assert {a.candidate_id, b.candidate_id} == {1, 2}
+
+
+def test_qd_metrics_and_the_papers_bc_ranges() -> None:
+    grid = archive(bins=2)
+    grid.offer(elite(1, 0.5, 0.1, 0.1))
+    grid.offer(elite(2, 0.25, 0.9, 0.9))
+    metrics = qd_metrics(grid)
+    assert (metrics.coverage, metrics.qd_score, metrics.best, metrics.elites) == (0.5, 0.75, 0.5, 2)
+    assert grid.best() is not None and grid.best().candidate_id == 1
+    assert paper_bc_range([0.2, 0.4, 0.3]) == pytest.approx((0.17, 0.46))
+    assert paper_bc_range([0.0, 0.0]) == (0.0, 1.0)
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    for name in ("base", "e1", "e2"):
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "config.json").write_text("{}")
+    path = tmp_path / "evolve.yaml"
+    path.write_text(text)
+    return path
+
+
+TWO_TASKS = """
+base: base
+tasks:
+  - {name: os, env: os, expert: e1}
+  - {name: db, env: db, expert: e2, selection_split: train}
+"""
+
+
+def test_the_default_config_is_the_papers_setting(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, TWO_TASKS))
+    assert (config.generations, config.bins, config.flip_interval, config.bc_ranges) == (1200, 15, 1, None)
+    assert (config.sampler.kind, config.sampler.alpha_low, config.sampler.alpha_high) == ("elite", 0.5, 0.8)
+    assert (config.crossover.mu, config.crossover.sigma) == (1.0, 0.01)
+    assert (config.mutation.kind, config.mutation.w_max) == ("svd", 0.1)
+    assert config.tasks[0].expert == str(tmp_path / "e1") and config.tasks[1].selection_split == "train"
+    assert type(config).from_snapshot(config.snapshot()) == config
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("bins: 0\n", "field 'bins': expected an integer ≥ 1, got 0"),
+        ("mutation: {kind: lora}\n", "field 'mutation.kind': expected one of svd, gaussian, none, got 'lora'"),
+        ("bc_ranges: {os: [0.5, 0.1], db: [0, 1]}\n", "field 'bc_ranges.os': expected lo < hi"),
+        ("mode: fast\n", "field 'mode': expected one of sync, async"),
+        ("generatons: 3\n", "field 'generatons': expected a known field"),
+    ],
+)
+def test_bad_configs_name_the_field(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match="evolve.yaml: " + message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(write_config(tmp_path, TWO_TASKS + extra))
+
+
+def test_a_missing_expert_and_a_single_task_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tasks\[1\].expert': expected a checkpoint folder with a config.json"):
+        load_config(write_config(tmp_path, TWO_TASKS.replace("expert: e2", "expert: nowhere")))
+    one = "base: base\ntasks:\n  - {name: os, env: os, expert: e1}\n"
+    with pytest.raises(ConfigError, match="a list of at least two tasks"):
+        load_config(write_config(tmp_path, one))
