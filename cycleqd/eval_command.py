@@ -110,8 +110,13 @@ def print_runs(db_path: Path, console: Console) -> None:
     table = Table("run", "kind", "status", "created", "model", "tasks")
     for run in store.list_runs():
         table.add_row(run.id, run.kind, run.status, run.created_at.strftime("%Y-%m-%d %H:%M"),
-                      str(run.config.get("model")), ",".join(run.config.get("tasks", [])))  # fmt: skip
+                      str(run.config.get("model", run.config.get("base"))), _task_names(run.config))  # fmt: skip
     console.print(table)
+
+
+def _task_names(config: dict[str, Any]) -> str:
+    # eval runs list environments; evolution runs list task specs
+    return ",".join(t["name"] if isinstance(t, dict) else str(t) for t in config.get("tasks", []))
 
 
 def show_run(db_path: Path, run_id: str, as_json: bool, console: Console, err: Console) -> int:

@@ -112,14 +112,20 @@ class Orchestrator:
                     todo.append((task, task_id, repeat))
         return todo
 
-    async def run(self, tasks: list[EvalTask]) -> None:
-        todo = self.plan(tasks)
-        async with EnvRuntime(
-            tasks, run_id=self.run_id, max_sandboxes=self.settings.max_sandboxes, os_settings=self.settings.os
-        ) as runtime:
-            async with AioPool(size=self.settings.concurrency) as pool:
-                for task, task_id, repeat in todo:
-                    await pool.spawn(self._episode(runtime, task, task_id, repeat))
+    async def run(self, tasks: list[EvalTask], runtime: EnvRuntime | None = None) -> None:
+        """Every episode still to run. An evolution passes its own `runtime`, shared by all its candidates."""
+        if runtime is None:
+            async with EnvRuntime(
+                tasks, run_id=self.run_id, max_sandboxes=self.settings.max_sandboxes, os_settings=self.settings.os
+            ) as owned:
+                await self._run_all(tasks, owned)
+        else:
+            await self._run_all(tasks, runtime)
+
+    async def _run_all(self, tasks: list[EvalTask], runtime: EnvRuntime) -> None:
+        async with AioPool(size=self.settings.concurrency) as pool:
+            for task, task_id, repeat in self.plan(tasks):
+                await pool.spawn(self._episode(runtime, task, task_id, repeat))
 
     async def _episode(self, runtime: EnvRuntime, task: EvalTask, task_id: int, repeat: int) -> None:
         started = datetime.now(UTC)

@@ -76,6 +76,11 @@ class EvolutionStore:
                 session.flush()
             return found
 
+    def find_candidate(self, kind: str, generation: int, slot: int) -> Candidate | None:
+        key = {"run_id": self.run_id, "kind": kind, "generation": generation, "slot": slot}
+        with self.store.session() as session:
+            return session.scalar(select(Candidate).filter_by(**key))
+
     def candidate(self, candidate_id: int) -> Candidate | None:
         with self.store.session() as session:
             return session.get(Candidate, candidate_id)

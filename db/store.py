@@ -162,6 +162,14 @@ class Store:
             query = select(Episode).where(Episode.run_id == run_id).order_by(Episode.id)
             return list(session.scalars(query))
 
+    def episode_scores(self, run_id: str, model_id: int, task_ids: list[int]) -> list[float | None]:
+        """Scores of a model's episodes on these tasks (None for an environment error), without transcripts."""
+        with self.session() as session:
+            query = select(Episode.score).where(
+                Episode.run_id == run_id, Episode.model_id == model_id, Episode.task_id.in_(task_ids)
+            )
+            return list(session.scalars(query))
+
     # -- aggregates --------------------------------------------------------------------------------------------
 
     def save_aggregate(self, aggregate: Aggregate) -> None:

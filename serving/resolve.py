@@ -34,8 +34,11 @@ def gpu_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def manager_for(ref: ModelRef, *, server: str = "auto", client_settings: ClientSettings | None = None) -> ServerManager:
-    """`server`: auto (vLLM on a GPU machine that has it, else transformers serve), vllm, transformers."""
+def manager_for(
+    ref: ModelRef, *, server: str = "auto", client_settings: ClientSettings | None = None, slot: int = 0
+) -> ServerManager:
+    """`server`: auto (vLLM on a GPU machine that has it, else transformers serve), vllm, transformers.
+    `slot` picks the GPU when an evolution runs one server per GPU."""
     if isinstance(ref, ExternalEndpoint):
         from serving.external import ExternalManager
 
@@ -46,7 +49,7 @@ def manager_for(ref: ModelRef, *, server: str = "auto", client_settings: ClientS
     if use_vllm:
         from serving.vllm_serve import VLLMManager
 
-        return VLLMManager(client_settings=client_settings)
+        return VLLMManager(gpu=slot, client_settings=client_settings)
     from serving.transformers_serve import TransformersServeManager
 
     return TransformersServeManager(device="cuda" if gpu_available() else "cpu", client_settings=client_settings)
