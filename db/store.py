@@ -130,6 +130,10 @@ class Store:
                 session.flush()
             return found.id
 
+    def tasks(self) -> list[Task]:
+        with self.session() as session:
+            return list(session.scalars(select(Task).order_by(Task.id)))
+
     # -- episodes ----------------------------------------------------------------------------------------------
 
     def record_episode(self, record: EpisodeRecord) -> int:

@@ -4,6 +4,7 @@ real SQLite store."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -89,6 +90,24 @@ def test_a_killed_eval_resumes_without_double_counting(default_model, tmp_path: 
     assert open_store(db).get_run(run_id).status == "completed"
     shown = subprocess.run([CYCLEQD, "show", run_id, "--db", str(db), "--json"], capture_output=True, text=True)
     assert '"episodes": 4' in shown.stdout
+    # The same eval never interrupted: greedy decoding, so the same transcripts, scores and table.
+    whole_db = tmp_path / "whole.db"
+    whole = subprocess.run([CYCLEQD, *args[:-1], str(whole_db), "--json"], capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    whole_id = json.loads(whole.stdout)["run"]
+    assert _same_scores(json.loads(resumed.stdout)["results"], json.loads(whole.stdout)["results"])
+    assert _by_task(open_store(db), run_id) == _by_task(open_store(whole_db), whole_id)
+
+
+def _by_task(store, run_id: str) -> dict:  # noqa: ANN001
+    keys = {t.id: t.task_key for t in store.tasks()}
+    return {(keys[e.task_id], e.repeat): (e.status, e.score, e.transcript) for e in store.episodes(run_id)}
+
+
+def _same_scores(a: list[dict], b: list[dict]) -> bool:
+    # wall times differ between the two runs; everything else must not
+    strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in a]
+    return strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in b]
 
 
 def test_unknown_run_and_bad_environment_are_clear(tmp_path: Path) -> None:
