@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import docker
 import pytest
@@ -72,29 +73,34 @@ def default_model():  # noqa: ANN201 - a LocalCheckpoint
     return default_checkpoint()
 
 
-@pytest.fixture(scope="session")
-def perturbed_model(default_model, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
-    """The default model with noise on every matrix: a second, genuinely different checkpoint."""
+def perturbed_checkpoint(source: Path, out: Path, seed: int, scale: float) -> Path:
+    """A copy of checkpoint `source` with Gaussian noise (`scale` × each matrix's std) on every matrix."""
     import shutil
 
     import torch
     from safetensors.torch import load_file, save_file
 
-    from serving.model_ref import validate_checkpoint
-
-    out = tmp_path_factory.mktemp("perturbed")
-    for item in default_model.path.iterdir():
+    out.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
         if item.is_file() and not item.name.startswith(".") and item.suffix != ".safetensors":
             shutil.copy(item, out / item.name)
-    generator = torch.Generator().manual_seed(0)
-    for weights in default_model.path.glob("*.safetensors"):
+    generator = torch.Generator().manual_seed(seed)
+    for weights in source.glob("*.safetensors"):
         tensors = load_file(weights)
         for name, tensor in tensors.items():
             if tensor.ndim == 2:
-                noise = torch.randn(tensor.shape, generator=generator) * tensor.float().std() * 0.5
+                noise = torch.randn(tensor.shape, generator=generator) * tensor.float().std() * scale
                 tensors[name] = (tensor.float() + noise).to(tensor.dtype)
         save_file(tensors, out / weights.name, metadata={"format": "pt"})
-    return validate_checkpoint(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def perturbed_model(default_model, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+    """The default model with noise on every matrix: a second, genuinely different checkpoint."""
+    from serving.model_ref import validate_checkpoint
+
+    return validate_checkpoint(perturbed_checkpoint(default_model.path, tmp_path_factory.mktemp("perturbed"), 0, 0.5))
 
 
 @pytest.fixture(scope="session")
