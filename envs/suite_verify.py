@@ -20,7 +20,7 @@ from typing import TypeVar
 from envs.coding import CodingEpisode, CodingTask, load_coding_tasks_leniently
 from envs.db_tasks import DBTask, load_db_tasks_leniently
 from envs.dbbench import DBBenchEpisode
-from envs.episode import Episode
+from envs.episode import Episode, Message, Outcome
 from envs.errors import EpisodeSetupError, ScriptUnavailableError, TaskFormatError
 from envs.mariadb_server import MariaDBServer
 from envs.os_checks import check_scripts_available, script_source
@@ -39,6 +39,32 @@ class TaskVerdict:
     task_id: str
     passed: bool | None  # None: not run (unavailable)
     reason: str = ""
+    transcript: list[Message] = field(default_factory=list)  # the replay as a model would have seen it
+    prompt_messages: int = 0  # the first messages are the env's prompt (one-shot turns included), not replies
+
+
+class RecordedEpisode:
+    """An episode whose messages (prompts, gold replies, observations) are kept as a chat transcript."""
+
+    def __init__(self, episode: Episode) -> None:
+        self.episode = episode
+        self.messages: list[Message] = []
+        self.prompt_messages = 0
+
+    async def begin(self) -> list[Message]:
+        self.messages = list(await self.episode.begin())
+        self.prompt_messages = len(self.messages)
+        return self.messages
+
+    async def step(self, reply: str) -> str | None:
+        self.messages.append({"role": "assistant", "content": reply})
+        observation = await self.episode.step(reply)
+        if observation is not None:
+            self.messages.append({"role": "user", "content": observation})
+        return observation
+
+    async def outcome(self) -> Outcome:
+        return await self.episode.outcome()
 
 
 @dataclass
@@ -57,7 +83,8 @@ class FileReport:
         return sum(1 for v in self.run if v.passed)
 
     def to_json(self) -> dict[str, object]:
-        return {**asdict(self), "passed": self.passed, "run": len(self.run)}
+        verdicts = [{k: v for k, v in asdict(verdict).items() if k != "transcript"} for verdict in self.verdicts]
+        return {**asdict(self), "verdicts": verdicts, "passed": self.passed, "run": len(self.run)}
 
 
 def task_files(path: Path) -> list[Path]:
@@ -112,12 +139,13 @@ async def replay_os_gold(task: OSTask, settings: OSSettings) -> TaskVerdict:
         return TaskVerdict(task.task_id, None, f"unavailable: its set-up needs the network ({', '.join(needs)})")
     limits = SandboxLimits(command_timeout_s=settings.command_timeout_s)
     async with await DockerSandbox.start(image_tag(task.image), limits=limits) as sandbox:
-        episode = OSInteractionEpisode(task, sandbox, settings)
+        os_episode = OSInteractionEpisode(task, sandbox, settings)
+        episode = RecordedEpisode(os_episode)
         try:
             await episode.begin()
             observation = await episode.step(replies[0])
             if observation is not None:
-                await episode.step(answer_reply(episode.last_output))
+                await episode.step(answer_reply(os_episode.last_output))
             outcome = await episode.outcome()
         except EpisodeSetupError as exc:
             return TaskVerdict(task.task_id, False, f"environment error: {exc}")
@@ -125,6 +153,8 @@ async def replay_os_gold(task: OSTask, settings: OSSettings) -> TaskVerdict:
         task.task_id,
         outcome.score == 1.0,
         "" if outcome.score == 1.0 else f"{outcome.status}: {outcome.detail or f'answer {outcome.answer!r}'}",
+        episode.messages,
+        episode.prompt_messages,
     )
 
 
@@ -142,7 +172,7 @@ async def verify_os(
 
 
 async def replay_db_gold(task: DBTask, server: MariaDBServer) -> TaskVerdict:
-    episode = DBBenchEpisode(task, server)
+    episode = RecordedEpisode(DBBenchEpisode(task, server))
     try:
         await episode.begin()
         if task.modifies:
@@ -152,7 +182,11 @@ async def replay_db_gold(task: DBTask, server: MariaDBServer) -> TaskVerdict:
     except EpisodeSetupError as exc:
         return TaskVerdict(task.task_id, False, f"environment error: {exc}")
     return TaskVerdict(
-        task.task_id, outcome.score == 1.0, "" if outcome.score == 1.0 else f"{outcome.status}: {outcome.detail}"
+        task.task_id,
+        outcome.score == 1.0,
+        "" if outcome.score == 1.0 else f"{outcome.status}: {outcome.detail}",
+        episode.messages,
+        episode.prompt_messages,
     )
 
 
@@ -167,14 +201,14 @@ async def verify_db(
 
 async def replay_coding_gold(task: CodingTask, image: str) -> TaskVerdict:
     async with await DockerSandbox.start(image) as sandbox:
-        episode = CodingEpisode(task, sandbox)
+        episode = RecordedEpisode(CodingEpisode(task, sandbox))
         await episode.begin()
         await episode.step(f"```python\n{task.gold}\n```")
         try:
             outcome = await episode.outcome()
         except EpisodeSetupError as exc:
             return TaskVerdict(task.task_id, False, f"environment error: {exc}")
-    return TaskVerdict(task.task_id, outcome.score == 1.0, outcome.detail)
+    return TaskVerdict(task.task_id, outcome.score == 1.0, outcome.detail, episode.messages, episode.prompt_messages)
 
 
 async def verify_coding(
