@@ -387,3 +387,132 @@ def show_cmd(run_id: str, db_path: Path, as_json: bool) -> None:
     from cycleqd.eval_command import show_run
 
     sys.exit(show_run(db_path, run_id, as_json, console, err_console))
+
+
+# -- evolve, report, tui -----------------------------------------------------------------------------------------
+
+
+@cli.command("evolve")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="The evolution's YAML config.")
+@_db_option
+@click.option("--resume", "resume_id", metavar="RUN", help="Continue run RUN exactly where it stopped.")
+@click.option("--json", "as_json", is_flag=True, help="No live view; print the final table as JSON.")
+def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, as_json: bool) -> None:
+    """Evolve merged models with CycleQD: one archive per task, experts as the first elites, children made by
+    crossover and SVD mutation of task vectors, scored with real episodes. Ends with the softmax merge of the
+    archives' best elites, measured on the test splits beside the base, the experts and a naive merge.
+
+    The config (YAML) names the base checkpoint, one task per expert (env, suite, selection and test splits) and
+    the method's settings; defaults are the paper's (preset: paper). A killed run resumes with --resume RUN."""
+    from cycleqd.evolve_command import run_evolve_command
+    from evolver.config import ConfigError, load_config
+
+    if (config_path is None) == (resume_id is None):
+        err_console.print("[red]error:[/] give --config FILE for a new run, or --resume RUN")
+        sys.exit(2)
+    try:
+        config = load_config(config_path) if config_path else None
+        sys.exit(run_evolve_command(config, db_path, resume_id, as_json, console, err_console))
+    except (ConfigError, ValueError) as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+@cli.command("report")
+@click.argument("run_id")
+@_db_option
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for the PNGs [default: report-RUN].")
+def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
+    """An evolution's final table (test splits: base, experts, naive merge, CycleQD final), a heatmap PNG per
+    archive and its QD metrics over generations (coverage, QD score, best quality)."""
+    from cycleqd.evolve_command import final_table
+    from cycleqd.report import final_rows, write_heatmaps, write_qd_metrics
+    from db.evolution_store import EvolutionStore
+    from db.store import open_store
+
+    store = open_store(db_path)
+    run = store.get_run(run_id)
+    if run is None or run.kind != "evolve":
+        err_console.print(f"[red]error:[/] no evolution run {run_id!r} in {db_path}")
+        sys.exit(2)
+    evo = EvolutionStore(store, run_id)
+    names = [t["name"] for t in run.config["tasks"]]
+    console.print(final_table(final_rows(evo, names), names))
+    out = out or Path(f"report-{run_id}")
+    for path in [*write_heatmaps(evo, out), write_qd_metrics(evo, out)]:
+        console.print(f"wrote {path}", highlight=False)
+
+
+# -- sft, demo ---------------------------------------------------------------------------------------------------
+
+
+@cli.command("sft")
+@click.option("--base", "base_ref", default="default", show_default=True,
+              help="Checkpoint folder to fine-tune ('default': the embedded SmolLM2).")  # fmt: skip
+@click.option("--env", "env_name", type=click.Choice(["os", "db", "coding"]), required=True)
+@click.option("--suite", default="builtin", show_default=True,
+              help="'builtin', or task files with gold (e.g. AgentBench's train_0317/training.json).")  # fmt: skip
+@click.option("--split", default="train", show_default=True, help="Split of the built-in suite.")
+@click.option("--limit", type=int, help="At most N trajectories.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder of the new checkpoint.")
+@click.option("--epochs", default=3, show_default=True)
+@click.option("--lr", "learning_rate", default=2e-5, show_default=True, help="AdamW learning rate.")
+@click.option("--batch-size", default=4, show_default=True, help="Trajectories per optimizer step.")
+@click.option("--max-length", default=2048, show_default=True, help="Tokens per trajectory (longer ones are cut).")
+@click.option("--lora-rank", default=0, show_default=True, help="0: full fine-tune; else LoRA merged back at the end.")
+@click.option("--save-every", default=20, show_default=True, help="Steps between resumable checkpoints.")
+def sft_cmd(
+    base_ref: str, env_name: str, suite: str, split: str, limit: int | None, out: Path, epochs: int,
+    learning_rate: float, batch_size: int, max_length: int, lora_rank: int, save_every: int,
+) -> None:  # fmt: skip
+    """Fine-tune an expert on an environment's gold trajectories: each train task's gold solution replayed
+    through the real environment, rendered with the env's prompts and the model's chat template, loss on the
+    model's own turns only. The result is a full checkpoint the evolver accepts as an expert. A killed run
+    continues from its last saved step when run again with the same settings."""
+    from cycleqd.sft_command import SFTRequest, run_sft
+    from cycleqd.sft_train import SFTSettings
+    from serving.model_ref import LocalCheckpoint
+    from serving.resolve import resolve_model
+
+    ref = resolve_model(base_ref)
+    if not isinstance(ref, LocalCheckpoint):
+        err_console.print(f"[red]error:[/] --base must be a local checkpoint folder or 'default', not {base_ref!r}")
+        sys.exit(2)
+    settings = SFTSettings(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
+                           lora_rank=lora_rank, save_every=save_every)  # fmt: skip
+    try:
+        summary = run_sft(SFTRequest(ref.path, env_name, suite, split, limit, out, settings), console)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    console.print(f"{summary.out}: {summary.examples} trajectories, loss {summary.first_loss:.3f} → "
+                  f"{summary.last_loss:.3f}, {summary.seconds:.0f} s", highlight=False)  # fmt: skip
+
+
+@cli.command("demo")
+@_db_option
+@click.option("--sft-examples", default=12, show_default=True, help="Gold trajectories per expert.")
+@click.option("--sft-epochs", default=3, show_default=True)
+@click.option("--eval-limit", default=6, show_default=True, help="Tasks per environment on each split.")
+@click.option("--generations", default=6, show_default=True)
+@click.option("--max-tokens", default=256, show_default=True)
+@click.option("--rounds", default=3, show_default=True)
+def demo_cmd(db_path: Path, sft_examples: int, sft_epochs: int, eval_limit: int, generations: int, max_tokens: int,
+             rounds: int) -> None:  # fmt: skip
+    """The whole method on this machine's CPU: fine-tune one SmolLM2 expert per environment, evolve them with
+    CycleQD, and print base, experts, naive merge and the CycleQD model on the held-out test splits. The budget is
+    printed first; a second run reuses the cached experts (and the finished evolution, if the store has it)."""
+    from cycleqd.demo import DemoBudget, run_demo
+
+    budget = DemoBudget(sft_examples=sft_examples, sft_epochs=sft_epochs, eval_limit=eval_limit,
+                        generations=generations, max_tokens=max_tokens, rounds=rounds)  # fmt: skip
+    sys.exit(run_demo(budget, db_path, console, err_console))
+
+
+@cli.command("tui")
+@_db_option
+def tui_cmd(db_path: Path) -> None:
+    """Watch runs, episodes and evolutions live from the store (also: python tui.py --db PATH)."""
+    from cycleqd.tui_command import run_tui
+
+    run_tui(db_path)

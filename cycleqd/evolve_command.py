@@ -1,0 +1,167 @@
+"""`cycleqd evolve`: check the inputs, build the SVD cache, start one model server per slot and the shared
+environments, run the CycleQD loop with a live view, and print the final table. `--resume RUN` continues a run
+from the store (its config is stored with it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cycleqd.candidate_eval import EpisodeEvaluator
+from cycleqd.env_runtime import EnvRuntime
+from cycleqd.evolution import Evolution, EvolutionEvent, FinalRow
+from db.evolution_store import EvolutionStore
+from db.store import Store, open_store
+from evolver.checkpoint_files import verify_experts
+from evolver.config import EvolveConfig
+from evolver.genome import Genome
+from evolver.materialize import materialize
+from evolver.svd_cache import build_svd_cache
+from sandboxes.engine import docker_client
+from sandboxes.images import build_images
+from serving.default_model import cache_root, default_checkpoint
+from serving.model_ref import LocalCheckpoint
+from serving.resolve import manager_for
+
+IMAGES = {"os": ["os-default", "os-packages"], "db": ["mariadb"], "coding": ["os-default"]}
+
+
+def evolve_cache() -> Path:
+    return cache_root() / "evolve"
+
+
+def resolve_base(config: EvolveConfig) -> Path:
+    return default_checkpoint().path if config.base == "default" else Path(config.base)
+
+
+def run_evolve_command(
+    config: EvolveConfig | None, db_path: Path, resume_id: str | None, as_json: bool, console: Console, err: Console
+) -> int:
+    store = open_store(db_path)
+    if resume_id:
+        run = store.get_run(resume_id)
+        if run is None or run.kind != "evolve":
+            err.print(f"[red]error:[/] no evolution run {resume_id!r} in {db_path}")
+            return 2
+        config = EvolveConfig.from_snapshot(run.config)
+    assert config is not None
+    base = resolve_base(config)
+    verify_experts(base, [Path(t.expert) for t in config.tasks])
+    build_images(docker_client(), sorted({i for t in config.tasks for i in IMAGES[t.env]}))
+    cache = build_svd_cache(base, [Path(t.expert) for t in config.tasks], evolve_cache(), progress=not as_json)
+    run = store.get_run(resume_id) if resume_id else store.create_run("evolve", config.snapshot())
+    assert run is not None
+    store.set_run_status(run.id, "running")
+    view = EvolutionView(config, console, enabled=not as_json)
+    try:
+        rows = asyncio.run(_evolve(store, run.id, config, cache, view))
+    except KeyboardInterrupt:
+        store.set_run_status(run.id, "interrupted")
+        err.print(f"interrupted; resume with: cycleqd evolve --resume {run.id} --db {db_path}")
+        return 130
+    final = next(r for r in rows if r.kind == "final")
+    evo = EvolutionStore(store, run.id)
+    out = run_dir(run.id) / "final-model"
+    genome = evo.candidate(final.candidate_id)
+    assert genome is not None and genome.genome_hash is not None
+    materialize(Genome.load(evolve_cache() / "genomes", genome.genome_hash), cache, out)
+    store.set_run_status(run.id, "completed")
+    if as_json:
+        payload = {"run": run.id, "final_model": str(out), "table": [final_row_json(r) for r in rows]}
+        print(json.dumps(payload, indent=2))
+    else:
+        console.print(final_table(rows, [t.name for t in config.tasks]))
+        console.print(f"final model: {out}\nrun {run.id} (cycleqd report {run.id} --db {db_path})", highlight=False)
+    return 0
+
+
+def run_dir(run_id: str) -> Path:
+    return evolve_cache() / "runs" / run_id
+
+
+async def _evolve(store: Store, run_id: str, config: EvolveConfig, cache, view: EvolutionView) -> list[FinalRow]:  # noqa: ANN001
+    base_ref = LocalCheckpoint(cache.base)
+    async with AsyncExitStack() as stack:
+        managers = []
+        for slot in range(config.servers):
+            manager = manager_for(base_ref, slot=slot)
+            await stack.enter_async_context(manager)
+            managers.append(manager)
+        evaluator = EpisodeEvaluator(store, run_id, config, cache, run_dir(run_id) / "checkpoints", managers, None)
+        settings = evaluator.settings
+        runtime = EnvRuntime(evaluator.all_tasks(), run_id=run_id, max_sandboxes=settings.max_sandboxes,
+                             os_settings=settings.os)  # fmt: skip
+        evaluator.runtime = await stack.enter_async_context(runtime)
+        evolution = Evolution(config, EvolutionStore(store, run_id), cache, evolve_cache() / "genomes", evaluator,
+                              on_event=view.update)  # fmt: skip
+        view.resume_from(len(EvolutionStore(store, run_id).committed_generations()))
+        with view:
+            return await evolution.run()
+
+
+class EvolutionView:
+    """The live view: a bar over generations, the active task, archive fill and the last child's scores."""
+
+    def __init__(self, config: EvolveConfig, console: Console, enabled: bool) -> None:
+        self.config = config
+        self.console = console
+        self.enabled = enabled
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console)  # fmt: skip
+        self.bar = self.progress.add_task("generations", total=config.generations)
+        self.lines: dict[str, str] = {}
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+        self.started = time.monotonic()
+
+    def resume_from(self, committed: int) -> None:
+        self.progress.update(self.bar, completed=max(0, committed - 1))  # generation 0 is the experts
+
+    def _render(self) -> Group:
+        return Group(self.progress, *self.lines.values())
+
+    def update(self, event: EvolutionEvent) -> None:
+        scores = "  ".join(f"{k} {v:.2f}" for k, v in event.scores.items())
+        if event.kind == "expert":
+            self.lines["experts"] = f"expert {event.candidate_id}: {scores}"
+        elif event.kind == "child":
+            self.lines["child"] = f"generation {event.generation} (active {event.active_task}): child {scores}"
+        elif event.kind == "generation":
+            fill = "  ".join(f"{m['archive']} {m['elites']} elites, best {m['best']:.2f}" for m in event.metrics)
+            self.lines["archives"] = f"archives: {fill}"
+            taken = [f"{i.archive} {i.status.name.lower()}" for i in event.insertions if i.status]
+            self.lines["insert"] = f"last child: {', '.join(taken) or 'rejected everywhere'}"
+            if event.generation >= 1:
+                self.progress.update(self.bar, completed=event.generation)
+        elif event.kind == "final":
+            self.lines["final"] = f"test split, candidate {event.candidate_id}: {scores}"
+        if self.enabled:
+            self.live.update(self._render())
+
+    def __enter__(self) -> EvolutionView:
+        if self.enabled:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.live.__exit__(*exc)  # type: ignore[arg-type]
+
+
+def final_table(rows: list[FinalRow], names: list[str]) -> Table:
+    table = Table("model", *names, "average", title="held-out test splits")
+    for row in rows:
+        table.add_row(row.label, *(f"{row.test_scores.get(n, 0.0):.3f}" for n in names), f"{row.average:.3f}")
+    return table
+
+
+def final_row_json(row: FinalRow) -> dict:
+    return {"model": row.label, "kind": row.kind, "candidate": row.candidate_id, "scores": row.test_scores,
+            "average": row.average}  # fmt: skip
