@@ -170,7 +170,10 @@ class Evolution:
             assert row.genome_hash is not None
             return row, CandidateUnderTest(row.id, "child", self._genome(row.genome_hash), row.genome_hash)
         rng = np.random.default_rng([self.config.seed, generation, slot])
-        fallback = [e for archive in self.archives for e in archive.ordered_elites()]
+        # Experts that tie (all 0 on a small model) share one cell and only the first stays an elite; the experts
+        # themselves come last in the fallback so that parents can still be drawn.
+        experts = [self._elite(row) for row in self.evo.candidates("expert")]
+        fallback = [*(e for archive in self.archives for e in archive.ordered_elites()), *experts]
         sampler = self.config.sampler
         first, second = sample_parents(self.archives[q], rng, kind=sampler.kind, alpha_low=sampler.alpha_low,
                                        alpha_high=sampler.alpha_high, fallback=fallback)  # fmt: skip

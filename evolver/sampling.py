@@ -47,7 +47,8 @@ def sample_parents(
     """Two parents with distinct genomes, p ∝ γ (or uniform); the second is drawn without the first.
 
     When the archive holds fewer than two distinct genomes (early on, experts can share a cell), `fallback`
-    (every archive's elites) is sampled instead, so that the loop can start; it still weighs by this archive's γ.
+    (every archive's elites, then the experts) is sampled instead, so that the loop can start; it still weighs by
+    this archive's γ.
     """
     elites = _distinct(archive.ordered_elites())
     if len(elites) < 2:
