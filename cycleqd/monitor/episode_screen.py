@@ -1,0 +1,56 @@
+"""One episode: what it was, how it ended, and its whole transcript (scrollable)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import Footer, Header, Static
+
+from cycleqd.monitor import format as fmt
+from cycleqd.monitor.live_screen import LiveScreen
+from cycleqd.monitor.transcript import Transcript
+from db.monitor_queries import EpisodeDetail, episode_detail
+
+
+def describe(e: EpisodeDetail) -> Text:
+    lines = Text.assemble(
+        (f"episode {e.id}", "bold"), f" · run {e.run_id} · {e.env} {e.task_key} ({e.suite}/{e.split}) · "
+        f"repeat {e.repeat}\n",
+        (e.status, "bold"), f" · score {fmt.score(e.score)} · {e.rounds} round(s) · "
+        f"{e.prompt_tokens}+{e.completion_tokens} tokens · {e.latency_s:.1f} s · {fmt.clip(e.model, 30)}",
+    )  # fmt: skip
+    if e.error:
+        lines.append(f"\nerror: {fmt.clip(e.error.strip(), 200)}", style="red")
+    return lines
+
+
+class EpisodeScreen(LiveScreen):
+    """An episode is committed once it has ended, so it never changes: it is read once, not polled."""
+
+    CSS_PATH = "episode_screen.tcss"
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+
+    def __init__(self, episode_id: int) -> None:
+        super().__init__()
+        self.episode_id = episode_id
+
+    def compose(self) -> ComposeResult:
+        detail = episode_detail(self.monitor.store, self.episode_id)
+        yield Header()
+        if detail is None:
+            yield Static(f"episode {self.episode_id} is not in the store", classes="summary")
+        else:
+            yield Static(describe(detail), id="episode-meta", classes="summary")
+            yield Transcript(detail.transcript, id="transcript")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if self.query(Transcript):
+            self.query_one(Transcript).focus()
+
+    def reload(self) -> None:
+        pass
+
+    def on_screen_resume(self) -> None:
+        pass

@@ -1,0 +1,58 @@
+"""One eval run: its progress, the score table per environment and split, and its latest episodes."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Header, Static
+
+from cycleqd.monitor import format as fmt
+from cycleqd.monitor.episode_screen import EpisodeScreen
+from cycleqd.monitor.episodes_table import EpisodesTable
+from cycleqd.monitor.live_screen import LiveScreen
+from cycleqd.monitor.score_table import ScoreTable
+from db.monitor_queries import env_scores, recent_episodes, run_config, run_summary
+
+
+class EvalScreen(LiveScreen):
+    CSS_PATH = "eval_screen.tcss"
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="eval-summary", classes="summary")
+        yield ScoreTable(id="scores")
+        yield Static("most recent episodes", classes="section")
+        yield EpisodesTable(id="episodes")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(EpisodesTable).focus()
+
+    def reload(self) -> None:
+        store = self.monitor.store
+        summary = run_summary(store, self.run_id, self.monitor.clock())
+        if summary is None:
+            self.query_one("#eval-summary", Static).update(f"run {self.run_id} is no longer in the store")
+            return
+        config = run_config(store, self.run_id)
+        scores = env_scores(store, self.run_id)
+        what = f"{config.get('model', '?')} on {','.join(config.get('tasks', []))} ({config.get('split', '?')})"
+        lines = Text.assemble(
+            (summary.id, "bold"), f" · {summary.kind} · ", fmt.run_status(summary.status), f" · {what}\n",
+            f"episodes {fmt.progress(summary.done, summary.total, summary.total_is_bound)} · "
+            f"env errors {summary.errors} · {fmt.rate(summary.rate, summary.unit)} · "
+            f"elapsed {fmt.duration(summary.elapsed_s)}",
+        )  # fmt: skip
+        self.query_one("#eval-summary", Static).update(lines)
+        self.query_one(ScoreTable).show(scores)
+        self.query_one(EpisodesTable).show(recent_episodes(store, self.run_id))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "episodes" and event.row_key.value is not None:
+            self.app.push_screen(EpisodeScreen(int(event.row_key.value)))

@@ -1,0 +1,121 @@
+"""One evolution run: its generation and active task, a heatmap per archive, and below them (one tab at a time, for
+80 × 24) the QD metrics over generations, the lineage of the elite under the cursor, and the model servers."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+
+from cycleqd.monitor import format as fmt
+from cycleqd.monitor.heatmap import Heatmap
+from cycleqd.monitor.lineage import LineageTree
+from cycleqd.monitor.live_screen import LiveScreen
+from cycleqd.monitor.qd_chart import QDChart
+from cycleqd.monitor.servers_table import ServersTable
+from db.monitor_queries import (
+    ArchiveView,
+    archive_views,
+    evolution_progress,
+    generation_history,
+    lineage,
+    run_summary,
+    server_views,
+)
+
+
+class EvolutionScreen(LiveScreen):
+    CSS_PATH = "evolution_screen.tcss"
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("g", "tab('metrics')", "Metrics"),
+        Binding("l", "tab('lineage')", "Lineage", show=False),
+        Binding("s", "tab('servers')", "Servers"),
+        Binding("m", "next_metric", "Next metric", show=False),
+    ]
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.selected: tuple[str, int | None] = ("", None)  # (archive name, elite's candidate id)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="evolution-summary", classes="summary")
+        yield Horizontal(id="heatmaps")
+        with TabbedContent(initial="metrics", id="panes"):
+            with TabPane("QD metrics", id="metrics"):
+                yield QDChart(id="qd-chart")
+            with TabPane("lineage", id="lineage"):
+                yield LineageTree(id="lineage-tree")
+            with TabPane("servers", id="servers"):
+                yield ServersTable(id="servers-table")
+        yield Footer()
+
+    # -- polling ---------------------------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        store, now = self.monitor.store, self.monitor.clock()
+        summary = run_summary(store, self.run_id, now)
+        if summary is None:
+            self.query_one("#evolution-summary", Static).update(f"run {self.run_id} is no longer in the store")
+            return
+        progress = evolution_progress(store, self.run_id)
+        archives = archive_views(store, self.run_id)
+        generation = "–" if progress.last_generation is None else str(progress.last_generation)
+        line = Text.assemble(
+            (summary.id, "bold"), " · evolve · ", fmt.run_status(summary.status),
+            f" · gen {generation} ({fmt.progress(progress.generations_done, progress.generations_total, False)})",
+            " · active ", (progress.active_task or "–", "bold"),
+            f" · {fmt.rate(summary.rate, summary.unit)} · {fmt.duration(summary.elapsed_s)}",
+        )  # fmt: skip
+        if progress.pending:
+            line.append(f" · {progress.pending} being scored", style="dim")
+        self.query_one("#evolution-summary", Static).update(line)
+        self._show_heatmaps(archives)
+        self.query_one(QDChart).show([a.task_name for a in archives], generation_history(store, self.run_id))
+        self.query_one(ServersTable).show(server_views(store, self.run_id), now)
+        self._show_lineage()
+
+    def _show_heatmaps(self, archives: list[ArchiveView]) -> None:
+        row = self.query_one("#heatmaps", Horizontal)
+        existing = {h.archive.id: h for h in row.query(Heatmap)}
+        for archive in archives:
+            if archive.id in existing:
+                existing[archive.id].show(archive)
+            else:
+                heatmap = Heatmap(archive, id=f"archive-{archive.id}")
+                row.mount(heatmap)
+                existing[archive.id] = heatmap
+                if len(existing) == 1:
+                    heatmap.focus()
+
+    def _show_lineage(self) -> None:
+        archive, elite_id = self.selected
+        found = lineage(self.monitor.store, elite_id) if elite_id is not None else {}
+        title = f"elite of {archive}:" if archive else ""
+        self.query_one(LineageTree).show(title, elite_id, found)
+
+    # -- events ----------------------------------------------------------------------------------------------------
+
+    def on_heatmap_cursor_moved(self, event: Heatmap.CursorMoved) -> None:
+        name = event.heatmap.archive.task_name
+        if not event.heatmap.has_focus and self.selected[0] not in ("", name):
+            return  # a refresh of an archive whose cursor is not the one followed
+        selected = (name, event.elite.candidate_id if event.elite else None)
+        if selected != self.selected:
+            self.selected = selected
+            self._show_lineage()
+
+    def on_heatmap_chosen(self, event: Heatmap.Chosen) -> None:
+        self.on_heatmap_cursor_moved(event)
+        self.action_tab("lineage")
+
+    def action_tab(self, pane: str) -> None:
+        self.query_one(TabbedContent).active = pane
+
+    def action_next_metric(self) -> None:
+        self.query_one(QDChart).next_metric()
+        self.action_tab("metrics")

@@ -1,0 +1,38 @@
+"""The first screen: every run in the store; Enter opens an eval run or an evolution run."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Footer, Header, Static
+
+from cycleqd.monitor.eval_screen import EvalScreen
+from cycleqd.monitor.evolution_screen import EvolutionScreen
+from cycleqd.monitor.live_screen import LiveScreen
+from cycleqd.monitor.runs_table import RunsTable
+from db.monitor_queries import run_summaries
+
+
+class RunsScreen(LiveScreen):
+    CSS_PATH = "runs_screen.tcss"
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield RunsTable(id="runs")
+        yield Static("", id="runs-empty", classes="summary")
+        yield Footer()
+
+    def reload(self) -> None:
+        runs = run_summaries(self.monitor.store, self.monitor.clock())
+        self.query_one(RunsTable).show(runs, self.monitor.zone)
+        empty = self.query_one("#runs-empty", Static)
+        empty.display = not runs
+        empty.update("no runs yet: this list fills in as soon as a run starts writing to the store")
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        run_id = event.row_key.value
+        if run_id is None:
+            return
+        if self.query_one(RunsTable).kinds.get(run_id) == "evolve":
+            self.app.push_screen(EvolutionScreen(run_id))
+        else:
+            self.app.push_screen(EvalScreen(run_id))

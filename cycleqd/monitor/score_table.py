@@ -1,0 +1,25 @@
+"""Scores of an eval run per (environment, split) as they stand, with how the episodes ended."""
+
+from __future__ import annotations
+
+from cycleqd.monitor import format as fmt
+from cycleqd.monitor.live_table import LiveTable
+from db.monitor_queries import EnvScore
+
+# The model's own endings; environment errors have their column ("env err"), as they are never scored.
+ENDINGS = ("completed", "round_limit", "invalid_action", "command_timeout")
+
+
+class ScoreTable(LiveTable):
+    def __init__(self, **kwargs: object) -> None:
+        columns = ["env", "split", "n", "score", "env err", *(fmt.SHORT_STATUS[s] for s in ENDINGS)]
+        super().__init__(columns, **kwargs)
+        self.show_cursor = False
+
+    def show(self, scores: list[EnvScore]) -> None:
+        rows = []
+        for s in scores:
+            endings = [str(s.statuses.get(status, 0)) for status in ENDINGS]
+            cells = (s.env, s.split, str(s.episodes), fmt.score(s.mean, 3), str(s.errors), *endings)
+            rows.append((f"{s.env}/{s.split}", cells))
+        self.replace_rows(rows)
