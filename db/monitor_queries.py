@@ -215,22 +215,20 @@ class EpisodeRow:
 
 
 def recent_episodes(store: Store, run_id: str, limit: int = 100) -> list[EpisodeRow]:
-    """The run's last `limit` committed episodes, newest first (ids grow in commit order)."""
+    """The run's last `limit` committed episodes, newest first (ids grow in commit order). Transcripts are left
+    out: they can weigh megabytes, and this runs on every poll."""
     with store.session() as session:
         rows = session.execute(
-            select(Episode, Task.env, Task.task_key)
+            select(
+                Episode.id, Task.env, Task.task_key, Episode.repeat, Episode.status, Episode.score, Episode.rounds,
+                Episode.prompt_tokens + Episode.completion_tokens, Episode.latency_s, Episode.finished_at,
+            )
             .join(Task, Task.id == Episode.task_id)
             .where(Episode.run_id == run_id)
             .order_by(Episode.id.desc())
             .limit(limit)
-        ).all()
-        return [_episode_row(e, env, key) for e, env, key in rows]
-
-
-def _episode_row(e: Episode, env: str, key: str) -> EpisodeRow:
-    tokens = e.prompt_tokens + e.completion_tokens
-    finished = as_utc(e.finished_at) or e.finished_at
-    return EpisodeRow(e.id, env, key, e.repeat, e.status, e.score, e.rounds, tokens, e.latency_s, finished)
+        ).all()  # fmt: skip
+    return [EpisodeRow(*row[:-1], as_utc(row[-1]) or row[-1]) for row in rows]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,477 @@
+"""The monitor (`cycleqd tui`, `python tui.py`) driven through Textual's pilot, on a store filled by a real
+`cycleqd eval` and by an evolution's rows written through the evolution store API; snapshots at 80 × 24 on a
+store whose ids and times are fixed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
+from textual.widgets import DataTable, Static, TabbedContent
+
+from cycleqd.monitor.app import MonitorApp
+from cycleqd.monitor.episode_screen import EpisodeScreen
+from cycleqd.monitor.episodes_table import EpisodesTable
+from cycleqd.monitor.eval_screen import EvalScreen
+from cycleqd.monitor.evolution_screen import EvolutionScreen
+from cycleqd.monitor.heatmap import Heatmap
+from cycleqd.monitor.lineage import LineageTree
+from cycleqd.monitor.qd_chart import QDChart
+from cycleqd.monitor.runs_table import RunsTable
+from cycleqd.monitor.score_table import ENDINGS, ScoreTable
+from cycleqd.monitor.servers_table import ServersTable
+from cycleqd.monitor.transcript import MessageBlock
+from cycleqd.tui_command import run_tui
+from db import EpisodeRecord, open_store
+from db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
+from db.monitor_queries import StoreOpenError, open_monitor_store
+from db.schema import Episode, Run, ServerState, Task
+from db.store import Store
+from tests.test_cli import CYCLEQD
+
+ROOT = Path(__file__).resolve().parents[1]
+NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)  # the monitor's clock in the snapshot tests
+TASKS = ("os", "db", "coding")
+BINS = 5
+
+
+# -- an evolution written through the store API ------------------------------------------------------------------
+
+
+def cell_of(scores: dict[str, float], bc_tasks: list[str]) -> str:
+    """The cell of `scores` in an archive whose BCs range over [0, 1] in BINS bins (as evolver/archive.py bins)."""
+    return ",".join(str(min(int(scores[t] * BINS), BINS - 1)) for t in bc_tasks)
+
+
+@dataclass
+class Evolution:
+    run_id: str
+    evolution: EvolutionStore
+    archive_ids: dict[str, int]
+    candidates: dict[str, int]  # name given here → candidate id
+    elites: dict[str, dict[str, tuple[int, float]]]  # archive → cell → (candidate id, quality)
+
+
+SCORES = {
+    "base": {"os": 0.10, "db": 0.10, "coding": 0.10},
+    "os-expert": {"os": 0.55, "db": 0.15, "coding": 0.05},
+    "db-expert": {"os": 0.12, "db": 0.62, "coding": 0.08},
+    "coding-expert": {"os": 0.08, "db": 0.11, "coding": 0.48},
+    "child-1": {"os": 0.61, "db": 0.45, "coding": 0.21},
+    "child-2": {"os": 0.42, "db": 0.70, "coding": 0.33},
+    "child-3": {"os": 0.73, "db": 0.66, "coding": 0.25},  # the os elite of cell (3, 1): db 0.66 → 3, coding → 1
+    "child-4": {"os": 0.35, "db": 0.52, "coding": 0.64},
+}
+BREEDING = {  # child: (parents, ω, the task its mutation served = the generation's active task)
+    "child-1": (["os-expert", "db-expert"], [0.512, 0.488], "os"),
+    "child-2": (["child-1", "db-expert"], [0.47, 0.53], "db"),
+    "child-3": (["child-1", "child-2"], [0.601, 0.399], "os"),
+    "child-4": (["child-3", "coding-expert"], [0.45, 0.55], "coding"),
+}
+
+
+class EvolutionWriter:
+    """Writes an evolution through EvolutionStore as the loop does: candidates, scores, then a generation's cells,
+    insertion reports and QD metrics in one commit. Each archive keeps the best candidate of each cell."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.run_id = run_id
+        self.evolution = EvolutionStore(store, run_id)
+        specs = [ArchiveSpec(i, t, BINS, [b for b in TASKS if b != t], [[0.0, 1.0]] * 2) for i, t in enumerate(TASKS)]
+        self.archives = {a.task_name: a for a in self.evolution.create_archives(specs)}
+        self.ids: dict[str, int] = {}
+        self.elites: dict[str, dict[str, tuple[int, float]]] = {t: {} for t in TASKS}
+
+    def add(self, name: str, kind: str, generation: int, slot: int = 0) -> int:
+        parents, omegas, task = BREEDING.get(name, ([], [], None))
+        mutation = {"kind": "svd", "seed": 1000 + generation, "task": task} if task else {}
+        candidate = self.evolution.add_candidate(
+            kind,
+            generation,
+            slot,
+            genome_hash=f"{len(self.ids):064x}",
+            parents=[self.ids[p] for p in parents],
+            omegas=omegas,
+            mutation=mutation,
+            active_task=TASKS.index(task) if task else None,
+        )
+        self.ids[name] = candidate.id
+        self.evolution.record_scores(candidate.id, None, SCORES[name], test=False)
+        return candidate.id
+
+    def offer(self, name: str) -> tuple[list[CellUpdate], list[dict[str, object]]]:
+        updates, report = [], []
+        for task, archive in self.archives.items():
+            cell, quality = cell_of(SCORES[name], archive.bc_tasks), SCORES[name][task]
+            old = self.elites[task].get(cell)
+            status = "new" if old is None else "improved" if quality > old[1] else "rejected"
+            if status != "rejected":
+                self.elites[task][cell] = (self.ids[name], quality)
+                updates.append(CellUpdate(archive.id, cell, self.ids[name], quality))
+            report.append({"archive": task, "cell": cell, "status": status, "old": old and old[1], "new": quality})
+        return updates, report
+
+    def metrics(self) -> list[dict[str, object]]:
+        return [
+            {
+                "archive": t,
+                "coverage": len(cells) / BINS**2,
+                "qd_score": sum(q for _, q in cells.values()),
+                "best": max(q for _, q in cells.values()),
+            }
+            for t, cells in self.elites.items()
+        ]
+
+    def seed(self) -> None:
+        """The base, and the experts as generation 0 (CycleQD starts its archives from the experts)."""
+        self.add("base", "base", 0)
+        updates, reports = [], {}
+        for slot, task in enumerate(TASKS):
+            candidate = self.add(f"{task}-expert", "expert", 0, slot)
+            cells, reports[candidate] = self.offer(f"{task}-expert")
+            updates += cells
+        self.evolution.commit_generation(0, 0, reports, updates, self.metrics())
+
+    def generation(self, number: int) -> None:
+        name = f"child-{number}"
+        candidate = self.add(name, "child", number)
+        updates, report = self.offer(name)
+        active = TASKS.index(BREEDING[name][2])
+        self.evolution.commit_generation(number, active, {candidate: report}, updates, self.metrics())
+        self.evolution.set_server(0, candidate, f"genome {number:08x}", 2.4)
+
+
+def write_evolution(store: Store, run_id: str | None = None, generations: int = 3) -> EvolutionWriter:
+    if run_id is None:
+        run_id = store.create_run("evolve", {"tasks": [{"name": t} for t in TASKS], "generations": 10}).id
+    writer = EvolutionWriter(store, run_id)
+    writer.seed()
+    writer.evolution.set_server(1, writer.ids["coding-expert"], "coding expert", 1.1)
+    for number in range(1, generations + 1):
+        writer.generation(number)
+    return writer
+
+
+# -- a store with fixed ids and times, for the snapshots -----------------------------------------------------------
+
+EVAL_RUN, RUNNING_RUN, EVOLVE_RUN = "5eed0eva1001", "5eed0eva1002", "5eed0e701001"
+TRANSCRIPT = [
+    {
+        "role": "user",
+        "content": "You are an assistant that will act like a person. I will play the role of a Linux "
+        "(Ubuntu) operating system.\nHow many files are in /etc? Answer with a number.",
+    },
+    {"role": "assistant", "content": "Think: I should count them.\n\nAct: bash\n\n```bash\nls -1 /etc | wc -l\n```"},
+    {"role": "user", "content": "The output of the OS:\n\n87"},
+    {"role": "assistant", "content": "Think: the output is the count.\n\nAct: answer(87)"},
+]
+
+
+def write_snapshot_store(path: Path) -> Store:
+    store = open_store(path)
+    start = NOW - timedelta(hours=3)
+    with store.session() as session:
+        session.add(
+            Run(
+                id=EVAL_RUN,
+                kind="eval",
+                status="completed",
+                created_at=start,
+                finished_at=start + timedelta(minutes=7, seconds=12),
+                config={"model": "default", "tasks": ["os", "coding"], "split": "dev", "limit": 2, "repeats": 1},
+            )
+        )
+        session.add(
+            Run(
+                id=RUNNING_RUN,
+                kind="eval",
+                status="running",
+                created_at=NOW - timedelta(minutes=5),
+                config={"model": "default", "tasks": ["db"], "split": "dev", "limit": 4, "repeats": 1},
+            )
+        )
+        session.add(
+            Run(
+                id=EVOLVE_RUN,
+                kind="evolve",
+                status="running",
+                created_at=NOW - timedelta(hours=2),
+                config={"tasks": [{"name": t} for t in TASKS], "generations": 10},
+            )
+        )
+    model = store.model_id("sha256:" + "ab" * 32, "default")
+    episodes = [  # run, env, key, status, score, transcript
+        (EVAL_RUN, "os", "os-dev-3", "completed", 1.0, TRANSCRIPT),
+        (EVAL_RUN, "os", "os-dev-7", "round_limit", 0.0, TRANSCRIPT[:3]),
+        (EVAL_RUN, "coding", "HumanEval/0", "completed", 0.0, TRANSCRIPT[:2]),
+        (EVAL_RUN, "coding", "HumanEval/4", "env_error", None, []),
+        (RUNNING_RUN, "db", "db-dev-1", "completed", 1.0, TRANSCRIPT[:2]),
+    ]
+    for number, (run_id, env, key, status, score, transcript) in enumerate(episodes):
+        task = store.task_id(env, "builtin", "dev", key, f"{number:064x}")
+        started = (start if run_id == EVAL_RUN else NOW - timedelta(minutes=4)) + timedelta(seconds=30 * number)
+        episode_id = store.record_episode(
+            EpisodeRecord(
+                run_id,
+                model,
+                task,
+                0,
+                status,
+                score,
+                rounds=len(transcript) // 2,
+                prompt_tokens=300 + number,
+                completion_tokens=40 + number,
+                latency_s=2.5 + number,
+                transcript=transcript,
+                started_at=started,
+                error="sandbox did not start" if score is None else None,
+            )
+        )
+        with store.session() as session:
+            session.execute(
+                update(Episode).where(Episode.id == episode_id).values(finished_at=started + timedelta(seconds=20))
+            )
+    write_evolution(store, EVOLVE_RUN)
+    with store.session() as session:
+        session.execute(update(ServerState).values(updated_at=NOW - timedelta(seconds=42)))
+    return store
+
+
+@pytest.fixture(scope="session")
+def snapshot_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("snapshots") / "cycleqd.db"
+    write_snapshot_store(path).engine.dispose()
+    return path
+
+
+def pinned_app(db: Path, refresh_s: float = 60.0) -> MonitorApp:
+    """The monitor on `db` with its clock and zone pinned, so that nothing on screen depends on when it runs."""
+    return MonitorApp(open_monitor_store(db), source=db.name, refresh_s=refresh_s, clock=lambda: NOW, zone=UTC)
+
+
+# -- a store filled by a real eval, then an evolution ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FilledStore:
+    path: Path
+    eval_run: str
+    evolution: EvolutionWriter
+
+
+@pytest.fixture(scope="session")
+def filled_store(docker_engine, default_model, tmp_path_factory: pytest.TempPathFactory) -> FilledStore:  # noqa: ANN001
+    """A real `cycleqd eval` (SmolLM2 on two HumanEval tasks in sandboxes), then an evolution in the same file."""
+    path = tmp_path_factory.mktemp("tui") / "cycleqd.db"
+    args = ["eval", "--tasks", "coding", "--limit", "2", "--max-tokens", "32", "--db", str(path), "--json"]
+    done = subprocess.run([CYCLEQD, *args], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    writer = write_evolution(open_store(path))
+    return FilledStore(path, json.loads(done.stdout)["run"], writer)
+
+
+async def wait_until(pilot, condition, timeout_s: float = 10.0) -> None:  # noqa: ANN001
+    """Let the app run (and poll) until `condition()` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the monitor did not show it in time"
+        await pilot.pause(0.05)
+
+
+def table_rows(table: DataTable) -> dict[str, list[str]]:
+    return {row.key.value: [str(cell) for cell in table.get_row(row.key)] for row in table.ordered_rows}
+
+
+async def open_run(pilot, run_id: str) -> None:  # noqa: ANN001
+    table = pilot.app.screen.query_one(RunsTable)
+    table.move_cursor(row=table.get_row_index(run_id))
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+async def test_the_runs_table_shows_every_run_with_its_kind_status_and_progress(filled_store: FilledStore) -> None:
+    app = MonitorApp(open_monitor_store(filled_store.path), source="test")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        rows = table_rows(app.screen.query_one(RunsTable))
+    evolve_run = filled_store.evolution.run_id
+    assert set(rows) == {filled_store.eval_run, evolve_run}
+    assert rows[filled_store.eval_run][:4] == [filled_store.eval_run, "eval", "completed", "2/2"]
+    assert rows[evolve_run][:4] == [evolve_run, "evolve", "running", "4/10"]  # generations 0–3 of 10
+    assert rows[evolve_run][4].endswith("gen/h") and rows[filled_store.eval_run][4].endswith(("ep/m", "ep/s"))
+
+
+async def test_an_eval_run_and_an_episode_show_scores_and_the_whole_transcript(filled_store: FilledStore) -> None:
+    store = open_store(filled_store.path)
+    stored = {e.id: e for e in store.episodes(filled_store.eval_run)}
+    with store.session() as session:
+        keys = {e.id: session.get_one(Task, e.task_id).task_key for e in stored.values()}
+    app = MonitorApp(open_monitor_store(filled_store.path), source="test")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await open_run(pilot, filled_store.eval_run)
+        assert isinstance(app.screen, EvalScreen)
+        scores = table_rows(app.screen.query_one(ScoreTable))
+        mean = sum(e.score or 0.0 for e in stored.values()) / len(stored)
+        assert scores == {"coding/dev": ["coding", "dev", "2", f"{mean:.3f}", "0", *ending_counts(stored)]}
+        episodes = app.screen.query_one(EpisodesTable)
+        assert list(table_rows(episodes)) == [str(i) for i in sorted(stored, reverse=True)]  # newest first
+        newest = stored[max(stored)]
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, EpisodeScreen) and app.screen.episode_id == newest.id
+        blocks = list(app.screen.query(MessageBlock))
+        assert [b.text for b in blocks] == [m["content"] for m in newest.transcript]
+        assert [b.border_title for b in blocks][:2] == ["prompt", "action 1"]
+        meta = str(app.screen.query_one("#episode-meta", Static).content)
+        assert f"{newest.status} · score {newest.score:.2f}" in meta and keys[newest.id] in meta
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, EvalScreen)
+
+
+def ending_counts(episodes: dict[int, Episode]) -> list[str]:
+    return [str(sum(e.status == s for e in episodes.values())) for s in ENDINGS]
+
+
+def heatmap_of(screen: EvolutionScreen, archive: str) -> Heatmap:
+    return next(h for h in screen.query(Heatmap) if h.archive.task_name == archive)
+
+
+def tree_labels(tree: LineageTree) -> list[str]:
+    labels, stack = [], [tree.root]
+    while stack:
+        node = stack.pop(0)
+        labels.append(str(node.label))
+        stack[:0] = list(node.children)
+    return labels
+
+
+async def test_a_known_elite_shows_its_quality_on_the_heatmap_and_its_lineage(filled_store: FilledStore) -> None:
+    ids = filled_store.evolution.ids
+    app = MonitorApp(open_monitor_store(filled_store.path), source="test")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await open_run(pilot, filled_store.evolution.run_id)
+        screen = app.screen
+        assert isinstance(screen, EvolutionScreen)
+        os_map = heatmap_of(screen, "os")
+        # The cursor starts on the archive's best elite: child 3 (os 0.73) in cell (3, 1).
+        assert os_map.has_focus and os_map.cursor == (3, 1)
+        assert os_map.caption() == f"(3,1) 0.730 #{ids['child-3']} g3"
+        grid = os_map.render().plain.splitlines()
+        assert grid[BINS - 1 - 1] == " ·  ·  61 73 · "  # the row of coding bin 1: child 1 (0.61), child 3 (0.73)
+        assert grid[BINS - 1] == " 55 ·  ·  12 · "  # the os expert in cell (0, 0), the db expert in (3, 0)
+        await pilot.press("left", "left", "left", "down")
+        assert os_map.caption() == f"(0,0) 0.550 #{ids['os-expert']} g0"
+        await pilot.press("right", "right", "right", "up", "enter")  # back to child 3, and show its lineage
+        await pilot.pause()
+        assert str(screen.query_one(TabbedContent).active) == "lineage"
+        labels = tree_labels(screen.query_one(LineageTree))
+        assert labels[0].startswith(f"elite of os: #{ids['child-3']} child g3 · os 0.73 db 0.66 coding 0.25")
+        assert labels[1] == "mutation svd (seed 1003, task os)"
+        assert labels[2].startswith(f"ω 0.601 ← #{ids['child-1']} child g1")
+        assert f"ω 0.512 ← #{ids['os-expert']} expert g0 · os 0.55 db 0.15 coding 0.05" in labels
+        assert any(label.startswith(f"ω 0.399 ← #{ids['child-2']} child g2") for label in labels)
+        # Another archive's heatmap takes the lineage view along with the focus.
+        db_map = heatmap_of(screen, "db")
+        db_map.focus()
+        await pilot.pause()
+        assert tree_labels(screen.query_one(LineageTree))[0].startswith(f"elite of db: #{ids['child-2']} child g2")
+
+
+async def test_rows_written_while_the_monitor_runs_appear_without_a_restart(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "live.db")
+    writer = write_evolution(store, generations=2)
+    app = MonitorApp(open_monitor_store(tmp_path / "live.db"), source="test", refresh_s=0.1)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        runs = app.screen.query_one(RunsTable)
+        assert list(table_rows(runs)) == [writer.run_id]
+        late = store.create_run("eval", {"tasks": ["os"], "limit": 3, "repeats": 1})
+        await wait_until(pilot, lambda: late.id in table_rows(runs))
+        assert table_rows(runs)[late.id][1:4] == ["eval", "running", "0/≤3"]
+        await open_run(pilot, writer.run_id)
+        screen = app.screen
+        assert isinstance(screen, EvolutionScreen)
+        os_map = heatmap_of(screen, "os")
+        assert os_map.cells[(3, 1)].candidate_id == writer.ids["child-2"] and os_map.best == pytest.approx(0.61)
+        assert len(screen.query_one(QDChart).history) == 3
+        started = time.monotonic()
+        writer.generation(3)  # child 3 (os 0.73) improves on child 2 (os 0.42) in cell (3, 1) of the os archive
+        # The writer never waits on the monitor, which reads ten times a second here (the writer's busy timeout,
+        # 30 s, would hide a lock behind a slow commit rather than an error).
+        assert time.monotonic() - started < 2.0
+        await wait_until(pilot, lambda: os_map.cells[(3, 1)].candidate_id == writer.ids["child-3"])
+        assert os_map.cells[(3, 1)].quality == pytest.approx(0.73)
+        assert " 73" in os_map.render().plain and os_map.border_title == "os · best 0.73"
+        assert [g.number for g in screen.query_one(QDChart).history] == [0, 1, 2, 3]
+        summary = str(screen.query_one("#evolution-summary", Static).content)
+        assert "gen 3 (4/10)" in summary and "active os" in summary
+        servers = table_rows(screen.query_one(ServersTable))
+        assert servers["0"][1] == f"#{writer.ids['child-3']} child g3"
+
+
+def test_the_monitor_cannot_write_to_the_store(tmp_path: Path) -> None:
+    open_store(tmp_path / "ro.db").create_run("eval", {})
+    monitor = open_monitor_store(tmp_path / "ro.db")
+    with pytest.raises(OperationalError, match="readonly"), monitor.session() as session:
+        session.add(Run(id="x", kind="eval", config={}))
+        session.flush()
+
+
+def test_a_missing_or_foreign_store_is_a_clear_error_and_nothing_is_created(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tui.py"), "--db", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and f"{missing}: no such store" in " ".join(done.stderr.split())
+    assert not missing.exists() and not (tmp_path / "cycleqd.db").exists()
+    foreign = tmp_path / "other.sqlite"
+    sqlite3.connect(foreign).execute("CREATE TABLE notes (body TEXT)").connection.commit()
+    with pytest.raises(StoreOpenError, match="not a cycleqd store"):
+        open_monitor_store(foreign)
+    (tmp_path / "junk.db").write_text("not a database at all\n" * 50)
+    with pytest.raises(StoreOpenError, match="not an SQLite database"):
+        open_monitor_store(tmp_path / "junk.db")
+    with pytest.raises(SystemExit) as exited:
+        run_tui(missing)
+    assert exited.value.code == 2 and not missing.exists()
+
+
+# -- snapshots at 80 × 24 ------------------------------------------------------------------------------------------
+
+
+def test_snapshot_runs_list(snap_compare, snapshot_db: Path) -> None:  # noqa: ANN001
+    assert snap_compare(pinned_app(snapshot_db), terminal_size=(80, 24))
+
+
+def test_snapshot_eval_run(snap_compare, snapshot_db: Path) -> None:  # noqa: ANN001
+    assert snap_compare(pinned_app(snapshot_db), press=["down", "down", "enter"], terminal_size=(80, 24))
+
+
+def test_snapshot_episode(snap_compare, snapshot_db: Path) -> None:  # noqa: ANN001
+    keys = ["down", "down", "enter", "down", "down", "down", "enter"]
+    assert snap_compare(pinned_app(snapshot_db), press=keys, terminal_size=(80, 24))
+
+
+def test_snapshot_evolution(snap_compare, snapshot_db: Path) -> None:  # noqa: ANN001
+    assert snap_compare(pinned_app(snapshot_db), press=["down", "enter"], terminal_size=(80, 24))
+
+
+def test_snapshot_evolution_lineage(snap_compare, snapshot_db: Path) -> None:  # noqa: ANN001
+    assert snap_compare(pinned_app(snapshot_db), press=["down", "enter", "enter"], terminal_size=(80, 24))
