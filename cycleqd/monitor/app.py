@@ -52,6 +52,8 @@ class MonitorApp(App[None]):
     def poll(self) -> None:
         """Re-read the store for the screen on top. A failed read (the writer migrating, the disk gone) is shown and
         tried again at the next poll: the monitor outlives what it watches."""
+        if not self.is_running:
+            return  # shutting down: the screens are being taken apart while this timer may still fire
         screen = self.screen
         if not isinstance(screen, LiveScreen) or not screen.ready:
             return

@@ -26,6 +26,9 @@ class LiveScreen(Screen[None]):
         self.ready = True
         self.monitor.poll()
 
+    def on_unmount(self) -> None:
+        self.ready = False
+
     def on_screen_resume(self) -> None:
         # Coming back from a screen above: what we show may be a whole poll interval old.
         self.monitor.poll()
