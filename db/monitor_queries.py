@@ -74,7 +74,7 @@ class RunSummary:
     status: str
     created_at: datetime
     elapsed_s: float
-    done: int  # episodes (eval) or committed generations (evolve)
+    done: int  # episodes (eval), or committed generations after generation 0 (the experts' insertion) (evolve)
     total: int | None  # None where nothing says how many are planned
     total_is_bound: bool  # an upper bound only: --limit caps tasks per environment, a suite may have fewer
     unit: str  # "ep" or "gen"
@@ -123,7 +123,9 @@ def _summaries(store: Store, runs_query: Select[tuple[Run]], now: datetime) -> l
         }
         generation_counts = dict(
             session.execute(
-                select(Generation.run_id, func.count()).where(Generation.run_id.in_(ids)).group_by(Generation.run_id)
+                select(Generation.run_id, func.count())
+                .where(Generation.run_id.in_(ids), Generation.number > 0)  # 0 is the experts' insertion
+                .group_by(Generation.run_id)
             ).all()
         )
     summaries = []
@@ -356,7 +358,7 @@ def generation_history(store: Store, run_id: str) -> list[GenerationView]:
 
 @dataclass(frozen=True)
 class EvolutionProgress:
-    generations_done: int
+    generations_done: int  # of generations 1…G: generation 0 inserts the experts; async runs commit out of order
     generations_total: int | None
     last_generation: int | None
     active_task: str | None  # of the newest candidate (the generation under way), else of the last generation
@@ -371,7 +373,9 @@ def evolution_progress(store: Store, run_id: str) -> EvolutionProgress:
             session.execute(select(Archive.task_index, Archive.task_name).where(Archive.run_id == run_id)).all()
         )
         done, last = session.execute(
-            select(func.count(), func.max(Generation.number)).where(Generation.run_id == run_id)
+            select(func.count(Generation.number).filter(Generation.number > 0), func.max(Generation.number)).where(
+                Generation.run_id == run_id
+            )
         ).one()
         last_active = session.scalar(
             select(Generation.active_task).where(Generation.run_id == run_id).order_by(Generation.number.desc())

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
+from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Static, TabbedContent
 
 from cycleqd.monitor.app import MonitorApp
@@ -30,11 +31,11 @@ from cycleqd.monitor.qd_chart import QDChart
 from cycleqd.monitor.runs_table import RunsTable
 from cycleqd.monitor.score_table import ENDINGS, ScoreTable
 from cycleqd.monitor.servers_table import ServersTable
-from cycleqd.monitor.transcript import MessageBlock
+from cycleqd.monitor.transcript import MessageBlock, Transcript
 from cycleqd.tui_command import run_tui
 from db import EpisodeRecord, open_store
 from db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
-from db.monitor_queries import StoreOpenError, open_monitor_store
+from db.monitor_queries import ArchiveView, CellView, StoreOpenError, open_monitor_store
 from db.schema import Episode, Run, ServerState, Task
 from db.store import Store
 from tests.test_cli import CYCLEQD
@@ -95,6 +96,8 @@ class EvolutionWriter:
     def add(self, name: str, kind: str, generation: int, slot: int = 0) -> int:
         parents, omegas, task = BREEDING.get(name, ([], [], None))
         mutation = {"kind": "svd", "seed": 1000 + generation, "task": task} if task else {}
+        if kind == "expert":
+            mutation = {"expert": name.removesuffix("-expert")}  # as cycleqd/evolution.py records an expert
         candidate = self.evolution.add_candidate(
             kind,
             generation,
@@ -307,7 +310,12 @@ async def test_the_runs_table_shows_every_run_with_its_kind_status_and_progress(
     evolve_run = filled_store.evolution.run_id
     assert set(rows) == {filled_store.eval_run, evolve_run}
     assert rows[filled_store.eval_run][:4] == [filled_store.eval_run, "eval", "completed", "2/2"]
-    assert rows[evolve_run][:4] == [evolve_run, "evolve", "running", "4/10"]  # generations 0–3 of 10
+    assert rows[evolve_run][:4] == [
+        evolve_run,
+        "evolve",
+        "running",
+        "3/10",
+    ]  # generations 1–3 of 10 (0 inserts the experts)
     assert rows[evolve_run][4].endswith("gen/h") and rows[filled_store.eval_run][4].endswith(("ep/m", "ep/s"))
 
 
@@ -383,6 +391,12 @@ async def test_a_known_elite_shows_its_quality_on_the_heatmap_and_its_lineage(fi
         assert labels[2].startswith(f"ω 0.601 ← #{ids['child-1']} child g1")
         assert f"ω 0.512 ← #{ids['os-expert']} expert g0 · os 0.55 db 0.15 coding 0.05" in labels
         assert any(label.startswith(f"ω 0.399 ← #{ids['child-2']} child g2") for label in labels)
+        await pilot.press("m")  # the QD chart's next metric: coverage (os: 5 of 25 cells after generation 3)
+        chart = screen.query_one(QDChart)
+        assert str(screen.query_one(TabbedContent).active) == "metrics"
+        assert (
+            chart.render().plain.startswith("coverage, generations 0–3") and "os       cov  20%" in chart.render().plain
+        )
         # Another archive's heatmap takes the lineage view along with the focus.
         db_map = heatmap_of(screen, "db")
         db_map.focus()
@@ -417,9 +431,53 @@ async def test_rows_written_while_the_monitor_runs_appear_without_a_restart(tmp_
         assert " 73" in os_map.render().plain and os_map.border_title == "os · best 0.73"
         assert [g.number for g in screen.query_one(QDChart).history] == [0, 1, 2, 3]
         summary = str(screen.query_one("#evolution-summary", Static).content)
-        assert "gen 3 (4/10)" in summary and "active os" in summary
+        assert "gen 3 (3/10)" in summary and "active os" in summary
         servers = table_rows(screen.query_one(ServersTable))
         assert servers["0"][1] == f"#{writer.ids['child-3']} child g3"
+
+
+class OneHeatmap(App[None]):
+    def __init__(self, archive: ArchiveView, width: int) -> None:
+        super().__init__()
+        self.archive, self.width = archive, width
+
+    def compose(self) -> ComposeResult:
+        yield Heatmap(self.archive)
+
+    def on_mount(self) -> None:
+        self.query_one(Heatmap).styles.width = self.width
+        self.query_one(Heatmap).focus()
+
+
+async def test_a_paper_sized_archive_fits_in_half_blocks_and_one_bc_is_one_row() -> None:
+    cells = {(0, 0): CellView(1, 0.2, 1), (14, 14): CellView(2, 0.9, 5), (7, 3): CellView(3, 0.5, 2)}
+    square = ArchiveView(1, 0, "os", 15, ["db", "coding"], [[0.0, 1.0]] * 2, cells)
+    async with OneHeatmap(square, width=26).run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        heatmap = pilot.app.query_one(Heatmap)
+        lines = heatmap.render().plain.splitlines()
+        assert heatmap.cursor == (14, 14) and heatmap.size.height == 8 + 1  # 15 rows in 8 lines, and the caption
+        assert lines[:8] == ["▀" * 15] * 8 and lines[8] == "(14,14) 0.900 #2 g5"
+        await pilot.press(*["left"] * 7, *["down"] * 11)
+        assert heatmap.caption() == "(7,3) 0.500 #3 g2"
+    row = ArchiveView(2, 1, "db", 5, ["os"], [[0.0, 1.0]], {(3,): CellView(4, 0.42, 3)})
+    async with OneHeatmap(row, width=26).run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        heatmap = pilot.app.query_one(Heatmap)
+        assert heatmap.render().plain.splitlines() == [" ·  ·  ·  42 · ", "(3) 0.420 #4 g3"]
+        assert heatmap.border_subtitle == "x os · 20%"
+
+
+async def test_a_long_transcript_scrolls_to_its_end(snapshot_db: Path) -> None:
+    app = pinned_app(snapshot_db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("down", "down", "enter", "down", "down", "down", "enter")
+        await pilot.pause()
+        transcript = app.screen.query_one(Transcript)
+        assert transcript.has_focus and transcript.max_scroll_y > 0 and transcript.scroll_y == 0
+        await pilot.press("end")
+        await wait_until(pilot, lambda: transcript.scroll_y == transcript.max_scroll_y)
+        assert transcript.query(MessageBlock).last().text == TRANSCRIPT[-1]["content"]
 
 
 def test_the_monitor_cannot_write_to_the_store(tmp_path: Path) -> None:

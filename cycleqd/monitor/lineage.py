@@ -20,9 +20,12 @@ def scores_text(scores: dict[str, Any]) -> str:
 
 
 def mutation_text(mutation: dict[str, Any]) -> str:
-    kind = mutation.get("kind", "?")
+    """A child's mutation ("mutation svd (seed 7, task os)"); what an expert or a merge records instead of one
+    (e.g. {"expert": "os"}) as it is."""
     rest = ", ".join(f"{key} {value}" for key, value in mutation.items() if key != "kind")
-    return f"mutation {kind}" + (f" ({rest})" if rest else "")
+    if "kind" not in mutation:
+        return rest
+    return f"mutation {mutation['kind']}" + (f" ({rest})" if rest else "")
 
 
 def candidate_label(c: CandidateView) -> Text:
@@ -60,7 +63,8 @@ class LineageTree(Tree[int]):
     def _grow(
         self, node: TreeNode[int], child: CandidateView, found: dict[int, CandidateView], depth: int, path: set[int]
     ) -> None:
-        if child.mutation:
+        # Ancestors' non-mutations ({"expert": "os"}) would only repeat their label and cost a line each.
+        if child.mutation and ("kind" in child.mutation or depth == 0):
             node.add_leaf(Text(mutation_text(child.mutation), style="magenta"))
         for index, parent_id in enumerate(child.parents):
             omega = f"ω {child.omegas[index]:.3f} ← " if index < len(child.omegas) else "← "
@@ -69,7 +73,7 @@ class LineageTree(Tree[int]):
                 node.add_leaf(Text.assemble(omega, (f"#{parent_id}", "bold"), " …"), data=parent_id)
                 continue
             branch = node.add(Text.assemble(omega, candidate_label(parent)), data=parent_id)
-            if parent.parents or parent.mutation:
+            if parent.parents or "kind" in parent.mutation:
                 self._grow(branch, parent, found, depth + 1, path | {parent_id})
             else:
                 branch.allow_expand = False
