@@ -29,12 +29,12 @@ ENVS = ("os", "db", "coding")
 
 @dataclass(frozen=True)
 class DemoBudget:
-    sft_examples: int = 12  # gold trajectories per environment
+    sft_examples: int = 10  # gold trajectories per environment
     sft_epochs: int = 3
-    sft_learning_rate: float = 5e-5
-    eval_limit: int = 6  # tasks per environment, on each of the selection and test splits
-    generations: int = 6
-    max_tokens: int = 256
+    sft_learning_rate: float = 1e-4
+    eval_limit: int = 4  # tasks per environment, on each of the selection and test splits
+    generations: int = 4
+    max_tokens: int = 192
     rounds: int = 3
     bins: int = 5
 
