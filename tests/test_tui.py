@@ -431,7 +431,7 @@ async def test_rows_written_while_the_monitor_runs_appear_without_a_restart(tmp_
         assert " 73" in os_map.render().plain and os_map.border_title == "os · best 0.73"
         assert [g.number for g in screen.query_one(QDChart).history] == [0, 1, 2, 3]
         summary = str(screen.query_one("#evolution-summary", Static).content)
-        assert "gen 3 (3/10)" in summary and "active os" in summary
+        assert "gen 3/10 ·" in summary and "active os" in summary
         servers = table_rows(screen.query_one(ServersTable))
         assert servers["0"][1] == f"#{writer.ids['child-3']} child g3"
 

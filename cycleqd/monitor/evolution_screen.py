@@ -64,14 +64,16 @@ class EvolutionScreen(LiveScreen):
             return
         progress = evolution_progress(store, self.run_id)
         archives = archive_views(store, self.run_id)
-        generation = "–" if progress.last_generation is None else str(progress.last_generation)
+        generations = fmt.progress(progress.generations_done, progress.generations_total, False)
+        if progress.last_generation and progress.last_generation != progress.generations_done:
+            generations += f" (latest {progress.last_generation})"  # asynchronous runs commit out of order
         line = Text.assemble(
             (summary.id, "bold"), " · evolve · ", fmt.run_status(summary.status),
-            f" · gen {generation} ({fmt.progress(progress.generations_done, progress.generations_total, False)})",
+            f" · gen {generations}",
             " · active ", (progress.active_task or "–", "bold"),
             f" · {fmt.rate(summary.rate, summary.unit)} · {fmt.duration(summary.elapsed_s)}",
         )  # fmt: skip
-        if progress.pending:
+        if progress.pending and summary.status == "running":
             line.append(f" · {progress.pending} being scored", style="dim")
         self.query_one("#evolution-summary", Static).update(line)
         self._show_heatmaps(archives)
