@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from cycleqd.checks import print_checks
+from db.store import StoreOpenError
 from sandboxes.errors import SandboxError
 
 console = Console()
@@ -40,7 +41,7 @@ def cli(verbose: bool) -> None:
 def main() -> None:
     try:
         cli(standalone_mode=True)
-    except SandboxError as exc:
+    except (SandboxError, StoreOpenError) as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
 

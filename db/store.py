@@ -186,8 +186,14 @@ class Store:
             return list(session.scalars(query))
 
 
+class StoreOpenError(Exception):
+    """The store's file cannot be opened or created."""
+
+
 def open_store(path: Path | str) -> Store:
     """Open (creating and migrating as needed) the store at `path`."""
+    if str(path) != ":memory:" and not Path(path).expanduser().parent.is_dir():
+        raise StoreOpenError(f"{path}: cannot open the store: the folder {Path(path).parent} does not exist")
     engine = make_engine(path)
     migrate(engine)
     return Store(engine)
