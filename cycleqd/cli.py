@@ -512,8 +512,11 @@ def demo_cmd(db_path: Path, sft_examples: int, sft_epochs: int, eval_limit: int,
 
 @cli.command("tui")
 @_db_option
-def tui_cmd(db_path: Path) -> None:
-    """Watch runs, episodes and evolutions live from the store (also: python tui.py --db PATH)."""
+@click.option("--refresh", default=2.0, show_default=True, help="Seconds between reads of the store.")
+def tui_cmd(db_path: Path, refresh: float) -> None:
+    """Watch runs, episodes and evolutions live from the store, read-only: the runs list, an eval's scores and
+    newest episodes, an episode's transcript, an evolution's archives (heatmaps), QD metrics, lineage and servers.
+    Also: python tui.py --db PATH."""
     from cycleqd.tui_command import run_tui
 
-    run_tui(db_path)
+    run_tui(db_path, refresh_s=refresh)

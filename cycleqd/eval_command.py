@@ -42,6 +42,7 @@ def run_eval_command(
     tasks = load_eval_tasks(config["tasks"], config["suite"], config["split"], config["limit"])
     images = {"os": ["os-default", "os-packages"], "db": ["mariadb"], "coding": ["os-default"]}
     build_images(docker_client(), sorted({i for env in config["tasks"] for i in images[env]}))
+    config = {**config, "planned_episodes": len(tasks) * config["repeats"]}  # the monitor's progress total
     run = store.get_run(resume_id) if resume_id else store.create_run("eval", config)
     assert run is not None
     store.set_run_status(run.id, "running")
