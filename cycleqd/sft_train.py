@@ -117,7 +117,7 @@ def fine_tune(
             labels = torch.tensor([example.labels[: settings.max_length]], device=device)
             loss = model(input_ids=ids, labels=labels).loss / len(batch)
             loss.backward()
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
         optimizer.step()
         step += 1
         on_step(step, total, loss_sum)
