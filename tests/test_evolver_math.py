@@ -41,6 +41,9 @@ from evolver.safetensors_stream import StreamWriteError, StreamWriter
 from evolver.svd_cache import SVDCache, UnsupportedTensorError, build_svd_cache
 
 FP32 = {"atol": 1e-5, "rtol": 1e-4}  # the SVD round trip and fp32 sums, far below any term under test
+sys.path.insert(0, str(Path(__file__).parent))
+from evolution_probe import tiny_config  # noqa: E402
+
 BF16 = {"atol": 1e-6, "rtol": 2**-7}  # at most one bf16 rounding step (2^-7 relative) apart
 INDEX = "model.safetensors.index.json"
 
@@ -64,11 +67,9 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def tiny_llama():  # noqa: ANN201 - a LlamaForCausalLM
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=128, tie_word_embeddings=False)  # fmt: skip
-    return LlamaForCausalLM(config).to(torch.bfloat16)
+    return LlamaForCausalLM(tiny_config()).to(torch.bfloat16)
 
 
 @pytest.fixture(scope="session")
