@@ -17,11 +17,7 @@ from sqlalchemy import Select, case, create_engine, event, func, inspect, select
 from sqlalchemy.exc import DatabaseError
 
 from db.schema import Archive, Candidate, Cell, Episode, Generation, Run, ServerState, Task
-from db.store import Store
-
-
-class StoreOpenError(Exception):
-    """The monitor cannot read this path as a cycleqd store; the message says why and what to do."""
+from db.store import Store, StoreOpenError
 
 
 def _monitor_pragmas(dbapi_connection: Any, _record: Any) -> None:

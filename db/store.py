@@ -187,7 +187,7 @@ class Store:
 
 
 class StoreOpenError(Exception):
-    """The store's file cannot be opened or created."""
+    """The store's file cannot be opened (or created); the message says why and what to do."""
 
 
 def open_store(path: Path | str) -> Store:
