@@ -28,11 +28,13 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def replayed_cells(evo: EvolutionStore) -> dict[tuple[str, str], tuple[int, float]]:
-    """The archives rebuilt from the candidates' recorded scores, applying the insertion rule in commit order."""
+def replayed_cells(evo: EvolutionStore, in_commit_order: bool = False) -> dict[tuple[str, str], tuple[int, float]]:
+    """The archives rebuilt from the candidates' recorded scores, applying the insertion rule generation by
+    generation (asynchronous runs: in the order the generations were committed)."""
     archives = [GridArchive(a.task_index, TASKS, a.bins, tuple(map(tuple, a.bc_ranges))) for a in evo.archives()]
+    committed = {g.number: (g.finished_at if in_commit_order else g.number, g.number) for g in evo.generations()}
     inserted = [c for c in evo.candidates() if c.kind in ("expert", "child")]
-    ordered = sorted(inserted, key=lambda c: (c.generation, c.slot))
+    ordered = sorted(inserted, key=lambda c: (committed[c.generation], c.slot))
     for candidate in ordered:
         elite = Elite(candidate.id, candidate.genome_hash or "", tuple(candidate.scores[n] for n in TASKS))
         for archive in archives:
@@ -131,3 +133,16 @@ def test_a_run_killed_mid_generation_resumes_to_the_same_archives(family: Path, 
     assert [g.number for g in EvolutionStore(open_store(killed_db), run_id).generations()] == list(
         range(generations + 1)
     )
+
+
+def test_the_asynchronous_mode_gives_each_child_its_own_generation(family: Path, tmp_path: Path) -> None:
+    db = tmp_path / "async.db"
+    run_id, rows, _ = run_probe_evolution(db, family, None, (0.05, 0.0), generations=5, bins=4, mode="async")
+    evo = EvolutionStore(open_store(db), run_id)
+    children = evo.candidates("child")
+    assert sorted(c.generation for c in children) == [1, 2, 3, 4, 5] and {c.slot for c in children} == {0}
+    assert [g.number for g in evo.generations()] == list(range(6))
+    assert all(c.status == "inserted" for c in children)
+    assert stored_cells(evo) == replayed_cells(evo, in_commit_order=True)
+    assert {r.kind for r in rows} == {"base", "expert", "merge", "final"}
+
