@@ -494,9 +494,9 @@ def sft_cmd(
 @_db_option
 @click.option("--sft-examples", default=10, show_default=True, help="Gold trajectories per expert.")
 @click.option("--sft-epochs", default=3, show_default=True)
-@click.option("--eval-limit", default=4, show_default=True, help="Tasks per environment on each split.")
-@click.option("--generations", default=4, show_default=True)
-@click.option("--max-tokens", default=192, show_default=True)
+@click.option("--eval-limit", default=3, show_default=True, help="Tasks per environment on each split.")
+@click.option("--generations", default=3, show_default=True)
+@click.option("--max-tokens", default=128, show_default=True)
 @click.option("--rounds", default=3, show_default=True)
 def demo_cmd(db_path: Path, sft_examples: int, sft_epochs: int, eval_limit: int, generations: int, max_tokens: int,
              rounds: int) -> None:  # fmt: skip

@@ -32,9 +32,9 @@ class DemoBudget:
     sft_examples: int = 10  # gold trajectories per environment
     sft_epochs: int = 3
     sft_learning_rate: float = 1e-4
-    eval_limit: int = 4  # tasks per environment, on each of the selection and test splits
-    generations: int = 4
-    max_tokens: int = 192
+    eval_limit: int = 3  # tasks per environment, on each of the selection and test splits
+    generations: int = 3
+    max_tokens: int = 128
     rounds: int = 3
     bins: int = 5
 
