@@ -6,6 +6,7 @@ resumed run that offers an episode again gets DuplicateEpisodeError instead of a
 
 from __future__ import annotations
 
+import fcntl
 import secrets
 import threading
 from collections.abc import Iterator
@@ -66,11 +67,25 @@ def make_engine(path: Path | str) -> Engine:
 _MIGRATING = threading.Lock()  # Alembic's `context` is process-global: one migration at a time per process
 
 
-def migrate(engine: Engine) -> None:
+@contextmanager
+def _migration_lock(path: Path | str) -> Iterator[None]:
+    """Across processes: two that open a new store at once would both create its tables."""
+    if str(path) == ":memory:":
+        yield
+        return
+    with open(f"{Path(path).expanduser()}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def migrate(engine: Engine, path: Path | str = ":memory:") -> None:
     """Bring the database to the newest schema (a new file gets the whole schema)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with _MIGRATING, engine.begin() as connection:
+    with _MIGRATING, _migration_lock(path), engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
@@ -195,5 +210,5 @@ def open_store(path: Path | str) -> Store:
     if str(path) != ":memory:" and not Path(path).expanduser().parent.is_dir():
         raise StoreOpenError(f"{path}: cannot open the store: the folder {Path(path).parent} does not exist")
     engine = make_engine(path)
-    migrate(engine)
+    migrate(engine, path)
     return Store(engine)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,8 +56,14 @@ def probe_inputs(task: int) -> torch.Tensor:
     return torch.randint(0, 128, (PROBES, PROBE_LENGTH), generator=torch.Generator().manual_seed(7 + task))
 
 
+# transformers' from_pretrained patches torch globally while it builds a model on the meta device; two calls in
+# two threads at once can leave that patch in place for the rest of the process, so loads take turns.
+_LOADING = threading.Lock()
+
+
 def greedy_tokens(folder: Path, task: int) -> torch.Tensor:
-    model = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+    with _LOADING:
+        model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
     with torch.no_grad():
         return model(probe_inputs(task)).logits.argmax(-1)
 
