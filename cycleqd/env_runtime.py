@@ -16,6 +16,13 @@ from sandboxes.images import image_tag
 from sandboxes.limits import SandboxLimits
 from sandboxes.pool import SandboxPool
 
+IMAGES_BY_ENV = {"os": ["os-default", "os-packages"], "db": ["mariadb"], "coding": ["os-default"]}
+
+
+def images_for(envs: list[str]) -> list[str]:
+    """The sandbox images episodes of these environments need, each once."""
+    return sorted({image for env in envs for image in IMAGES_BY_ENV[env]})
+
 
 def image_for(task: EvalTask) -> str:
     if task.env == "os":

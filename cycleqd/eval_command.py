@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cycleqd.env_runtime import images_for
 from cycleqd.eval_tasks import load_eval_tasks
 from cycleqd.orchestrator import EpisodeResult, EvalSettings, Orchestrator, summarize
 from db.store import Store, open_store
@@ -40,8 +41,7 @@ def run_eval_command(
             return 2
         config = run.config
     tasks = load_eval_tasks(config["tasks"], config["suite"], config["split"], config["limit"])
-    images = {"os": ["os-default", "os-packages"], "db": ["mariadb"], "coding": ["os-default"]}
-    build_images(docker_client(), sorted({i for env in config["tasks"] for i in images[env]}))
+    build_images(docker_client(), images_for(config["tasks"]))
     config = {**config, "planned_episodes": len(tasks) * config["repeats"]}  # the monitor's progress total
     run = store.get_run(resume_id) if resume_id else store.create_run("eval", config)
     assert run is not None

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cycleqd.candidate_eval import EpisodeEvaluator
-from cycleqd.env_runtime import EnvRuntime
+from cycleqd.env_runtime import EnvRuntime, images_for
 from cycleqd.evolution import Evolution, EvolutionEvent, FinalRow
 from db.evolution_store import EvolutionStore
 from db.store import Store, open_store
@@ -30,8 +30,6 @@ from sandboxes.images import build_images
 from serving.default_model import cache_root, default_checkpoint
 from serving.model_ref import LocalCheckpoint
 from serving.resolve import manager_for
-
-IMAGES = {"os": ["os-default", "os-packages"], "db": ["mariadb"], "coding": ["os-default"]}
 
 
 def evolve_cache() -> Path:
@@ -55,7 +53,7 @@ def run_evolve_command(
     assert config is not None
     base = resolve_base(config)
     verify_experts(base, [Path(t.expert) for t in config.tasks])
-    build_images(docker_client(), sorted({i for t in config.tasks for i in IMAGES[t.env]}))
+    build_images(docker_client(), images_for([t.env for t in config.tasks]))
     cache = build_svd_cache(base, [Path(t.expert) for t in config.tasks], evolve_cache(), progress=not as_json)
     run = store.get_run(resume_id) if resume_id else store.create_run("evolve", config.snapshot())
     assert run is not None

@@ -10,12 +10,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cycleqd.env_runtime import images_for
 from cycleqd.sft_data import gold_transcripts, load_transcripts, render, save_transcripts
 from cycleqd.sft_train import SFTSettings, fine_tune
 from sandboxes.engine import docker_client
 from sandboxes.images import build_images
-
-IMAGES = {"os": ["os-default", "os-packages"], "db": ["mariadb"], "coding": ["os-default"]}
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ def run_sft(request: SFTRequest, console: Console | None) -> SFTSummary:
     if cached.is_file():
         transcripts = load_transcripts(cached)
     else:
-        build_images(docker_client(), IMAGES[request.env])
+        build_images(docker_client(), images_for([request.env]))
         transcripts = asyncio.run(gold_transcripts(request.env, request.suite, request.split, request.limit))
         save_transcripts(cached, transcripts)
     if not transcripts:
