@@ -21,6 +21,7 @@ from cycleqd.sft_command import SFTRequest, run_sft
 from cycleqd.sft_train import SFTSettings
 from db.evolution_store import EvolutionStore
 from db.store import open_store
+from envs.suite_verify import GOLD_REPLY_FORMAT
 from evolver.config import EvolveConfig, parse_config
 from serving.default_model import cache_root, default_checkpoint
 
@@ -44,7 +45,7 @@ class DemoBudget:
                 f"{self.max_tokens} tokens per reply, {self.rounds} rounds")  # fmt: skip
 
     def sft_key(self) -> str:
-        part = {k: v for k, v in asdict(self).items() if k.startswith("sft_")}
+        part = {k: v for k, v in asdict(self).items() if k.startswith("sft_")} | {"gold": GOLD_REPLY_FORMAT}
         return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
 
 

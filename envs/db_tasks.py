@@ -30,6 +30,7 @@ class DBTask:
     category: str  # INSERT, UPDATE, DELETE, or a SELECT-like category (counting, ranking, …)
     label: tuple[Any, ...]
     answer_md5: str | None = None
+    select_sql: str | None = None  # `sql.query` of a SELECT-like task, when the file gives one
 
     @property
     def task_id(self) -> str:
@@ -46,7 +47,10 @@ class DBTask:
 
     @property
     def gold_sql(self) -> str | None:
-        return str(self.label[0]) if self.modifies and self.label else None
+        """The statement that solves the task: a modification's label, or a SELECT's `sql.query`."""
+        if self.modifies:
+            return str(self.label[0]) if self.label else None
+        return self.select_sql
 
 
 def _require(record: dict, key: str, kind: type, source: str, index: int, expected: str) -> Any:
@@ -89,6 +93,9 @@ def parse_db_task(record: Any, source: str, index: int) -> DBTask:
     answer_md5 = record.get("answer_md5")
     if types[0] in MODIFYING and not isinstance(answer_md5, str):
         raise TaskFormatError(source, index, "answer_md5", f"a string, since the task is an {types[0]}")
+    sql = record.get("sql")
+    if sql is not None and not (isinstance(sql, dict) and isinstance(sql.get("query", ""), str)):
+        raise TaskFormatError(source, index, "sql", "an object {query: SQL string}")
     return DBTask(
         source=source,
         index=index,
@@ -100,6 +107,7 @@ def parse_db_task(record: Any, source: str, index: int) -> DBTask:
         category=types[0],
         label=tuple(label),
         answer_md5=answer_md5,
+        select_sql=(sql or {}).get("query") or None if types[0] not in MODIFYING else None,
     )
 
 

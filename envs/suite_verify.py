@@ -10,6 +10,7 @@ label (DBBench's SELECT gold SQL is SQLite-flavoured, so its answer is the gold 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,8 @@ from sandboxes.images import image_tag
 from sandboxes.limits import SandboxLimits
 
 T = TypeVar("T")
+# Bumped whenever the gold replies change, so that anything trained on them (the demo's cached experts) is redone.
+GOLD_REPLY_FORMAT = 2
 
 
 @dataclass
@@ -110,21 +113,30 @@ def guess_env(path: Path) -> str:
     return "os"
 
 
+def asks_a_question(task: OSTask) -> bool:
+    return task.description.rstrip().endswith("?") or "answer" in task.description.lower()
+
+
 def gold_replies(task: OSTask, scripts_dir: Path | None) -> list[str] | None:
-    """The first gold reply (the rest depends on what the sandbox printed); None if the task has no gold."""
+    """The first gold reply (the rest depends on what the sandbox printed); None if the task has no gold.
+
+    The thought says what a competent agent would think, never "the reference solution": an expert fine-tuned on
+    these replies should learn the behaviour, not a phrase that only makes sense in a replay."""
     if task.example is not None:
         source = script_source(task.example, scripts_dir)
-        return [f"Think: run the reference solution.\n\nAct: bash\n\n```bash\n{source}\n```"]
+        thought = ("To answer this I need to look at the system, so I run a command that prints what is asked."
+                   if asks_a_question(task) else "I can do this with a shell command.")  # fmt: skip
+        return [f"Think: {thought}\n\nAct: bash\n\n```bash\n{source}\n```"]
     if task.match is not None and task.match.answer is not None:
-        return [f"Think: I know the answer.\n\nAct: answer({task.match.answer})"]
+        return [f"Think: I already know the answer, it is {task.match.answer}.\n\nAct: answer({task.match.answer})"]
     return None
 
 
 def answer_reply(output: str) -> str:
     text = output.strip()
     if "\n" in text or not text:
-        return "Think: the reference solution ran.\n\nAct: finish"
-    return f"Think: the reference solution printed the answer.\n\nAct: answer({text})"
+        return "Think: The command ran without errors, so the task is done.\n\nAct: finish"
+    return f"Think: Now I get the answer, it is {text}.\n\nAct: answer({text})"
 
 
 async def replay_os_gold(task: OSTask, settings: OSSettings) -> TaskVerdict:
@@ -171,13 +183,54 @@ async def verify_os(
     return reports
 
 
+def result_values(observation: str) -> list[str] | None:
+    """The values of an operation's result as answer strings, or None when it is not a plain list of tuples."""
+    try:
+        rows = ast.literal_eval(observation)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    if not isinstance(rows, list) or not all(isinstance(row, tuple) for row in rows):
+        return None
+    return [str(value) for row in rows for value in row]
+
+
+def db_operation_reply(task: DBTask, sql: str) -> str:
+    purpose = "change" if task.modifies else "read"
+    return (f"I need to {purpose} the rows of the table {task.table_name} to do this, with one SQL statement.\n"
+            f"Action: Operation\n```sql\n{sql}\n```")  # fmt: skip
+
+
+def db_answer_reply(task: DBTask, answer: list[str], after_query: bool) -> str:
+    if task.modifies:  # scored by the table's contents; the answer field is free
+        return 'The table is changed as asked, so I am done.\nAction: Answer\nFinal Answer: ["done"]'
+    thought = "The result above is the answer." if after_query else "I know the answer."
+    return f"{thought}\nAction: Answer\nFinal Answer: {json.dumps(answer)}"
+
+
 async def replay_db_gold(task: DBTask, server: MariaDBServer) -> TaskVerdict:
+    """A modification runs its gold SQL then answers. A SELECT-like task first tries its gold SQL and answers with
+    what came back (what an agent would do); when that SQL fails on MariaDB or its result does not score, it
+    answers the label directly, so that verification still tells whether the task itself is sound."""
+    if not task.modifies and task.gold_sql:
+        verdict = await _replay_db(task, server, query_first=True)
+        if verdict.passed:
+            return verdict
+    return await _replay_db(task, server, query_first=False)
+
+
+async def _replay_db(task: DBTask, server: MariaDBServer, *, query_first: bool) -> TaskVerdict:
     episode = RecordedEpisode(DBBenchEpisode(task, server))
     try:
         await episode.begin()
-        if task.modifies:
-            await episode.step(f"Action: Operation\n```sql\n{task.gold_sql}\n```")
-        await episode.step("Action: Answer\nFinal Answer: " + json.dumps(list(task.label)))
+        answer = [str(value) for value in task.label]
+        if task.modifies or query_first:
+            observation = await episode.step(db_operation_reply(task, task.gold_sql or ""))
+        if query_first:
+            values = result_values(observation or "")
+            if values is None:
+                return TaskVerdict(task.task_id, False, f"gold SQL gave no plain result: {observation!r}")
+            answer = values
+        await episode.step(db_answer_reply(task, answer, query_first))
         outcome = await episode.outcome()
     except EpisodeSetupError as exc:
         return TaskVerdict(task.task_id, False, f"environment error: {exc}")

@@ -102,8 +102,9 @@ def test_malformed_db_tasks_name_the_field(tmp_path: Path) -> None:
     )
     bad_rows = good.replace('[["1"]]', '[["1", "2"]]')
     no_md5 = good.replace(', "answer_md5": "h"', "")
+    bad_sql = good.replace(', "answer_md5": "h"', ', "answer_md5": "h", "sql": {"query": 3}')
     path = tmp_path / "t.jsonl"
-    for line, field in ((bad_rows, "table.table_info.rows"), (no_md5, "answer_md5")):
+    for line, field in ((bad_rows, "table.table_info.rows"), (no_md5, "answer_md5"), (bad_sql, "sql")):
         path.write_text(good + "\n" + line + "\n")
         with pytest.raises(TaskFormatError, match=f"t.jsonl, task 1: field '{field}'"):
             load_db_tasks(path)
@@ -197,6 +198,13 @@ async def test_builtin_db_suite_verifies_completely(docker_engine) -> None:  # n
     kinds = [t.kind for file in tasks for t in file]
     assert len(kinds) >= 40 and {k: kinds.count(k) for k in set(kinds)} == {"SELECT": 19, "INSERT": 13, "UPDATE": 13}
     assert [(v.task_id, v.reason) for r in reports for v in r.verdicts if not v.passed] == []
+    # A SELECT's gold replay queries with its own SQL and answers with what came back, as an agent would: that is
+    # what SFT experts learn from.
+    selects = {t.task_id: t for file in tasks for t in file if not t.modifies}
+    for verdict in (v for r in reports for v in r.verdicts if v.task_id in selects):
+        replies = [m["content"] for m in verdict.transcript[verdict.prompt_messages :] if m["role"] == "assistant"]
+        assert len(replies) == 2 and selects[verdict.task_id].select_sql in replies[0], verdict.transcript
+        assert "Final Answer:" in replies[1] and "reference" not in " ".join(replies)
 
 
 @pytest.mark.slow
