@@ -281,12 +281,11 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
 
     if env_name == "auto":
         env_name = guess_env(path)
+    from cycleqd.env_runtime import images_for
     from sandboxes.engine import docker_client
     from sandboxes.images import build_images
 
-    build_images(
-        docker_client(), {"os": ["os-default", "os-packages"], "db": ["mariadb"]}.get(env_name, ["os-default"])
-    )
+    build_images(docker_client(), images_for([env_name]))
     columns = (TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         bar = progress.add_task("verify", total=None)
@@ -486,27 +485,29 @@ def sft_cmd(
     except ValueError as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
-    console.print(f"{summary.out}: {summary.examples} trajectories, loss {summary.first_loss:.3f} → "
-                  f"{summary.last_loss:.3f}, {summary.seconds:.0f} s", highlight=False)  # fmt: skip
+    console.print(summary.describe(), highlight=False)
 
 
 @cli.command("demo")
 @_db_option
 @click.option("--sft-examples", default=10, show_default=True, help="Gold trajectories per expert.")
 @click.option("--sft-epochs", default=3, show_default=True)
+@click.option("--sft-lr", default=1e-4, show_default=True, help="The experts' AdamW learning rate.")
 @click.option("--eval-limit", default=3, show_default=True, help="Tasks per environment on each split.")
 @click.option("--generations", default=3, show_default=True)
 @click.option("--max-tokens", default=128, show_default=True)
 @click.option("--rounds", default=3, show_default=True)
-def demo_cmd(db_path: Path, sft_examples: int, sft_epochs: int, eval_limit: int, generations: int, max_tokens: int,
-             rounds: int) -> None:  # fmt: skip
+def demo_cmd(db_path: Path, sft_examples: int, sft_epochs: int, sft_lr: float, eval_limit: int, generations: int,
+             max_tokens: int, rounds: int) -> None:  # fmt: skip
     """The whole method on this machine's CPU: fine-tune one SmolLM2 expert per environment, evolve them with
     CycleQD, and print base, experts, naive merge and the CycleQD model on the held-out test splits. The budget is
     printed first; a second run reuses the cached experts (and the finished evolution, if the store has it)."""
     from cycleqd.demo import DemoBudget, run_demo
 
-    budget = DemoBudget(sft_examples=sft_examples, sft_epochs=sft_epochs, eval_limit=eval_limit,
-                        generations=generations, max_tokens=max_tokens, rounds=rounds)  # fmt: skip
+    budget = DemoBudget(
+        sft_examples=sft_examples, sft_epochs=sft_epochs, sft_learning_rate=sft_lr, eval_limit=eval_limit,
+        generations=generations, max_tokens=max_tokens, rounds=rounds,
+    )  # fmt: skip
     sys.exit(run_demo(budget, db_path, console, err_console))
 
 

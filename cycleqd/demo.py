@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def demo_experts(budget: DemoBudget, base: Path, console: Console | None) -> dic
         if not (out / "config.json").is_file():
             if console:
                 console.print(f"[bold]expert {env}[/]")
-            run_sft(SFTRequest(base, env, "builtin", "train", budget.sft_examples, out, settings), console)
+            summary = run_sft(SFTRequest(base, env, "builtin", "train", budget.sft_examples, out, settings), console)
+            if console:
+                console.print(summary.describe(), highlight=False)
         experts[env] = out
     return experts
 
@@ -75,7 +78,9 @@ def demo_config(budget: DemoBudget, base: Path, experts: dict[str, Path]) -> Evo
 def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) -> int:
     console.print(f"cycleqd demo — {budget.describe()}", highlight=False)
     base = default_checkpoint().path
+    started = time.monotonic()
     experts = demo_experts(budget, base, console)
+    experts_done = time.monotonic()
     config = demo_config(budget, base, experts)
     store = open_store(db_path)
     for run in store.list_runs(limit=200):
@@ -84,4 +89,11 @@ def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) 
             names = list(config.task_names)
             console.print(final_table(final_rows(EvolutionStore(store, run.id), names), names))
             return 0
-    return run_evolve_command(config, db_path, None, False, console, err)
+    status = run_evolve_command(config, db_path, None, False, console, err)
+    console.print(f"stage times: experts {_minutes(experts_done - started)} (0 when cached), evolution and the "
+                  f"final table {_minutes(time.monotonic() - experts_done)}", highlight=False)  # fmt: skip
+    return status
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"

@@ -37,6 +37,10 @@ class SFTSummary:
     seconds: float
     out: Path
 
+    def describe(self) -> str:
+        return (f"{self.out}: {self.examples} trajectories ({self.trained_tokens} trained tokens), loss "
+                f"{self.first_loss:.3f} → {self.last_loss:.3f}, {self.seconds:.0f} s")  # fmt: skip
+
 
 def transcripts_file(out: Path) -> Path:
     return out.with_name(out.name + ".transcripts.jsonl")

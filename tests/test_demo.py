@@ -22,6 +22,7 @@ def test_the_demo_runs_end_to_end_and_reuses_its_cache(docker_engine, default_mo
     assert "2 trajectories × 1 epochs per environment" in first.stdout
     for row in ("base", "expert os", "expert db", "expert coding", "naive merge", "CycleQD final"):
         assert row in first.stdout
+    assert "stage times: experts" in first.stdout and "evolution and the final table" in first.stdout
     second = subprocess.run([CYCLEQD, "demo", *TINY, "--db", str(db)], capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "this demo already ran" in second.stdout and "CycleQD final" in second.stdout
