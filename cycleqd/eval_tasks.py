@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from envs.coding import CodingTask, humaneval_path, load_coding_tasks
@@ -31,7 +31,10 @@ class EvalTask:
 
     @property
     def content_hash(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self.task), sort_keys=True, default=str).encode()).hexdigest()[:32]
+        content = asdict(self.task)
+        for gold_only in (f.name for f in fields(self.task) if f.metadata.get("gold_only")):
+            del content[gold_only]
+        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def suite_files(env: str, suite: str, split: str) -> list[Path]:

@@ -8,7 +8,7 @@ A task has `description`, `add_description`, `table` {table_name, table_info {co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,9 @@ class DBTask:
     category: str  # INSERT, UPDATE, DELETE, or a SELECT-like category (counting, ranking, …)
     label: tuple[Any, ...]
     answer_md5: str | None = None
-    select_sql: str | None = None  # `sql.query` of a SELECT-like task, when the file gives one
+    # `sql.query` of a SELECT-like task, when the file gives one. Only gold replays read it, so it is not part of
+    # the task's content hash: stored episodes stay attached to their task.
+    select_sql: str | None = field(default=None, metadata={"gold_only": True})
 
     @property
     def task_id(self) -> str:

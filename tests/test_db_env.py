@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cycleqd.eval_tasks import EvalTask
 from envs.db_tasks import load_db_tasks, parse_db_task
 from envs.dbbench import DBBenchEpisode, dbbench_metrics, parse_db_action, parse_final_answer, select_answer_correct
 from envs.episode import EpisodeStatus
@@ -109,6 +110,19 @@ def test_malformed_db_tasks_name_the_field(tmp_path: Path) -> None:
         with pytest.raises(TaskFormatError, match=f"t.jsonl, task 1: field '{field}'"):
             load_db_tasks(path)
 
+
+
+def test_a_selects_gold_sql_is_read_but_leaves_the_task_identity_alone() -> None:
+    record = {"description": "d", "table": {"table_name": "t", "table_info": {"columns": [{"name": "a"}],
+              "rows": [["1"]]}}, "type": ["counting"], "label": ["1"]}  # fmt: skip
+    plain = parse_db_task(record, "t.jsonl", 0)
+    with_sql = parse_db_task(record | {"sql": {"query": "SELECT COUNT(*) FROM t"}}, "t.jsonl", 0)
+    assert (plain.gold_sql, with_sql.gold_sql) == (None, "SELECT COUNT(*) FROM t")
+    # Stored episodes are keyed by the content hash; gold-only fields must not move it.
+    as_eval = [EvalTask("db", "builtin", "dev", "t.jsonl#0", task) for task in (plain, with_sql)]
+    assert as_eval[0].content_hash == as_eval[1].content_hash
+    changed = parse_db_task(record | {"label": ["2"]}, "t.jsonl", 0)
+    assert EvalTask("db", "builtin", "dev", "t.jsonl#0", changed).content_hash != as_eval[0].content_hash
 
 # -- real episodes -----------------------------------------------------------------------------------------------
 
