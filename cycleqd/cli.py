@@ -490,11 +490,11 @@ def sft_cmd(
 
 @cli.command("demo")
 @_db_option
-@click.option("--sft-examples", default=10, show_default=True, help="Gold trajectories per expert.")
-@click.option("--sft-epochs", default=3, show_default=True)
+@click.option("--sft-examples", default=20, show_default=True, help="Gold trajectories per expert.")
+@click.option("--sft-epochs", default=5, show_default=True)
 @click.option("--sft-lr", default=1e-4, show_default=True, help="The experts' AdamW learning rate.")
-@click.option("--eval-limit", default=3, show_default=True, help="Tasks per environment on each split.")
-@click.option("--generations", default=3, show_default=True)
+@click.option("--eval-limit", default=10, show_default=True, help="Tasks per environment on each split.")
+@click.option("--generations", default=4, show_default=True)
 @click.option("--max-tokens", default=128, show_default=True)
 @click.option("--rounds", default=3, show_default=True)
 def demo_cmd(db_path: Path, sft_examples: int, sft_epochs: int, sft_lr: float, eval_limit: int, generations: int,

@@ -31,11 +31,13 @@ ENVS = ("os", "db", "coding")
 
 @dataclass(frozen=True)
 class DemoBudget:
-    sft_examples: int = 10  # gold trajectories per environment
-    sft_epochs: int = 3
+    # Measured on 2 cores: at this budget the DB and coding experts beat the base on their own test split and the
+    # whole demo takes about 2 h; at 10 trajectories × 3 epochs (older gold replies) only the DB expert did.
+    sft_examples: int = 20  # gold trajectories per environment
+    sft_epochs: int = 5
     sft_learning_rate: float = 1e-4
-    eval_limit: int = 3  # tasks per environment, on each of the selection and test splits
-    generations: int = 3
+    eval_limit: int = 10  # tasks per environment, on each of the selection and test splits
+    generations: int = 4
     max_tokens: int = 128
     rounds: int = 3
     bins: int = 5
