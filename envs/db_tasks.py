@@ -109,7 +109,7 @@ def parse_db_task(record: Any, source: str, index: int) -> DBTask:
         category=types[0],
         label=tuple(label),
         answer_md5=answer_md5,
-        select_sql=(sql or {}).get("query") or None if types[0] not in MODIFYING else None,
+        select_sql=None if types[0] in MODIFYING else (sql or {}).get("query") or None,
     )
 
 

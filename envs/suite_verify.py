@@ -4,8 +4,10 @@ would go, and report the pass rate per file with the reason for every failure.
 OS: the task's `example` script as a bash action, then its output as the answer (or `finish` when the output
 spans several lines); a match task without an example answers its expected string. Tasks whose scripts are not
 available, or that have no gold, are listed apart with the reason, not counted as failures.
-DB: a modification runs its gold SQL (the label) as an operation, then answers; a SELECT-like task answers its
-label (DBBench's SELECT gold SQL is SQLite-flavoured, so its answer is the gold that exists).
+DB: a modification runs its gold SQL (the label) as an operation, then answers; a SELECT-like task runs its
+`sql.query` and answers with the result, or, when that SQL does not run on MariaDB or its result does not score
+(DBBench's SELECT gold SQL is SQLite-flavoured), answers its label.
+The transcripts are also `cycleqd sft`'s training data, so every reply reads as a competent agent's would.
 """
 
 from __future__ import annotations
