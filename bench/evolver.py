@@ -171,8 +171,10 @@ def main() -> None:
         read = statistics.median(s.bytes_read for s in stats)
         print(f"input {in_bytes / 2**20:.0f} MiB (base, experts' tensors, Q of the mutated expert), output "
               f"{out_bytes / 2**20:.0f} MiB")  # fmt: skip
-        print(f"bytes read per child ÷ checkpoint weights = {read / weight_bytes:.2f} for {contributing} contributing "
-              f"experts = {read / weight_bytes / contributing:.2f} per expert (goal <= ~2), base included")
+        print(
+            f"bytes read per child ÷ checkpoint weights = {read / weight_bytes:.2f} for {contributing} contributing "
+            f"experts = {read / weight_bytes / contributing:.2f} per expert (goal <= ~2), base included"
+        )
         print(f"materialisation / read+write of the same bytes = {mine:.2f} s / {theirs:.2f} s = {mine / theirs:.2f} "
               f"(goal <= 1.5; device {device}, {torch.get_num_threads()} CPU threads)")  # fmt: skip
         middle = stats[ours.index(mine)] if mine in ours else stats[0]  # the median run's own parts add up
