@@ -13,7 +13,7 @@ identities, and is recomputed on every build).
 Size: r² fp32 per matrix. For a square matrix that is twice its bf16 bytes, for a rectangular one far less
 (Llama-3-8B: ~0.4× of a checkpoint; SmolLM2-135M: ~0.77×, its q/o projections being square). One safetensors
 file per expert, `<cache_dir>/svd/<key>.safetensors`, written tensor by tensor, published by rename and read
-memory-mapped. The SVD runs on the GPU when there is one.
+memory-mapped. The decomposition runs on the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -166,6 +166,19 @@ class SVDCache:
         return sum(path.stat().st_size for path in self.files)
 
 
+def smaller_side_svd(tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q (r×r, columns = the smaller side's singular vectors, by descending σ) and σ, in fp32 on the CPU.
+
+    From the eigendecomposition of the r×r Gram matrix (τᵀτ, or ττᵀ when wide) in fp64: the same factors as a
+    thin SVD, several times faster on a GPU, and σ as accurate as an fp32 SVD's down to ~1e-8 of the largest
+    (an exact zero stays zero). Only orthogonality of Q matters for the experts and their crossovers."""
+    t = tau.double()
+    gram = t.T @ t if tall(tuple(tau.shape)) else t @ t.T
+    eigenvalues, vectors = torch.linalg.eigh(gram)  # ascending
+    sigma = eigenvalues.flip(0).clamp_min(0).sqrt()
+    return vectors.flip(1).float().contiguous().cpu(), sigma.float().cpu()
+
+
 def _write_factors(base: CheckpointLayout, expert: Path, out: Path, device: str, progress: Progress) -> None:
     specs = factor_specs(base)
     matrices = [name for name in sorted(base.tensors) if len(base.tensors[name].shape) == 2]
@@ -174,10 +187,9 @@ def _write_factors(base: CheckpointLayout, expert: Path, out: Path, device: str,
     reader = TaskVectorReader(base, (expert,))
     with StreamWriter(out, specs, metadata=metadata, fsync=True) as writer:
         for name in matrices:
-            tau = reader.task_vector(0, name, device)
-            u, s, vh = torch.linalg.svd(tau, full_matrices=False)
-            writer.write(f"{name}::Q", (vh.T if tall(tau.shape) else u).contiguous())
-            writer.write(f"{name}::S", s)
+            q, sigma = smaller_side_svd(reader.task_vector(0, name, device))
+            writer.write(f"{name}::Q", q)
+            writer.write(f"{name}::S", sigma)
             progress.advance(bar)
 
 
