@@ -11,7 +11,7 @@ experts' checkpoints must stay where they were when the cache was built (the cac
 identities, and is recomputed on every build).
 
 Size: r² fp32 per matrix. For a square matrix that is twice its bf16 bytes, for a rectangular one far less
-(Llama-3-8B: ~0.4× of a checkpoint; SmolLM2-135M: ~0.77×, its q/o projections being square). One safetensors
+(by shape: Llama-3-8B 0.69× a checkpoint, Llama-3.2-1B 0.56×, SmolLM2-135M 0.78×). One safetensors
 file per expert, `<cache_dir>/svd/<key>.safetensors`, written tensor by tensor, published by rename and read
 memory-mapped. The decomposition runs on the GPU when there is one.
 """
