@@ -242,10 +242,14 @@ class VLLMManager(ProcessServerManager):
         await self._restart_on(Path(self._model_path))
 
     async def _choose_swap_method(self) -> None:
-        async with httpx.AsyncClient(base_url=self.root_url, timeout=30) as http:
-            response = await http.get("/version")
-        text = response.json().get("version", "") if response.status_code == 200 else ""
-        self.version = parse_version(str(text))
+        text = ""
+        try:
+            async with httpx.AsyncClient(base_url=self.root_url, timeout=30) as http:
+                response = await http.get("/version")
+            text = str(response.json().get("version", "")) if response.status_code == 200 else ""
+        except (httpx.HTTPError, ValueError, AttributeError):
+            pass  # an unknown version: restarts only, which are always correct
+        self.version = parse_version(text)
         if not self.version or self.version < IN_PLACE_SINCE:
             self.swap_method = "restart"
             log.warning("vLLM %s cannot reload weights from a path (needs ≥ %s): every swap restarts the server",
