@@ -251,12 +251,13 @@ def check_shape(label: str, shape: dict, work: Path, device: str, report: Report
         w = mutation_draws(built, 0.1, 7)  # type: ignore[arg-type]
         errors = fp32_reference_error(built, child, names, w, device)
         result: dict[str, object] = {"fp32_reference_relative_error": errors}
-        if label == "8b":
-            result["delta_cpu_vs_device_relative"] = {
-                n: float((dense_delta(child, built, n, "cpu") - dense_delta(child, built, n, device).cpu()).abs().max()
-                         / dense_delta(child, built, n, "cpu").abs().max())
-                for n in names
-            }  # type: ignore[arg-type]  # fmt: skip
+        if label == "8b":  # a full CPU materialisation of 8B shapes would not fit the budget: three tensors
+            relative = {}
+            for n in names:
+                on_cpu = dense_delta(child, built, n, "cpu")  # type: ignore[arg-type]
+                on_device = dense_delta(child, built, n, device).cpu()  # type: ignore[arg-type]
+                relative[n] = float((on_cpu - on_device).abs().max() / on_cpu.abs().max())
+            result["delta_cpu_vs_device_relative"] = relative
             return result
         started = time.perf_counter()
         materialize(child, built, work / "child-cpu", device="cpu")  # type: ignore[arg-type]
