@@ -3,9 +3,10 @@
 A task's score is the mean of its scored episodes, each in [0, 1]. After some of a child's episodes the final
 mean is bounded: every unplayed episode may still score anything in that range (or end in an environment error,
 which the mean leaves out: an error is unknown, never a 0). Per archive, the bounds of the BC tasks give a box of
-cells the child can still land in, and the bound of the quality task the best quality it can still reach. The archive can still take the child when a
-cell of that box is empty or holds an elite of lower quality (insertion needs *strictly* better). When no archive
-can, the child's remaining episodes cannot change any archive: it is rejected early.
+cells the child can still land in, and the bound of the quality task the best quality it can still reach. The
+archive can still take the child when a cell of that box is empty or holds an elite of lower quality (insertion
+needs *strictly* better). When no archive can, the child's remaining episodes cannot change any archive: it is
+rejected early.
 
 Why this is exact: archives only get better (a filled cell stays filled, its quality never drops). A child no
 archive can take against a snapshot taken when its race started is refused by the archives as they stand at its
@@ -77,11 +78,12 @@ def mean_bounds(tally: TaskTally, kind: str = "exact", delta: float = 0.05, task
 
 
 class ArchiveView:
-    """A snapshot of one archive as a quality grid (NaN where empty), for fast box queries."""
+    """A snapshot of one archive as a quality grid (-inf where empty: an empty cell takes any quality), for fast
+    box queries."""
 
     def __init__(self, archive: GridArchive) -> None:
         self.archive = archive
-        self.grid = np.full((archive.bins,) * len(archive.bc_indices), np.nan)
+        self.grid = np.full((archive.bins,) * len(archive.bc_indices), -np.inf)
         for cell, elite in archive.elites.items():
             self.grid[cell] = archive.quality(elite.scores)
 
@@ -96,10 +98,8 @@ class ArchiveView:
     def slack(self, bounds: Sequence[tuple[float, float]]) -> float:
         """How far the child's best reachable quality is above the weakest elite of its box: > 0 while the archive
         can still take it (+inf when a reachable cell is empty), ≤ 0 once it cannot."""
-        cells = self.grid[tuple(slice(first, last + 1) for first, last in self.box(bounds))]
-        if np.isnan(cells).any():
-            return math.inf
-        return bounds[self.archive.task_index][1] - float(cells.min())
+        weakest = float(self.grid[tuple(slice(first, last + 1) for first, last in self.box(bounds))].min())
+        return bounds[self.archive.task_index][1] - weakest
 
 
 class Race:
@@ -160,7 +160,10 @@ class Race:
         """No archive can take the child any more, and some of its episodes are still unplayed."""
         if self.kind == "off" or not self.tallies or self.played >= self.planned:
             return False
-        return all(s <= 0 for s in self.slacks())
+        if self._slacks is None:  # the first archive that can still take the child settles it
+            bounds = self.bounds()
+            return all(view.slack(bounds) <= 0 for view in self.views)
+        return all(s <= 0 for s in self._slacks)
 
     def start_next(self, available: Collection[int]) -> int:
         """Which task to start an episode of next, among those with episodes left to start; counted as started.
