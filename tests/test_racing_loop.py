@@ -6,13 +6,16 @@ whose genome was measured before is not measured again."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import sys
 from pathlib import Path
 
 import pytest
 
 from cycleqd.evolution import CandidateUnderTest, Evolution
+from cycleqd.report import final_rows, saving_line, write_episode_table
 from db.evolution_store import EvolutionStore
+from db.monitor_queries import EpisodeSaving, evolution_progress
 from db.store import open_store
 from evolver.svd_cache import build_svd_cache
 
@@ -55,6 +58,7 @@ def test_racing_changes_nothing_but_the_episodes_spent(family: Path, tmp_path: P
     (plain, plain_eval), (raced, raced_eval) = runs["off"], runs["exact"]
     assert what_racing_must_not_change(raced) == what_racing_must_not_change(plain)
     assert len(plain.cells()) > 3  # children did enter cells: the comparison covers insertions
+    assert final_rows(raced, list(TASKS)) == final_rows(plain, list(TASKS))  # the report's table
 
     early = [c for c in raced.candidates("child") if c.status == "rejected_early"]
     assert early, "no child was rejected early: the test would not show racing at work"
@@ -75,6 +79,16 @@ def test_racing_changes_nothing_but_the_episodes_spent(family: Path, tmp_path: P
         assert full == twin.scores
         for (lo, hi), name in zip(child.bounds, TASKS, strict=True):
             assert lo < full[name] < hi
+
+    # what the report and the monitor say about the saving
+    played = sum(c.episodes_played for c in raced.candidates("child"))
+    saving = evolution_progress(raced.store, raced.run_id).episodes
+    assert saving == EpisodeSaving(played, 16 * 3 * 72, 16, len(early))
+    line = saving_line(raced)
+    assert line is not None and f"played {played:,} of {16 * 3 * 72:,}" in line and f"{len(early)} of 16" in line
+    rows = list(csv.DictReader(write_episode_table(raced, tmp_path / "report").open()))
+    assert sum(r["status"] == "rejected_early" for r in rows) == len(early)
+    assert sum(int(r["episodes_played"]) for r in rows) == played
 
 
 def test_a_genome_measured_before_is_not_measured_again(family: Path, tmp_path: Path) -> None:
