@@ -98,6 +98,8 @@ def saving_line(evo: EvolutionStore) -> str | None:
     if saving is None:
         return None
     kind = (evo.store.get_run(evo.run_id).config.get("racing") or {}).get("kind", "exact")  # type: ignore[union-attr]
+    if kind == "hoeffding":
+        kind = "hoeffding, statistical and inexact: the archives may differ from a run without racing"
     return (f"racing ({kind}): children played {saving.played:,} of {saving.planned:,} selection episodes "
             f"({saving.saved:.1%} saved); {saving.rejected_early} of {saving.children} rejected early")  # fmt: skip
 

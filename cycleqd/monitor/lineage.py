@@ -32,8 +32,8 @@ def candidate_label(c: CandidateView) -> Text:
     label = Text.assemble((f"#{c.id}", "bold"), f" {c.kind} g{c.generation}")
     if c.scores:
         label.append(f" · {scores_text(c.scores)}", style="cyan")
-    if c.episodes is not None and c.episodes[0] < c.episodes[1]:  # racing or genome reuse spared episodes
-        label.append(f" · {c.episodes[0]}/{c.episodes[1]} episodes", style="dim")
+    if c.episodes is not None:  # selection episodes played of those planned (racing, genome reuse)
+        label.append(f" · {c.episodes[0]}/{c.episodes[1]} ep", style="dim")
     return label
 
 
