@@ -160,10 +160,7 @@ class Race:
         """No archive can take the child any more, and some of its episodes are still unplayed."""
         if self.kind == "off" or not self.tallies or self.played >= self.planned:
             return False
-        if self._slacks is None:  # the first archive that can still take the child settles it
-            bounds = self.bounds()
-            return all(view.slack(bounds) <= 0 for view in self.views)
-        return all(s <= 0 for s in self._slacks)
+        return all(s <= 0 for s in self.slacks())  # cached until the next episode: start_next reads them too
 
     def start_next(self, available: Collection[int]) -> int:
         """Which task to start an episode of next, among those with episodes left to start; counted as started.
