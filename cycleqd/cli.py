@@ -426,7 +426,7 @@ def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
     """An evolution's final table (test splits: base, experts, naive merge, CycleQD final), a heatmap PNG per
     archive and its QD metrics over generations (coverage, QD score, best quality)."""
     from cycleqd.evolve_command import final_table
-    from cycleqd.report import final_rows, write_heatmaps, write_qd_metrics
+    from cycleqd.report import final_rows, saving_line, write_episode_table, write_heatmaps, write_qd_metrics
     from db.evolution_store import EvolutionStore
     from db.store import open_store
 
@@ -438,8 +438,10 @@ def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
     evo = EvolutionStore(store, run_id)
     names = [t["name"] for t in run.config["tasks"]]
     console.print(final_table(final_rows(evo, names), names))
+    if (saving := saving_line(evo)) is not None:
+        console.print(saving, highlight=False)
     out = out or Path(f"report-{run_id}")
-    for path in [*write_heatmaps(evo, out), write_qd_metrics(evo, out)]:
+    for path in [*write_heatmaps(evo, out), write_qd_metrics(evo, out), write_episode_table(evo, out)]:
         console.print(f"wrote {path}", highlight=False)
 
 

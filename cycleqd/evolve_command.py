@@ -130,12 +130,15 @@ class EvolutionView:
         if event.kind == "expert":
             self.lines["experts"] = f"expert {event.candidate_id}: {scores}"
         elif event.kind == "child":
-            self.lines["child"] = f"generation {event.generation} (active {event.active_task}): child {scores}"
+            played = f" ({event.episodes[0]}/{event.episodes[1]} episodes)" if event.episodes else ""
+            outcome = "rejected early, no archive could take it" if event.rejected_early else scores
+            self.lines["child"] = f"generation {event.generation} (active {event.active_task}): child {outcome}{played}"
         elif event.kind == "generation":
             fill = "  ".join(f"{m['archive']} {m['elites']} elites, best {m['best']:.2f}" for m in event.metrics)
             self.lines["archives"] = f"archives: {fill}"
             taken = [f"{i.archive} {i.status.name.lower()}" for i in event.insertions if i.status]
-            self.lines["insert"] = f"last child: {', '.join(taken) or 'rejected everywhere'}"
+            rejected = "rejected early" if event.rejected_early else "rejected everywhere"
+            self.lines["insert"] = f"last child: {', '.join(taken) or rejected}"
             if event.generation >= 1:
                 self.progress.update(self.bar, completed=event.generation)
         elif event.kind == "final":

@@ -5,6 +5,10 @@ An episode: acquire a sandbox (or a database) → begin → (model reply → ste
 It is committed the moment it ends. Environment errors (an init that failed, a server that died under a request,
 a lost engine) are retried `retries` times, then recorded with status env_error and no score; a model that
 answers badly simply scores 0. On resume, what the store already holds is skipped.
+
+A gate (an evolution racing a child) may choose which episode starts next and stop the run early: the episodes
+still running are then cancelled (their sandboxes released by their context managers, nothing of them stored),
+and those not started never are.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from asyncio_pool import AioPool
 
@@ -84,6 +89,20 @@ async def play(runtime: EnvRuntime, manager: ServerManager, task: EvalTask, max_
     return EpisodeRun(outcome, messages, tokens_in, tokens_out, latency)
 
 
+class EpisodeGate(Protocol):
+    """Decides the order of a run's episodes and when the rest no longer matter."""
+
+    def pick(self, todo: list[EvalTask]) -> int:
+        """Index in `todo` (the episodes not started yet, never empty) of the one to start now."""
+        ...
+
+    def observe(self, result: EpisodeResult) -> None: ...
+
+    def settled(self) -> bool:
+        """True once no further episode can change what the caller decides: the run stops."""
+        ...
+
+
 class Orchestrator:
     def __init__(
         self,
@@ -112,22 +131,46 @@ class Orchestrator:
                     todo.append((task, task_id, repeat))
         return todo
 
-    async def run(self, tasks: list[EvalTask], runtime: EnvRuntime | None = None) -> None:
-        """Every episode still to run. An evolution passes its own `runtime`, shared by all its candidates."""
+    async def run(
+        self, tasks: list[EvalTask], runtime: EnvRuntime | None = None, gate: EpisodeGate | None = None
+    ) -> None:
+        """Every episode still to run (or, with a `gate`, until it is settled). An evolution passes its own
+        `runtime`, shared by all its candidates."""
         if runtime is None:
             async with EnvRuntime(
                 tasks, run_id=self.run_id, max_sandboxes=self.settings.max_sandboxes, os_settings=self.settings.os
             ) as owned:
-                await self._run_all(tasks, owned)
+                await self._run_all(tasks, owned, gate)
         else:
-            await self._run_all(tasks, runtime)
+            await self._run_all(tasks, runtime, gate)
 
-    async def _run_all(self, tasks: list[EvalTask], runtime: EnvRuntime) -> None:
+    async def _run_all(self, tasks: list[EvalTask], runtime: EnvRuntime, gate: EpisodeGate | None) -> None:
+        if gate is not None:
+            await self._run_gated(self.plan(tasks), runtime, gate)
+            return
         async with AioPool(size=self.settings.concurrency) as pool:
             for task, task_id, repeat in self.plan(tasks):
                 await pool.spawn(self._episode(runtime, task, task_id, repeat))
 
-    async def _episode(self, runtime: EnvRuntime, task: EvalTask, task_id: int, repeat: int) -> None:
+    async def _run_gated(self, todo: list[tuple[EvalTask, int, int]], runtime: EnvRuntime, gate: EpisodeGate) -> None:
+        """Keep `concurrency` episodes running, each chosen by the gate when a place frees; stop once it settles."""
+        running: set[asyncio.Task[EpisodeResult | None]] = set()
+        try:
+            while not gate.settled() and (todo or running):
+                while todo and len(running) < self.settings.concurrency:
+                    task, task_id, repeat = todo.pop(gate.pick([t for t, _, _ in todo]))
+                    running.add(asyncio.create_task(self._episode(runtime, task, task_id, repeat)))
+                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for done in finished:
+                    result = done.result()
+                    if result is not None:
+                        gate.observe(result)
+        finally:
+            for episode in running:
+                episode.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _episode(self, runtime: EnvRuntime, task: EvalTask, task_id: int, repeat: int) -> EpisodeResult | None:
         started = datetime.now(UTC)
         clock = time.monotonic()
         error = ""
@@ -154,8 +197,10 @@ class Orchestrator:
             await asyncio.to_thread(self.store.record_episode, record)
         except DuplicateEpisodeError:
             log.warning("%s repeat %d was already recorded; not counted twice", task.key, repeat)
-            return
-        self.on_result(EpisodeResult(task, repeat, str(record.status), record.score, time.monotonic() - clock))
+            return None
+        result = EpisodeResult(task, repeat, str(record.status), record.score, time.monotonic() - clock)
+        self.on_result(result)
+        return result
 
 
 def summarize(store: Store, run_id: str, tasks: list[EvalTask], model_id: int, wall_s: float) -> list[Aggregate]:

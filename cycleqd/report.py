@@ -1,8 +1,10 @@
 """`cycleqd report RUN`: the final table of an evolution, a heatmap per archive and its QD metrics over
-generations, all read from the store (nothing is recomputed)."""
+generations, the children's episodes played against planned (racing's saving), all read from the store (nothing
+is recomputed)."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +16,7 @@ import numpy as np  # noqa: E402
 
 from cycleqd.evolution import FinalRow  # noqa: E402
 from db.evolution_store import EvolutionStore  # noqa: E402
+from db.monitor_queries import episode_saving  # noqa: E402
 from db.schema import Archive, Cell  # noqa: E402
 from evolver.archive import parse_cell_key  # noqa: E402
 
@@ -86,4 +89,28 @@ def write_qd_metrics(evo: EvolutionStore, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
+    return path
+
+
+def saving_line(evo: EvolutionStore) -> str | None:
+    """The run's episode saving in one line, when the run counted its children's episodes."""
+    saving = episode_saving(evo.store, evo.run_id)
+    if saving is None:
+        return None
+    kind = (evo.store.get_run(evo.run_id).config.get("racing") or {}).get("kind", "exact")  # type: ignore[union-attr]
+    if kind == "hoeffding":
+        kind = "hoeffding, statistical and inexact: the archives may differ from a run without racing"
+    return (f"racing ({kind}): children played {saving.played:,} of {saving.planned:,} selection episodes "
+            f"({saving.saved:.1%} saved); {saving.rejected_early} of {saving.children} rejected early")  # fmt: skip
+
+
+def write_episode_table(evo: EvolutionStore, out: Path) -> Path:
+    """Per child: episodes played against planned, and how it ended (inserted, rejected early…)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "children-episodes.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["generation", "slot", "candidate", "status", "episodes_played", "episodes_planned"])
+        for c in evo.candidates("child"):
+            writer.writerow([c.generation, c.slot, c.id, c.status, c.episodes_played, c.episodes_planned])
     return path

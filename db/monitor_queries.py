@@ -360,6 +360,36 @@ class EvolutionProgress:
     active_task: str | None  # of the newest candidate (the generation under way), else of the last generation
     candidates: int
     pending: int  # candidates proposed but not yet evaluated
+    episodes: EpisodeSaving | None = None  # children's selection episodes, when the run counted them
+
+
+@dataclass(frozen=True)
+class EpisodeSaving:
+    """Children's selection episodes played against planned: what racing (and genome reuse) saved."""
+
+    played: int
+    planned: int
+    children: int  # children whose episodes were counted
+    rejected_early: int
+
+    @property
+    def saved(self) -> float:
+        return 1.0 - self.played / self.planned if self.planned else 0.0
+
+
+def episode_saving(store: Store, run_id: str) -> EpisodeSaving | None:
+    with store.session() as session:
+        played, planned, children, early = session.execute(
+            select(
+                func.sum(Candidate.episodes_played),
+                func.sum(Candidate.episodes_planned),
+                func.count(),
+                func.sum(case((Candidate.status == "rejected_early", 1), else_=0)),
+            ).where(Candidate.run_id == run_id, Candidate.kind == "child", Candidate.episodes_planned.is_not(None))
+        ).one()
+    if not children:
+        return None
+    return EpisodeSaving(int(played or 0), int(planned or 0), int(children), int(early or 0))
 
 
 def evolution_progress(store: Store, run_id: str) -> EvolutionProgress:
@@ -398,6 +428,7 @@ def evolution_progress(store: Store, run_id: str) -> EvolutionProgress:
         active_task=names.get(active) if active is not None else None,
         candidates=int(count),
         pending=int(pending or 0),
+        episodes=episode_saving(store, run_id),
     )
 
 
@@ -413,6 +444,7 @@ class CandidateView:
     mutation: dict[str, Any]
     status: str
     scores: dict[str, Any]
+    episodes: tuple[int, int] | None = None  # selection episodes (played, planned), when counted
 
 
 def _candidate_view(c: Candidate) -> CandidateView:
@@ -427,6 +459,7 @@ def _candidate_view(c: Candidate) -> CandidateView:
         dict(c.mutation or {}),
         c.status,
         dict(c.scores or {}),
+        (c.episodes_played or 0, c.episodes_planned) if c.episodes_planned is not None else None,
     )
 
 

@@ -117,6 +117,8 @@ class Candidate(Base):
 
     `genome_hash` names its recipe on disk (none for the base); `parents`, `omegas` and `mutation` are its lineage;
     `scores` are per-task selection scores, `test_scores` held-out ones; `insertions` says what each archive did.
+    A child racing stopped early (status rejected_early) has no scores, only `bounds`: per task the [lo, hi] its
+    final score could still reach when no archive could take it any more.
     """
 
     __tablename__ = "candidates"
@@ -133,10 +135,14 @@ class Candidate(Base):
     parents: Mapped[list[int]] = mapped_column(JSON, default=list)
     omegas: Mapped[list[float]] = mapped_column(JSON, default=list)
     mutation: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, evaluated, inserted
+    # pending, evaluated, inserted (offered to the archives, its generation committed), rejected_early
+    status: Mapped[str] = mapped_column(String(16), default="pending")
     scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
     test_scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
     insertions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    episodes_played: Mapped[int | None] = mapped_column(Integer)  # selection episodes (None: not counted)
+    episodes_planned: Mapped[int | None] = mapped_column(Integer)
+    bounds: Mapped[list[list[float]] | None] = mapped_column(JSON)  # per task [lo, hi]; set when rejected early
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     evaluated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
