@@ -196,7 +196,11 @@ _model_option = click.option(
     "model_ref",
     default="default",
     show_default=True,
-    help="A checkpoint folder, a hub name (org/name), an endpoint URL#MODEL, or 'default' (embedded SmolLM2).",
+    help="'default' (embedded SmolLM2), a checkpoint folder, openai/MODEL ($OPENAI_BASE_URL, $OPENAI_API_KEY), "
+    "an endpoint URL#MODEL, hf/ORG/NAME (the server downloads it), or vllm/REF (served by vLLM).",
+)
+_download_option = click.option(
+    "--allow-download", is_flag=True, help="Hand a bare ORG/NAME to the model server to download from the hub."
 )
 _key_env_option = click.option(
     "--api-key-env",
@@ -218,14 +222,15 @@ _key_env_option = click.option(
     help="Which server runs a local model: vLLM needs a GPU; transformers serve runs anywhere.",
 )
 @click.option("--max-tokens", default=512, show_default=True)
-def chat(prompt: str, model_ref: str, api_key_env: str, server: str, max_tokens: int) -> None:
+@_download_option
+def chat(prompt: str, model_ref: str, api_key_env: str, server: str, max_tokens: int, allow_download: bool) -> None:
     """Ask MODEL one question, greedily, and print the answer with the identity of the model that gave it."""
     from serving.errors import ServingError
-    from serving.resolve import manager_for, resolve_model
+    from serving.resolve import manager_for, resolve_model, server_choice
 
     async def ask() -> None:
-        ref = resolve_model(model_ref, key_env=api_key_env)
-        async with manager_for(ref, server=server) as manager:
+        ref = resolve_model(model_ref, key_env=api_key_env, allow_download=allow_download)
+        async with manager_for(ref, server=server_choice(model_ref, server)) as manager:
             with console.status(f"loading {ref.label}…"):
                 await manager.serve(ref)
             reply = await manager.chat([{"role": "user", "content": prompt}], max_tokens=max_tokens)
@@ -239,7 +244,7 @@ def chat(prompt: str, model_ref: str, api_key_env: str, server: str, max_tokens:
     try:
         asyncio.run(ask())
     except ServingError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
@@ -350,12 +355,18 @@ _db_option = click.option(
 @click.option("--rounds", default=5, show_default=True, help="Round limit per episode (CycleQD 5, AgentBench OS 8).")
 @click.option("--max-tokens", default=512, show_default=True, help="Tokens per model reply (greedy).")
 @click.option("--server", type=click.Choice(["auto", "transformers", "vllm"]), default="auto", show_default=True)
+@_download_option
+@click.option("--task-ids", help="Only these tasks, comma-separated ids as `cycleqd tasks` lists them.")
+@click.option("--temperature", default=0.0, show_default=True, help="Sampling temperature (0: greedy).")
+@click.option("--top-p", type=float, help="Nucleus sampling mass (the server's default when unset).")
+@click.option("--seed", type=int, help="Sampling seed sent to the server (reproducible sampling where it honours it).")
 @_db_option
 @click.option("--resume", "resume_id", metavar="RUN", help="Finish run RUN: only what it has not committed runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def eval_cmd(
     model_ref: str, api_key_env: str, tasks: str, suite: str, split: str, limit: int | None, repeats: int,
-    concurrency: int, rounds: int, max_tokens: int, server: str, db_path: Path, resume_id: str | None, as_json: bool,
+    concurrency: int, rounds: int, max_tokens: int, server: str, allow_download: bool, task_ids: str | None,
+    temperature: float, top_p: float | None, seed: int | None, db_path: Path, resume_id: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Benchmark MODEL on the agent tasks and keep every episode in the store. With no argument: the embedded
     SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN."""
@@ -364,7 +375,9 @@ def eval_cmd(
     config = {
         "model": model_ref, "api_key_env": api_key_env, "tasks": tasks.split(","), "suite": suite, "split": split,
         "limit": limit, "repeats": repeats, "concurrency": concurrency, "rounds": rounds, "max_tokens": max_tokens,
-        "server": server,
+        "server": server, "allow_download": allow_download,
+        "task_ids": task_ids.split(",") if task_ids else None,
+        "sampling": {"temperature": temperature, "top_p": top_p, "seed": seed},
     }  # fmt: skip
     sys.exit(run_eval_command(config, db_path, resume_id, as_json, console, err_console))
 
@@ -521,3 +534,7 @@ def tui_cmd(db_path: Path, refresh: float) -> None:
     from cycleqd.tui_command import run_tui
 
     run_tui(db_path, refresh_s=refresh)
+
+
+if __name__ == "__main__":  # `python -m cycleqd.cli`, which tests use to run this tree's code
+    main()

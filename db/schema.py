@@ -72,6 +72,11 @@ class Episode(Base):
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
     transcript: Mapped[list[dict[str, str]]] = mapped_column(default=list)
+    # How many leading transcript messages the environment wrote before the model's first reply (the prompt, and
+    # AgentBench's one-shot turns): context, not the model's actions.
+    context_messages: Mapped[int] = mapped_column(Integer, default=0)
+    # Why it was graded so: the model's answer, what was expected, and the grader's detail.
+    verdict: Mapped[dict[str, Any]] = mapped_column(default=dict)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

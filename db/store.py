@@ -46,6 +46,8 @@ class EpisodeRecord:
     error: str | None = None
     transcript: list[dict[str, str]] = field(default_factory=list)
     started_at: datetime | None = None
+    context_messages: int = 0
+    verdict: dict[str, Any] = field(default_factory=dict)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
