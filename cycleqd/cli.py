@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from cycleqd.checks import print_checks
+from cycleqd.run_lookup import RunLookupError
 from db.store import StoreOpenError
 from sandboxes.errors import SandboxError
 
@@ -26,6 +27,7 @@ def _exit_on_sigterm() -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="cycleqd", prog_name="cycleqd")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens underneath.")
 def cli(verbose: bool) -> None:
     """cycleqd: benchmark LLMs on multi-turn agent tasks (shell, SQL, coding) in Docker sandboxes, and evolve
@@ -41,7 +43,7 @@ def cli(verbose: bool) -> None:
 def main() -> None:
     try:
         cli(standalone_mode=True)
-    except (SandboxError, StoreOpenError) as exc:
+    except (SandboxError, StoreOpenError, RunLookupError) as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
 
@@ -382,24 +384,87 @@ def eval_cmd(
     sys.exit(run_eval_command(config, db_path, resume_id, as_json, console, err_console))
 
 
-@cli.command("runs")
+@cli.group("runs", invoke_without_command=True)
 @_db_option
-def runs_cmd(db_path: Path) -> None:
-    """List the runs in the store, newest first."""
-    from cycleqd.eval_command import print_runs
+@click.pass_context
+def runs_cmd(ctx: click.Context, db_path: Path) -> None:
+    """List the runs in the store, newest first: scores and which model. `cycleqd runs rm RUN` removes one."""
+    from cycleqd.results_commands import print_runs
 
-    print_runs(db_path, console)
+    if ctx.invoked_subcommand is None:
+        print_runs(db_path, console)
+
+
+@runs_cmd.command("rm")
+@click.argument("run_ids", nargs=-1, required=True)
+@_db_option
+def runs_rm_cmd(run_ids: tuple[str, ...], db_path: Path) -> None:
+    """Remove runs (ids or unique prefixes) and everything they hold: episodes, scores, archives, candidates."""
+    from cycleqd.results_commands import remove_runs
+
+    sys.exit(remove_runs(list(run_ids), db_path, console))
 
 
 @cli.command("show")
 @click.argument("run_id")
 @_db_option
+@click.option("--tasks", "per_task", is_flag=True, help="Also a row per task: its score, episodes and statuses.")
 @click.option("--json", "as_json", is_flag=True)
-def show_cmd(run_id: str, db_path: Path, as_json: bool) -> None:
-    """Print one run: its configuration and its scores per environment."""
-    from cycleqd.eval_command import show_run
+def show_cmd(run_id: str, db_path: Path, per_task: bool, as_json: bool) -> None:
+    """Print one run (an id or a unique prefix): its configuration, its scores per model and environment with the
+    wall time each environment took, and with --tasks its scores per task."""
+    from cycleqd.results_commands import show_run
 
-    sys.exit(show_run(db_path, run_id, as_json, console, err_console))
+    sys.exit(show_run(db_path, run_id, as_json, per_task, console))
+
+
+@cli.command("export")
+@click.argument("run_id", metavar="RUN")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "inspect"]), default="jsonl", show_default=True,
+              help="jsonl: OpenAI chat messages + result per line; csv: a row per episode; inspect: inspect_ai logs.")
+@click.option("--out", type=click.Path(path_type=Path), help="File (jsonl, csv; default stdout) or folder (inspect).")
+@click.option("--candidate", default="all", show_default=True, help="Evolutions: all, final, or a candidate id.")
+@click.option("--env", help="Only this environment's episodes.")
+@click.option("--status", help="Only episodes with this status (completed, round_limit, invalid_action, …).")
+@click.option("--min-score", type=float, help="Only episodes scored at least this (e.g. 1 for successes, for SFT).")
+@_db_option
+def export_cmd(run_id: str, fmt: str, out: Path | None, candidate: str, env: str | None, status: str | None,
+               min_score: float | None, db_path: Path) -> None:  # fmt: skip
+    """Write RUN's episodes out: the conversation, task, environment, split, model, score, status, tokens and
+    latency of each. RUN may be a unique prefix of its id."""
+    from cycleqd.export_command import ExportRequest, export_command
+
+    request = ExportRequest(run_id, fmt, out, candidate, env, status, min_score)
+    sys.exit(export_command(request, db_path, err_console))
+
+
+@cli.command("compare")
+@click.argument("run_ids", metavar="RUN…", nargs=-1, required=True)
+@_db_option
+@click.option("--all-tasks", is_flag=True, help="List every task, not only those where the models differ.")
+@click.option("--json", "as_json", is_flag=True)
+def compare_cmd(run_ids: tuple[str, ...], db_path: Path, all_tasks: bool, as_json: bool) -> None:
+    """Models side by side: per environment the mean score with its 95% bootstrap interval over tasks, then the
+    tasks on which they differ. Every model of each run is a column (an evolution has several)."""
+    from cycleqd.compare_command import compare_command
+
+    sys.exit(compare_command(list(run_ids), db_path, as_json, all_tasks, console))
+
+
+@cli.command("tasks")
+@click.option("--env", "envs", default="os,db,coding", show_default=True, help="Environments, comma-separated.")
+@click.option("--suite", default="builtin", show_default=True, help="'builtin', or a task file or folder.")
+@click.option("--split", default="dev", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def tasks_cmd(envs: str, suite: str, split: str, as_json: bool) -> None:
+    """List task ids (what `eval --task-ids` takes) with a one-line description each."""
+    from cycleqd.tasks_command import tasks_command
+
+    try:
+        sys.exit(tasks_command(envs.split(","), suite, split, as_json, console))
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 # -- evolve, report, tui -----------------------------------------------------------------------------------------

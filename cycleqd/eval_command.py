@@ -131,36 +131,3 @@ def _results_table(aggregates: list, wall_s: float | None = None) -> Table:
     for a in aggregates:
         table.add_row(a.env, a.split, f"{a.score:.3f}", str(a.episodes), str(a.errors), f"{wall_s or a.wall_s:.0f} s")
     return table
-
-
-def print_runs(db_path: Path, console: Console) -> None:
-    store = open_store(db_path)
-    table = Table("run", "kind", "status", "created", "model", "tasks")
-    for run in store.list_runs():
-        table.add_row(run.id, run.kind, run.status, run.created_at.strftime("%Y-%m-%d %H:%M"),
-                      str(run.config.get("model", run.config.get("base"))), _task_names(run.config))  # fmt: skip
-    console.print(table)
-
-
-def _task_names(config: dict[str, Any]) -> str:
-    # eval runs list environments; evolution runs list task specs
-    return ",".join(t["name"] if isinstance(t, dict) else str(t) for t in config.get("tasks", []))
-
-
-def show_run(db_path: Path, run_id: str, as_json: bool, console: Console, err: Console) -> int:
-    store = open_store(db_path)
-    run = store.get_run(run_id)
-    if run is None:
-        err.print(f"[red]error:[/] no run {run_id!r} in {db_path}")
-        return 2
-    aggregates = store.aggregates(run_id)
-    episodes = store.episodes(run_id)
-    if as_json:
-        payload = {"run": run.id, "kind": run.kind, "status": run.status, "config": run.config,
-                   "episodes": len(episodes), "results": [_aggregate_json(a) for a in aggregates]}  # fmt: skip
-        print(json.dumps(payload, indent=2))
-        return 0
-    console.print(f"run {run.id}: {run.kind}, {run.status}, {len(episodes)} episodes", highlight=False)
-    console.print(json.dumps(run.config), highlight=False, soft_wrap=True)
-    console.print(_results_table(aggregates))
-    return 0

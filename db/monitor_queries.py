@@ -249,6 +249,8 @@ class EpisodeDetail:
     transcript: list[dict[str, str]]
     started_at: datetime
     finished_at: datetime
+    context_messages: int = 0  # leading messages the environment wrote (prompt, one-shot example, the task)
+    verdict: dict[str, Any] = field(default_factory=dict)  # answer, expected, detail
 
 
 def episode_detail(store: Store, episode_id: int) -> EpisodeDetail | None:
@@ -276,6 +278,8 @@ def episode_detail(store: Store, episode_id: int) -> EpisodeDetail | None:
             list(episode.transcript),
             as_utc(episode.started_at) or episode.started_at,
             as_utc(episode.finished_at) or episode.finished_at,
+            episode.context_messages,
+            dict(episode.verdict or {}),
         )
 
 
