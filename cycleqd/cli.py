@@ -284,7 +284,7 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from envs.suite_verify import guess_env, verify_coding, verify_db, verify_os
+    from envs.suite_verify import guess_env, verify_coding, verify_db, verify_os, verify_total
 
     if env_name == "auto":
         env_name = guess_env(path)
@@ -307,8 +307,6 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
     if as_json:
         print(json.dumps([r.to_json() for r in reports], indent=2))
         sys.exit(1 if failed else 0)
-    total_run = sum(len(r.run) for r in reports)
-    total_passed = sum(r.passed for r in reports)
     for report in reports:
         line = f"{report.path}: "
         if report.load_error:
@@ -324,7 +322,8 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
         for verdict in report.verdicts:
             if verdict.passed is False:
                 console.print(
-                    f"    [red]FAIL[/] {verdict.task_id}: {verdict.reason.strip()[:300]}",
+                    f"    [red]FAIL[/] {verdict.task_id}: {verdict.reason.strip()[:300]}"
+                    + (f"\n         expected: {verdict.expected.strip()[:300]}" if verdict.expected else ""),
                     highlight=False,
                     soft_wrap=True,
                 )
@@ -332,8 +331,7 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
                 console.print(
                     f"    [yellow]not run[/] {verdict.task_id}: {verdict.reason[:200]}", highlight=False, soft_wrap=True
                 )
-    if total_run:
-        console.print(f"gold passes {total_passed}/{total_run} ({total_passed / total_run:.1%}) of the tasks that ran")
+    console.print(verify_total(reports), highlight=False)
     sys.exit(1 if failed else 0)
 
 

@@ -364,11 +364,13 @@ class EvolutionProgress:
     active_task: str | None  # of the newest candidate (the generation under way), else of the last generation
     candidates: int
     pending: int  # candidates proposed but not yet evaluated
+    stage: str | None = None  # before the first generation: e.g. building the SVD cache
 
 
 def evolution_progress(store: Store, run_id: str) -> EvolutionProgress:
     with store.session() as session:
-        config = session.scalar(select(Run.config).where(Run.id == run_id)) or {}
+        row = session.execute(select(Run.config, Run.stage).where(Run.id == run_id)).one_or_none()
+        config, stage = (row[0] or {}, row[1]) if row else ({}, None)
         names = dict(
             session.execute(select(Archive.task_index, Archive.task_name).where(Archive.run_id == run_id)).all()
         )
@@ -402,6 +404,7 @@ def evolution_progress(store: Store, run_id: str) -> EvolutionProgress:
         active_task=names.get(active) if active is not None else None,
         candidates=int(count),
         pending=int(pending or 0),
+        stage=stage,
     )
 
 

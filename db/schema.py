@@ -29,6 +29,7 @@ class Run(Base):
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stage: Mapped[str | None] = mapped_column(String(64))  # what a running run does now, when it is not obvious
 
     episodes: Mapped[list[Episode]] = relationship(back_populates="run", cascade="all, delete-orphan")
 

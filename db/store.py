@@ -139,6 +139,13 @@ class Store:
         with self.session() as session:
             return list(session.scalars(select(Run).order_by(Run.created_at.desc()).limit(limit)))
 
+    def set_run_stage(self, run_id: str, stage: str | None) -> None:
+        """What the run is doing now (e.g. "building the SVD cache"), for the live views; None when it is plain."""
+        with self.session() as session:
+            run = session.get(Run, run_id)
+            if run is not None:
+                run.stage = stage
+
     def runs_matching(self, prefix: str) -> list[str]:
         """Ids of the runs whose id starts with `prefix` (a full id matches itself)."""
         with self.session() as session:

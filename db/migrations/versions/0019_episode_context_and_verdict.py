@@ -1,4 +1,5 @@
-"""episodes: how many transcript messages are context, and the verdict (answer, expected, detail)
+"""episodes: how many transcript messages are context, and the verdict (answer, expected, detail); runs: the stage
+a run is in (e.g. an evolution building its SVD cache before its first generation)
 
 Revision ID: 0019
 Revises: 0002
@@ -19,6 +20,8 @@ CONTEXT_AT_0019 = {"os": 7, "db": 3, "coding": 1}
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(sa.Column("stage", sa.String(length=64), nullable=True))
     with op.batch_alter_table("episodes") as batch:
         batch.add_column(sa.Column("context_messages", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("verdict", sa.JSON(), nullable=False, server_default="{}"))
@@ -35,3 +38,5 @@ def downgrade() -> None:
     with op.batch_alter_table("episodes") as batch:
         batch.drop_column("verdict")
         batch.drop_column("context_messages")
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_column("stage")
