@@ -490,7 +490,7 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
         config = load_config(config_path) if config_path else None
         sys.exit(run_evolve_command(config, db_path, resume_id, as_json, console, err_console))
     except (ConfigError, ValueError) as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from serving.errors import ModelRefError
 from serving.model_ref import OPENAI_BASE_URL, ExternalEndpoint, parse_model_ref
-from serving.resolve import server_choice
+from serving.resolve import manager_for, resolve_model, server_choice
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,3 +69,21 @@ def test_a_bare_hub_name_is_one_line_and_touches_no_network(args: tuple[str, ...
     assert len(lines) == 1, done.stderr
     assert "write hf/openai-community/gpt2 (or pass --allow-download)" in lines[0]
     assert not db.exists()  # nothing was created either
+
+
+@pytest.mark.slow
+async def test_an_openai_name_answers_from_the_endpoint_the_environment_names(
+    tserve, default_model, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    """Protocol test against a real OpenAI-compatible server (transformers serve with SmolLM2): `openai/MODEL` goes to
+    $OPENAI_BASE_URL with $OPENAI_API_KEY, and the answer is stamped with that endpoint's model."""
+    monkeypatch.setenv("OPENAI_BASE_URL", tserve.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local-test")
+    await tserve.serve(default_model)
+    ref = resolve_model(f"openai/{default_model.path}")
+    assert isinstance(ref, ExternalEndpoint) and ref.base_url == tserve.base_url.rstrip("/")
+    async with manager_for(ref) as manager:
+        await manager.serve(ref)
+        reply = await manager.chat([{"role": "user", "content": "Say hi."}], max_tokens=4)
+    assert reply.usage.completion_tokens > 0
+    assert reply.identity == f"endpoint:{tserve.base_url.rstrip('/')}#{default_model.path}"

@@ -18,17 +18,18 @@ from textual.widgets import Collapsible, Static
 
 
 def message_titles(transcript: list[dict[str, str]], context: int = 0) -> list[str]:
-    """Within the context: the prompt, the example's replies and observations, then the task. After it: each
+    """Within the context: the prompt, the example's replies and observations, then the task (a context of one
+    message is just the prompt). After it: each
     assistant message an action, each user message the observation of that round. With no context recorded (an
     old episode), the first user message is the prompt."""
     titles, actions, seen_action = [], 0, False
     for position, message in enumerate(transcript):
         role = message.get("role", "?")
         if position < context:
-            if position == context - 1:
+            if position == 0:
+                titles.append("prompt")  # a one-message context (coding) is its own task statement
+            elif position == context - 1:
                 titles.append("task")
-            elif position == 0:
-                titles.append("prompt")
             else:
                 titles.append("example reply" if role == "assistant" else "example observation")
         elif role == "assistant":
