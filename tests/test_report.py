@@ -12,8 +12,6 @@ from cycleqd.report import _edge_ticks, bin_edges, write_heatmaps, write_qd_metr
 from db import open_store
 from db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
 
-FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
-
 
 def two_task_evolution(tmp_path: Path) -> EvolutionStore:
     store = open_store(tmp_path / "evo.db")
@@ -45,7 +43,7 @@ def test_bin_edges_are_score_units_and_few_enough_to_read(tmp_path: Path) -> Non
 
 def test_a_one_bc_archive_is_a_strip_and_the_metrics_png_is_written(tmp_path: Path) -> None:
     evo = two_task_evolution(tmp_path)
-    out = FIGURES if FIGURES.is_dir() else tmp_path
+    out = tmp_path / "report"
     heatmaps = write_heatmaps(evo, out)
     assert [p.name for p in heatmaps] == ["archive-os.png", "archive-db.png"]
     height, width, _ = imread(heatmaps[0]).shape
