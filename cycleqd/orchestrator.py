@@ -42,6 +42,20 @@ ENV_ERRORS = (EpisodeSetupError, ServerDiedError, EndpointError, SandboxError)
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How replies are drawn: greedy unless the user asked otherwise; stored with the run."""
+
+    temperature: float = 0.0
+    top_p: float | None = None
+    seed: int | None = None
+
+    def options(self) -> dict[str, float | int]:
+        """The chat-completions fields to send: the temperature always (0 = greedy), the others when set."""
+        chosen = {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        return {k: v for k, v in chosen.items() if v is not None}
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     concurrency: int = 4
     repeats: int = 1
@@ -49,6 +63,7 @@ class EvalSettings:
     max_tokens: int = 512
     max_sandboxes: int = 8
     os: OSSettings = field(default_factory=OSSettings)
+    sampling: Sampling = field(default_factory=Sampling)
 
 
 @dataclass
@@ -67,16 +82,21 @@ class EpisodeRun:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    context_messages: int = 0  # the leading messages the environment wrote: prompt, one-shot turns
 
 
-async def play(runtime: EnvRuntime, manager: ServerManager, task: EvalTask, max_tokens: int) -> EpisodeRun:
+async def play(
+    runtime: EnvRuntime, manager: ServerManager, task: EvalTask, max_tokens: int, sampling: Sampling | None = None
+) -> EpisodeRun:
     """One attempt at one episode."""
     tokens_in = tokens_out = 0
     latency = 0.0
+    options = (sampling or Sampling()).options()
     async with runtime.episode(task) as episode:
         messages = await episode.begin()
+        context = len(messages)
         while True:
-            reply = await manager.chat(messages, max_tokens=max_tokens)
+            reply = await manager.chat(messages, max_tokens=max_tokens, **options)
             tokens_in += reply.usage.prompt_tokens
             tokens_out += reply.usage.completion_tokens
             latency += reply.latency_s
@@ -86,7 +106,7 @@ async def play(runtime: EnvRuntime, manager: ServerManager, task: EvalTask, max_
                 break
             messages.append({"role": "user", "content": observation})
         outcome = await episode.outcome()
-    return EpisodeRun(outcome, messages, tokens_in, tokens_out, latency)
+    return EpisodeRun(outcome, messages, tokens_in, tokens_out, latency, context)
 
 
 class EpisodeGate(Protocol):
@@ -176,7 +196,7 @@ class Orchestrator:
         error = ""
         for attempt in range(1 + self.settings.retries):
             try:
-                done = await play(runtime, self.manager, task, self.settings.max_tokens)
+                done = await play(runtime, self.manager, task, self.settings.max_tokens, self.settings.sampling)
                 break
             except ENV_ERRORS as exc:
                 error = f"attempt {attempt + 1}: {type(exc).__name__}: {exc}"
@@ -192,6 +212,8 @@ class Orchestrator:
                 self.run_id, self.model_id, task_id, repeat, outcome.status, outcome.score, rounds=outcome.rounds,
                 prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
                 latency_s=done.latency_s, transcript=done.transcript, started_at=started,
+                context_messages=done.context_messages,
+                verdict={"answer": outcome.answer, "expected": outcome.expected, "detail": outcome.detail},
             )  # fmt: skip
         try:
             await asyncio.to_thread(self.store.record_episode, record)

@@ -249,6 +249,8 @@ class EpisodeDetail:
     transcript: list[dict[str, str]]
     started_at: datetime
     finished_at: datetime
+    context_messages: int = 0  # leading messages the environment wrote (prompt, one-shot example, the task)
+    verdict: dict[str, Any] = field(default_factory=dict)  # answer, expected, detail
 
 
 def episode_detail(store: Store, episode_id: int) -> EpisodeDetail | None:
@@ -276,6 +278,8 @@ def episode_detail(store: Store, episode_id: int) -> EpisodeDetail | None:
             list(episode.transcript),
             as_utc(episode.started_at) or episode.started_at,
             as_utc(episode.finished_at) or episode.finished_at,
+            episode.context_messages,
+            dict(episode.verdict or {}),
         )
 
 
@@ -361,6 +365,7 @@ class EvolutionProgress:
     candidates: int
     pending: int  # candidates proposed but not yet evaluated
     episodes: EpisodeSaving | None = None  # children's selection episodes, when the run counted them
+    stage: str | None = None  # before the first generation: e.g. building the SVD cache
 
 
 @dataclass(frozen=True)
@@ -394,7 +399,8 @@ def episode_saving(store: Store, run_id: str) -> EpisodeSaving | None:
 
 def evolution_progress(store: Store, run_id: str) -> EvolutionProgress:
     with store.session() as session:
-        config = session.scalar(select(Run.config).where(Run.id == run_id)) or {}
+        row = session.execute(select(Run.config, Run.stage).where(Run.id == run_id)).one_or_none()
+        config, stage = (row[0] or {}, row[1]) if row else ({}, None)
         names = dict(
             session.execute(select(Archive.task_index, Archive.task_name).where(Archive.run_id == run_id)).all()
         )
@@ -429,6 +435,7 @@ def evolution_progress(store: Store, run_id: str) -> EvolutionProgress:
         candidates=int(count),
         pending=int(pending or 0),
         episodes=episode_saving(store, run_id),
+        stage=stage,
     )
 
 

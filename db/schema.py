@@ -29,6 +29,7 @@ class Run(Base):
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stage: Mapped[str | None] = mapped_column(String(64))  # what a running run does now, when it is not obvious
 
     episodes: Mapped[list[Episode]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
@@ -72,6 +73,11 @@ class Episode(Base):
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
     transcript: Mapped[list[dict[str, str]]] = mapped_column(default=list)
+    # How many leading transcript messages the environment wrote before the model's first reply (the prompt, and
+    # AgentBench's one-shot turns): context, not the model's actions.
+    context_messages: Mapped[int] = mapped_column(Integer, default=0)
+    # Why it was graded so: the model's answer, what was expected, and the grader's detail.
+    verdict: Mapped[dict[str, Any]] = mapped_column(default=dict)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -151,4 +151,4 @@ class CodingEpisode(Episode):
                 "timed out" if result.timed_out else (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
             )
         status = EpisodeStatus.COMMAND_TIMEOUT if result.timed_out else EpisodeStatus.COMPLETED
-        return Outcome(status, 1.0 if passed else 0.0, 1, None, detail)
+        return Outcome(status, 1.0 if passed else 0.0, 1, None, detail, "the tests pass:\n" + self.task.tests[-600:])

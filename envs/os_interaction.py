@@ -15,7 +15,7 @@ from pathlib import Path
 from envs.episode import Episode, EpisodeStatus, Message, Outcome
 from envs.errors import EpisodeSetupError, ScriptUnavailableError
 from envs.os_actions import parse_os_action
-from envs.os_checks import match_answer, run_checks, script_argv, script_source
+from envs.os_checks import expected_of, match_answer, run_checks, script_argv, script_source
 from envs.os_prompt import first_messages, observation
 from envs.os_tasks import OSTask
 from sandboxes.contract import Sandbox, ShellSession
@@ -122,4 +122,4 @@ class OSInteractionEpisode(Episode):
                 raise EpisodeSetupError(f"{self.task.task_id}: checking failed: {exc}") from exc
         if self._session is not None:
             await self._session.close()
-        return Outcome(self.status, 1.0 if passed else 0.0, self.rounds, self.answer, detail)
+        return Outcome(self.status, 1.0 if passed else 0.0, self.rounds, self.answer, detail, expected_of(self.task))

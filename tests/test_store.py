@@ -139,3 +139,38 @@ def test_committed_episodes_survive_a_killed_writer(tmp_path: Path) -> None:
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=10)
     assert sorted(e.repeat for e in open_store(path).episodes(run_id)) == [0, 1, 2, 3, 4]
+
+
+def test_episodes_stored_before_0019_get_their_context_length_by_environment(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from db.store import MIGRATIONS, make_engine
+
+    path = tmp_path / "old.db"
+    engine = make_engine(path)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+        connection.execute(text("INSERT INTO runs (id, kind, status, config, created_at) VALUES "
+                                "('r', 'eval', 'completed', '{}', '2026-01-01')"))  # fmt: skip
+        connection.execute(text("INSERT INTO models (id, identity, reference, created_at) VALUES "
+                                "(1, 'sha256:x', '/m', '2026-01-01')"))  # fmt: skip
+        for task_id, env in enumerate(("os", "db", "coding"), 1):
+            connection.execute(text(f"INSERT INTO tasks (id, env, suite, split, task_key, content_hash) VALUES "
+                                    f"({task_id}, '{env}', 'builtin', 'dev', 'k{task_id}', 'h')"))  # fmt: skip
+            connection.execute(text(
+                "INSERT INTO episodes (run_id, model_id, task_id, repeat, status, score, rounds, prompt_tokens, "
+                "completion_tokens, latency_s, transcript, started_at, finished_at) VALUES "
+                f"('r', 1, {task_id}, 0, 'completed', 1.0, 1, 1, 1, 0.1, '[]', '2026-01-01', '2026-01-01')"
+            ))  # fmt: skip
+    engine.dispose()
+    store = open_store(path)  # migrates to the head
+    contexts = {store.tasks()[e.task_id - 1].env: (e.context_messages, e.verdict) for e in store.episodes("r")}
+    assert contexts == {"os": (7, {}), "db": (3, {}), "coding": (1, {})}
+    # The revision's numbers are what the environments write today (a change there needs no migration, but a check).
+    from envs.os_prompt import first_messages
+
+    assert len(first_messages("a task")) == 7

@@ -73,6 +73,8 @@ class EvolutionScreen(LiveScreen):
             " · active ", (progress.active_task or "–", "bold"),
             f" · {fmt.rate(summary.rate, summary.unit)} · {fmt.duration(summary.elapsed_s)}",
         )  # fmt: skip
+        if progress.stage and summary.status == "running":
+            line.append(f" · {progress.stage}", style="bold yellow")
         if progress.pending and summary.status == "running":
             line.append(f" · {progress.pending} being scored", style="dim")
         if progress.episodes is not None:
