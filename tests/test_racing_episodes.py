@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from contextlib import AsyncExitStack as ExitStack
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,14 @@ from cycleqd.eval_tasks import EvalTask, load_eval_tasks
 from cycleqd.evolution import CandidateUnderTest
 from cycleqd.orchestrator import EpisodeResult, EvalSettings, Orchestrator
 from db import EpisodeRecord, open_store
+from db.evolution_store import EvolutionStore
 from envs.episode import EpisodeStatus
 from evolver.archive import Elite, GridArchive
 from evolver.config import parse_config
 from evolver.racing import Race
+from serving.client import ServedModel
 from serving.external import ExternalManager
-from serving.model_ref import ExternalEndpoint
+from serving.model_ref import ExternalEndpoint, ModelRef
 from serving.server_process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,3 +122,44 @@ async def test_a_child_ruled_out_by_its_stored_episodes_is_not_served_again(tmp_
     model, scores = await evaluator.evaluate(0, CandidateUnderTest(9, "child", None, "abc"), False, race=race)
     assert (model, scores) == (model_id, {})  # no server was asked (there is none)
     assert race.rejected and race.played == 2 and race.planned == 4
+
+
+class AnyCheckpointAnswersFixed(ExternalManager):
+    """Test instrument: 'serves' any checkpoint by answering with the fixed-latency server's fixed text."""
+
+    async def _load(self, ref: ModelRef) -> ServedModel:
+        return ServedModel(self.endpoint.model, f"fixed:{ref.label}")
+
+
+async def test_a_raced_child_stops_mid_episodes_through_the_evaluator(
+    os_image: str, fixed_server: ExternalEndpoint, tmp_path: Path
+) -> None:
+    """EpisodeEvaluator end to end: every answer fails, archives hold perfect elites, so one failed episode of each
+    task rules the child out; the other episodes are never played and nothing stays held."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    config = parse_config({"base": "model", "eval": {"concurrency": 2}, "tasks": [
+        {"name": "code", "env": "coding", "expert": "model", "limit": 3},
+        {"name": "code2", "env": "coding", "expert": "model", "suite": "builtin", "selection_split": "train",
+         "limit": 3},
+    ]}, "<test>", tmp_path)  # fmt: skip
+    store = open_store(tmp_path / "evaluator.db")
+    run = store.create_run("evolve", config.snapshot())
+    child = EvolutionStore(store, run.id).add_candidate("child", 1, 0, genome_hash="abc")
+    archives = [GridArchive(k, ("code", "code2"), 1, ((0.0, 1.0),)) for k in range(2)]
+    for archive in archives:
+        archive.offer(Elite(1, "e", (1.0, 1.0)))
+    async with ExitStack() as stack:
+        manager = await stack.enter_async_context(AnyCheckpointAnswersFixed(fixed_server))
+        evaluator = EpisodeEvaluator(store, run.id, config, None, tmp_path / "ckpt", [manager], None)  # type: ignore[arg-type]
+        runtime = EnvRuntime(evaluator.all_tasks(), run_id=run.id, max_sandboxes=4, os_settings=evaluator.settings.os)
+        evaluator.runtime = await stack.enter_async_context(runtime)
+        race = Race(archives)
+        under = CandidateUnderTest(child.id, "child", None, "abc", checkpoint=folder)
+        model_id, _ = await evaluator.evaluate(0, under, False, race=race)
+        assert race.rejected and race.planned == 6 and 2 <= race.played < 6
+        stored = [e for e in store.episodes(run.id) if e.model_id == model_id]
+        assert race.played <= len(stored) <= race.played + 1 and all(e.score == 0.0 for e in stored)
+        await runtime.pool.wait_warm()
+        assert runtime.pool.live == sum(runtime.pool.idle(i) for i in {image_for(t) for t in evaluator.all_tasks()})
