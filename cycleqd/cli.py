@@ -425,8 +425,8 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
 def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
     """An evolution's final table (test splits: base, experts, naive merge, CycleQD final), a heatmap PNG per
     archive and its QD metrics over generations (coverage, QD score, best quality)."""
-    from cycleqd.evolve_command import final_table
     from cycleqd.report import final_rows, write_heatmaps, write_qd_metrics
+    from cycleqd.score_intervals import final_report_tables
     from db.evolution_store import EvolutionStore
     from db.store import open_store
 
@@ -437,7 +437,8 @@ def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
         sys.exit(2)
     evo = EvolutionStore(store, run_id)
     names = [t["name"] for t in run.config["tasks"]]
-    console.print(final_table(final_rows(evo, names), names))
+    for table in final_report_tables(store, run_id, final_rows(evo, names), run.config["tasks"]):
+        console.print(table)
     out = out or Path(f"report-{run_id}")
     for path in [*write_heatmaps(evo, out), write_qd_metrics(evo, out)]:
         console.print(f"wrote {path}", highlight=False)

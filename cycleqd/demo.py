@@ -16,8 +16,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cycleqd.evolve_command import final_table, run_evolve_command
+from cycleqd.evolve_command import run_evolve_command
 from cycleqd.report import final_rows
+from cycleqd.score_intervals import final_report_tables
 from cycleqd.sft_command import SFTRequest, run_sft
 from cycleqd.sft_train import SFTSettings
 from db.evolution_store import EvolutionStore
@@ -89,7 +90,9 @@ def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) 
         if run.kind == "evolve" and run.status == "completed" and run.config == config.snapshot():
             console.print(f"this demo already ran (run {run.id}); its table:", highlight=False)
             names = list(config.task_names)
-            console.print(final_table(final_rows(EvolutionStore(store, run.id), names), names))
+            for table in final_report_tables(store, run.id, final_rows(EvolutionStore(store, run.id), names),
+                                             config.tasks):
+                console.print(table)
             return 0
     status = run_evolve_command(config, db_path, None, False, console, err)
     console.print(f"stage times: experts {_minutes(experts_done - started)} (0 when cached), evolution and the "
