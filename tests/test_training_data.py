@@ -1,0 +1,51 @@
+"""Training data that teaches skills: AgentBench's OS training tasks as a suite (loaded through the OS loaders,
+replayed through the real environment), the DB generator's tasks verified on the real MariaDB, MBPP's splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cycleqd.eval_tasks import load_eval_tasks
+from envs.os_interaction import OSSettings
+from envs.os_training import TRAINING_FILE, build_os_suite, explanation_thought, shared_data_root
+from envs.suite_verify import gold_replies, replay_os_gold
+
+DATA = shared_data_root()
+needs_os_training = pytest.mark.skipif(not (DATA / TRAINING_FILE).is_file(),
+                                       reason=f"AgentBench's OS training file is not at {DATA / TRAINING_FILE}")  # fmt: skip
+
+
+def test_explanation_becomes_a_first_person_thought_without_code() -> None:
+    text = ("To solve this problem, you can use `find`.\n\nYou can use this command pattern to perform the task:\n\n"
+            "```bash\nfind ~ -type f | wc -l\n```")  # fmt: skip
+    assert explanation_thought(text) == "To solve this problem, I can use `find`."
+
+
+@needs_os_training
+def test_os_training_suite_splits_are_disjoint_and_load(tmp_path: Path) -> None:
+    suite = build_os_suite(DATA, tmp_path / "os")
+    splits = {s: load_eval_tasks(["os"], str(suite), s, None) for s in ("train", "dev", "test")}
+    assert (len(splits["train"]), len(splits["dev"])) == (940, 60)
+    assert len(splits["test"]) >= 100  # AgentBench's own benchmark tasks that run here
+    descriptions = {s: {t.task.description for t in tasks} for s, tasks in splits.items()}  # type: ignore[union-attr]
+    assert not descriptions["dev"] & descriptions["train"]
+    assert not descriptions["test"] & (descriptions["train"] | descriptions["dev"])
+    first = splits["train"][0].task
+    reply = gold_replies(first, None)[0]  # type: ignore[arg-type]
+    assert reply.startswith("Think: To solve this problem") and reply.count("```") == 2
+    # the explanation is gold-only: it does not change the task's identity in the store
+    assert splits["train"][0].content_hash == type(splits["train"][0])(
+        "os", str(suite), "train", first.task_id, type(first)(**{**first.__dict__, "explanation": None})
+    ).content_hash
+
+
+@needs_os_training
+async def test_os_training_tasks_replay_through_the_real_environment(os_image: str, tmp_path: Path) -> None:
+    suite = build_os_suite(DATA, tmp_path / "os")
+    tasks = [t.task for t in load_eval_tasks(["os"], str(suite), "train", 4)]
+    verdicts = [await replay_os_gold(task, OSSettings(round_limit=5)) for task in tasks]  # type: ignore[arg-type]
+    assert sum(1 for v in verdicts if v.passed) >= 3, [(v.task_id, v.reason) for v in verdicts]
+    passed = next(v for v in verdicts if v.passed)
+    assert passed.transcript[passed.prompt_messages]["content"].startswith("Think: To solve this problem")
