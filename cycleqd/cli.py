@@ -251,6 +251,22 @@ def suite() -> None:
     """Task suites: check that every task's gold solution passes."""
 
 
+@suite.command("generate")
+@click.argument("env_name", type=click.Choice(["db"]))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for train.jsonl, dev.jsonl, test.jsonl (splits already there are kept).")  # fmt: skip
+@click.option("--train", default=2000, show_default=True, help="Training tasks.")
+@click.option("--dev", default=60, show_default=True, help="Selection tasks (disjoint from train and test).")
+@click.option("--test", default=120, show_default=True, help="Held-out test tasks.")
+@click.option("--seed", default=0, show_default=True)
+def suite_generate(env_name: str, out: Path, train: int, dev: int, test: int, seed: int) -> None:
+    """Generate a DBBench-format suite over random tables (lookups, counting, aggregates, rankings, comparisons,
+    INSERT, UPDATE, DELETE), each answer computed on the real MariaDB; `suite verify` replays it."""
+    from cycleqd.suite_generate import run_generate
+
+    sys.exit(run_generate(out, {"train": train, "dev": dev, "test": test}, seed, console))
+
+
 @suite.command("verify")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option(

@@ -205,6 +205,10 @@ class DBBenchEpisode(Episode):
             await self._release()
         return Outcome(self.status, 1.0 if passed else 0.0, self.rounds, self.answer, detail)
 
+    async def table_hash(self) -> str:
+        """The hash of the task's table as it stands, as `answer_md5` is compared (what generators record)."""
+        return await asyncio.to_thread(self._table_hash)
+
     def _table_hash(self) -> str:
         assert self._db is not None
         # As root: the agent may have dropped its own privileges' table; the hash is computed whatever happened.

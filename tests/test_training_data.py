@@ -3,6 +3,7 @@ replayed through the real environment), the DB generator's tasks verified on the
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ from envs.os_training import TRAINING_FILE, build_os_suite, explanation_thought,
 from envs.suite_verify import gold_replies, replay_os_gold
 
 DATA = shared_data_root()
-needs_os_training = pytest.mark.skipif(not (DATA / TRAINING_FILE).is_file(),
-                                       reason=f"AgentBench's OS training file is not at {DATA / TRAINING_FILE}")  # fmt: skip
+needs_os_training = pytest.mark.skipif(
+    not (DATA / TRAINING_FILE).is_file(), reason=f"AgentBench's OS training file is not at {DATA / TRAINING_FILE}"
+)
 
 
 def test_explanation_becomes_a_first_person_thought_without_code() -> None:
@@ -36,9 +38,12 @@ def test_os_training_suite_splits_are_disjoint_and_load(tmp_path: Path) -> None:
     reply = gold_replies(first, None)[0]  # type: ignore[arg-type]
     assert reply.startswith("Think: To solve this problem") and reply.count("```") == 2
     # the explanation is gold-only: it does not change the task's identity in the store
-    assert splits["train"][0].content_hash == type(splits["train"][0])(
-        "os", str(suite), "train", first.task_id, type(first)(**{**first.__dict__, "explanation": None})
-    ).content_hash
+    assert (
+        splits["train"][0].content_hash
+        == type(splits["train"][0])(
+            "os", str(suite), "train", first.task_id, type(first)(**{**first.__dict__, "explanation": None})
+        ).content_hash
+    )
 
 
 @needs_os_training
@@ -49,3 +54,35 @@ async def test_os_training_tasks_replay_through_the_real_environment(os_image: s
     assert sum(1 for v in verdicts if v.passed) >= 3, [(v.task_id, v.reason) for v in verdicts]
     passed = next(v for v in verdicts if v.passed)
     assert passed.transcript[passed.prompt_messages]["content"].startswith("Think: To solve this problem")
+
+
+def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_engine: object, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from envs.db_generate import task_key
+    from envs.suite_verify import verify_db
+
+    out = tmp_path / "db"
+    cycleqd = Path(sys.executable).parent / "cycleqd"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = [str(cycleqd), "suite", "generate", "db", "--out", str(out), "--train", "40", "--dev", "12", "--test", "12"]
+    made = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert made.returncode == 0, made.stderr
+    assert f"{out / 'train.jsonl'}: 40 tasks" in made.stdout
+    records = {
+        s: [json.loads(x) for x in (out / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "dev", "test")
+    }
+    keys = {s: {task_key(r) for r in rs} for s, rs in records.items()}
+    assert not keys["train"] & keys["dev"] and not keys["train"] & keys["test"] and not keys["dev"] & keys["test"]
+    families = {r["type"][0].split("-")[0] for rs in records.values() for r in rs}
+    assert {"INSERT", "UPDATE", "aggregation", "counting"} <= families
+    reports = asyncio.run(verify_db(out, concurrency=4))
+    ran = [v for r in reports for v in r.run]
+    assert len(ran) == 64 and all(v.passed for v in ran), [(v.task_id, v.reason) for v in ran if not v.passed]
+    # a second call keeps what is there: same files, nothing regenerated
+    before = (out / "test.jsonl").read_text()
+    assert subprocess.run(args, capture_output=True, text=True, env=env, timeout=120).returncode == 0
+    assert (out / "test.jsonl").read_text() == before
