@@ -65,7 +65,7 @@ def build_os_suite(data_root: Path, out: Path) -> Path:
         test.extend(r for i, r in enumerate(records) if runs_here(r, str(path), i))
     out.mkdir(parents=True, exist_ok=True)
     for split, records in (("train", train), ("dev", dev), ("test", test)):
-        temporary = out / f"{split}.json.tmp"
+        temporary = out / f".{split}.tmp"  # not matched by the split glob if left behind
         temporary.write_text(json.dumps(records, indent=1))
         temporary.replace(out / f"{split}.json")
     return out

@@ -86,3 +86,19 @@ def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_en
     before = (out / "test.jsonl").read_text()
     assert subprocess.run(args, capture_output=True, text=True, env=env, timeout=120).returncode == 0
     assert (out / "test.jsonl").read_text() == before
+
+
+@pytest.mark.skipif(not (DATA / "mbpp" / "mbpp.jsonl").is_file(), reason=f"MBPP is not at {DATA / 'mbpp'}")
+async def test_coding_suite_has_mbpp_splits_and_its_gold_passes(os_image: str, tmp_path: Path) -> None:
+    from envs.coding_training import build_coding_suite
+    from envs.suite_verify import replay_coding_gold
+
+    suite = build_coding_suite(DATA, tmp_path / "coding")
+    splits = {s: load_eval_tasks(["coding"], str(suite), s, None) for s in ("train", "dev", "test")}
+    assert {s: len(t) for s, t in splits.items()} == {"train": 374 + 10 + 82, "dev": 90, "test": 500}
+    ids = {s: {t.task.task_id for t in tasks} for s, tasks in splits.items()}  # type: ignore[union-attr]
+    assert not ids["train"] & ids["test"] and not ids["dev"] & ids["test"] and not ids["train"] & ids["dev"]
+    assert any(i.startswith("HumanEval/") for i in ids["train"]) and "11" in ids["test"] and "601" in ids["train"]
+    for task in [splits["train"][0].task, splits["train"][-1].task]:
+        verdict = await replay_coding_gold(task, os_image)  # type: ignore[arg-type]
+        assert verdict.passed, verdict.reason
