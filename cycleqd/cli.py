@@ -507,24 +507,33 @@ def sft_cmd(
 
 @cli.command("demo")
 @_db_option
-@click.option("--sft-examples", default=20, show_default=True, help="Gold trajectories per expert.")
-@click.option("--sft-epochs", default=5, show_default=True)
-@click.option("--sft-lr", default=1e-4, show_default=True, help="The experts' AdamW learning rate.")
-@click.option("--eval-limit", default=10, show_default=True, help="Tasks per environment on each split.")
-@click.option("--generations", default=4, show_default=True)
-@click.option("--max-tokens", default=128, show_default=True)
-@click.option("--rounds", default=3, show_default=True)
-def demo_cmd(db_path: Path, sft_examples: int, sft_epochs: int, sft_lr: float, eval_limit: int, generations: int,
-             max_tokens: int, rounds: int) -> None:  # fmt: skip
+@click.option("--budget", "preset", type=click.Choice(["default", "night"]), default="default", show_default=True,
+              help="default: about 2 hours on 2 cores; night: ≥ 50 dev, 100 test tasks per environment.")  # fmt: skip
+@click.option("--sft-tasks", type=int, help="Train tasks per expert whose gold trajectories are replayed.")
+@click.option("--sft-epochs", type=int)
+@click.option("--sft-lr", type=float, help="The experts' AdamW learning rate.")
+@click.option("--lora-rank", type=int, help="0: full fine-tune; else LoRA merged back.")
+@click.option("--dev-limit", type=int, help="Selection tasks per environment.")
+@click.option("--test-limit", type=int, help="Held-out test tasks per environment.")
+@click.option("--eval-limit", type=int, help="Sets both --dev-limit and --test-limit.")
+@click.option("--generations", type=int)
+@click.option("--max-tokens", type=int)
+@click.option("--rounds", type=int)
+def demo_cmd(db_path: Path, preset: str, sft_tasks: int | None, sft_epochs: int | None, sft_lr: float | None,
+             lora_rank: int | None, dev_limit: int | None, test_limit: int | None, eval_limit: int | None,
+             generations: int | None, max_tokens: int | None, rounds: int | None) -> None:  # fmt: skip
     """The whole method on this machine's CPU: fine-tune one SmolLM2 expert per environment, evolve them with
-    CycleQD, and print base, experts, naive merge and the CycleQD model on the held-out test splits. The budget is
-    printed first; a second run reuses the cached experts (and the finished evolution, if the store has it)."""
-    from cycleqd.demo import DemoBudget, run_demo
+    CycleQD, and print base, experts, naive merge and the CycleQD model on the held-out test splits with 95%
+    intervals and paired differences. The budget and its time estimate are printed first; every stage is cached."""
+    from dataclasses import replace
 
-    budget = DemoBudget(
-        sft_examples=sft_examples, sft_epochs=sft_epochs, sft_learning_rate=sft_lr, eval_limit=eval_limit,
-        generations=generations, max_tokens=max_tokens, rounds=rounds,
-    )  # fmt: skip
+    from cycleqd.demo import PRESETS, run_demo
+
+    given = {"sft_tasks": sft_tasks, "sft_epochs": sft_epochs, "sft_learning_rate": sft_lr, "lora_rank": lora_rank,
+             "dev_limit": dev_limit if dev_limit is not None else eval_limit,
+             "test_limit": test_limit if test_limit is not None else eval_limit,
+             "generations": generations, "max_tokens": max_tokens, "rounds": rounds}  # fmt: skip
+    budget = replace(PRESETS[preset], **{k: v for k, v in given.items() if v is not None})
     sys.exit(run_demo(budget, db_path, console, err_console))
 
 

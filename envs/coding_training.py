@@ -18,22 +18,30 @@ MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511), "dev": range(511,
 HUMANEVAL_TRAIN = (2, 3)  # the built-in suite's round-robin shares for train (see cycleqd.eval_tasks)
 
 
-def build_coding_suite(data_root: Path, out: Path) -> Path:
-    """Write train.jsonl, dev.jsonl and test.jsonl under `out` (once: an existing suite is kept)."""
+def build_coding_suite(data_root: Path | None, out: Path) -> Path:
+    """Write train.jsonl, dev.jsonl and test.jsonl under `out` (once: an existing suite is kept). Without MBPP
+    (`data_root` None) the suite is HumanEval alone, dealt as the built-in coding suite deals it."""
     if all((out / f"{split}.jsonl").is_file() for split in ("train", "dev", "test")):
         return out
-    mbpp = [json.loads(line) for line in (data_root / MBPP_FILE).read_text().splitlines() if line.strip()]
-
-    def ids(split: str) -> list[dict]:
-        return [r for r in mbpp if r["task_id"] in MBPP_SPLITS[split]]
-
     with gzip.open(humaneval_path(), "rt", encoding="utf-8") as f:
         humaneval = [json.loads(line) for line in f if line.strip()]
-    splits = {
-        "train": ids("train") + ids("prompt") + [r for i, r in enumerate(humaneval) if i % 4 in HUMANEVAL_TRAIN],
-        "dev": ids("dev"),
-        "test": ids("test"),
-    }
+
+    def share(*parts: int) -> list[dict]:
+        return [r for i, r in enumerate(humaneval) if i % 4 in parts]
+
+    if data_root is None:
+        splits = {"train": share(*HUMANEVAL_TRAIN), "dev": share(0), "test": share(1)}
+    else:
+        mbpp = [json.loads(line) for line in (data_root / MBPP_FILE).read_text().splitlines() if line.strip()]
+
+        def ids(split: str) -> list[dict]:
+            return [r for r in mbpp if r["task_id"] in MBPP_SPLITS[split]]
+
+        splits = {
+            "train": ids("train") + ids("prompt") + share(*HUMANEVAL_TRAIN),
+            "dev": ids("dev"),
+            "test": ids("test"),
+        }
     out.mkdir(parents=True, exist_ok=True)
     for split, records in splits.items():
         temporary = out / f".{split}.tmp"  # not matched by the split glob if left behind

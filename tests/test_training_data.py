@@ -102,3 +102,19 @@ async def test_coding_suite_has_mbpp_splits_and_its_gold_passes(os_image: str, t
     for task in [splits["train"][0].task, splits["train"][-1].task]:
         verdict = await replay_coding_gold(task, os_image)  # type: ignore[arg-type]
         assert verdict.passed, verdict.reason
+
+
+def test_demo_suites_are_sized_cached_and_train_where_they_should(docker_engine: object, tmp_path: Path) -> None:
+    from cycleqd.demo import PRESETS, estimate
+    from cycleqd.demo_data import demo_suites
+
+    suites = demo_suites(tmp_path, train=6, dev=4, test=5, db_train=8)
+    for env, suite in suites.items():
+        sizes = {s: len(load_eval_tasks([env], str(suite), s, None)) for s in ("train", "dev", "test")}
+        assert sizes == {"train": 6, "dev": 4, "test": 5}, (env, sizes)
+    if (DATA / TRAINING_FILE).is_file():  # OS trains on AgentBench's training family, is tested on its benchmark
+        train = load_eval_tasks(["os"], str(suites["os"]), "train", None)
+        assert all(t.task.explanation for t in train)  # type: ignore[union-attr]
+    again = demo_suites(tmp_path, train=6, dev=4, test=5, db_train=8)
+    assert again == suites  # cached: the same folders, nothing regenerated
+    assert estimate(PRESETS["default"]).total_s <= 2 * 3600  # the default is sized for two hours on 2 cores
