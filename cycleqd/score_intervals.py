@@ -25,12 +25,8 @@ def run_task_scores(store: Store, run_id: str) -> dict[tuple[int, str, str], Tas
     return {group: per_task_means(values) for group, values in pairs.items()}  # type: ignore[misc]
 
 
-def describe(interval: Interval | None) -> str:
-    return interval.describe() if interval else "–"
-
-
 @dataclass(frozen=True)
-class TestSpec:
+class HeldOutSpec:
     name: str
     env: str
     split: str
@@ -43,7 +39,7 @@ class FinalIntervals:
     differences: list[tuple[str, Interval]]  # what is compared, paired over the same tasks
 
 
-def final_intervals(store: Store, run_id: str, rows: list[FinalRow], specs: Sequence[TestSpec],
+def final_intervals(store: Store, run_id: str, rows: list[FinalRow], specs: Sequence[HeldOutSpec],
                     model_of: dict[int, int | None]) -> FinalIntervals:  # fmt: skip
     """Intervals of the final table's rows; `model_of` maps a row's candidate to the model its episodes ran as."""
     scores = run_task_scores(store, run_id)
@@ -64,7 +60,7 @@ def final_intervals(store: Store, run_id: str, rows: list[FinalRow], specs: Sequ
     return FinalIntervals(cells, averages, _differences(rows, specs, of))
 
 
-def _differences(rows: list[FinalRow], specs: Sequence[TestSpec], of) -> list[tuple[str, Interval]]:  # noqa: ANN001
+def _differences(rows: list[FinalRow], specs: Sequence[HeldOutSpec], of) -> list[tuple[str, Interval]]:  # noqa: ANN001
     by_kind = {row.kind: row for row in rows if row.kind in ("base", "merge", "final")}
     experts = [row for row in rows if row.kind == "expert"]
     out: list[tuple[str, Interval]] = []
@@ -109,13 +105,13 @@ def _cell(score: float, interval: Interval | None) -> str:
     return f"{score:.3f} [{interval.low:.2f}, {interval.high:.2f}]" if interval else f"{score:.3f}"
 
 
-def held_out_specs(tasks: Sequence[object]) -> list[TestSpec]:
+def held_out_specs(tasks: Sequence[object]) -> list[HeldOutSpec]:
     """The test split of each task of an evolution, from its config's task specs or their stored dicts."""
 
     def get(task: object, key: str, default: str) -> str:
         return str(task.get(key, default) if isinstance(task, dict) else getattr(task, key, default))
 
-    return [TestSpec(get(t, "name", ""), get(t, "env", ""), get(t, "test_split", "test")) for t in tasks]
+    return [HeldOutSpec(get(t, "name", ""), get(t, "env", ""), get(t, "test_split", "test")) for t in tasks]
 
 
 def final_report_tables(store: Store, run_id: str, rows: list[FinalRow], tasks: Sequence[object]) -> list[Table]:
