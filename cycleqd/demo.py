@@ -38,7 +38,7 @@ class DemoBudget:
     sft_tasks: int = 30  # train tasks per environment whose gold is replayed; those that pass are the trajectories
     sft_epochs: int = 3
     sft_learning_rate: float = 1e-4
-    sft_max_length: int = 1024  # tokens per trajectory (the gold ones are shorter; longer are cut)
+    sft_max_length: int = 1536  # tokens per trajectory: OS gold ones are 830–1100 with the prompt, DB ~480
     lora_rank: int = 0  # 0: full fine-tune
     dev_limit: int = 8  # selection tasks per environment (every candidate of the evolution plays them)
     test_limit: int = 25  # held-out tasks per environment (six models play them)
