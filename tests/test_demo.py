@@ -11,7 +11,7 @@ import pytest
 from tests.test_cli import CYCLEQD
 
 TINY = ["--sft-tasks", "2", "--sft-epochs", "1", "--eval-limit", "2", "--generations", "1", "--max-tokens", "32",
-        "--rounds", "1"]  # fmt: skip
+        "--rounds", "1", "--db-train", "4"]  # fmt: skip
 
 
 @pytest.mark.slow
