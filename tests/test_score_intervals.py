@@ -67,3 +67,29 @@ def test_final_intervals_cells_and_paired_differences(tmp_path: Path) -> None:
     assert diffs["expert db − base on db"].n == N  # paired on the 30 scored tasks, the error left out
     rendered = final_report_tables(store, run.id, rows, TASKS)
     assert len(rendered) == 2 and rendered[1].row_count == 4
+
+
+def test_show_prints_each_scores_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from rich.console import Console
+
+    from cycleqd.eval_command import show_run
+    from db.schema import Aggregate
+
+    db = tmp_path / "e.db"
+    store = open_store(db)
+    run = store.create_run("eval", {"model": "m", "tasks": ["db"]})
+    model = store.model_id("m", "m")
+    for i in range(20):
+        task = store.task_id("db", "builtin", "dev", f"db#{i}", f"h{i}")
+        store.record_episode(EpisodeRecord(run.id, model, task, 0, "completed", float(i < 5)))
+    store.save_aggregate(Aggregate(run_id=run.id, model_id=model, env="db", split="dev", episodes=20, score=0.25))
+    assert show_run(db, run.id, True, Console(), Console(stderr=True)) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["ci95"]["n"] == 20 and result["ci95"]["estimate"] == pytest.approx(0.25)
+    assert 0.0 <= result["ci95"]["low"] < 0.25 < result["ci95"]["high"] <= 0.5
+    wide = Console(width=200, record=True)
+    show_run(db, run.id, False, wide, Console(stderr=True))
+    low, high = result["ci95"]["low"], result["ci95"]["high"]
+    assert f"[{low:.3f}, {high:.3f}] (20)" in wide.export_text()
