@@ -114,10 +114,24 @@ def held_out_specs(tasks: Sequence[object]) -> list[HeldOutSpec]:
     return [HeldOutSpec(get(t, "name", ""), get(t, "env", ""), get(t, "test_split", "test")) for t in tasks]
 
 
-def final_report_tables(store: Store, run_id: str, rows: list[FinalRow], tasks: Sequence[object]) -> list[Table]:
-    """What `evolve`, `report` and `demo` print at the end: the final table with intervals, then the differences."""
+def run_final_intervals(store: Store, run_id: str, rows: list[FinalRow], tasks: Sequence[object]) -> FinalIntervals:
     from db.evolution_store import EvolutionStore
 
-    specs = held_out_specs(tasks)
     model_of = {c.id: c.model_id for c in EvolutionStore(store, run_id).candidates()}
-    return final_tables(rows, [s.name for s in specs], final_intervals(store, run_id, rows, specs, model_of))
+    return final_intervals(store, run_id, rows, held_out_specs(tasks), model_of)
+
+
+def final_report_tables(store: Store, run_id: str, rows: list[FinalRow], tasks: Sequence[object]) -> list[Table]:
+    """What `evolve`, `report` and `demo` print at the end: the final table with intervals, then the differences."""
+    names = [s.name for s in held_out_specs(tasks)]
+    return final_tables(rows, names, run_final_intervals(store, run_id, rows, tasks))
+
+
+def final_intervals_json(intervals: FinalIntervals, rows: list[FinalRow]) -> dict[str, object]:
+    """`evolve --json`'s intervals: per row its tasks' and average's, and the paired differences."""
+    per_row = {
+        row.label: {"average": a.to_json() if (a := intervals.averages.get(row.candidate_id)) else None}
+        | {name: i.to_json() for (candidate, name), i in intervals.cells.items() if candidate == row.candidate_id}
+        for row in rows
+    }
+    return {"rows": per_row, "differences": [{"compared": label, **i.to_json()} for label, i in intervals.differences]}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from cycleqd.report import final_rows
-from cycleqd.score_intervals import final_intervals, final_report_tables, held_out_specs
+from cycleqd.score_intervals import final_intervals, final_intervals_json, final_report_tables, held_out_specs
 from db.evolution_store import EvolutionStore
 from db.store import EpisodeRecord, open_store
 
@@ -67,6 +67,9 @@ def test_final_intervals_cells_and_paired_differences(tmp_path: Path) -> None:
     assert diffs["expert db − base on db"].n == N  # paired on the 30 scored tasks, the error left out
     rendered = final_report_tables(store, run.id, rows, TASKS)
     assert len(rendered) == 2 and rendered[1].row_count == 4
+    payload = final_intervals_json(result, rows)
+    assert payload["rows"]["expert os"]["os"]["estimate"] == pytest.approx(0.5)  # type: ignore[index]
+    assert len(payload["differences"]) == 4  # type: ignore[arg-type]
 
 
 def test_show_prints_each_scores_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
