@@ -258,6 +258,22 @@ def suite() -> None:
     """Task suites: check that every task's gold solution passes."""
 
 
+@suite.command("generate")
+@click.argument("env_name", type=click.Choice(["db"]))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for train.jsonl, dev.jsonl, test.jsonl (splits already there are kept).")  # fmt: skip
+@click.option("--train", default=2000, show_default=True, help="Training tasks.")
+@click.option("--dev", default=60, show_default=True, help="Selection tasks (disjoint from train and test).")
+@click.option("--test", default=120, show_default=True, help="Held-out test tasks.")
+@click.option("--seed", default=0, show_default=True)
+def suite_generate(env_name: str, out: Path, train: int, dev: int, test: int, seed: int) -> None:
+    """Generate a DBBench-format suite over random tables (lookups, counting, aggregates, rankings, comparisons,
+    INSERT, UPDATE, DELETE), each answer computed on the real MariaDB; `suite verify` replays it."""
+    from cycleqd.suite_generate import run_generate
+
+    sys.exit(run_generate(out, {"train": train, "dev": dev, "test": test}, seed, console))
+
+
 @suite.command("verify")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -501,8 +517,8 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
 def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
     """An evolution's final table (test splits: base, experts, naive merge, CycleQD final), a heatmap PNG per
     archive and its QD metrics over generations (coverage, QD score, best quality)."""
-    from cycleqd.evolve_command import final_table
     from cycleqd.report import final_rows, saving_line, write_episode_table, write_heatmaps, write_qd_metrics
+    from cycleqd.score_intervals import final_report_tables
     from db.evolution_store import EvolutionStore
     from db.store import open_store
 
@@ -513,7 +529,8 @@ def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
         sys.exit(2)
     evo = EvolutionStore(store, run_id)
     names = [t["name"] for t in run.config["tasks"]]
-    console.print(final_table(final_rows(evo, names), names))
+    for table in final_report_tables(store, run_id, final_rows(evo, names), run.config["tasks"]):
+        console.print(table)
     if (saving := saving_line(evo)) is not None:
         console.print(saving, highlight=False)
     out = out or Path(f"report-{run_id}")
@@ -568,24 +585,39 @@ def sft_cmd(
 
 @cli.command("demo")
 @_db_option
-@click.option("--sft-examples", default=20, show_default=True, help="Gold trajectories per expert.")
-@click.option("--sft-epochs", default=5, show_default=True)
-@click.option("--sft-lr", default=1e-4, show_default=True, help="The experts' AdamW learning rate.")
-@click.option("--eval-limit", default=10, show_default=True, help="Tasks per environment on each split.")
-@click.option("--generations", default=4, show_default=True)
-@click.option("--max-tokens", default=128, show_default=True)
-@click.option("--rounds", default=3, show_default=True)
-def demo_cmd(db_path: Path, sft_examples: int, sft_epochs: int, sft_lr: float, eval_limit: int, generations: int,
-             max_tokens: int, rounds: int) -> None:  # fmt: skip
+@click.option("--budget", "preset", type=click.Choice(["default", "night"]), default="default", show_default=True,
+              help="default: about 2 hours on 2 cores; night: ≥ 50 dev, 100 test tasks per environment.")  # fmt: skip
+@click.option("--sft-tasks", type=int, help="Train tasks per expert whose gold trajectories are replayed.")
+@click.option("--sft-epochs", type=int)
+@click.option("--sft-lr", type=float, help="The experts' AdamW learning rate.")
+@click.option("--lora-rank", type=int, help="0: full fine-tune; else LoRA merged back.")
+@click.option("--dev-limit", type=int, help="Selection tasks per environment.")
+@click.option("--test-limit", type=int, help="Held-out test tasks per environment.")
+@click.option("--eval-limit", type=int, help="Sets both --dev-limit and --test-limit.")
+@click.option("--generations", type=int)
+@click.option("--max-tokens", type=int)
+@click.option("--rounds", type=int)
+@click.option("--db-train", type=int, help="Generated DB train tasks (the DB expert uses --sft-tasks of them).")
+def demo_cmd(db_path: Path, preset: str, sft_tasks: int | None, sft_epochs: int | None, sft_lr: float | None,
+             lora_rank: int | None, dev_limit: int | None, test_limit: int | None, eval_limit: int | None,
+             generations: int | None, max_tokens: int | None, rounds: int | None,
+             db_train: int | None) -> None:  # fmt: skip
     """The whole method on this machine's CPU: fine-tune one SmolLM2 expert per environment, evolve them with
-    CycleQD, and print base, experts, naive merge and the CycleQD model on the held-out test splits. The budget is
-    printed first; a second run reuses the cached experts (and the finished evolution, if the store has it)."""
-    from cycleqd.demo import DemoBudget, run_demo
+    CycleQD, and print base, experts, naive merge and the CycleQD model on the held-out test splits with 95%
+    intervals and paired differences. The budget and its time estimate are printed first; every stage is cached."""
+    from dataclasses import replace
 
-    budget = DemoBudget(
-        sft_examples=sft_examples, sft_epochs=sft_epochs, sft_learning_rate=sft_lr, eval_limit=eval_limit,
-        generations=generations, max_tokens=max_tokens, rounds=rounds,
-    )  # fmt: skip
+    from cycleqd.demo import PRESETS, run_demo
+
+    given = {"sft_tasks": sft_tasks, "sft_epochs": sft_epochs, "sft_learning_rate": sft_lr, "lora_rank": lora_rank,
+             "dev_limit": dev_limit if dev_limit is not None else eval_limit,
+             "test_limit": test_limit if test_limit is not None else eval_limit,
+             "generations": generations, "max_tokens": max_tokens, "rounds": rounds, "db_train": db_train}  # fmt: skip
+    bad = [k for k, v in given.items() if v is not None and (v < 0 if k == "lora_rank" else v <= 0)]
+    if bad:
+        err_console.print(f"[red]error:[/] the demo's {bad[0]} is {given[bad[0]]}; it must be positive")
+        sys.exit(2)
+    budget = replace(PRESETS[preset], **{k: v for k, v in given.items() if v is not None})
     sys.exit(run_demo(budget, db_path, console, err_console))
 
 

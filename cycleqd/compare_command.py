@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cycleqd.run_lookup import find_run, model_label, open_existing_store
-from cycleqd.stats import bootstrap_mean
+from cycleqd.stats import mean_ci
 from db.store import Store
 
 TaskKey = tuple[str, str, str]  # env, split, task key
@@ -57,9 +57,11 @@ class Comparison:
     def env_summary(self, index: int, env: str, split: str) -> dict[str, Any]:
         per_task = [v for (e, s, _), v in self.scores[index].items() if (e, s) == (env, split)]
         errors = sum(n for (e, s, _), n in self.errors[index].items() if (e, s) == (env, split))
-        interval = bootstrap_mean(per_task)
+        # The score is the mean over episodes (what the store's aggregates hold); its interval resamples tasks.
+        episodes = [score for values in per_task for score in values]
+        interval = mean_ci([sum(v) / len(v) for v in per_task]) if per_task else None
         return {
-            "score": None if interval is None else interval.mean,
+            "score": sum(episodes) / len(episodes) if episodes else None,
             "ci95": None if interval is None else [interval.low, interval.high],
             "tasks": len(per_task), "episodes": sum(len(v) for v in per_task) + errors, "errors": errors,
         }  # fmt: skip

@@ -16,6 +16,7 @@ from rich.table import Table
 from cycleqd.env_runtime import images_for
 from cycleqd.eval_tasks import load_eval_tasks, select_tasks
 from cycleqd.orchestrator import EpisodeResult, EvalSettings, Orchestrator, Sampling, summarize
+from cycleqd.score_intervals import Intervals, aggregate_intervals
 from db.store import Store, open_store
 from envs.os_interaction import OSSettings
 from sandboxes.engine import docker_client
@@ -77,9 +78,10 @@ def run_eval_command(
         return 130
     store.set_run_status(run.id, "completed")
     if as_json:
-        print(json.dumps({"run": run.id, "results": [_aggregate_json(a) for a in aggregates]}, indent=2))
+        intervals = aggregate_intervals(store, run.id)
+        print(json.dumps({"run": run.id, "results": [_aggregate_json(a, intervals) for a in aggregates]}, indent=2))
     else:
-        console.print(_results_table(aggregates, time.monotonic() - started))
+        console.print(_results_table(aggregates, aggregate_intervals(store, run.id), time.monotonic() - started))
         console.print(f"run {run.id} (cycleqd show {run.id} --db {db_path})", highlight=False)
     return 0
 
@@ -119,15 +121,20 @@ async def _evaluate(store: Store, run_id: str, config: dict[str, Any], tasks: li
     return summarize(store, run_id, tasks, model_id, time.monotonic() - started)
 
 
-def _aggregate_json(aggregate: Any) -> dict[str, Any]:
+def _aggregate_json(aggregate: Any, intervals: Intervals) -> dict[str, Any]:
+    interval = intervals.get((aggregate.model_id, aggregate.env, aggregate.split))
     return {
         "env": aggregate.env, "split": aggregate.split, "score": aggregate.score, "episodes": aggregate.episodes,
         "errors": aggregate.errors, "wall_s": round(aggregate.wall_s, 1), "metrics": aggregate.metrics,
+        "ci95": interval.to_json() if interval else None,
     }  # fmt: skip
 
 
-def _results_table(aggregates: list, wall_s: float | None = None) -> Table:
-    table = Table("env", "split", "score", "n", "errors", "wall time")
+def _results_table(aggregates: list, intervals: Intervals, wall_s: float | None = None) -> Table:
+    table = Table("env", "split", "score", "95% interval (tasks)", "n", "errors", "wall time")
     for a in aggregates:
-        table.add_row(a.env, a.split, f"{a.score:.3f}", str(a.episodes), str(a.errors), f"{wall_s or a.wall_s:.0f} s")
+        interval = intervals.get((a.model_id, a.env, a.split))
+        span = f"[{interval.low:.3f}, {interval.high:.3f}] ({interval.n})" if interval else "–"
+        table.add_row(a.env, a.split, f"{a.score:.3f}", span, str(a.episodes), str(a.errors),
+                      f"{wall_s or a.wall_s:.0f} s")  # fmt: skip
     return table

@@ -39,7 +39,9 @@ class EvalTask:
 
 def suite_files(env: str, suite: str, split: str) -> list[Path]:
     if suite != "builtin":
-        return task_files(Path(suite))
+        # a folder of split files (train.json, dev.jsonl, …) gives that split's files; anything else is all of it
+        split_files = sorted(Path(suite).glob(f"{split}.json*")) if Path(suite).is_dir() else []
+        return split_files or task_files(Path(suite))
     if env == "coding":
         if split not in HUMANEVAL_SPLITS:
             raise ValueError(f"the built-in coding suite has no split {split!r}; it has: dev, test, train")

@@ -18,6 +18,7 @@ from rich.table import Table
 from cycleqd.candidate_eval import EpisodeEvaluator
 from cycleqd.env_runtime import EnvRuntime, images_for
 from cycleqd.evolution import Evolution, EvolutionEvent, FinalRow
+from cycleqd.score_intervals import final_intervals_json, final_report_tables, run_final_intervals
 from db.evolution_store import EvolutionStore
 from db.store import Store, open_store
 from evolver.checkpoint_files import verify_experts
@@ -76,10 +77,13 @@ def run_evolve_command(
     materialize(Genome.load(evolve_cache() / "genomes", genome.genome_hash), cache, out)
     store.set_run_status(run.id, "completed")
     if as_json:
-        payload = {"run": run.id, "final_model": str(out), "table": [final_row_json(r) for r in rows]}
+        intervals = final_intervals_json(run_final_intervals(store, run.id, rows, config.tasks), rows)
+        payload = {"run": run.id, "final_model": str(out), "table": [final_row_json(r) for r in rows],
+                   "ci95": intervals}  # fmt: skip
         print(json.dumps(payload, indent=2))
     else:
-        console.print(final_table(rows, [t.name for t in config.tasks]))
+        for table in final_report_tables(store, run.id, rows, config.tasks):
+            console.print(table)
         console.print(f"final model: {out}\nrun {run.id} (cycleqd report {run.id} --db {db_path})", highlight=False)
     return 0
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cycleqd.run_lookup import find_run, model_label, open_existing_store
+from cycleqd.score_intervals import Intervals, aggregate_intervals
 from db.evolution_store import EvolutionStore
 from db.schema import Aggregate, Run
 from db.store import Store
@@ -68,9 +69,13 @@ def _per_task(store: Store, run_id: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _aggregate_row(aggregate: Aggregate, wall: dict[tuple[int, str, str], float]) -> dict[str, Any]:
+def _aggregate_row(
+    aggregate: Aggregate, wall: dict[tuple[int, str, str], float], intervals: Intervals
+) -> dict[str, Any]:
+    interval = intervals.get((aggregate.model_id, aggregate.env, aggregate.split))
     return {
         "model_id": aggregate.model_id, "env": aggregate.env, "split": aggregate.split, "score": aggregate.score,
+        "ci95": [interval.low, interval.high] if interval else None,
         "episodes": aggregate.episodes, "errors": aggregate.errors, "metrics": aggregate.metrics,
         "wall_s": round(wall.get((aggregate.model_id, aggregate.env, aggregate.split), 0.0), 1),
     }  # fmt: skip
@@ -80,7 +85,8 @@ def show_run(db_path: Path, run_text: str, as_json: bool, per_task: bool, consol
     store = open_existing_store(db_path)
     run = find_run(store, run_text, db_path)
     wall = store.wall_times(run.id)
-    results = [_aggregate_row(a, wall) for a in store.aggregates(run.id)]
+    intervals = aggregate_intervals(store, run.id)
+    results = [_aggregate_row(a, wall, intervals) for a in store.aggregates(run.id)]
     models = {m.id: m for m in store.run_models([run.id])[run.id]}
     tasks = _per_task(store, run.id)
     episodes = sum(r["episodes"] for r in tasks)
@@ -95,10 +101,11 @@ def show_run(db_path: Path, run_text: str, as_json: bool, per_task: bool, consol
     console.print(f"run {run.id}: {run.kind}, {run.status}, {episodes} episodes", highlight=False)
     console.print(json.dumps(run.config), highlight=False, soft_wrap=True)
     label = {m.id: model_label(m.reference, m.identity) for m in models.values()}
-    table = Table("model", "env", "split", "score", "n", "errors", "wall time")
+    table = Table("model", "env", "split", "score", "95% interval (tasks)", "n", "errors", "wall time")
     for r in results:
+        span = f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" if r["ci95"] else "–"
         table.add_row(label.get(r["model_id"], str(r["model_id"])), r["env"], r["split"], f"{r['score']:.3f}",
-                      str(r["episodes"]), str(r["errors"]), f"{r['wall_s']:.0f} s")  # fmt: skip
+                      span, str(r["episodes"]), str(r["errors"]), f"{r['wall_s']:.0f} s")  # fmt: skip
     console.print(table)
     if per_task:
         rows = Table("model", "env", "task", "split", "score", "episodes", "statuses")

@@ -289,6 +289,17 @@ class Store:
             )
             return list(session.scalars(query))
 
+    def scored_tasks(self, run_id: str) -> list[tuple[int, str, str, str, float]]:
+        """(model, env, split, task key, score) of every scored episode of the run (environment errors left out):
+        what confidence intervals resample."""
+        with self.session() as session:
+            query = (
+                select(Episode.model_id, Task.env, Task.split, Task.task_key, Episode.score)
+                .join(Task, Episode.task_id == Task.id)
+                .where(Episode.run_id == run_id, Episode.score.is_not(None))
+            )
+            return [(m, env, split, key, float(score)) for m, env, split, key, score in session.execute(query)]
+
     # -- aggregates --------------------------------------------------------------------------------------------
 
     def save_aggregate(self, aggregate: Aggregate) -> None:

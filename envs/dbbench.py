@@ -206,6 +206,10 @@ class DBBenchEpisode(Episode):
         expected = f"table hash {self.task.answer_md5}" if self.task.modifies else repr(list(self.task.label))
         return Outcome(self.status, 1.0 if passed else 0.0, self.rounds, self.answer, detail, expected)
 
+    async def table_hash(self) -> str:
+        """The hash of the task's table as it stands, as `answer_md5` is compared (what generators record)."""
+        return await asyncio.to_thread(self._table_hash)
+
     def _table_hash(self) -> str:
         assert self._db is not None
         # As root: the agent may have dropped its own privileges' table; the hash is computed whatever happened.

@@ -3,14 +3,15 @@
 Accepted: a JSON list of tasks, a single task object, or JSONL. A task has `description`; optionally `create`
 (`local` or `image` naming the image; `init` as a string, {code}, {file} or a list of those, with `language`
 bash or python); `start`; `evaluation` with `match` (a string, or {answer|regex, strip}) or `check` (a script, a
-list of scripts, `null` meaning "run evaluation.example here"); `example`; `labels`.
+list of scripts, `null` meaning "run evaluation.example here"); `example`; `labels`; `explanation` (AgentBench's
+training tasks: how to solve it, used as the gold reply's thought).
 Every deviation is a TaskFormatError naming the file, the task's index and the field.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ class OSTask:
     checks: tuple[Script | None, ...] = ()  # None: run `example` at that place
     example: Script | None = None
     labels: tuple[str, ...] = ()
+    # AgentBench's training tasks explain how to solve them; only gold replies read it (their thought), so it is
+    # not part of the task's content hash.
+    explanation: str | None = field(default=None, metadata={"gold_only": True})
 
     @property
     def task_id(self) -> str:
@@ -111,6 +115,9 @@ def parse_task(record: Any, source: str, index: int) -> OSTask:
     example = None if example_raw is None else parse_script(example_raw, source, index, "evaluation.example")
     if checks and None in checks and example is None:
         raise TaskFormatError(source, index, "evaluation.example", "a script, since a check is null")
+    explanation = record.get("explanation")
+    if explanation is not None and not isinstance(explanation, str):
+        raise TaskFormatError(source, index, "explanation", "a string")
     labels = record.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise TaskFormatError(source, index, "labels", "a list of strings")
@@ -125,6 +132,7 @@ def parse_task(record: Any, source: str, index: int) -> OSTask:
         checks=checks or (),
         example=example,
         labels=tuple(labels),
+        explanation=explanation,
     )
 
 

@@ -29,6 +29,7 @@ from envs.mariadb_server import MariaDBServer
 from envs.os_checks import check_scripts_available, script_source
 from envs.os_interaction import OSInteractionEpisode, OSSettings
 from envs.os_tasks import OSTask, load_os_tasks_leniently, network_commands
+from envs.os_training import explanation_thought
 from envs.task_files import read_task_records
 from sandboxes.docker_sandbox import DockerSandbox
 from sandboxes.images import image_tag
@@ -149,8 +150,9 @@ def gold_replies(task: OSTask, scripts_dir: Path | None) -> list[str] | None:
     these replies should learn the behaviour, not a phrase that only makes sense in a replay."""
     if task.example is not None:
         source = script_source(task.example, scripts_dir)
-        thought = ("To answer this I need to look at the system, so I run a command that prints what is asked."
-                   if asks_a_question(task) else "I can do this with a shell command.")  # fmt: skip
+        thought = explanation_thought(task.explanation) if task.explanation else (
+            "To answer this I need to look at the system, so I run a command that prints what is asked."
+            if asks_a_question(task) else "I can do this with a shell command.")  # fmt: skip
         return [f"Think: {thought}\n\nAct: bash\n\n```bash\n{source}\n```"]
     if task.match is not None and task.match.answer is not None:
         return [f"Think: I already know the answer, it is {task.match.answer}.\n\nAct: answer({task.match.answer})"]

@@ -10,8 +10,8 @@ import pytest
 
 from tests.test_cli import CYCLEQD
 
-TINY = ["--sft-examples", "2", "--sft-epochs", "1", "--eval-limit", "1", "--generations", "1", "--max-tokens", "32",
-        "--rounds", "1"]  # fmt: skip
+TINY = ["--sft-tasks", "2", "--sft-epochs", "1", "--eval-limit", "2", "--generations", "1", "--max-tokens", "32",
+        "--rounds", "1", "--db-train", "4"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -19,7 +19,7 @@ def test_the_demo_runs_end_to_end_and_reuses_its_cache(docker_engine, default_mo
     db = tmp_path / "demo.db"
     first = subprocess.run([CYCLEQD, "demo", *TINY, "--db", str(db)], capture_output=True, text=True, timeout=1800)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "2 trajectories × 1 epochs per environment" in first.stdout
+    assert "2 train tasks × 1 epochs per environment" in first.stdout and "estimate: experts" in first.stdout
     for row in ("base", "expert os", "expert db", "expert coding", "naive merge", "CycleQD final"):
         assert row in first.stdout
     assert "stage times: experts" in first.stdout and "evolution and the final table" in first.stdout

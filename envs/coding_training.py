@@ -1,0 +1,50 @@
+"""Coding data for an expert and an evolution: MBPP's own splits (google-research's `mbpp.jsonl`, task ids 1–10
+prompt, 11–510 test, 511–600 validation, 601–974 train) plus HumanEval's train share, as a suite folder.
+
+train: MBPP train and prompt, and the HumanEval problems the built-in coding suite deals to train; dev: MBPP's
+validation split; test: MBPP's test split. HumanEval's dev and test problems stay out of it entirely.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from envs.coding import humaneval_path
+
+MBPP_FILE = Path("mbpp/mbpp.jsonl")
+MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511), "dev": range(511, 601), "train": range(601, 975)}
+HUMANEVAL_TRAIN = (2, 3)  # the built-in suite's round-robin shares for train (see cycleqd.eval_tasks)
+
+
+def build_coding_suite(data_root: Path | None, out: Path) -> Path:
+    """Write train.jsonl, dev.jsonl and test.jsonl under `out` (once: an existing suite is kept). Without MBPP
+    (`data_root` None) the suite is HumanEval alone, dealt as the built-in coding suite deals it."""
+    if all((out / f"{split}.jsonl").is_file() for split in ("train", "dev", "test")):
+        return out
+    with gzip.open(humaneval_path(), "rt", encoding="utf-8") as f:
+        humaneval = [json.loads(line) for line in f if line.strip()]
+
+    def share(*parts: int) -> list[dict]:
+        return [r for i, r in enumerate(humaneval) if i % 4 in parts]
+
+    if data_root is None:
+        splits = {"train": share(*HUMANEVAL_TRAIN), "dev": share(0), "test": share(1)}
+    else:
+        mbpp = [json.loads(line) for line in (data_root / MBPP_FILE).read_text().splitlines() if line.strip()]
+
+        def ids(split: str) -> list[dict]:
+            return [r for r in mbpp if r["task_id"] in MBPP_SPLITS[split]]
+
+        splits = {
+            "train": ids("train") + ids("prompt") + share(*HUMANEVAL_TRAIN),
+            "dev": ids("dev"),
+            "test": ids("test"),
+        }
+    out.mkdir(parents=True, exist_ok=True)
+    for split, records in splits.items():
+        temporary = out / f".{split}.tmp"  # not matched by the split glob if left behind
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in records))
+        temporary.replace(out / f"{split}.jsonl")
+    return out

@@ -1,0 +1,98 @@
+"""The final table's intervals and paired differences, read from a real SQLite store filled with episodes."""
+
+from pathlib import Path
+
+import pytest
+
+from cycleqd.report import final_rows
+from cycleqd.score_intervals import final_intervals, final_intervals_json, final_report_tables, held_out_specs
+from db.evolution_store import EvolutionStore
+from db.store import EpisodeRecord, open_store
+
+TASKS = [{"name": "os", "env": "os", "test_split": "test"}, {"name": "db", "env": "db", "test_split": "test"}]
+N = 30  # tasks per environment
+
+
+def fill(tmp_path: Path) -> tuple:
+    store = open_store(tmp_path / "s.db")
+    run = store.create_run("evolve", {"tasks": TASKS})
+    evo = EvolutionStore(store, run.id)
+    # per-task scores: the final model solves what both experts solve; the merge only what the db expert does
+    solved = {
+        "base": lambda env, i: 0.0,
+        "expert-os": lambda env, i: float(env == "os" and i % 2 == 0),
+        "expert-db": lambda env, i: float(env == "db" and i % 3 == 0),
+        "merge": lambda env, i: float(env == "db" and i % 3 == 0),
+        "final": lambda env, i: float((env == "os" and i % 2 == 0) or (env == "db" and i % 3 == 0)),
+    }
+    kinds = {"base": ("base", 0), "expert-os": ("expert", 0), "expert-db": ("expert", 1), "merge": ("merge", 0),
+             "final": ("final", 0)}  # fmt: skip
+    for name, score in solved.items():
+        kind, slot = kinds[name]
+        model = store.model_id(name, name)
+        test_scores = {}
+        for env in ("os", "db"):
+            values = []
+            for i in range(N):
+                task = store.task_id(env, "builtin", "test", f"{env}#{i}", f"h{env}{i}")
+                values.append(score(env, i))
+                store.record_episode(EpisodeRecord(run.id, model, task, 0, "completed", values[-1]))
+            # an environment error is not a score: it must not enter any interval
+            task = store.task_id(env, "builtin", "test", f"{env}#err", "herr")
+            store.record_episode(EpisodeRecord(run.id, model, task, 0, "error", None))
+            test_scores[env] = sum(values) / N
+        candidate = evo.add_candidate(kind, 0, slot)
+        evo.record_scores(candidate.id, model, test_scores, test=True)
+    return store, run, evo
+
+
+def test_final_intervals_cells_and_paired_differences(tmp_path: Path) -> None:
+    store, run, evo = fill(tmp_path)
+    rows = final_rows(evo, ["os", "db"])
+    model_of = {c.id: c.model_id for c in evo.candidates()}
+    result = final_intervals(store, run.id, rows, held_out_specs(TASKS), model_of)
+    by_label = {row.label: row for row in rows}
+    os_expert = result.cells[(by_label["expert os"].candidate_id, "os")]
+    assert os_expert.n == N and os_expert.estimate == pytest.approx(0.5)
+    assert 0.3 < os_expert.low < 0.5 < os_expert.high < 0.7
+    final_avg = result.averages[by_label["CycleQD final"].candidate_id]
+    assert final_avg.estimate == pytest.approx((0.5 + 10 / 30) / 2) and final_avg.n == 2 * N
+    diffs = dict(result.differences)
+    merge = diffs["final − naive merge (average)"]
+    assert merge.estimate == pytest.approx(0.25) and merge.low > 0  # the os skill the merge lost
+    best = next(v for k, v in diffs.items() if k.startswith("final − best expert"))
+    assert best.estimate == pytest.approx(10 / 30 / 2) and best.low > 0
+    assert diffs["expert os − base on os"].estimate == pytest.approx(0.5)
+    assert diffs["expert db − base on db"].estimate == pytest.approx(1 / 3)
+    assert diffs["expert db − base on db"].n == N  # paired on the 30 scored tasks, the error left out
+    rendered = final_report_tables(store, run.id, rows, TASKS)
+    assert len(rendered) == 2 and rendered[1].row_count == 4
+    payload = final_intervals_json(result, rows)
+    assert payload["rows"]["expert os"]["os"]["estimate"] == pytest.approx(0.5)  # type: ignore[index]
+    assert len(payload["differences"]) == 4  # type: ignore[arg-type]
+
+
+def test_show_prints_each_scores_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from rich.console import Console
+
+    from cycleqd.eval_command import show_run
+    from db.schema import Aggregate
+
+    db = tmp_path / "e.db"
+    store = open_store(db)
+    run = store.create_run("eval", {"model": "m", "tasks": ["db"]})
+    model = store.model_id("m", "m")
+    for i in range(20):
+        task = store.task_id("db", "builtin", "dev", f"db#{i}", f"h{i}")
+        store.record_episode(EpisodeRecord(run.id, model, task, 0, "completed", float(i < 5)))
+    store.save_aggregate(Aggregate(run_id=run.id, model_id=model, env="db", split="dev", episodes=20, score=0.25))
+    assert show_run(db, run.id, True, Console(), Console(stderr=True)) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["ci95"]["n"] == 20 and result["ci95"]["estimate"] == pytest.approx(0.25)
+    assert 0.0 <= result["ci95"]["low"] < 0.25 < result["ci95"]["high"] <= 0.5
+    wide = Console(width=200, record=True)
+    show_run(db, run.id, False, wide, Console(stderr=True))
+    low, high = result["ci95"]["low"], result["ci95"]["high"]
+    assert f"[{low:.3f}, {high:.3f}] (20)" in wide.export_text()

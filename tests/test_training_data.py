@@ -1,0 +1,120 @@
+"""Training data that teaches skills: AgentBench's OS training tasks as a suite (loaded through the OS loaders,
+replayed through the real environment), the DB generator's tasks verified on the real MariaDB, MBPP's splits."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from cycleqd.eval_tasks import load_eval_tasks
+from envs.os_interaction import OSSettings
+from envs.os_training import TRAINING_FILE, build_os_suite, explanation_thought, shared_data_root
+from envs.suite_verify import gold_replies, replay_os_gold
+
+DATA = shared_data_root()
+needs_os_training = pytest.mark.skipif(
+    not (DATA / TRAINING_FILE).is_file(), reason=f"AgentBench's OS training file is not at {DATA / TRAINING_FILE}"
+)
+
+
+def test_explanation_becomes_a_first_person_thought_without_code() -> None:
+    text = ("To solve this problem, you can use `find`.\n\nYou can use this command pattern to perform the task:\n\n"
+            "```bash\nfind ~ -type f | wc -l\n```")  # fmt: skip
+    assert explanation_thought(text) == "To solve this problem, I can use `find`."
+
+
+@needs_os_training
+def test_os_training_suite_splits_are_disjoint_and_load(tmp_path: Path) -> None:
+    suite = build_os_suite(DATA, tmp_path / "os")
+    splits = {s: load_eval_tasks(["os"], str(suite), s, None) for s in ("train", "dev", "test")}
+    assert (len(splits["train"]), len(splits["dev"])) == (940, 60)
+    assert len(splits["test"]) >= 100  # AgentBench's own benchmark tasks that run here
+    descriptions = {s: {t.task.description for t in tasks} for s, tasks in splits.items()}  # type: ignore[union-attr]
+    assert not descriptions["dev"] & descriptions["train"]
+    assert not descriptions["test"] & (descriptions["train"] | descriptions["dev"])
+    first = splits["train"][0].task
+    reply = gold_replies(first, None)[0]  # type: ignore[arg-type]
+    assert reply.startswith("Think: To solve this problem") and reply.count("```") == 2
+    # the explanation is gold-only: it does not change the task's identity in the store
+    assert (
+        splits["train"][0].content_hash
+        == type(splits["train"][0])(
+            "os", str(suite), "train", first.task_id, type(first)(**{**first.__dict__, "explanation": None})
+        ).content_hash
+    )
+
+
+@needs_os_training
+async def test_os_training_tasks_replay_through_the_real_environment(os_image: str, tmp_path: Path) -> None:
+    suite = build_os_suite(DATA, tmp_path / "os")
+    tasks = [t.task for t in load_eval_tasks(["os"], str(suite), "train", 4)]
+    verdicts = [await replay_os_gold(task, OSSettings(round_limit=5)) for task in tasks]  # type: ignore[arg-type]
+    assert sum(1 for v in verdicts if v.passed) >= 3, [(v.task_id, v.reason) for v in verdicts]
+    passed = next(v for v in verdicts if v.passed)
+    assert passed.transcript[passed.prompt_messages]["content"].startswith("Think: To solve this problem")
+
+
+def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_engine: object, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from envs.db_generate import task_key
+    from envs.suite_verify import verify_db
+
+    out = tmp_path / "db"
+    cycleqd = Path(sys.executable).parent / "cycleqd"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = [str(cycleqd), "suite", "generate", "db", "--out", str(out), "--train", "40", "--dev", "12", "--test", "12"]
+    made = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert made.returncode == 0, made.stderr
+    assert f"{out / 'train.jsonl'}: 40 tasks" in made.stdout
+    records = {
+        s: [json.loads(x) for x in (out / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "dev", "test")
+    }
+    keys = {s: {task_key(r) for r in rs} for s, rs in records.items()}
+    assert not keys["train"] & keys["dev"] and not keys["train"] & keys["test"] and not keys["dev"] & keys["test"]
+    families = {r["type"][0].split("-")[0] for rs in records.values() for r in rs}
+    assert {"INSERT", "UPDATE", "aggregation", "counting"} <= families
+    reports = asyncio.run(verify_db(out, concurrency=4))
+    ran = [v for r in reports for v in r.run]
+    assert len(ran) == 64 and all(v.passed for v in ran), [(v.task_id, v.reason) for v in ran if not v.passed]
+    # a second call keeps what is there: same files, nothing regenerated
+    before = (out / "test.jsonl").read_text()
+    assert subprocess.run(args, capture_output=True, text=True, env=env, timeout=120).returncode == 0
+    assert (out / "test.jsonl").read_text() == before
+
+
+@pytest.mark.skipif(not (DATA / "mbpp" / "mbpp.jsonl").is_file(), reason=f"MBPP is not at {DATA / 'mbpp'}")
+async def test_coding_suite_has_mbpp_splits_and_its_gold_passes(os_image: str, tmp_path: Path) -> None:
+    from envs.coding_training import build_coding_suite
+    from envs.suite_verify import replay_coding_gold
+
+    suite = build_coding_suite(DATA, tmp_path / "coding")
+    splits = {s: load_eval_tasks(["coding"], str(suite), s, None) for s in ("train", "dev", "test")}
+    assert {s: len(t) for s, t in splits.items()} == {"train": 374 + 10 + 82, "dev": 90, "test": 500}
+    ids = {s: {t.task.task_id for t in tasks} for s, tasks in splits.items()}  # type: ignore[union-attr]
+    assert not ids["train"] & ids["test"] and not ids["dev"] & ids["test"] and not ids["train"] & ids["dev"]
+    assert any(i.startswith("HumanEval/") for i in ids["train"]) and "11" in ids["test"] and "601" in ids["train"]
+    for task in [splits["train"][0].task, splits["train"][-1].task]:
+        verdict = await replay_coding_gold(task, os_image)  # type: ignore[arg-type]
+        assert verdict.passed, verdict.reason
+
+
+def test_demo_suites_are_sized_cached_and_train_where_they_should(docker_engine: object, tmp_path: Path) -> None:
+    from cycleqd.demo import PRESETS, estimate
+    from cycleqd.demo_data import demo_suites
+
+    suites = demo_suites(tmp_path, train=6, dev=4, test=5, db_train=8)
+    for env, suite in suites.items():
+        sizes = {s: len(load_eval_tasks([env], str(suite), s, None)) for s in ("train", "dev", "test")}
+        assert sizes == {"train": 6, "dev": 4, "test": 5}, (env, sizes)
+    if (DATA / TRAINING_FILE).is_file():  # OS trains on AgentBench's training family, is tested on its benchmark
+        train = load_eval_tasks(["os"], str(suites["os"]), "train", None)
+        assert all(t.task.explanation for t in train)  # type: ignore[union-attr]
+    again = demo_suites(tmp_path, train=6, dev=4, test=5, db_train=8)
+    assert again == suites  # cached: the same folders, nothing regenerated
+    assert estimate(PRESETS["default"]).total_s <= 2 * 3600  # the default is sized for two hours on 2 cores
