@@ -75,7 +75,7 @@ def _aggregate_row(
     interval = intervals.get((aggregate.model_id, aggregate.env, aggregate.split))
     return {
         "model_id": aggregate.model_id, "env": aggregate.env, "split": aggregate.split, "score": aggregate.score,
-        "ci95": [interval.low, interval.high] if interval else None,
+        "ci95": interval.to_json() if interval else None,
         "episodes": aggregate.episodes, "errors": aggregate.errors, "metrics": aggregate.metrics,
         "wall_s": round(wall.get((aggregate.model_id, aggregate.env, aggregate.split), 0.0), 1),
     }  # fmt: skip
@@ -103,7 +103,8 @@ def show_run(db_path: Path, run_text: str, as_json: bool, per_task: bool, consol
     label = {m.id: model_label(m.reference, m.identity) for m in models.values()}
     table = Table("model", "env", "split", "score", "95% interval (tasks)", "n", "errors", "wall time")
     for r in results:
-        span = f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" if r["ci95"] else "–"
+        ci = r["ci95"]
+        span = f"[{ci['low']:.3f}, {ci['high']:.3f}] ({ci['n']})" if ci else "–"
         table.add_row(label.get(r["model_id"], str(r["model_id"])), r["env"], r["split"], f"{r['score']:.3f}",
                       span, str(r["episodes"]), str(r["errors"]), f"{r['wall_s']:.0f} s")  # fmt: skip
     console.print(table)

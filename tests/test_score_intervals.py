@@ -77,7 +77,7 @@ def test_show_prints_each_scores_interval(tmp_path: Path, capsys: pytest.Capture
 
     from rich.console import Console
 
-    from cycleqd.eval_command import show_run
+    from cycleqd.results_commands import show_run
     from db.schema import Aggregate
 
     db = tmp_path / "e.db"
@@ -88,11 +88,11 @@ def test_show_prints_each_scores_interval(tmp_path: Path, capsys: pytest.Capture
         task = store.task_id("db", "builtin", "dev", f"db#{i}", f"h{i}")
         store.record_episode(EpisodeRecord(run.id, model, task, 0, "completed", float(i < 5)))
     store.save_aggregate(Aggregate(run_id=run.id, model_id=model, env="db", split="dev", episodes=20, score=0.25))
-    assert show_run(db, run.id, True, Console(), Console(stderr=True)) == 0
+    assert show_run(db, run.id, True, False, Console()) == 0
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert result["ci95"]["n"] == 20 and result["ci95"]["estimate"] == pytest.approx(0.25)
     assert 0.0 <= result["ci95"]["low"] < 0.25 < result["ci95"]["high"] <= 0.5
     wide = Console(width=200, record=True)
-    show_run(db, run.id, False, wide, Console(stderr=True))
+    show_run(db, run.id, False, False, wide)
     low, high = result["ci95"]["low"], result["ci95"]["high"]
     assert f"[{low:.3f}, {high:.3f}] (20)" in wide.export_text()
