@@ -14,6 +14,7 @@ from rich.console import Console
 
 from cycleqd.checks import print_checks
 from db.store import StoreOpenError
+from envs.registry import names as environment_names
 from sandboxes.errors import SandboxError
 
 console = Console()
@@ -256,7 +257,7 @@ def suite() -> None:
 @click.option(
     "--env",
     "env_name",
-    type=click.Choice(["auto", "os", "db", "coding"]),
+    type=click.Choice(["auto", *environment_names()]),
     default="auto",
     show_default=True,
     help="Which environment; auto reads it off the first task of the first file.",
@@ -277,25 +278,22 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from envs.suite_verify import guess_env, verify_coding, verify_db, verify_os
-
-    if env_name == "auto":
-        env_name = guess_env(path)
     from cycleqd.env_runtime import images_for
+    from cycleqd.suite_command import verify_suite
+    from envs.suites import guess_environment
     from sandboxes.engine import docker_client
     from sandboxes.images import build_images
 
+    if env_name == "auto":
+        env_name = guess_environment(path)
     build_images(docker_client(), images_for([env_name]))
     columns = (TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         bar = progress.add_task("verify", total=None)
         advance = lambda _: progress.advance(bar)  # noqa: E731
-        if env_name == "db":
-            reports = asyncio.run(verify_db(path, concurrency=concurrency, progress=advance))
-        elif env_name == "coding":
-            reports = asyncio.run(verify_coding(path, concurrency=concurrency, progress=advance))
-        else:
-            reports = asyncio.run(verify_os(path, scripts_dir=scripts_dir, concurrency=concurrency, progress=advance))
+        reports = asyncio.run(
+            verify_suite(path, env_name, scripts_dir=scripts_dir, concurrency=concurrency, progress=advance)
+        )
     failed = any(r.load_error or r.task_errors or r.passed < len(r.run) for r in reports)
     if as_json:
         print(json.dumps([r.to_json() for r in reports], indent=2))
@@ -449,7 +447,7 @@ def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
 @cli.command("sft")
 @click.option("--base", "base_ref", default="default", show_default=True,
               help="Checkpoint folder to fine-tune ('default': the embedded SmolLM2).")  # fmt: skip
-@click.option("--env", "env_name", type=click.Choice(["os", "db", "coding"]), required=True)
+@click.option("--env", "env_name", type=click.Choice(environment_names()), required=True)
 @click.option("--suite", default="builtin", show_default=True,
               help="'builtin', or task files with gold (e.g. AgentBench's train_0317/training.json).")  # fmt: skip
 @click.option("--split", default="train", show_default=True, help="Split of the built-in suite.")

@@ -22,11 +22,11 @@ from cycleqd.sft_command import SFTRequest, run_sft
 from cycleqd.sft_train import SFTSettings
 from db.evolution_store import EvolutionStore
 from db.store import open_store
-from envs.suite_verify import GOLD_REPLY_FORMAT
+from envs.registry import environment, names
 from evolver.config import EvolveConfig, parse_config
 from serving.default_model import cache_root, default_checkpoint
 
-ENVS = ("os", "db", "coding")
+ENVS = names()
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class DemoBudget:
                 f"{self.max_tokens} tokens per reply, {self.rounds} rounds")  # fmt: skip
 
     def sft_key(self) -> str:
-        part = {k: v for k, v in asdict(self).items() if k.startswith("sft_")} | {"gold": GOLD_REPLY_FORMAT}
+        gold = {env: environment(env).gold_format for env in ENVS}  # new gold replies retrain the experts
+        part = {k: v for k, v in asdict(self).items() if k.startswith("sft_")} | {"gold": gold}
         return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
 
 

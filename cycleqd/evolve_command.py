@@ -95,8 +95,8 @@ async def _evolve(store: Store, run_id: str, config: EvolveConfig, cache, view: 
             managers.append(manager)
         evaluator = EpisodeEvaluator(store, run_id, config, cache, run_dir(run_id) / "checkpoints", managers, None)
         settings = evaluator.settings
-        runtime = EnvRuntime(evaluator.all_tasks(), run_id=run_id, max_sandboxes=settings.max_sandboxes,
-                             os_settings=settings.os)  # fmt: skip
+        runtime = EnvRuntime.of(evaluator.all_tasks(), run_id=run_id, max_sandboxes=settings.max_sandboxes,
+                                settings=settings.episode)  # fmt: skip
         evaluator.runtime = await stack.enter_async_context(runtime)
         evolution = Evolution(config, EvolutionStore(store, run_id), cache, evolve_cache() / "genomes", evaluator,
                               on_event=view.update)  # fmt: skip

@@ -23,11 +23,9 @@ from cycleqd.env_runtime import EnvRuntime
 from cycleqd.eval_tasks import EvalTask
 from db.schema import Aggregate
 from db.store import DuplicateEpisodeError, EpisodeRecord, Store
-from envs.db_tasks import DBTask
-from envs.dbbench import dbbench_metrics
 from envs.episode import EpisodeStatus, Outcome
 from envs.errors import EpisodeSetupError
-from envs.os_interaction import OSSettings
+from envs.registry import EpisodeSettings, environment
 from sandboxes.errors import SandboxError
 from serving.errors import EndpointError, ServerDiedError
 from serving.manager import ServerManager
@@ -43,7 +41,14 @@ class EvalSettings:
     retries: int = 2
     max_tokens: int = 512
     max_sandboxes: int = 8
-    os: OSSettings = field(default_factory=OSSettings)
+    episode: EpisodeSettings = field(default_factory=EpisodeSettings)
+
+    @classmethod
+    def sized(cls, *, concurrency: int, repeats: int, max_tokens: int, rounds: int) -> EvalSettings:
+        """The settings of a run asked for these counts (`cycleqd eval` and an evolution's eval block alike):
+        two sandboxes per concurrent episode, so a warm spare is ready while one is being torn down."""
+        return cls(concurrency=concurrency, repeats=repeats, max_tokens=max_tokens,
+                   max_sandboxes=max(2, concurrency * 2), episode=EpisodeSettings(round_limit=rounds))  # fmt: skip
 
 
 @dataclass
@@ -115,8 +120,8 @@ class Orchestrator:
     async def run(self, tasks: list[EvalTask], runtime: EnvRuntime | None = None) -> None:
         """Every episode still to run. An evolution passes its own `runtime`, shared by all its candidates."""
         if runtime is None:
-            async with EnvRuntime(
-                tasks, run_id=self.run_id, max_sandboxes=self.settings.max_sandboxes, os_settings=self.settings.os
+            async with EnvRuntime.of(
+                tasks, run_id=self.run_id, max_sandboxes=self.settings.max_sandboxes, settings=self.settings.episode
             ) as owned:
                 await self._run_all(tasks, owned)
         else:
@@ -159,7 +164,8 @@ class Orchestrator:
 
 
 def summarize(store: Store, run_id: str, tasks: list[EvalTask], model_id: int, wall_s: float) -> list[Aggregate]:
-    """Per (env, split): mean score over scored episodes, episode and error counts; DB adds AgentBench's metrics."""
+    """Per (env, split): mean score over scored episodes, episode and error counts, and the environment's own
+    metrics (DB: AgentBench's `overall_cat_accuracy`)."""
     by_row = {store.task_id(t.env, t.suite, t.split, t.key, t.content_hash): t for t in tasks}
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for episode in store.episodes(run_id):
@@ -169,9 +175,7 @@ def summarize(store: Store, run_id: str, tasks: list[EvalTask], model_id: int, w
     aggregates = []
     for (env, split), items in sorted(groups.items()):
         scored = [(t, e.score) for t, e in items if e.score is not None]
-        metrics: dict[str, float] = {}
-        if env == "db" and scored:
-            metrics = dbbench_metrics((t.task, s) for t, s in scored if isinstance(t.task, DBTask))
+        metrics = environment(env).metrics((t.task, s) for t, s in scored) if scored else {}
         aggregate = Aggregate(
             run_id=run_id, model_id=model_id, env=env, split=split, episodes=len(items),
             errors=len(items) - len(scored), score=sum(s for _, s in scored) / len(scored) if scored else 0.0,

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from envs.episode import ENVIRONMENTS
+from envs.registry import names as environment_names
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
@@ -204,7 +204,7 @@ class _Reader:
             for required in ("name", "env", "expert"):
                 if required not in item:
                     self.fail(f"{where}.{required}", "a value", None)
-            env = self.choice(f"{where}.env", item["env"], tuple(ENVIRONMENTS))
+            env = self.choice(f"{where}.env", item["env"], environment_names())
             limit = item.get("limit")
             if limit is not None:
                 self.integer(f"{where}.limit", limit, minimum=1)
