@@ -10,15 +10,14 @@ import time
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 
 from cycleqd.checks import print_checks
-from db.store import StoreOpenError
 from envs.registry import names as environment_names
-from sandboxes.errors import SandboxError
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however long
 
 
 def _exit_on_sigterm() -> None:
@@ -40,10 +39,16 @@ def cli(verbose: bool) -> None:
 
 
 def main() -> None:
+    """The one error boundary: a user error (`cycleqd.errors.USER_ERRORS`) is one line on stderr and exit status 2,
+    its traceback only with -v; anything else is a bug and keeps its traceback."""
+    from cycleqd.errors import USER_ERRORS, one_line
+
     try:
         cli(standalone_mode=True)
-    except (SandboxError, StoreOpenError) as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+    except USER_ERRORS as exc:
+        if logging.getLogger().isEnabledFor(logging.INFO):  # -v
+            err_console.print_exception()
+        err_console.print(f"[red]error:[/] {one_line(exc)}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(2)
 
 
@@ -339,7 +344,8 @@ _db_option = click.option(
 @cli.command("eval")
 @_model_option
 @_key_env_option
-@click.option("--tasks", default="os,db,coding", show_default=True, help="Environments, comma-separated.")
+@click.option("--tasks", default=",".join(environment_names()), show_default=True,
+              help="Environments, comma-separated.")  # fmt: skip
 @click.option("--suite", default="builtin", show_default=True, help="'builtin', or a task file or folder.")
 @click.option("--split", default="dev", show_default=True, help="Split of the built-in OS and DB suites.")
 @click.option("--limit", type=int, help="At most N tasks per environment.")
@@ -351,20 +357,27 @@ _db_option = click.option(
 @_db_option
 @click.option("--resume", "resume_id", metavar="RUN", help="Finish run RUN: only what it has not committed runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
 def eval_cmd(
-    model_ref: str, api_key_env: str, tasks: str, suite: str, split: str, limit: int | None, repeats: int,
-    concurrency: int, rounds: int, max_tokens: int, server: str, db_path: Path, resume_id: str | None, as_json: bool,
+    ctx: click.Context, model_ref: str, api_key_env: str, tasks: str, suite: str, split: str, limit: int | None,
+    repeats: int, concurrency: int, rounds: int, max_tokens: int, server: str, db_path: Path, resume_id: str | None,
+    as_json: bool,
 ) -> None:  # fmt: skip
     """Benchmark MODEL on the agent tasks and keep every episode in the store. With no argument: the embedded
-    SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN."""
+    SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN (with no other run option: the
+    run goes on as it was asked)."""
     from cycleqd.eval_command import run_eval_command
+    from cycleqd.requests import EvalRequest
 
-    config = {
-        "model": model_ref, "api_key_env": api_key_env, "tasks": tasks.split(","), "suite": suite, "split": split,
-        "limit": limit, "repeats": repeats, "concurrency": concurrency, "rounds": rounds, "max_tokens": max_tokens,
-        "server": server,
+    values = {
+        "model": model_ref, "api_key_env": api_key_env, "tasks": tuple(t.strip() for t in tasks.split(",") if t),
+        "suite": suite, "split": split, "limit": limit, "repeats": repeats, "concurrency": concurrency,
+        "rounds": rounds, "max_tokens": max_tokens, "server": server,
     }  # fmt: skip
-    sys.exit(run_eval_command(config, db_path, resume_id, as_json, console, err_console))
+    param = {"model": "model_ref"}
+    given = {k: v for k, v in values.items() if ctx.get_parameter_source(param.get(k, k)) != ParameterSource.DEFAULT}
+    request = EvalRequest(**values)  # validated here, even with --resume (which then reads the run's own)
+    sys.exit(run_eval_command(request, given, db_path, resume_id, as_json, console, err_console))
 
 
 @cli.command("runs")
@@ -423,16 +436,16 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
 def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
     """An evolution's final table (test splits: base, experts, naive merge, CycleQD final), a heatmap PNG per
     archive and its QD metrics over generations (coverage, QD score, best quality)."""
+    from cycleqd.errors import UnknownRunError
     from cycleqd.evolve_command import final_table
     from cycleqd.report import final_rows, write_heatmaps, write_qd_metrics
     from db.evolution_store import EvolutionStore
-    from db.store import open_store
+    from db.monitor_queries import open_monitor_store
 
-    store = open_store(db_path)
+    store = open_monitor_store(db_path)
     run = store.get_run(run_id)
     if run is None or run.kind != "evolve":
-        err_console.print(f"[red]error:[/] no evolution run {run_id!r} in {db_path}")
-        sys.exit(2)
+        raise UnknownRunError(f"no evolution run {run_id!r} in {db_path}; `cycleqd runs --db {db_path}` lists them")
     evo = EvolutionStore(store, run_id)
     names = [t["name"] for t in run.config["tasks"]]
     console.print(final_table(final_rows(evo, names), names))
@@ -519,3 +532,7 @@ def tui_cmd(db_path: Path, refresh: float) -> None:
     from cycleqd.tui_command import run_tui
 
     run_tui(db_path, refresh_s=refresh)
+
+
+if __name__ == "__main__":
+    main()

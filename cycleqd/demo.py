@@ -21,6 +21,7 @@ from cycleqd.report import final_rows
 from cycleqd.sft_command import SFTRequest, run_sft
 from cycleqd.sft_train import SFTSettings
 from db.evolution_store import EvolutionStore
+from db.schema import RunStatus
 from db.store import open_store
 from envs.registry import environment, names
 from evolver.config import EvolveConfig, parse_config
@@ -87,7 +88,7 @@ def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) 
     config = demo_config(budget, base, experts)
     store = open_store(db_path)
     for run in store.list_runs(limit=200):
-        if run.kind == "evolve" and run.status == "completed" and run.config == config.snapshot():
+        if run.kind == "evolve" and run.status == RunStatus.COMPLETED and run.config == config.snapshot():
             console.print(f"this demo already ran (run {run.id}); its table:", highlight=False)
             names = list(config.task_names)
             console.print(final_table(final_rows(EvolutionStore(store, run.id), names), names))

@@ -19,6 +19,7 @@ from cycleqd.candidate_eval import EpisodeEvaluator
 from cycleqd.env_runtime import EnvRuntime, images_for
 from cycleqd.evolution import Evolution, EvolutionEvent, FinalRow
 from db.evolution_store import EvolutionStore
+from db.schema import RunStatus
 from db.store import Store, open_store
 from evolver.checkpoint_files import verify_experts
 from evolver.config import EvolveConfig
@@ -57,12 +58,12 @@ def run_evolve_command(
     cache = build_svd_cache(base, [Path(t.expert) for t in config.tasks], evolve_cache(), progress=not as_json)
     run = store.get_run(resume_id) if resume_id else store.create_run("evolve", config.snapshot())
     assert run is not None
-    store.set_run_status(run.id, "running")
+    store.set_run_status(run.id, RunStatus.RUNNING)
     view = EvolutionView(config, console, enabled=not as_json)
     try:
         rows = asyncio.run(_evolve(store, run.id, config, cache, view))
     except KeyboardInterrupt:
-        store.set_run_status(run.id, "interrupted")
+        store.set_run_status(run.id, RunStatus.INTERRUPTED)
         err.print(f"interrupted; resume with: cycleqd evolve --resume {run.id} --db {db_path}")
         return 130
     final = next(r for r in rows if r.kind == "final")
@@ -71,7 +72,7 @@ def run_evolve_command(
     genome = evo.candidate(final.candidate_id)
     assert genome is not None and genome.genome_hash is not None
     materialize(Genome.load(evolve_cache() / "genomes", genome.genome_hash), cache, out)
-    store.set_run_status(run.id, "completed")
+    store.set_run_status(run.id, RunStatus.COMPLETED)
     if as_json:
         payload = {"run": run.id, "final_model": str(out), "table": [final_row_json(r) for r in rows]}
         print(json.dumps(payload, indent=2))

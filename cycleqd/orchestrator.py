@@ -128,9 +128,15 @@ class Orchestrator:
             await self._run_all(tasks, runtime)
 
     async def _run_all(self, tasks: list[EvalTask], runtime: EnvRuntime) -> None:
-        async with AioPool(size=self.settings.concurrency) as pool:
+        pool = AioPool(size=self.settings.concurrency)
+        try:
             for task, task_id, repeat in self.plan(tasks):
                 await pool.spawn(self._episode(runtime, task, task_id, repeat))
+            await pool.join()
+        finally:
+            # Cancelled (Ctrl-C, SIGTERM): the episodes still running stop now and release their sandboxes before
+            # the runtime closes; an episode is committed only once it ended, so none is half-stored.
+            await pool.cancel()
 
     async def _episode(self, runtime: EnvRuntime, task: EvalTask, task_id: int, repeat: int) -> None:
         started = datetime.now(UTC)
