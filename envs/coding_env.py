@@ -14,7 +14,7 @@ from typing import Any
 
 from envs.coding import CodingEpisode, CodingTask, humaneval_path, load_coding_tasks, load_coding_tasks_leniently
 from envs.episode import Episode
-from envs.errors import EpisodeSetupError, TaskFormatError
+from envs.errors import EpisodeSetupError
 from envs.registry import EnvironmentBase, Runtime, UnknownSplitError
 from envs.replay import RecordedEpisode, TaskVerdict
 
@@ -28,12 +28,8 @@ class CodingEnvironment(EnvironmentBase):
     def images(self) -> tuple[str, ...]:
         return (IMAGE,)
 
-    def load_tasks(self, path: Path) -> list[Any]:
-        return list(load_coding_tasks(path))
-
-    def load_tasks_leniently(self, path: Path) -> tuple[list[Any], list[TaskFormatError]]:
-        tasks, errors = load_coding_tasks_leniently(path)
-        return list(tasks), errors
+    load_tasks = staticmethod(load_coding_tasks)
+    load_tasks_leniently = staticmethod(load_coding_tasks_leniently)
 
     def builtin_tasks(self, split: str) -> list[Any]:
         if split not in HUMANEVAL_SPLITS:

@@ -17,7 +17,7 @@ from typing import Any
 from envs.db_tasks import DBTask, load_db_tasks, load_db_tasks_leniently
 from envs.dbbench import DBBenchEpisode, DBSettings, dbbench_metrics
 from envs.episode import Episode
-from envs.errors import EpisodeSetupError, TaskFormatError
+from envs.errors import EpisodeSetupError
 from envs.mariadb_server import MariaDBServer
 from envs.registry import EnvironmentBase, Runtime, closing
 from envs.replay import RecordedEpisode, TaskVerdict
@@ -90,12 +90,8 @@ class DBEnvironment(EnvironmentBase):
     def episode_images(self, tasks: Iterable[Any]) -> set[str]:
         return set()  # episodes run on the shared server, not in sandboxes of their own
 
-    def load_tasks(self, path: Path) -> list[Any]:
-        return list(load_db_tasks(path))
-
-    def load_tasks_leniently(self, path: Path) -> tuple[list[Any], list[TaskFormatError]]:
-        tasks, errors = load_db_tasks_leniently(path)
-        return list(tasks), errors
+    load_tasks = staticmethod(load_db_tasks)
+    load_tasks_leniently = staticmethod(load_db_tasks_leniently)
 
     def recognizes(self, record: dict[str, Any], file: Path) -> bool:
         return "table" in record

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.episode import Episode
-from envs.errors import EpisodeSetupError, ScriptUnavailableError, TaskFormatError
+from envs.errors import EpisodeSetupError, ScriptUnavailableError
 from envs.os_checks import check_scripts_available, script_source
 from envs.os_interaction import OSInteractionEpisode, OSSettings
 from envs.os_tasks import OSTask, load_os_tasks, load_os_tasks_leniently, network_commands
@@ -62,12 +62,8 @@ class OSEnvironment(EnvironmentBase):
     def episode_images(self, tasks: Iterable[Any]) -> set[str]:
         return {task.image for task in tasks}
 
-    def load_tasks(self, path: Path) -> list[Any]:
-        return list(load_os_tasks(path))
-
-    def load_tasks_leniently(self, path: Path) -> tuple[list[Any], list[TaskFormatError]]:
-        tasks, errors = load_os_tasks_leniently(path)
-        return list(tasks), errors
+    load_tasks = staticmethod(load_os_tasks)
+    load_tasks_leniently = staticmethod(load_os_tasks_leniently)
 
     def recognizes(self, record: dict[str, Any], file: Path) -> bool:
         return "description" in record and not ({"table", "entry_point", "test_list"} & set(record))
