@@ -50,6 +50,9 @@ def main() -> None:
             err_console.print_exception()
         err_console.print(f"[red]error:[/] {one_line(exc)}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside a run's own handling (an image build, a model conversion)
+        err_console.print("interrupted")
+        sys.exit(130)
 
 
 # -- engine ------------------------------------------------------------------------------------------------------
