@@ -22,7 +22,6 @@ from cycleqd.evolution import CandidateUnderTest
 from cycleqd.orchestrator import EpisodeResult, EvalSettings, Orchestrator
 from db.evolution_store import EvolutionStore
 from db.store import Store
-from envs.os_interaction import OSSettings
 from evolver.config import EvolveConfig, TaskSpec
 from evolver.materialize import materialize
 from evolver.racing import Race
@@ -38,10 +37,8 @@ def task_episodes(spec: TaskSpec, test: bool) -> list[EvalTask]:
 
 def eval_settings(config: EvolveConfig) -> EvalSettings:
     spec = config.eval
-    return EvalSettings(
-        concurrency=spec.concurrency, repeats=spec.repeats, max_tokens=spec.max_tokens,
-        max_sandboxes=max(2, spec.concurrency * 2), os=OSSettings(round_limit=spec.rounds),
-    )  # fmt: skip
+    return EvalSettings.sized(concurrency=spec.concurrency, repeats=spec.repeats, max_tokens=spec.max_tokens,
+                              rounds=spec.rounds)  # fmt: skip
 
 
 class RaceGate:

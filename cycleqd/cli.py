@@ -10,15 +10,14 @@ import time
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 
 from cycleqd.checks import print_checks
-from cycleqd.run_lookup import RunLookupError
-from db.store import StoreOpenError
-from sandboxes.errors import SandboxError
+from envs.registry import names as environment_names
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however long
 
 
 def _exit_on_sigterm() -> None:
@@ -41,11 +40,20 @@ def cli(verbose: bool) -> None:
 
 
 def main() -> None:
+    """The one error boundary: a user error (`cycleqd.errors.USER_ERRORS`) is one line on stderr and exit status 2,
+    its traceback only with -v; anything else is a bug and keeps its traceback."""
+    from cycleqd.errors import USER_ERRORS, one_line
+
     try:
         cli(standalone_mode=True)
-    except (SandboxError, StoreOpenError, RunLookupError) as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+    except USER_ERRORS as exc:
+        if logging.getLogger().isEnabledFor(logging.INFO):  # -v
+            err_console.print_exception()
+        err_console.print(f"[red]error:[/] {one_line(exc)}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside a run's own handling (an image build, a model conversion)
+        err_console.print("interrupted")
+        sys.exit(130)
 
 
 # -- engine ------------------------------------------------------------------------------------------------------
@@ -279,7 +287,7 @@ def suite_generate(env_name: str, out: Path, train: int, dev: int, test: int, se
 @click.option(
     "--env",
     "env_name",
-    type=click.Choice(["auto", "os", "db", "coding"]),
+    type=click.Choice(["auto", *environment_names()]),
     default="auto",
     show_default=True,
     help="Which environment; auto reads it off the first task of the first file.",
@@ -300,25 +308,23 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from envs.suite_verify import guess_env, verify_coding, verify_db, verify_os, verify_total
-
-    if env_name == "auto":
-        env_name = guess_env(path)
     from cycleqd.env_runtime import images_for
+    from cycleqd.suite_command import verify_suite
+    from envs.suite_verify import verify_total
+    from envs.suites import guess_environment
     from sandboxes.engine import docker_client
     from sandboxes.images import build_images
 
+    if env_name == "auto":
+        env_name = guess_environment(path)
     build_images(docker_client(), images_for([env_name]))
     columns = (TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         bar = progress.add_task("verify", total=None)
         advance = lambda _: progress.advance(bar)  # noqa: E731
-        if env_name == "db":
-            reports = asyncio.run(verify_db(path, concurrency=concurrency, progress=advance))
-        elif env_name == "coding":
-            reports = asyncio.run(verify_coding(path, concurrency=concurrency, progress=advance))
-        else:
-            reports = asyncio.run(verify_os(path, scripts_dir=scripts_dir, concurrency=concurrency, progress=advance))
+        reports = asyncio.run(
+            verify_suite(path, env_name, scripts_dir=scripts_dir, concurrency=concurrency, progress=advance)
+        )
     failed = any(r.load_error or r.task_errors or r.passed < len(r.run) for r in reports)
     if as_json:
         print(json.dumps([r.to_json() for r in reports], indent=2))
@@ -362,7 +368,8 @@ _db_option = click.option(
 @cli.command("eval")
 @_model_option
 @_key_env_option
-@click.option("--tasks", default="os,db,coding", show_default=True, help="Environments, comma-separated.")
+@click.option("--tasks", default=",".join(environment_names()), show_default=True,
+              help="Environments, comma-separated.")  # fmt: skip
 @click.option("--suite", default="builtin", show_default=True, help="'builtin', or a task file or folder.")
 @click.option("--split", default="dev", show_default=True, help="Split of the built-in OS and DB suites.")
 @click.option("--limit", type=int, help="At most N tasks per environment.")
@@ -379,23 +386,30 @@ _db_option = click.option(
 @_db_option
 @click.option("--resume", "resume_id", metavar="RUN", help="Finish run RUN: only what it has not committed runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
 def eval_cmd(
-    model_ref: str, api_key_env: str, tasks: str, suite: str, split: str, limit: int | None, repeats: int,
-    concurrency: int, rounds: int, max_tokens: int, server: str, allow_download: bool, task_ids: str | None,
-    temperature: float, top_p: float | None, seed: int | None, db_path: Path, resume_id: str | None, as_json: bool,
+    ctx: click.Context, model_ref: str, api_key_env: str, tasks: str, suite: str, split: str, limit: int | None,
+    repeats: int, concurrency: int, rounds: int, max_tokens: int, server: str, allow_download: bool,
+    task_ids: str | None, temperature: float, top_p: float | None, seed: int | None, db_path: Path,
+    resume_id: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Benchmark MODEL on the agent tasks and keep every episode in the store. With no argument: the embedded
-    SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN."""
+    SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN (with no other run option: the
+    run goes on as it was asked)."""
     from cycleqd.eval_command import run_eval_command
+    from cycleqd.requests import EvalRequest
 
-    config = {
-        "model": model_ref, "api_key_env": api_key_env, "tasks": tasks.split(","), "suite": suite, "split": split,
-        "limit": limit, "repeats": repeats, "concurrency": concurrency, "rounds": rounds, "max_tokens": max_tokens,
-        "server": server, "allow_download": allow_download,
-        "task_ids": task_ids.split(",") if task_ids else None,
-        "sampling": {"temperature": temperature, "top_p": top_p, "seed": seed},
+    values = {
+        "model": model_ref, "api_key_env": api_key_env, "tasks": tuple(t.strip() for t in tasks.split(",") if t),
+        "suite": suite, "split": split, "limit": limit, "repeats": repeats, "concurrency": concurrency,
+        "rounds": rounds, "max_tokens": max_tokens, "server": server, "allow_download": allow_download,
+        "task_ids": tuple(task_ids.split(",")) if task_ids else None, "temperature": temperature, "top_p": top_p,
+        "seed": seed,
     }  # fmt: skip
-    sys.exit(run_eval_command(config, db_path, resume_id, as_json, console, err_console))
+    param = {"model": "model_ref"}
+    given = {k: v for k, v in values.items() if ctx.get_parameter_source(param.get(k, k)) != ParameterSource.DEFAULT}
+    request = EvalRequest(**values)  # validated here, even with --resume (which then reads the run's own)
+    sys.exit(run_eval_command(request, given, db_path, resume_id, as_json, console, err_console))
 
 
 @cli.group("runs", invoke_without_command=True)
@@ -517,16 +531,16 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
 def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
     """An evolution's final table (test splits: base, experts, naive merge, CycleQD final), a heatmap PNG per
     archive and its QD metrics over generations (coverage, QD score, best quality)."""
+    from cycleqd.errors import UnknownRunError
     from cycleqd.report import final_rows, saving_line, write_episode_table, write_heatmaps, write_qd_metrics
     from cycleqd.score_intervals import final_report_tables
     from db.evolution_store import EvolutionStore
-    from db.store import open_store
+    from db.monitor_queries import open_monitor_store
 
-    store = open_store(db_path)
+    store = open_monitor_store(db_path)
     run = store.get_run(run_id)
     if run is None or run.kind != "evolve":
-        err_console.print(f"[red]error:[/] no evolution run {run_id!r} in {db_path}")
-        sys.exit(2)
+        raise UnknownRunError(f"no evolution run {run_id!r} in {db_path}; `cycleqd runs --db {db_path}` lists them")
     evo = EvolutionStore(store, run_id)
     names = [t["name"] for t in run.config["tasks"]]
     for table in final_report_tables(store, run_id, final_rows(evo, names), run.config["tasks"]):
@@ -544,7 +558,7 @@ def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
 @cli.command("sft")
 @click.option("--base", "base_ref", default="default", show_default=True,
               help="Checkpoint folder to fine-tune ('default': the embedded SmolLM2).")  # fmt: skip
-@click.option("--env", "env_name", type=click.Choice(["os", "db", "coding"]), required=True)
+@click.option("--env", "env_name", type=click.Choice(environment_names()), required=True)
 @click.option("--suite", default="builtin", show_default=True,
               help="'builtin', or task files with gold (e.g. AgentBench's train_0317/training.json).")  # fmt: skip
 @click.option("--split", default="train", show_default=True, help="Split of the built-in suite.")

@@ -25,12 +25,13 @@ from cycleqd.score_intervals import final_report_tables
 from cycleqd.sft_command import SFTRequest, run_sft
 from cycleqd.sft_train import SFTSettings
 from db.evolution_store import EvolutionStore
+from db.schema import RunStatus
 from db.store import open_store
-from envs.suite_verify import GOLD_REPLY_FORMAT
+from envs.registry import environment, names
 from evolver.config import EvolveConfig, parse_config
 from serving.default_model import cache_root, default_checkpoint
 
-ENVS = ("os", "db", "coding")
+ENVS = names()
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,9 @@ class DemoBudget:
                 f"{self.rounds} rounds")  # fmt: skip
 
     def sft_key(self) -> str:
+        gold = {env: environment(env).gold_format for env in ENVS}  # new gold replies retrain the experts
         part = {k: v for k, v in asdict(self).items() if k.startswith(("sft_", "lora_", "db_train"))}
-        part |= {"gold": GOLD_REPLY_FORMAT, "data": DATA_VERSION}
+        part |= {"gold": gold, "data": DATA_VERSION}
         return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -154,7 +156,7 @@ def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) 
     config = demo_config(budget, base, experts, suites)
     store = open_store(db_path)
     for run in store.list_runs(limit=200):
-        if run.kind == "evolve" and run.status == "completed" and run.config == config.snapshot():
+        if run.kind == "evolve" and run.status == RunStatus.COMPLETED and run.config == config.snapshot():
             console.print(f"this demo already ran (run {run.id}); its table:", highlight=False)
             names = list(config.task_names)
             for table in final_report_tables(store, run.id, final_rows(EvolutionStore(store, run.id), names),

@@ -1,11 +1,15 @@
-"""`cycleqd eval`, `cycleqd runs` and `cycleqd show`: what the user sees around the orchestrator."""
+"""`cycleqd eval`: what the user sees around the orchestrator (`runs` and `show` are in results_commands)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,111 +18,145 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cycleqd.env_runtime import images_for
-from cycleqd.eval_tasks import load_eval_tasks, select_tasks
-from cycleqd.orchestrator import EpisodeResult, EvalSettings, Orchestrator, Sampling, summarize
+from cycleqd.errors import UnknownRunError
+from cycleqd.eval_tasks import EvalTask, load_eval_tasks, select_tasks
+from cycleqd.orchestrator import EpisodeResult, Orchestrator, summarize
+from cycleqd.requests import EvalRequest
 from cycleqd.score_intervals import Intervals, aggregate_intervals
-from db.store import Store, open_store
-from envs.os_interaction import OSSettings
+from db.schema import Run, RunStatus
+from db.store import Store, check_store_path, open_store
 from sandboxes.engine import docker_client
 from sandboxes.images import build_images
-from serving.errors import ModelRefError
 from serving.model_ref import parse_model_ref, server_prefix
 from serving.resolve import manager_for, resolve_model, server_choice
 
 
-def _settings(config: dict[str, Any]) -> EvalSettings:
-    return EvalSettings(
-        concurrency=config["concurrency"], repeats=config["repeats"], max_tokens=config["max_tokens"],
-        max_sandboxes=max(2, config["concurrency"] * 2), os=OSSettings(round_limit=config["rounds"]),
-        sampling=Sampling(**config.get("sampling", {})),
-    )  # fmt: skip
-
-
-def _check_model(config: dict[str, Any]) -> None:
-    """Parse the reference before anything is created or started: a typo costs one line, no run, no network."""
-    if server_prefix(config["model"])[1] != "default":
-        parse_model_ref(config["model"], key_env=config["api_key_env"],
-                        allow_download=config.get("allow_download", False))  # fmt: skip
-    server_choice(config["model"], config["server"])
-
-
 def run_eval_command(
-    config: dict[str, Any], db_path: Path, resume_id: str | None, as_json: bool, console: Console, err: Console
-) -> int:
-    if not resume_id:
-        try:
-            _check_model(config)
-        except ModelRefError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            return 2
-    store = open_store(db_path)
+    request: EvalRequest, given: dict[str, Any], db_path: Path, resume_id: str | None, as_json: bool,
+    console: Console, err: Console,
+) -> int:  # fmt: skip
+    """`given`: the options the user typed (a resume checks them against the stored request). The store is opened
+    (and the run row created) only once the model answers and the tasks load, so a typo leaves nothing behind."""
+    store = None
+    resumed = None
     if resume_id:
-        run = store.get_run(resume_id)
-        if run is None:
-            err.print(f"[red]error:[/] no run {resume_id!r} in {db_path}")
-            return 2
-        config = run.config
-    tasks = load_eval_tasks(config["tasks"], config["suite"], config["split"], config["limit"])
-    try:
-        tasks = select_tasks(tasks, config.get("task_ids"))
-    except ValueError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        return 2
-    build_images(docker_client(), images_for(config["tasks"]))
-    config = {**config, "planned_episodes": len(tasks) * config["repeats"]}  # the monitor's progress total
-    run = store.get_run(resume_id) if resume_id else store.create_run("eval", config)
-    assert run is not None
-    store.set_run_status(run.id, "running")
+        store = open_store(db_path, create=False)
+        resumed = store.get_run(resume_id)
+        if resumed is None or resumed.kind != "eval":
+            raise UnknownRunError(f"no eval run {resume_id!r} in {db_path}; `cycleqd runs --db {db_path}` lists them")
+        request = EvalRequest.from_snapshot(resumed.config).resumed_with(given, resume_id)
+    else:
+        check_store_path(db_path)  # a wrong --db fails now, not after the model has loaded
+    _check_model(request)
+    tasks = select_tasks(load_eval_tasks(list(request.tasks), request.suite, request.split, request.limit),
+                         request.task_ids)  # fmt: skip
+    build_images(docker_client(), images_for(request.tasks))
+    evaluation = _Evaluation(request, tasks, db_path, store, resumed, None if as_json else console)
     started = time.monotonic()
     try:
-        aggregates = asyncio.run(_evaluate(store, run.id, config, tasks, console if not as_json else None))
+        with _sigterm_as_interrupt():
+            aggregates = asyncio.run(evaluation.run())
     except KeyboardInterrupt:
-        store.set_run_status(run.id, "interrupted")
-        err.print(f"interrupted; resume with: cycleqd eval --resume {run.id} --db {db_path}")
+        evaluation.finish(RunStatus.INTERRUPTED)
+        if evaluation.run_id:
+            err.print(f"interrupted; resume with: cycleqd eval --resume {evaluation.run_id} --db {db_path}",
+                      highlight=False)  # fmt: skip
+        else:
+            err.print("interrupted before the run started; nothing was stored")
         return 130
-    store.set_run_status(run.id, "completed")
+    except BaseException:
+        evaluation.finish(RunStatus.FAILED)
+        raise
+    evaluation.finish(RunStatus.COMPLETED)
+    run_id = evaluation.run_id
+    assert evaluation.store is not None and run_id is not None
+    intervals = aggregate_intervals(evaluation.store, run_id)
     if as_json:
-        intervals = aggregate_intervals(store, run.id)
-        print(json.dumps({"run": run.id, "results": [_aggregate_json(a, intervals) for a in aggregates]}, indent=2))
+        print(json.dumps({"run": run_id, "results": [_aggregate_json(a, intervals) for a in aggregates]}, indent=2))
     else:
-        console.print(_results_table(aggregates, aggregate_intervals(store, run.id), time.monotonic() - started))
-        console.print(f"run {run.id} (cycleqd show {run.id} --db {db_path})", highlight=False)
+        console.print(_results_table(aggregates, intervals, time.monotonic() - started))
+        console.print(f"run {run_id} (cycleqd show {run_id} --db {db_path})", highlight=False)
     return 0
 
 
-async def _evaluate(store: Store, run_id: str, config: dict[str, Any], tasks: list, console: Console | None) -> list:
-    ref = await asyncio.to_thread(
-        resolve_model,
-        config["model"],
-        key_env=config["api_key_env"],
-        allow_download=config.get("allow_download", False),
-    )
-    identity = await asyncio.to_thread(ref.identity)
-    model_id = store.model_id(identity, ref.label)
+def _check_model(request: EvalRequest) -> None:
+    """Parse the reference before anything is created or started: a typo costs one line, no run, no network."""
+    if server_prefix(request.model)[1] != "default":
+        parse_model_ref(request.model, key_env=request.api_key_env, allow_download=request.allow_download)
+    server_choice(request.model, request.server)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM goes the way of Ctrl-C: asyncio cancels the run, sandboxes and servers are released, the run is
+    marked interrupted."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Evaluation:
+    """One `cycleqd eval`: the model is resolved and served first, then the store and the run row are made."""
+
+    def __init__(self, request: EvalRequest, tasks: list[EvalTask], db_path: Path, store: Store | None,
+                 resumed: Run | None, console: Console | None) -> None:  # fmt: skip
+        self.request, self.tasks, self.db_path, self.console = request, tasks, db_path, console
+        self.store = store
+        self.run_id = resumed.id if resumed else None
+
+    def finish(self, status: RunStatus) -> None:
+        if self.store is not None and self.run_id is not None:
+            self.store.set_run_status(self.run_id, status)
+
+    async def run(self) -> list:
+        request = self.request
+        ref = await asyncio.to_thread(
+            resolve_model, request.model, key_env=request.api_key_env, allow_download=request.allow_download
+        )
+        identity = await asyncio.to_thread(ref.identity)
+        async with manager_for(ref, server=server_choice(request.model, request.server)) as manager:
+            await manager.serve(ref)
+            if self.store is None:
+                self.store = await asyncio.to_thread(open_store, self.db_path)
+            store = self.store
+            if self.run_id is None:
+                # planned_episodes: the monitor's progress total
+                config = {**request.snapshot(), "planned_episodes": len(self.tasks) * request.repeats}
+                self.run_id = store.create_run("eval", config).id
+            store.set_run_status(self.run_id, RunStatus.RUNNING)
+            model_id = store.model_id(identity, ref.label)
+            started = time.monotonic()
+            orchestrator = Orchestrator(store, self.run_id, manager, model_id, request.settings())
+            todo = orchestrator.plan(self.tasks)
+            with _progress_bar(self.console, len(todo)) as on_result:
+                orchestrator.on_result = on_result
+                await orchestrator.run(self.tasks)
+        return summarize(store, self.run_id, self.tasks, model_id, time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def _progress_bar(console: Console | None, total: int) -> Iterator[Callable[[EpisodeResult], None]]:
+    """Episodes done, episodes per second and the running score per environment."""
     totals: dict[str, list[float]] = defaultdict(list)
     started = time.monotonic()
-    async with manager_for(ref, server=server_choice(config["model"], config["server"])) as manager:
-        await manager.serve(ref)
-        progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(), console=console, disable=console is None,
-        )  # fmt: skip
-        orchestrator = Orchestrator(store, run_id, manager, model_id, _settings(config))
-        todo = orchestrator.plan(tasks)
-        bar = progress.add_task("episodes", total=len(todo), rate="")
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), console=console, disable=console is None,
+    )  # fmt: skip
+    bar = progress.add_task("episodes", total=total, rate="")
 
-        def on_result(result: EpisodeResult) -> None:
-            if result.score is not None:
-                totals[result.task.env].append(result.score)
-            done = progress.tasks[0].completed + 1
-            scores = "  ".join(f"{env} {sum(v) / len(v):.2f}" for env, v in sorted(totals.items()))
-            rate = f"{done / max(time.monotonic() - started, 1e-9):.2f} ep/s  {scores}"
-            progress.update(bar, advance=1, rate=rate)
+    def on_result(result: EpisodeResult) -> None:
+        if result.score is not None:
+            totals[result.task.env].append(result.score)
+        done = progress.tasks[0].completed + 1
+        scores = "  ".join(f"{env} {sum(v) / len(v):.2f}" for env, v in sorted(totals.items()))
+        rate = f"{done / max(time.monotonic() - started, 1e-9):.2f} ep/s  {scores}"
+        progress.update(bar, advance=1, rate=rate)
 
-        orchestrator.on_result = on_result
-        with progress:
-            await orchestrator.run(tasks)
-    return summarize(store, run_id, tasks, model_id, time.monotonic() - started)
+    with progress:
+        yield on_result
 
 
 def _aggregate_json(aggregate: Any, intervals: Intervals) -> dict[str, Any]:

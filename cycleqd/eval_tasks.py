@@ -5,20 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from typing import Any
 
-from envs.coding import CodingTask, humaneval_path, load_coding_tasks
-from envs.db_tasks import DBTask, load_db_tasks
-from envs.episode import ENVIRONMENTS
-from envs.os_tasks import OSTask, load_os_tasks
-from envs.suite_verify import task_files
-
-ENVS = ENVIRONMENTS
-BUILTIN = Path(__file__).resolve().parents[1] / "envs" / "data"
-# The built-in coding suite is HumanEval, which has no splits of its own; an evolution needs disjoint selection
-# and test sets, so its problems are dealt round-robin: every 4th to dev, the next to test, the other half to train.
-HUMANEVAL_SPLITS = {"dev": (0,), "test": (1,), "train": (2, 3)}
-LOADERS = {"os": load_os_tasks, "db": load_db_tasks, "coding": load_coding_tasks}
+from envs.registry import environment
+from envs.suites import suite_tasks
 
 
 @dataclass(frozen=True)
@@ -27,7 +17,7 @@ class EvalTask:
     suite: str
     split: str
     key: str  # the task's id within its suite
-    task: OSTask | DBTask | CodingTask
+    task: Any  # the environment's own task value (a frozen dataclass)
 
     @property
     def content_hash(self) -> str:
@@ -37,36 +27,13 @@ class EvalTask:
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def suite_files(env: str, suite: str, split: str) -> list[Path]:
-    if suite != "builtin":
-        # a folder of split files (train.json, dev.jsonl, …) gives that split's files; anything else is all of it
-        split_files = sorted(Path(suite).glob(f"{split}.json*")) if Path(suite).is_dir() else []
-        return split_files or task_files(Path(suite))
-    if env == "coding":
-        if split not in HUMANEVAL_SPLITS:
-            raise ValueError(f"the built-in coding suite has no split {split!r}; it has: dev, test, train")
-        return [humaneval_path()]
-    folder = BUILTIN / env
-    files = sorted(folder.glob(f"{split}.json*"))
-    if not files:
-        known = sorted({p.name.split(".")[0] for p in folder.glob("*.json*")})
-        raise ValueError(f"the built-in {env} suite has no split {split!r}; it has: {', '.join(known)}")
-    return files
-
-
 def load_eval_tasks(envs: list[str], suite: str, split: str, limit: int | None) -> list[EvalTask]:
     """Tasks of every env (at most `limit` each), in a stable order."""
+    for env in envs:
+        environment(env)  # an unknown name fails before any file is read
     tasks: list[EvalTask] = []
     for env in envs:
-        if env not in ENVS:
-            raise ValueError(f"unknown environment {env!r}; choose from {', '.join(ENVS)}")
-        found = [
-            EvalTask(env, suite, split, task.task_id, task)
-            for path in suite_files(env, suite, split)
-            for task in LOADERS[env](path)
-        ]
-        if env == "coding" and suite == "builtin":
-            found = [t for i, t in enumerate(found) if i % 4 in HUMANEVAL_SPLITS[split]]
+        found = [EvalTask(env, suite, split, task.task_id, task) for task in suite_tasks(env, suite, split)]
         tasks.extend(found[:limit] if limit else found)
     return tasks
 

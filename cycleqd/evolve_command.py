@@ -20,6 +20,7 @@ from cycleqd.env_runtime import EnvRuntime, images_for
 from cycleqd.evolution import Evolution, EvolutionEvent, FinalRow
 from cycleqd.score_intervals import final_intervals_json, final_report_tables, run_final_intervals
 from db.evolution_store import EvolutionStore
+from db.schema import RunStatus
 from db.store import Store, open_store
 from evolver.checkpoint_files import verify_experts
 from evolver.config import EvolveConfig
@@ -60,13 +61,13 @@ def run_evolve_command(
     # The run exists from here on, so the monitor shows the long stages before the first generation.
     run = store.get_run(resume_id) if resume_id else store.create_run("evolve", config.snapshot())
     assert run is not None
-    store.set_run_status(run.id, "running")
+    store.set_run_status(run.id, RunStatus.RUNNING)
     view = EvolutionView(config, console, enabled=not as_json)
     try:
         cache = _prepare(store, run.id, config, base, experts, console if not as_json else None)
         rows = asyncio.run(_evolve(store, run.id, config, cache, view))
     except KeyboardInterrupt:
-        store.set_run_status(run.id, "interrupted")
+        store.set_run_status(run.id, RunStatus.INTERRUPTED)
         err.print(f"interrupted; resume with: cycleqd evolve --resume {run.id} --db {db_path}")
         return 130
     final = next(r for r in rows if r.kind == "final")
@@ -75,7 +76,7 @@ def run_evolve_command(
     genome = evo.candidate(final.candidate_id)
     assert genome is not None and genome.genome_hash is not None
     materialize(Genome.load(evolve_cache() / "genomes", genome.genome_hash), cache, out)
-    store.set_run_status(run.id, "completed")
+    store.set_run_status(run.id, RunStatus.COMPLETED)
     if as_json:
         intervals = final_intervals_json(run_final_intervals(store, run.id, rows, config.tasks), rows)
         payload = {"run": run.id, "final_model": str(out), "table": [final_row_json(r) for r in rows],
@@ -136,8 +137,8 @@ async def _evolve(store: Store, run_id: str, config: EvolveConfig, cache, view: 
             managers.append(manager)
         evaluator = EpisodeEvaluator(store, run_id, config, cache, run_dir(run_id) / "checkpoints", managers, None)
         settings = evaluator.settings
-        runtime = EnvRuntime(evaluator.all_tasks(), run_id=run_id, max_sandboxes=settings.max_sandboxes,
-                             os_settings=settings.os)  # fmt: skip
+        runtime = EnvRuntime.of(evaluator.all_tasks(), run_id=run_id, max_sandboxes=settings.max_sandboxes,
+                                settings=settings.episode)  # fmt: skip
         evaluator.runtime = await stack.enter_async_context(runtime)
         evolution = Evolution(config, EvolutionStore(store, run_id), cache, evolve_cache() / "genomes", evaluator,
                               on_event=view.update)  # fmt: skip

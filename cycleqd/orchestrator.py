@@ -28,11 +28,9 @@ from cycleqd.env_runtime import EnvRuntime
 from cycleqd.eval_tasks import EvalTask
 from db.schema import Aggregate
 from db.store import DuplicateEpisodeError, EpisodeRecord, Store
-from envs.db_tasks import DBTask
-from envs.dbbench import dbbench_metrics
 from envs.episode import EpisodeStatus, Outcome
 from envs.errors import EpisodeSetupError
-from envs.os_interaction import OSSettings
+from envs.registry import EpisodeSettings, environment
 from sandboxes.errors import SandboxError
 from serving.errors import EndpointError, ServerDiedError
 from serving.manager import ServerManager
@@ -62,8 +60,18 @@ class EvalSettings:
     retries: int = 2
     max_tokens: int = 512
     max_sandboxes: int = 8
-    os: OSSettings = field(default_factory=OSSettings)
+    episode: EpisodeSettings = field(default_factory=EpisodeSettings)
     sampling: Sampling = field(default_factory=Sampling)
+
+    @classmethod
+    def sized(
+        cls, *, concurrency: int, repeats: int, max_tokens: int, rounds: int, sampling: Sampling | None = None
+    ) -> EvalSettings:
+        """The settings of a run asked for these counts (`cycleqd eval` and an evolution's eval block alike):
+        two sandboxes per concurrent episode, so a warm spare is ready while one is being torn down."""
+        return cls(concurrency=concurrency, repeats=repeats, max_tokens=max_tokens,
+                   max_sandboxes=max(2, concurrency * 2), episode=EpisodeSettings(round_limit=rounds),
+                   sampling=sampling or Sampling())  # fmt: skip
 
 
 @dataclass
@@ -157,8 +165,8 @@ class Orchestrator:
         """Every episode still to run (or, with a `gate`, until it is settled). An evolution passes its own
         `runtime`, shared by all its candidates."""
         if runtime is None:
-            async with EnvRuntime(
-                tasks, run_id=self.run_id, max_sandboxes=self.settings.max_sandboxes, os_settings=self.settings.os
+            async with EnvRuntime.of(
+                tasks, run_id=self.run_id, max_sandboxes=self.settings.max_sandboxes, settings=self.settings.episode
             ) as owned:
                 await self._run_all(tasks, owned, gate)
         else:
@@ -168,9 +176,15 @@ class Orchestrator:
         if gate is not None:
             await self._run_gated(self.plan(tasks), runtime, gate)
             return
-        async with AioPool(size=self.settings.concurrency) as pool:
+        pool = AioPool(size=self.settings.concurrency)
+        try:
             for task, task_id, repeat in self.plan(tasks):
                 await pool.spawn(self._episode(runtime, task, task_id, repeat))
+            await pool.join()
+        finally:
+            # Cancelled (Ctrl-C, SIGTERM): the episodes still running stop now and release their sandboxes before
+            # the runtime closes; an episode is committed only once it ended, so none is half-stored.
+            await pool.cancel()
 
     async def _run_gated(self, todo: list[tuple[EvalTask, int, int]], runtime: EnvRuntime, gate: EpisodeGate) -> None:
         """Keep `concurrency` episodes running, each chosen by the gate when a place frees; stop once it settles."""
@@ -226,7 +240,8 @@ class Orchestrator:
 
 
 def summarize(store: Store, run_id: str, tasks: list[EvalTask], model_id: int, wall_s: float) -> list[Aggregate]:
-    """Per (env, split): mean score over scored episodes, episode and error counts; DB adds AgentBench's metrics."""
+    """Per (env, split): mean score over scored episodes, episode and error counts, and the environment's own
+    metrics (DB: AgentBench's `overall_cat_accuracy`)."""
     by_row = {store.task_id(t.env, t.suite, t.split, t.key, t.content_hash): t for t in tasks}
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for episode in store.episodes(run_id):
@@ -236,9 +251,7 @@ def summarize(store: Store, run_id: str, tasks: list[EvalTask], model_id: int, w
     aggregates = []
     for (env, split), items in sorted(groups.items()):
         scored = [(t, e.score) for t, e in items if e.score is not None]
-        metrics: dict[str, float] = {}
-        if env == "db" and scored:
-            metrics = dbbench_metrics((t.task, s) for t, s in scored if isinstance(t.task, DBTask))
+        metrics = environment(env).metrics((t.task, s) for t, s in scored) if scored else {}
         aggregate = Aggregate(
             run_id=run_id, model_id=model_id, env=env, split=split, episodes=len(items),
             errors=len(items) - len(scored), score=sum(s for _, s in scored) / len(scored) if scored else 0.0,

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cycleqd.errors import UserError
 from db.evolution_store import EvolutionStore
 from db.schema import Run
 from db.store import Store, StoreOpenError, open_store
 
 
-class RunLookupError(Exception):
+class RunLookupError(UserError):
     """What the user asked for is not in the store; the message says what is."""
 
 

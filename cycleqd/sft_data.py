@@ -7,18 +7,17 @@ observations); only replays that score 1 are kept, so an expert never learns a w
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cycleqd.eval_tasks import load_eval_tasks
+from cycleqd.suite_command import replay_runtime
 from envs.episode import Message
-from envs.mariadb_server import MariaDBServer
-from envs.os_interaction import OSSettings
-from envs.suite_verify import TaskVerdict, replay_coding_gold, replay_db_gold, replay_os_gold
-from sandboxes.images import image_tag
+from envs.registry import environment
+from envs.replay import TaskVerdict
+from envs.suite_verify import replay_gold_all
 
 IGNORE = -100  # the label value torch's cross-entropy skips
 
@@ -49,26 +48,8 @@ async def gold_transcripts(
 ) -> list[GoldTranscript]:  # fmt: skip
     """Replay the gold solution of every task of the split; the transcripts of those that pass, in task order."""
     tasks = [t.task for t in load_eval_tasks([env], suite, split, limit)]
-    gate = asyncio.Semaphore(concurrency)
-
-    async def replay_all(replay: Callable) -> list[TaskVerdict]:
-        async def one(task: object) -> TaskVerdict:
-            async with gate:
-                verdict = await replay(task)
-            progress(verdict)
-            return verdict
-
-        return list(await asyncio.gather(*(one(task) for task in tasks)))
-
-    if env == "os":
-        settings = OSSettings(round_limit=5, command_timeout_s=30.0)
-        verdicts = await replay_all(lambda task: replay_os_gold(task, settings))
-    elif env == "db":
-        async with MariaDBServer() as server:
-            verdicts = await replay_all(lambda task: replay_db_gold(task, server))
-    else:
-        image = image_tag("os-default")
-        verdicts = await replay_all(lambda task: replay_coding_gold(task, image))
+    async with replay_runtime(env, tasks, concurrency) as runtime:
+        verdicts = await replay_gold_all(environment(env), tasks, runtime, concurrency, progress)
     return [GoldTranscript(v.transcript, v.prompt_messages) for v in verdicts if v.passed]
 
 

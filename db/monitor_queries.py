@@ -7,17 +7,21 @@ fire later from the UI. The monitor's connections set `query_only`, so a bug her
 
 from __future__ import annotations
 
+import sqlite3
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Select, case, create_engine, event, func, inspect, select
 from sqlalchemy.exc import DatabaseError
+from sqlalchemy.pool import NullPool
 
-from db.schema import Archive, Candidate, Cell, Episode, Generation, Run, ServerState, Task
-from db.store import Store, StoreOpenError
+from db.schema import Archive, Candidate, Cell, Episode, Generation, Run, RunStatus, ServerState, Task
+from db.store import Store, StoreOpenError, check_store_file
 
 
 def _monitor_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -27,15 +31,26 @@ def _monitor_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _reader(path: Path) -> Callable[[], sqlite3.Connection]:
+    """Connections that create and lock nothing. While a writer is live (its -wal file exists) a read-only
+    connection shares its WAL index and sees every commit; with no writer, an immutable one reads the file as it
+    is, so a read-only command leaves no -wal, -shm or lock behind (a plain connection would create them, and a
+    read-only one could not remove them again)."""
+
+    def connect() -> sqlite3.Connection:
+        live = Path(f"{path}-wal").exists()
+        mode = "mode=ro" if live else "immutable=1"
+        return sqlite3.connect(f"file:{quote(str(path))}?{mode}", uri=True, check_same_thread=False)
+
+    return connect
+
+
 def open_monitor_store(path: Path) -> Store:
-    """The store at `path`, opened for reading only. Unlike `open_store`, it neither creates nor migrates."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise StoreOpenError(
-            f"{path}: no such store. The monitor only reads an existing one; a run creates it "
-            f"(e.g. `cycleqd eval --db {path}`), or pass --db with the path of yours."
-        )
-    engine = create_engine(f"sqlite:///{path}")
+    """The store at `path`, opened for reading only. Unlike `open_store`, it neither creates nor migrates, and it
+    leaves nothing beside the file. Each session gets a fresh connection, so a writer that starts later is seen."""
+    path = Path(path).expanduser().resolve()
+    check_store_file(path)
+    engine = create_engine("sqlite://", creator=_reader(path), poolclass=NullPool)
     event.listen(engine, "connect", _monitor_pragmas)
     try:
         tables = set(inspect(engine).get_table_names())
@@ -126,7 +141,7 @@ def _summaries(store: Store, runs_query: Select[tuple[Run]], now: datetime) -> l
         )
     summaries = []
     for run in runs:
-        end = run.finished_at if run.status != "running" and run.finished_at else now
+        end = run.finished_at if run.status != RunStatus.RUNNING and run.finished_at else now
         elapsed = _seconds(run.created_at, end) or 0.0
         episodes = episode_counts.get(run.id)
         errors = int(episodes.errors or 0) if episodes else 0
@@ -138,7 +153,7 @@ def _summaries(store: Store, runs_query: Select[tuple[Run]], now: datetime) -> l
             unit = "gen"
         else:
             done = int(episodes.done) if episodes else 0
-            total, bound = (done, False) if run.status == "completed" else _planned_episodes(run.config)
+            total, bound = (done, False) if run.status == RunStatus.COMPLETED else _planned_episodes(run.config)
             span = _seconds(episodes.first, end) if episodes else None
             rate = done / span if done and span else None
             unit = "ep"

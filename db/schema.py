@@ -6,6 +6,7 @@ An episode is unique by (run, model, task, repeat): a resumed run can never coun
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
@@ -14,6 +15,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"  # stopped by an error; resumable
+    INTERRUPTED = "interrupted"  # stopped by Ctrl-C or SIGTERM; resumable
 
 
 class Base(DeclarativeBase):
@@ -25,7 +33,7 @@ class Run(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # eval, evolve, …
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running, completed, failed, interrupted
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.RUNNING)  # a RunStatus
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

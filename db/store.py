@@ -19,10 +19,10 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, Select, create_engine, delete, event, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.schema import Aggregate, Episode, Model, Run, Task, utcnow
+from db.schema import Aggregate, Episode, Model, Run, RunStatus, Task, utcnow
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -126,7 +126,7 @@ class Store:
     # -- runs --------------------------------------------------------------------------------------------------
 
     def create_run(self, kind: str, config: dict[str, Any]) -> Run:
-        run = Run(id=secrets.token_hex(6), kind=kind, config=config, status="running")
+        run = Run(id=secrets.token_hex(6), kind=kind, config=config, status=RunStatus.RUNNING)
         with self.session() as session:
             session.add(run)
         return run
@@ -171,13 +171,13 @@ class Store:
                 found[run_id].append(model)
             return found
 
-    def set_run_status(self, run_id: str, status: str) -> None:
+    def set_run_status(self, run_id: str, status: RunStatus) -> None:
         with self.session() as session:
             run = session.get(Run, run_id)
             if run is None:
                 raise KeyError(f"no run {run_id!r} in the store")
             run.status = status
-            run.finished_at = None if status == "running" else utcnow()
+            run.finished_at = None if status == RunStatus.RUNNING else utcnow()
 
     # -- models and tasks ----------------------------------------------------------------------------------------
 
@@ -316,10 +316,46 @@ class StoreOpenError(Exception):
     """The store's file cannot be opened (or created); the message says why and what to do."""
 
 
-def open_store(path: Path | str) -> Store:
-    """Open (creating and migrating as needed) the store at `path`."""
-    if str(path) != ":memory:" and not Path(path).expanduser().parent.is_dir():
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store_file(path: Path) -> None:
+    """StoreOpenError unless `path` is an existing SQLite file; reads 16 bytes and creates nothing."""
+    if not path.is_file():
+        raise StoreOpenError(
+            f"{path}: no such store; a run creates it (e.g. `cycleqd eval --db {path}`), or pass --db with yours"
+        )
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise StoreOpenError(f"{path}: cannot read the store: {exc.strerror}") from None
+    if header != SQLITE_HEADER:
+        raise StoreOpenError(f"{path}: not an SQLite database; pass --db with a cycleqd store, or a new file name")
+
+
+def check_store_path(path: Path | str, *, create: bool = True) -> None:
+    """The checks `open_store` makes before it touches anything, for a command that opens the store later."""
+    if str(path) == ":memory:":
+        return
+    where = Path(path).expanduser()
+    if not where.parent.is_dir():
         raise StoreOpenError(f"{path}: cannot open the store: the folder {Path(path).parent} does not exist")
+    if not (create and (not where.exists() or where.stat().st_size == 0)):
+        check_store_file(where)
+
+
+def open_store(path: Path | str, *, create: bool = True) -> Store:
+    """Open the store at `path`, migrating it to the newest schema; a new file is created when `create`.
+    StoreOpenError (one line, with the fix) for a missing folder, a foreign or read-only file."""
+    check_store_path(path, create=create)  # before any lock file is made beside a file that is not ours
     engine = make_engine(path)
-    migrate(engine, path)
+    try:
+        migrate(engine, path)
+    except OperationalError as exc:
+        engine.dispose()
+        raise StoreOpenError(f"{path}: cannot write to the store ({exc.orig}); check its permissions") from None
+    except DatabaseError as exc:
+        engine.dispose()
+        raise StoreOpenError(f"{path}: the store is damaged ({exc.orig}); restore it from a copy") from None
     return Store(engine)

@@ -272,7 +272,7 @@ def _operation(sql: str) -> str:
 
 async def solve(record: dict[str, Any], server: MariaDBServer) -> dict[str, Any] | None:
     """The record with its answer as MariaDB gives it, or None when the answer would be ambiguous or failed."""
-    from envs.suite_verify import result_values  # the same reading of a result as gold replay uses
+    from envs.db_env import result_values  # the same reading of a result as gold replay uses
 
     task = parse_db_task({**record, "answer_md5": ""}, "<generated>", 0)
     episode = DBBenchEpisode(task, server)

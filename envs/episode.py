@@ -18,9 +18,6 @@ from enum import StrEnum
 Message = dict[str, str]
 
 
-ENVIRONMENTS = ("os", "db", "coding")
-
-
 class EpisodeStatus(StrEnum):
     COMPLETED = "completed"  # the agent answered or finished
     ROUND_LIMIT = "round_limit"

@@ -19,3 +19,11 @@ class EpisodeSetupError(RuntimeError):
 
 class ScriptUnavailableError(RuntimeError):
     """A task refers to a script file that is neither native nor in the scripts folder given."""
+
+
+class UnknownEnvironmentError(ValueError):
+    """No environment is registered under this name."""
+
+    def __init__(self, name: str, known: tuple[str, ...]) -> None:
+        super().__init__(f"unknown environment {name!r}: choose from {', '.join(known)}")
+        self.name, self.known = name, known

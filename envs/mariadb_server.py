@@ -14,14 +14,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pymysql
 
 from envs.errors import EpisodeSetupError
-from sandboxes.docker_sandbox import DockerSandbox
-from sandboxes.images import image_tag
+from sandboxes.contract import Sandbox
 from sandboxes.limits import SandboxLimits
+
+if TYPE_CHECKING:
+    from envs.registry import SandboxStarter
 
 SOCKET = "mysqld.sock"
 STATEMENT_TIMEOUT_S = 30  # a runaway query (a cross join) is cut by the server
@@ -47,10 +49,11 @@ def quote_identifier(name: str) -> str:
 
 
 class MariaDBServer:
-    def __init__(self, *, run_id: str | None = None, start_timeout_s: float = 60.0) -> None:
-        self.run_id = run_id
+    def __init__(self, start_sandbox: SandboxStarter, *, start_timeout_s: float = 60.0) -> None:
+        """`start_sandbox` starts the server's container (the runtime's backend, labelled with its run)."""
+        self.start_sandbox = start_sandbox
         self.start_timeout_s = start_timeout_s
-        self._container: DockerSandbox | None = None
+        self._container: Sandbox | None = None
         self._socket_dir: Path | None = None
 
     @property
@@ -62,10 +65,9 @@ class MariaDBServer:
         # A short path: unix socket paths are limited to ~108 bytes.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="cqd-db-", dir="/tmp"))
         self._socket_dir.chmod(0o777)
-        self._container = await DockerSandbox.start(
-            image_tag("mariadb"),
+        self._container = await self.start_sandbox(
+            "mariadb",
             limits=SandboxLimits(pids=2048, memory_bytes=2 << 30),
-            run_id=self.run_id,
             command=["bash", "-c", _SERVER_SCRIPT],
             mounts={str(self._socket_dir): "/run/mysqld"},
         )

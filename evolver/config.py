@@ -8,13 +8,14 @@ every generation, one child per generation, 1200 generations. Relative paths are
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from envs.episode import ENVIRONMENTS
+from envs.registry import names as environment_names
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
@@ -25,6 +26,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 class ConfigError(ValueError):
     """The config is wrong; the message names the file, the field and what was expected."""
+
+
+# Upper bounds: beyond these no machine holds the run (an archive has bins^(tasks-1) cells; every server is a
+# process; every concurrent episode a container), so a typo fails here, not hours later.
+MAX_GENERATIONS = 10_000_000
+MAX_CELLS = 10_000_000  # per archive: bins ** (tasks - 1)
+MAX_SERVERS = 1024
+MAX_SEED = 2**63 - 1
+EVAL_MAXIMA = {"concurrency": 1024, "max_tokens": 1_000_000, "repeats": 1000, "rounds": 1000}
 
 
 @dataclass(frozen=True)
@@ -133,16 +143,18 @@ def parse_config(data: Any, source: str, folder: Path) -> EvolveConfig:
     config = EvolveConfig(
         base=reader.checkpoint("base", data.get("base"), folder),
         tasks=tasks,
-        generations=reader.integer("generations", data.get("generations", 1200), minimum=0),
-        flip_interval=reader.integer("flip_interval", data.get("flip_interval", 1), minimum=1),
-        bins=reader.integer("bins", data.get("bins", 15), minimum=1),
+        generations=reader.integer("generations", data.get("generations", 1200), minimum=0,
+                                   maximum=MAX_GENERATIONS),
+        flip_interval=reader.integer("flip_interval", data.get("flip_interval", 1), minimum=1,
+                                     maximum=MAX_GENERATIONS),
+        bins=reader.bins(data.get("bins", 15), len(tasks)),
         bc_ranges=reader.bc_ranges(data.get("bc_ranges", "paper"), names),
         sampler=reader.sampler(data.get("sampler", {})),
         crossover=reader.crossover(data.get("crossover", {})),
         mutation=reader.mutation(data.get("mutation", {})),
-        servers=reader.integer("servers", data.get("servers", 1), minimum=1),
+        servers=reader.integer("servers", data.get("servers", 1), minimum=1, maximum=MAX_SERVERS),
         mode=reader.choice("mode", data.get("mode", "sync"), ("sync", "async")),
-        seed=reader.integer("seed", data.get("seed", 0), minimum=0),
+        seed=reader.integer("seed", data.get("seed", 0), minimum=0, maximum=MAX_SEED),
         eval=reader.eval_spec(data.get("eval", {})),
         racing=reader.racing(data.get("racing", {})),
     )
@@ -169,14 +181,24 @@ class _Reader:
         where = f"field {name!r}" if name else "top level"
         raise ConfigError(f"{self.source}: {where}: expected {expected}, got {got!r}")
 
-    def integer(self, name: str, value: Any, minimum: int) -> int:
+    def integer(self, name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             self.fail(name, f"an integer ≥ {minimum}", value)
+        if maximum is not None and value > maximum:
+            self.fail(name, f"an integer from {minimum} to {maximum:,}", value)
         return value
 
+    def bins(self, value: Any, tasks: int) -> int:
+        bins = self.integer("bins", value, minimum=1)
+        if bins ** (tasks - 1) > MAX_CELLS:
+            most = int(MAX_CELLS ** (1 / max(1, tasks - 1)))
+            self.fail("bins", f"at most {most} with {tasks} tasks (bins^{tasks - 1} cells per archive must stay "
+                              f"≤ {MAX_CELLS:,})", value)  # fmt: skip
+        return bins
+
     def number(self, name: str, value: Any, minimum: float | None = None) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(name, "a number", value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            self.fail(name, "a finite number", value)
         if minimum is not None and value < minimum:
             self.fail(name, f"a number ≥ {minimum}", value)
         return float(value)
@@ -215,7 +237,7 @@ class _Reader:
             for required in ("name", "env", "expert"):
                 if required not in item:
                     self.fail(f"{where}.{required}", "a value", None)
-            env = self.choice(f"{where}.env", item["env"], tuple(ENVIRONMENTS))
+            env = self.choice(f"{where}.env", item["env"], environment_names())
             limit = item.get("limit")
             if limit is not None:
                 self.integer(f"{where}.limit", limit, minimum=1)
@@ -288,6 +310,6 @@ class _Reader:
     def eval_spec(self, value: Any) -> EvalSpec:
         value = self.mapping("eval", value, set(EvalSpec.__dataclass_fields__))
         return EvalSpec(**{
-            name: self.integer(f"eval.{name}", value.get(name, default), minimum=1)
+            name: self.integer(f"eval.{name}", value.get(name, default), minimum=1, maximum=EVAL_MAXIMA[name])
             for name, default in asdict(EvalSpec()).items()
         })  # fmt: skip

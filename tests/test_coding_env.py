@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cycleqd.suite_command import verify_suite
 from envs.coding import (
     CodingEpisode,
     CodingSettings,
@@ -18,7 +19,6 @@ from envs.coding import (
 )
 from envs.episode import EpisodeStatus
 from envs.errors import TaskFormatError
-from envs.suite_verify import verify_coding
 from sandboxes.docker_sandbox import DockerSandbox
 from tests.conftest import TEST_LIMITS
 
@@ -100,6 +100,6 @@ async def test_canonical_solutions_pass(os_image: str, tmp_path: Path) -> None:
     if SHARED_MBPP.exists():
         (tmp_path / "mbpp-sample.jsonl").write_text("".join(SHARED_MBPP.read_text().splitlines(keepends=True)[:25]))
         files.append(tmp_path / "mbpp-sample.jsonl")
-    reports = await verify_coding(tmp_path, concurrency=4)
+    reports = await verify_suite(tmp_path, "coding", concurrency=4)
     assert sum(len(r.run) for r in reports) == 25 * len(files)
     assert [(v.task_id, v.reason) for r in reports for v in r.verdicts if not v.passed] == []

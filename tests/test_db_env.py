@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from cycleqd.env_runtime import docker_starter
 from cycleqd.eval_tasks import EvalTask
+from cycleqd.suite_command import verify_suite
 from envs.db_tasks import load_db_tasks, parse_db_task
 from envs.dbbench import DBBenchEpisode, dbbench_metrics, parse_db_action, parse_final_answer, select_answer_correct
 from envs.episode import EpisodeStatus
 from envs.errors import EpisodeSetupError, TaskFormatError
 from envs.mariadb_server import MariaDBServer
-from envs.suite_verify import verify_db
 from sandboxes.images import build_images
+from sandboxes.limits import SandboxLimits
 
 SHARED_DB = Path(__file__).resolve().parents[2] / "shared" / "data" / "agentbench" / "AgentBench" / "dbbench"
 needs_shared = pytest.mark.skipif(not SHARED_DB.exists(), reason=f"the shared DBBench data is not at {SHARED_DB}")
@@ -45,7 +47,7 @@ def make_task(
 @pytest.fixture(scope="module")
 async def db_server(docker_engine):  # noqa: ANN001, ANN201
     build_images(docker_engine, ["mariadb"])
-    async with MariaDBServer() as server:
+    async with MariaDBServer(docker_starter(None, SandboxLimits())) as server:
         yield server
 
 
@@ -207,7 +209,7 @@ async def test_a_table_that_cannot_be_created_is_an_environment_error(db_server:
 @pytest.mark.slow
 async def test_builtin_db_suite_verifies_completely(docker_engine) -> None:  # noqa: ANN001
     build_images(docker_engine, ["mariadb"])
-    reports = await verify_db(BUILTIN_DB, concurrency=4)
+    reports = await verify_suite(BUILTIN_DB, "db", concurrency=4)
     tasks = [load_db_tasks(Path(r.path)) for r in reports]
     kinds = [t.kind for file in tasks for t in file]
     assert len(kinds) >= 40 and {k: kinds.count(k) for k in set(kinds)} == {"SELECT": 19, "INSERT": 13, "UPDATE": 13}
@@ -225,7 +227,7 @@ async def test_builtin_db_suite_verifies_completely(docker_engine) -> None:  # n
 @needs_shared
 async def test_dbbench_gold_modifications_reproduce_answer_md5(docker_engine) -> None:  # noqa: ANN001
     build_images(docker_engine, ["mariadb"])
-    reports = await verify_db(SHARED_DB, concurrency=4)
+    reports = await verify_suite(SHARED_DB, "db", concurrency=4)
     modifying = {f"{Path(r.path).name}#{t.index}" for r in reports for t in load_db_tasks(Path(r.path)) if t.modifies}
     verdicts = [v for r in reports for v in r.verdicts if v.task_id in modifying]
     passed = sum(1 for v in verdicts if v.passed)

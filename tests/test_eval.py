@@ -17,10 +17,10 @@ from cycleqd.env_runtime import EnvRuntime
 from cycleqd.eval_tasks import load_eval_tasks
 from cycleqd.orchestrator import EvalSettings, Orchestrator, summarize
 from db import open_store
-from envs.os_interaction import OSSettings
+from envs.registry import EpisodeSettings
 from tests.test_cli import CYCLEQD, CYCLEQD_HERE
 
-FAST = EvalSettings(concurrency=3, repeats=2, max_tokens=48, max_sandboxes=6, os=OSSettings(round_limit=2))
+FAST = EvalSettings(concurrency=3, repeats=2, max_tokens=48, max_sandboxes=6, episode=EpisodeSettings(round_limit=2))
 
 
 async def rescore(runtime: EnvRuntime, task, transcript: list[dict[str, str]]) -> float:  # noqa: ANN001
@@ -49,7 +49,7 @@ async def test_every_episode_is_stored_once_and_rescores_the_same(tserve, defaul
     assert all(e.score is not None and e.transcript[-1]["role"] in ("assistant", "user") for e in episodes)
     assert all(e.prompt_tokens > 0 and e.completion_tokens > 0 for e in episodes)
     by_row = {store.task_id(t.env, t.suite, t.split, t.key, t.content_hash): t for t in tasks}
-    async with EnvRuntime(tasks, run_id=run.id, max_sandboxes=4, os_settings=FAST.os) as runtime:
+    async with EnvRuntime.of(tasks, run_id=run.id, max_sandboxes=4, settings=FAST.episode) as runtime:
         for episode in episodes:
             assert await rescore(runtime, by_row[episode.task_id], episode.transcript) == episode.score
     aggregates = summarize(store, run.id, tasks, model_id, 1.0)
@@ -111,7 +111,7 @@ def _same_scores(a: list[dict], b: list[dict]) -> bool:
 
 
 def test_unknown_run_and_bad_environment_are_clear(tmp_path: Path) -> None:
-    open_store(tmp_path / "x.db")
+    open_store(tmp_path / "x.db").engine.dispose()
     done = subprocess.run([*CYCLEQD_HERE, "show", "nope", "--db", str(tmp_path / "x.db")], capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 2 and "no run 'nope'" in done.stderr

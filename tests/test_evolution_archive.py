@@ -125,6 +125,14 @@ def test_the_default_config_is_the_papers_setting(tmp_path: Path) -> None:
         ("bc_ranges: {os: [0.5, 0.1], db: [0, 1]}\n", "field 'bc_ranges.os': expected lo < hi"),
         ("mode: fast\n", "field 'mode': expected one of sync, async"),
         ("generatons: 3\n", "field 'generatons': expected a known field"),
+        ("crossover: {sigma: .nan}\n", "field 'crossover.sigma': expected a finite number, got nan"),
+        ("mutation: {w_max: .inf}\n", "field 'mutation.w_max': expected a finite number, got inf"),
+        ("bc_ranges: {os: [0, .inf], db: [0, 1]}\n", "field 'bc_ranges.os[1]': expected a finite number, got inf"),
+        ("bins: 20000000\n", "field 'bins': expected at most 10000000 with 2 tasks"),
+        ("generations: .inf\n", "field 'generations': expected an integer ≥ 0, got inf"),
+        ("generations: 99999999999\n", "field 'generations': expected an integer from 0 to 10,000,000"),
+        ("servers: 5000\n", "field 'servers': expected an integer from 1 to 1,024"),
+        ("eval: {concurrency: 100000}\n", "field 'eval.concurrency': expected an integer from 1 to 1,024"),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path: Path, extra: str, message: str) -> None:

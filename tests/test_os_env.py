@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from cycleqd.suite_command import verify_suite
 from envs.episode import EpisodeStatus
 from envs.errors import EpisodeSetupError, TaskFormatError
 from envs.os_actions import parse_os_action
 from envs.os_checks import contained_in, containing, integer_match, size_match, string_match
 from envs.os_interaction import OSInteractionEpisode, OSSettings
 from envs.os_tasks import load_os_tasks, load_os_tasks_leniently, parse_task
-from envs.suite_verify import verify_os
 from sandboxes.docker_sandbox import DockerSandbox
 from sandboxes.images import build_images, image_tag
 from sandboxes.output import AGENTBENCH_TRUNCATION_NOTE
@@ -222,7 +222,7 @@ async def test_a_failing_init_is_an_environment_error(os_image: str) -> None:
 @pytest.mark.slow
 async def test_builtin_os_suite_verifies_completely(docker_engine: object) -> None:
     build_images(docker_engine, ["os-default", "os-packages"])  # type: ignore[arg-type]
-    reports = await verify_os(BUILTIN_OS, scripts_dir=None, concurrency=3)
+    reports = await verify_suite(BUILTIN_OS, "os", concurrency=3)
     assert {Path(r.path).stem: len(r.verdicts) for r in reports} == {"dev": 12, "test": 10, "train": 20}
     failures = [(v.task_id, v.reason) for r in reports for v in r.verdicts if v.passed is not True]
     assert failures == []
@@ -232,7 +232,7 @@ async def test_builtin_os_suite_verifies_completely(docker_engine: object) -> No
 @needs_shared
 async def test_shared_agentbench_os_gold_mostly_passes(docker_engine: object) -> None:
     build_images(docker_engine, ["os-default", "os-packages"])  # type: ignore[arg-type]
-    reports = await verify_os(SHARED_OS / "data", scripts_dir=None, concurrency=3)
+    reports = await verify_suite(SHARED_OS / "data", "os", concurrency=3)
     ran = [v for r in reports for v in r.run]
     passed = sum(1 for v in ran if v.passed)
     not_run = [v.reason for r in reports for v in r.verdicts if v.passed is None]
@@ -245,7 +245,7 @@ async def test_shared_agentbench_os_gold_mostly_passes(docker_engine: object) ->
 
 def test_suite_verify_guesses_the_environment(tmp_path: Path) -> None:
     from envs.coding import humaneval_path
-    from envs.suite_verify import guess_env
+    from envs.suites import guess_environment as guess_env
 
     assert guess_env(BUILTIN_OS) == "os"
     assert guess_env(BUILTIN_OS.parent / "db") == "db"

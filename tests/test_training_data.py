@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from cycleqd.eval_tasks import load_eval_tasks
-from envs.os_interaction import OSSettings
+from cycleqd.suite_command import replay_runtime
+from envs.os_env import gold_replies
 from envs.os_training import TRAINING_FILE, build_os_suite, explanation_thought, shared_data_root
-from envs.suite_verify import gold_replies, replay_os_gold
+from envs.registry import environment
 
 DATA = shared_data_root()
 needs_os_training = pytest.mark.skipif(
@@ -50,7 +51,8 @@ def test_os_training_suite_splits_are_disjoint_and_load(tmp_path: Path) -> None:
 async def test_os_training_tasks_replay_through_the_real_environment(os_image: str, tmp_path: Path) -> None:
     suite = build_os_suite(DATA, tmp_path / "os")
     tasks = [t.task for t in load_eval_tasks(["os"], str(suite), "train", 4)]
-    verdicts = [await replay_os_gold(task, OSSettings(round_limit=5)) for task in tasks]  # type: ignore[arg-type]
+    async with replay_runtime("os", tasks, concurrency=1) as runtime:
+        verdicts = [await environment("os").replay_gold(task, runtime) for task in tasks]
     assert sum(1 for v in verdicts if v.passed) >= 3, [(v.task_id, v.reason) for v in verdicts]
     passed = next(v for v in verdicts if v.passed)
     assert passed.transcript[passed.prompt_messages]["content"].startswith("Think: To solve this problem")
@@ -62,8 +64,8 @@ def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_en
     import subprocess
     import sys
 
+    from cycleqd.suite_command import verify_suite
     from envs.db_generate import task_key
-    from envs.suite_verify import verify_db
 
     out = tmp_path / "db"
     cycleqd = Path(sys.executable).parent / "cycleqd"
@@ -79,7 +81,7 @@ def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_en
     assert not keys["train"] & keys["dev"] and not keys["train"] & keys["test"] and not keys["dev"] & keys["test"]
     families = {r["type"][0].split("-")[0] for rs in records.values() for r in rs}
     assert {"INSERT", "UPDATE", "aggregation", "counting"} <= families
-    reports = asyncio.run(verify_db(out, concurrency=4))
+    reports = asyncio.run(verify_suite(out, "db", concurrency=4))
     ran = [v for r in reports for v in r.run]
     assert len(ran) == 64 and all(v.passed for v in ran), [(v.task_id, v.reason) for v in ran if not v.passed]
     # a second call keeps what is there: same files, nothing regenerated
@@ -91,17 +93,17 @@ def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_en
 @pytest.mark.skipif(not (DATA / "mbpp" / "mbpp.jsonl").is_file(), reason=f"MBPP is not at {DATA / 'mbpp'}")
 async def test_coding_suite_has_mbpp_splits_and_its_gold_passes(os_image: str, tmp_path: Path) -> None:
     from envs.coding_training import build_coding_suite
-    from envs.suite_verify import replay_coding_gold
-
     suite = build_coding_suite(DATA, tmp_path / "coding")
     splits = {s: load_eval_tasks(["coding"], str(suite), s, None) for s in ("train", "dev", "test")}
     assert {s: len(t) for s, t in splits.items()} == {"train": 374 + 10 + 82, "dev": 90, "test": 500}
     ids = {s: {t.task.task_id for t in tasks} for s, tasks in splits.items()}  # type: ignore[union-attr]
     assert not ids["train"] & ids["test"] and not ids["dev"] & ids["test"] and not ids["train"] & ids["dev"]
     assert any(i.startswith("HumanEval/") for i in ids["train"]) and "11" in ids["test"] and "601" in ids["train"]
-    for task in [splits["train"][0].task, splits["train"][-1].task]:
-        verdict = await replay_coding_gold(task, os_image)  # type: ignore[arg-type]
-        assert verdict.passed, verdict.reason
+    gold = [splits["train"][0].task, splits["train"][-1].task]
+    async with replay_runtime("coding", gold, concurrency=1) as runtime:
+        for task in gold:
+            verdict = await environment("coding").replay_gold(task, runtime)
+            assert verdict.passed, verdict.reason
 
 
 def test_demo_suites_are_sized_cached_and_train_where_they_should(docker_engine: object, tmp_path: Path) -> None:

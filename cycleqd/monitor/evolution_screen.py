@@ -24,6 +24,7 @@ from db.monitor_queries import (
     run_summary,
     server_views,
 )
+from db.schema import RunStatus
 
 
 class EvolutionScreen(LiveScreen):
@@ -73,9 +74,9 @@ class EvolutionScreen(LiveScreen):
             " · active ", (progress.active_task or "–", "bold"),
             f" · {fmt.rate(summary.rate, summary.unit)} · {fmt.duration(summary.elapsed_s)}",
         )  # fmt: skip
-        if progress.stage and summary.status == "running":
+        if progress.stage and summary.status == RunStatus.RUNNING:
             line.append(f" · {progress.stage}", style="bold yellow")
-        if progress.pending and summary.status == "running":
+        if progress.pending and summary.status == RunStatus.RUNNING:
             line.append(f" · {progress.pending} being scored", style="dim")
         if progress.episodes is not None:
             saving = progress.episodes

@@ -1,0 +1,62 @@
+"""The user-error family: what the CLI prints as one line naming the thing and the fix, with exit status 2.
+
+A user error is something the person running cycleqd can correct (a typo in an option, a model that is not there,
+an endpoint that does not answer, a file in the wrong format). Anything else is a bug and keeps its traceback.
+`-v` shows the traceback of a user error too.
+
+The layers below raise their own types (they import nothing of ours); `USER_ERRORS` lists the ones that are the
+user's to fix, so the boundary in `cli.main` is the only place that decides how they look.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import DatabaseError
+
+from db.store import StoreOpenError
+from envs.errors import TaskFormatError, UnknownEnvironmentError
+from envs.registry import UnknownSplitError
+from evolver.config import ConfigError
+from sandboxes.errors import SandboxError
+from serving.errors import EndpointError, ModelRefError, UnknownModelError
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message names the thing and the fix."""
+
+
+class BadOptionError(UserError):
+    """An option's value is out of its range."""
+
+    def __init__(self, option: str, value: object, expected: str) -> None:
+        super().__init__(f"{option} {value}: expected {expected}")
+        self.option, self.value, self.expected = option, value, expected
+
+
+class UnknownRunError(UserError):
+    """The store has no run with this id (or not of the kind the command needs)."""
+
+
+class ResumeConflictError(UserError):
+    """An option given with --resume differs from what the run was started with."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError,
+    StoreOpenError,
+    TaskFormatError,
+    UnknownEnvironmentError,
+    UnknownSplitError,
+    ConfigError,
+    ModelRefError,
+    EndpointError,
+    UnknownModelError,
+    SandboxError,
+    DatabaseError,  # sqlalchemy's: the store's file is damaged or not a database
+)
+
+
+def one_line(exc: BaseException) -> str:
+    """How a user error reads on the terminal: its message, on one line."""
+    if isinstance(exc, DatabaseError):
+        return f"the store cannot be read ({exc.orig}); it may be damaged — restore it from a copy, or use another --db"
+    return " ".join(str(exc).split()) or type(exc).__name__

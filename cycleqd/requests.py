@@ -1,0 +1,93 @@
+"""What a run was asked to do, as one frozen value: built once from the CLI, validated there, stored with the run
+and read back on `--resume`, so a resumed run does exactly what was asked the first time."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from cycleqd.errors import BadOptionError, ResumeConflictError
+from cycleqd.orchestrator import EvalSettings, Sampling
+from envs.registry import environment, names
+
+SERVERS = ("auto", "transformers", "vllm")
+# Upper bounds no machine gets past (every concurrent episode is a container; rounds and repeats multiply
+# episodes), so a typo fails at once instead of hours later.
+MAXIMA = {"limit": 10**7, "repeats": 1000, "concurrency": 1024, "rounds": 1000, "max_tokens": 1_000_000}
+
+
+def option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    model: str = "default"
+    api_key_env: str = "OPENAI_API_KEY"
+    tasks: tuple[str, ...] = field(default_factory=names)  # every registered environment
+    suite: str = "builtin"
+    split: str = "dev"
+    limit: int | None = None  # at most N tasks per environment; None: all
+    repeats: int = 1
+    concurrency: int = 4
+    rounds: int = 5
+    max_tokens: int = 512
+    server: str = "auto"
+    allow_download: bool = False  # a bare hub name is handed to the server only when asked
+    task_ids: tuple[str, ...] | None = None  # only these tasks (ids as `cycleqd tasks` lists them)
+    temperature: float = 0.0  # 0: greedy
+    top_p: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        if self.task_ids is not None:
+            object.__setattr__(self, "task_ids", tuple(self.task_ids))
+        if not (math.isfinite(self.temperature) and 0 <= self.temperature <= 2):
+            raise BadOptionError("--temperature", self.temperature, "a number from 0 (greedy) to 2")
+        if self.top_p is not None and not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise BadOptionError("--top-p", self.top_p, "a number above 0 and at most 1")
+        if not self.tasks:
+            raise BadOptionError("--tasks", "''", f"one or more of {', '.join(names())}")
+        for env in self.tasks:
+            environment(env)  # UnknownEnvironmentError names the known ones
+        for name, maximum in MAXIMA.items():
+            value = getattr(self, name)
+            if value is None and name == "limit":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+                raise BadOptionError(option_name(name), value, f"a whole number from 1 to {maximum:,}")
+        if self.server not in SERVERS:
+            raise BadOptionError("--server", self.server, f"one of {', '.join(SERVERS)}")
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready; stored as the run's config."""
+        task_ids = list(self.task_ids) if self.task_ids is not None else None
+        return {**asdict(self), "tasks": list(self.tasks), "task_ids": task_ids, "sampling": asdict(self.sampling())}
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> EvalRequest:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def resumed_with(self, given: dict[str, Any], run_id: str) -> EvalRequest:
+        """This (stored) request, checked against the options given with `--resume`: one that differs is an
+        error, since a resumed run must finish what it started."""
+        for name, value in given.items():
+            stored = getattr(self, name)
+            if (tuple(value) if name in ("tasks", "task_ids") and value is not None else value) != stored:
+                shown = ",".join(stored) if name == "tasks" else stored
+                raise ResumeConflictError(
+                    f"{option_name(name)} {value if name != 'tasks' else ','.join(value)} conflicts with run "
+                    f"{run_id}, which was started with {option_name(name)} {shown}; drop the option to resume it, "
+                    f"or start a new run without --resume"
+                )
+        return self
+
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+    def settings(self) -> EvalSettings:
+        return EvalSettings.sized(concurrency=self.concurrency, repeats=self.repeats, max_tokens=self.max_tokens,
+                                  rounds=self.rounds, sampling=self.sampling())  # fmt: skip

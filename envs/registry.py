@@ -1,0 +1,205 @@
+"""The environments, registered by name: the one place that knows which environments exist.
+
+An environment is one object (the `Environment` protocol) that knows its sandbox images, how to load its tasks
+from a file, its built-in suite, how to open an episode on a runtime, how to replay a task's gold solution
+(`cycleqd suite verify`, SFT data) and which metrics its results add. Code outside `envs/` asks the registry
+(`environment(name)`, `names()`) and never branches on an environment's name.
+
+Adding an environment: write one module with an object that implements the protocol (subclassing
+`EnvironmentBase` gives the usual defaults), then add one line to `_BUILTIN` below — or, from a plugin or a test,
+call `register(obj)`. Built-in environments are imported on first use, so listing names stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from envs.episode import Episode
+from envs.errors import TaskFormatError, UnknownEnvironmentError
+from envs.replay import TaskVerdict
+from sandboxes.contract import Sandbox
+from sandboxes.limits import SandboxLimits
+
+BUILTIN_DATA = Path(__file__).resolve().parent / "data"
+
+# name → "module:attribute" of its registered object. One line per environment.
+_BUILTIN: dict[str, str] = {
+    "os": "envs.os_env:ENVIRONMENT",
+    "db": "envs.db_env:ENVIRONMENT",
+    "coding": "envs.coding_env:ENVIRONMENT",
+}
+_registered: dict[str, Environment] = {}
+
+
+@dataclass(frozen=True)
+class EpisodeSettings:
+    """What every environment's episodes share: the run's round limit and the limits of one command."""
+
+    round_limit: int = 5  # CycleQD's setting; AgentBench's OS uses 8
+    command_timeout_s: float = 30.0
+    scripts_dir: Path | None = None  # AgentBench's scripts folder, for OS tasks that name script files
+
+
+class SandboxStarter(Protocol):
+    """Starts one sandbox of the image NAME (e.g. "mariadb"; the runtime maps names to built tags). Environments
+    receive it instead of importing a backend, so the Docker backend is one implementation among possible others."""
+
+    def __call__(
+        self,
+        image: str,
+        *,
+        limits: SandboxLimits | None = None,
+        command: list[str] | None = None,
+        mounts: dict[str, str] | None = None,
+    ) -> Awaitable[Sandbox]: ...
+
+
+class Runtime(Protocol):
+    """What an episode may use while it runs; `cycleqd.env_runtime.EnvRuntime` is the implementation."""
+
+    settings: EpisodeSettings
+    start_sandbox: SandboxStarter
+
+    def sandbox(self, image: str) -> contextlib.AbstractAsyncContextManager[Sandbox]:
+        """A fresh sandbox of the image NAME for one episode, destroyed when the block ends."""
+        ...
+
+    def service(self, env: str) -> Any:
+        """What `env.start_service` returned for this runtime (e.g. the DB environment's MariaDB server)."""
+        ...
+
+
+@runtime_checkable
+class Environment(Protocol):
+    name: str
+    gold_format: int  # bumped when its gold replies change, so that what was trained on them is redone
+
+    def images(self) -> tuple[str, ...]:
+        """The sandbox image names its episodes (and services) need, built before a run starts."""
+        ...
+
+    def episode_images(self, tasks: Iterable[Any]) -> set[str]:
+        """The images of the per-episode sandboxes these tasks use (the runtime keeps warm spares of them)."""
+        ...
+
+    def load_tasks(self, path: Path) -> list[Any]:
+        """Every task of one file; TaskFormatError (file, task, field, what was expected) on the first bad one."""
+        ...
+
+    def load_tasks_leniently(self, path: Path) -> tuple[list[Any], list[TaskFormatError]]:
+        """The well-formed tasks of one file, and an error per malformed task (for `suite verify`)."""
+        ...
+
+    def builtin_tasks(self, split: str) -> list[Any]:
+        """The tasks of a split of the built-in suite; UnknownSplitError naming the splits there are."""
+        ...
+
+    def recognizes(self, record: dict[str, Any], file: Path) -> bool:
+        """Whether a task file whose first record is `record` belongs to this environment."""
+        ...
+
+    def start_service(self, runtime: Runtime) -> contextlib.AbstractAsyncContextManager[Any] | None:
+        """A resource all of a run's episodes share (started once per runtime), or None."""
+        ...
+
+    def open_episode(self, task: Any, runtime: Runtime) -> contextlib.AbstractAsyncContextManager[Episode]:
+        """An episode of `task` on the runtime; what it holds is released when the block ends."""
+        ...
+
+    async def replay_gold(self, task: Any, runtime: Runtime) -> TaskVerdict:
+        """The task's gold solution replayed through a real episode, as a model's replies would go."""
+        ...
+
+    def metrics(self, results: Iterable[tuple[Any, float]]) -> dict[str, float]:
+        """Metrics beyond the mean score over (task, score) of the scored episodes of one split."""
+        ...
+
+
+class UnknownSplitError(ValueError):
+    """A built-in suite has no such split; the message lists the ones it has."""
+
+
+class EnvironmentBase:
+    """Defaults for an environment: no shared service, no extra metrics, a built-in suite of
+    `envs/data/<name>/<split>.json[l]` files, task files loaded by `parse(record, source, index)`."""
+
+    name: str = ""
+    gold_format: int = 0  # bumped when the gold replies change, so that what was trained on them is redone
+
+    def images(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def episode_images(self, tasks: Iterable[Any]) -> set[str]:
+        return set(self.images())
+
+    def load_tasks(self, path: Path) -> list[Any]:
+        raise NotImplementedError
+
+    def load_tasks_leniently(self, path: Path) -> tuple[list[Any], list[TaskFormatError]]:
+        raise NotImplementedError
+
+    def builtin_tasks(self, split: str) -> list[Any]:
+        folder = BUILTIN_DATA / self.name
+        files = sorted(folder.glob(f"{split}.json*"))
+        if not files:
+            known = sorted({p.name.split(".")[0] for p in folder.glob("*.json*")})
+            raise UnknownSplitError(
+                f"the built-in {self.name} suite has no split {split!r}; it has: {', '.join(known) or 'none'}"
+            )
+        return [task for file in files for task in self.load_tasks(file)]
+
+    def recognizes(self, record: dict[str, Any], file: Path) -> bool:
+        return False
+
+    def start_service(self, runtime: Runtime) -> contextlib.AbstractAsyncContextManager[Any] | None:
+        return None
+
+    def open_episode(self, task: Any, runtime: Runtime) -> contextlib.AbstractAsyncContextManager[Episode]:
+        raise NotImplementedError
+
+    async def replay_gold(self, task: Any, runtime: Runtime) -> TaskVerdict:
+        return TaskVerdict(getattr(task, "task_id", "?"), None, f"unavailable: the {self.name} environment has no gold")
+
+    def metrics(self, results: Iterable[tuple[Any, float]]) -> dict[str, float]:
+        return {}
+
+
+@contextlib.asynccontextmanager
+async def closing(episode: Episode) -> AsyncIterator[Episode]:
+    """An episode that needs no sandbox of its own, closed however the block ends."""
+    try:
+        yield episode
+    finally:
+        await episode.close()
+
+
+def register(env: Environment) -> Environment:
+    """Make `env` known under `env.name` (replacing one of the same name); returns it, so it works as a line."""
+    if not env.name:
+        raise ValueError("an environment needs a name")
+    _registered[env.name] = env
+    return env
+
+
+def unregister(name: str) -> None:
+    _registered.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    """Every environment's name, built-in ones first."""
+    return tuple(dict.fromkeys([*_BUILTIN, *_registered]))
+
+
+def environment(name: str) -> Environment:
+    """The environment registered as `name`; UnknownEnvironmentError listing the known ones."""
+    if name not in _registered:
+        if name not in _BUILTIN:
+            raise UnknownEnvironmentError(name, names())
+        module, attribute = _BUILTIN[name].split(":")
+        _registered[name] = getattr(importlib.import_module(module), attribute)
+    return _registered[name]

@@ -1,0 +1,51 @@
+"""Gold replays: an episode driven by a task's gold replies instead of a model, and what one replay found.
+
+Each environment writes its own gold replies (beside it: `os_env.py`, `db_env.py`, `coding_env.py`); `cycleqd suite
+verify` reports the verdicts and `cycleqd sft` trains on the transcripts of those that passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from envs.episode import Episode, Message, Outcome
+
+
+@dataclass
+class TaskVerdict:
+    task_id: str
+    passed: bool | None  # None: not run (unavailable)
+    reason: str = ""
+    transcript: list[Message] = field(default_factory=list)  # the replay as a model would have seen it
+    prompt_messages: int = 0  # the first messages are the env's prompt (one-shot turns included), not replies
+    expected: str = ""  # for a failure: what the grader expected, beside the reason
+
+
+class RecordedEpisode:
+    """An episode whose messages (prompts, gold replies, observations) are kept as a chat transcript."""
+
+    def __init__(self, episode: Episode) -> None:
+        self.episode = episode
+        self.messages: list[Message] = []
+        self.prompt_messages = 0
+
+    async def begin(self) -> list[Message]:
+        self.messages = list(await self.episode.begin())
+        self.prompt_messages = len(self.messages)
+        return self.messages
+
+    async def step(self, reply: str) -> str | None:
+        self.messages.append({"role": "assistant", "content": reply})
+        observation = await self.episode.step(reply)
+        if observation is not None:
+            self.messages.append({"role": "user", "content": observation})
+        return observation
+
+    async def outcome(self) -> Outcome:
+        return await self.episode.outcome()
+
+    def verdict(self, task_id: str, outcome: Outcome, reason: str) -> TaskVerdict:
+        """Passed only with a full score; `reason` says why not."""
+        passed = outcome.score == 1.0
+        return TaskVerdict(task_id, passed, "" if passed else reason, self.messages, self.prompt_messages,
+                           "" if passed else outcome.expected)  # fmt: skip

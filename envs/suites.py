@@ -1,0 +1,55 @@
+"""Where tasks come from: the task files under a path, which environment they belong to, and a suite's tasks.
+
+A suite is "builtin" (each environment's own, `Environment.builtin_tasks`) or a file or folder of task files
+(.json, .jsonl, .jsonl.gz) in the environment's format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from envs.errors import TaskFormatError
+from envs.registry import environment, names
+from envs.task_files import read_task_records
+
+BUILTIN = "builtin"
+_FALLBACK = "os"  # AgentBench's OS files have no field that only they have
+
+
+def task_files(path: Path) -> list[Path]:
+    """`path` itself when it is a file, else every task file under it, sorted."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.name.endswith((".json", ".jsonl", ".jsonl.gz")) and p.is_file())
+
+
+def guess_environment(path: Path) -> str:
+    """The environment that recognizes the first readable task of the files under `path` (os when none does)."""
+    for file in task_files(path):
+        compressed = file.name.endswith(".gz")
+        try:
+            records = read_task_records(file) if not compressed else [{}]
+        except (TaskFormatError, OSError, UnicodeDecodeError):
+            continue
+        first = records[0] if records and isinstance(records[0], dict) else {}
+        if not first and not compressed:
+            continue
+        for name in names():
+            if environment(name).recognizes(first, file):
+                return name
+        return _FALLBACK
+    return _FALLBACK
+
+
+def suite_tasks(env: str, suite: str, split: str) -> list[Any]:
+    """The tasks of `env` in a suite: the built-in one's split; for a folder holding split files (train.json,
+    dev.jsonl, …) that split's files; otherwise every task of the files under the path (`split` only labels them)."""
+    found = environment(env)
+    if suite == BUILTIN:
+        return found.builtin_tasks(split)
+    path = Path(suite)
+    if not path.exists():
+        raise TaskFormatError(suite, None, "(path)", "'builtin', or an existing task file or folder")
+    split_files = sorted(path.glob(f"{split}.json*")) if path.is_dir() else []
+    return [task for file in split_files or task_files(path) for task in found.load_tasks(file)]

@@ -1,0 +1,203 @@
+"""Bad input at the command line, as a new user types it: one line naming the thing and the fix, exit status 2, no
+traceback, nothing created beside the store, no run row. And Ctrl-C: the run ends within seconds, marked
+interrupted, and --resume completes it with exactly the planned episodes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cycleqd.requests import EvalRequest
+from db import open_store
+from db.schema import RunStatus
+
+CLI = [sys.executable, "-m", "cycleqd.cli"]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def store_with_a_run(tmp_path: Path) -> tuple[Path, str]:
+    """A real store holding one eval run (limit 2 on db), as a finished `cycleqd eval` leaves it."""
+    path = tmp_path / "store.db"
+    store = open_store(path)
+    run = store.create_run("eval", EvalRequest(tasks=("db",), limit=2).snapshot())
+    store.set_run_status(run.id, RunStatus.INTERRUPTED)
+    store.engine.dispose()
+    return path, run.id
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for part in expected:
+        assert part in lines[0], (part, lines[0])
+
+
+BAD_EVAL_OPTIONS = [
+    (["--tasks", "web"], ["unknown environment 'web'", "choose from os, db, coding"]),
+    (["--concurrency", "0"], ["--concurrency 0", "from 1 to 1,024"]),
+    (["--limit", "0"], ["--limit 0", "whole number from 1"]),
+    (["--repeats", "-1"], ["--repeats -1", "from 1 to 1,000"]),
+    (["--rounds", "0"], ["--rounds 0", "from 1 to 1,000"]),
+    (["--model", "/nonexistent", "--tasks", "db", "--limit", "1"], ["/nonexistent", "checkpoint folder"]),
+]
+
+
+@pytest.mark.parametrize(("options", "expected"), BAD_EVAL_OPTIONS, ids=lambda v: " ".join(v) if v else "")
+def test_a_bad_eval_option_is_one_line_and_leaves_the_store_alone(
+    store_with_a_run: tuple[Path, str], options: list[str], expected: list[str]
+) -> None:
+    path, _ = store_with_a_run
+    before, size = files(path.parent), path.stat().st_size
+    done = run_cli("eval", *options, "--db", str(path), cwd=path.parent)
+    assert_one_line_error(done, *expected)
+    assert files(path.parent) == before and path.stat().st_size == size  # no -wal, -shm or lock; nothing written
+    assert len(open_store(path).list_runs()) == 1  # no run row
+
+
+def test_a_bad_option_creates_no_store(tmp_path: Path) -> None:
+    done = run_cli("eval", "--tasks", "web", "--db", str(tmp_path / "new.db"), cwd=tmp_path)
+    assert_one_line_error(done, "unknown environment 'web'")
+    assert files(tmp_path) == set()
+
+
+def test_an_endpoint_with_nothing_listening_is_one_line(tmp_path: Path) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}/v1#some-model"
+    done = run_cli("eval", "--model", endpoint, "--tasks", "db", "--limit", "1", "--db", str(tmp_path / "x.db"),
+                   cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(done, "cannot reach http://127.0.0.1:")
+    assert files(tmp_path) == set()
+
+
+READ_ONLY = [["runs"], ["show", "abc"], ["report", "abc"], ["tui"], ["eval", "--resume", "abc"]]
+
+
+@pytest.mark.parametrize("command", READ_ONLY)
+def test_a_missing_store_is_one_line_and_is_not_created(tmp_path: Path, command: list[str]) -> None:
+    done = run_cli(*command, "--db", str(tmp_path / "missing.db"), cwd=tmp_path)
+    assert_one_line_error(done, "missing.db: no such store")
+    assert files(tmp_path) == set()
+
+
+@pytest.mark.parametrize("command", [["runs"], ["show", "abc"], ["eval", "--tasks", "db"], ["eval", "--resume", "a"]])
+def test_a_file_that_is_not_sqlite_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my shopping list\n")
+    done = run_cli(*command, "--db", str(notes), cwd=tmp_path)
+    assert_one_line_error(done, "notes.txt: not an SQLite database")
+    assert files(tmp_path) == {"notes.txt"} and notes.read_text() == "my shopping list\n"
+
+
+@pytest.mark.parametrize("command", [["runs"], ["show", "RUN"]])
+def test_a_corrupted_store_is_one_line(store_with_a_run: tuple[Path, str], command: list[str]) -> None:
+    path, run_id = store_with_a_run
+    data = bytearray(path.read_bytes())
+    data[100:] = bytes(range(256)) * ((len(data) - 100) // 256) + bytes((len(data) - 100) % 256)
+    path.write_bytes(bytes(data))
+    before = files(path.parent)
+    done = run_cli(*[run_id if c == "RUN" else c for c in command], "--db", str(path), cwd=path.parent)
+    assert_one_line_error(done, "store")
+    assert files(path.parent) == before and path.read_bytes() == bytes(data)
+
+
+def test_read_only_commands_leave_nothing_beside_the_store(store_with_a_run: tuple[Path, str]) -> None:
+    path, run_id = store_with_a_run
+    before = files(path.parent)
+    assert run_cli("runs", "--db", str(path), cwd=path.parent).returncode == 0
+    shown = run_cli("show", run_id, "--db", str(path), cwd=path.parent)
+    assert shown.returncode == 0 and f"run {run_id}: eval, interrupted" in shown.stdout
+    assert files(path.parent) == before
+
+
+def test_options_that_conflict_with_a_resumed_run_are_refused(store_with_a_run: tuple[Path, str]) -> None:
+    path, run_id = store_with_a_run
+    done = run_cli("eval", "--resume", run_id, "--limit", "3", "--db", str(path), cwd=path.parent)
+    assert_one_line_error(done, f"--limit 3 conflicts with run {run_id}", "--limit 2", "drop the option")
+    done = run_cli("eval", "--resume", run_id, "--tasks", "os,db", "--db", str(path), cwd=path.parent)
+    assert_one_line_error(done, "--tasks os,db conflicts", "--tasks db")
+
+
+def test_nan_in_an_evolve_config_is_one_line(tmp_path: Path) -> None:
+    for expert in ("e1", "e2"):
+        (tmp_path / expert).mkdir()
+        (tmp_path / expert / "config.json").write_text("{}")
+    config = tmp_path / "evolve.yaml"
+    config.write_text("base: default\ntasks:\n  - {name: os, env: os, expert: e1}\n  - {name: db, env: db, "
+                      "expert: e2}\ncrossover: {sigma: .nan}\n")  # fmt: skip
+    before = files(tmp_path)
+    done = run_cli("evolve", "--config", str(config), "--db", str(tmp_path / "x.db"), cwd=tmp_path)
+    assert_one_line_error(done, "evolve.yaml: field 'crossover.sigma': expected a finite number, got nan")
+    assert files(tmp_path) == before
+
+
+def test_verbose_shows_the_traceback_of_a_user_error(tmp_path: Path) -> None:
+    done = run_cli("-v", "eval", "--tasks", "web", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" in done.stderr and "UnknownEnvironmentError" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: unknown environment 'web'")
+
+
+@pytest.mark.slow
+def test_a_model_the_endpoint_does_not_serve_is_one_line(tserve, tmp_path: Path) -> None:  # noqa: ANN001
+    done = run_cli("eval", "--model", f"{tserve.base_url}#no-such-model", "--tasks", "db", "--limit", "1",
+                   "--db", str(tmp_path / "x.db"), cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(done, "no-such-model")
+    assert files(tmp_path) == set()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="open (issue 13 note): on a loaded 2-core machine the cancelled run's clean-up "
+                   "was still running 80 s after SIGINT; the cause is not found yet")  # fmt: skip
+def test_ctrl_c_interrupts_within_seconds_and_resume_completes_exactly(default_model, tmp_path: Path) -> None:  # noqa: ANN001
+    db = tmp_path / "interrupted.db"
+    args = ["eval", "--tasks", "coding", "--limit", "4", "--max-tokens", "48", "--concurrency", "2", "--db", str(db)]
+    # A child started from a background shell inherits SIGINT ignored; a terminal's Ctrl-C reaches a default one.
+    child = subprocess.Popen([*CLI, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and child.poll() is None:
+            if db.exists() and any(len(open_store(db).episodes(r.id)) for r in open_store(db).list_runs()):
+                break
+            time.sleep(0.5)
+        assert child.poll() is None, child.communicate()
+        sent = time.monotonic()
+        os.kill(child.pid, signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130 and "Traceback" not in out + err, err
+    assert took < 5, f"Ctrl-C took {took:.1f} s to end the run"
+    (run,) = open_store(db).list_runs()
+    assert run.status == RunStatus.INTERRUPTED and f"cycleqd eval --resume {run.id}" in err
+    stored = len(open_store(db).episodes(run.id))
+    assert 1 <= stored < 4
+    done = subprocess.run([*CLI, "eval", "--resume", run.id, "--db", str(db), "--json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    episodes = open_store(db).episodes(run.id)
+    assert len(episodes) == 4 and len({(e.task_id, e.repeat) for e in episodes}) == 4
+    assert open_store(db).get_run(run.id).status == RunStatus.COMPLETED

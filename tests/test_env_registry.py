@@ -1,0 +1,133 @@
+"""The environment registry: a fourth environment registered inside a test runs through the real orchestrator,
+with a real sandbox, the real default model and a real store; and nothing outside `envs/` names an environment."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cycleqd.eval_tasks import load_eval_tasks
+from cycleqd.orchestrator import EvalSettings, Orchestrator, summarize
+from db import open_store
+from envs.episode import Episode, EpisodeStatus, Message, Outcome
+from envs.errors import UnknownEnvironmentError
+from envs.registry import EnvironmentBase, Runtime, environment, names, register, unregister
+from envs.suites import guess_environment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class EchoTask:
+    task_id: str
+    word: str
+
+
+class EchoEpisode(Episode):
+    """Asks the model to repeat a word; the reply is written into the sandbox and read back from there, so the
+    score comes out of the real container."""
+
+    def __init__(self, task: EchoTask, sandbox: Any) -> None:
+        self.task, self.sandbox, self.echoed = task, sandbox, ""
+
+    async def begin(self) -> list[Message]:
+        return [{"role": "user", "content": f"Repeat exactly this word and nothing else: {self.task.word}"}]
+
+    async def step(self, reply: str) -> str | None:
+        await self.sandbox.write_file("/tmp/reply.txt", reply)
+        self.echoed = (await self.sandbox.exec(["cat", "/tmp/reply.txt"])).stdout
+        return None
+
+    async def outcome(self) -> Outcome:
+        score = 1.0 if self.task.word.lower() in self.echoed.lower() else 0.0
+        return Outcome(EpisodeStatus.COMPLETED, score, 1, answer=self.echoed)
+
+
+class EchoEnvironment(EnvironmentBase):
+    name = "echo"
+
+    def images(self) -> tuple[str, ...]:
+        return ("os-default",)
+
+    def builtin_tasks(self, split: str) -> list[Any]:
+        return [EchoTask(f"echo-{i}", word) for i, word in enumerate(["banana", "river"])]
+
+    def load_tasks(self, path: Path) -> list[Any]:
+        return [EchoTask(f"{path.name}#{i}", w) for i, w in enumerate(path.read_text().split())]
+
+    def recognizes(self, record: dict[str, Any], file: Path) -> bool:
+        return "echo" in record
+
+    @contextlib.asynccontextmanager
+    async def open_episode(self, task: EchoTask, runtime: Runtime) -> AsyncIterator[Episode]:
+        async with runtime.sandbox("os-default") as sandbox:
+            yield EchoEpisode(task, sandbox)
+
+    def metrics(self, results: Iterable[tuple[Any, float]]) -> dict[str, float]:
+        return {"echoed": float(sum(1 for _, score in results if score == 1.0))}
+
+
+@pytest.fixture
+def echo_environment() -> Iterable[EchoEnvironment]:
+    env = register(EchoEnvironment())
+    yield env
+    unregister(env.name)
+
+
+def test_a_registered_environment_is_known_everywhere(echo_environment: EchoEnvironment, tmp_path: Path) -> None:
+    assert names()[:3] == ("os", "db", "coding") and "echo" in names()
+    assert environment("echo") is echo_environment
+    (tmp_path / "words.json").write_text('[{"echo": "x"}]')
+    assert guess_environment(tmp_path) == "echo"
+    assert [t.key for t in load_eval_tasks(["echo"], "builtin", "dev", limit=1)] == ["echo-0"]
+
+
+def test_an_unknown_environment_names_the_known_ones() -> None:
+    with pytest.raises(UnknownEnvironmentError, match="unknown environment 'web': choose from os, db, coding"):
+        environment("web")
+
+
+@pytest.mark.slow
+async def test_a_fourth_environment_runs_through_the_orchestrator(
+    echo_environment: EchoEnvironment, tserve, default_model, os_image: str, tmp_path: Path  # noqa: ANN001
+) -> None:
+    store = open_store(tmp_path / "echo.db")
+    tasks = load_eval_tasks(["echo"], "builtin", "dev", limit=None)
+    run = store.create_run("eval", {"test": "echo"})
+    model_id = store.model_id(default_model.identity(), str(default_model.path))
+    settings = EvalSettings.sized(concurrency=2, repeats=1, max_tokens=16, rounds=1)
+    await Orchestrator(store, run.id, tserve, model_id, settings).run(tasks)
+    episodes = store.episodes(run.id)
+    assert len(episodes) == 2 and all(e.status == EpisodeStatus.COMPLETED for e in episodes)
+    replies = [e.transcript[-1]["content"] for e in episodes]
+    # The score came from what the container read back: it is 1 exactly when the reply holds the word.
+    words = {store_task.id: store_task.task_key for store_task in store.tasks()}
+    for episode, reply in zip(episodes, replies, strict=True):
+        word = "banana" if words[episode.task_id] == "echo-0" else "river"
+        assert episode.score == (1.0 if word in reply.lower() else 0.0)
+    (aggregate,) = summarize(store, run.id, tasks, model_id, 1.0)
+    assert (aggregate.env, aggregate.episodes, aggregate.errors) == ("echo", 2, 0)
+    assert aggregate.metrics == {"echoed": sum(e.score for e in episodes)}
+
+
+def test_no_branch_on_an_environment_name_outside_envs() -> None:
+    """The registry answers; code outside envs/ (tests and benches aside) never compares with a name."""
+    done = subprocess.run(
+        ["grep", "-rnE", r"""(==|!=) ?['"](os|db|coding)['"]|['"](os|db|coding)['"] ?(==|!=)""", "--include=*.py",
+         "cycleqd", "db", "evolver", "serving", "sandboxes", "tui.py"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.stdout == ""
+    keyed = re.compile(r"""\{\s*['"](os|db|coding)['"]\s*:""")
+    offenders = [
+        f"{path}:{n}" for path in ROOT.glob("cycleqd/**/*.py") for n, line in enumerate(path.read_text().splitlines())
+        if keyed.search(line)
+    ]  # fmt: skip
+    assert offenders == []

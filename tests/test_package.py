@@ -1,0 +1,103 @@
+"""The package as a user installs it: a wheel built from the tracked files, installed (not editable) into a fresh
+virtual environment with no source tree on its path, runs `cycleqd eval` and `cycleqd suite verify` on the
+built-in suites it ships.
+
+The fresh environment gets cycleqd from the wheel alone; its third-party dependencies (torch, transformers, …) are
+the test environment's, reached through a path entry (a .pth line adds the folder without running its .pth files,
+so the editable install of the checkout there stays inert). That keeps the test to seconds of installing instead
+of gigabytes, and still fails when a module or a data file is missing from the wheel."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# What the code reads from its own folders at run time; each must be in the wheel.
+DATA_GLOBS = ["envs/data/**/*.json*", "db/migrations/**/*.py", "db/migrations/*.mako", "cycleqd/**/*.tcss"]
+
+
+def source_files() -> list[str]:
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    return [name for name in listed.stdout.splitlines() if (ROOT / name).is_file()]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel built from a copy of the files git knows (a clean clone's view), not from the working folder."""
+    copy = tmp_path_factory.mktemp("clone")
+    for name in source_files():
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, copy / name)
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
+                    str(copy)], check=True, capture_output=True, text=True)  # fmt: skip
+    (built,) = dist.glob("cycleqd-*.whl")
+    return built
+
+
+def test_the_wheel_ships_every_data_file_the_code_reads(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    needed = {str(p.relative_to(ROOT)) for pattern in DATA_GLOBS for p in ROOT.glob(pattern)}
+    assert {"envs/data/os/dev.json", "envs/data/db/dev.jsonl", "db/migrations/env.py"} <= needed
+    assert needed - names == set()
+    modules = {name for name in source_files() if name.endswith(".py") and not name.startswith(("tests/", "bench/"))}
+    assert modules - names == set()
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment with the wheel installed; returns its bin folder."""
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    (site / "_test_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True, text=True)  # fmt: skip
+    return venv / "bin"
+
+
+def clean_env() -> dict[str, str]:
+    """No PYTHONPATH: nothing of the checkout may be importable."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_imports_from_its_own_site_packages(installed: Path, tmp_path: Path) -> None:
+    probe = "import cycleqd, db, envs, evolver, sandboxes, serving, tui; print(cycleqd.__file__, envs.__file__, " \
+            "db.__file__, tui.__file__)"
+    done = subprocess.run([str(installed / "python"), "-c", probe], cwd=tmp_path, env=clean_env(),
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    site = installed.parent
+    assert all(Path(p).is_relative_to(site) for p in done.stdout.split()), done.stdout
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_evaluates_and_verifies_its_builtin_suites(
+    installed: Path, default_model, docker_engine, tmp_path: Path  # noqa: ANN001
+) -> None:
+    cycleqd = str(installed / "cycleqd")
+    done = subprocess.run([cycleqd, "eval", "--tasks", "db", "--limit", "1", "--max-tokens", "32", "--db",
+                           str(tmp_path / "wheel.db"), "--json"], cwd=tmp_path, env=clean_env(), capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = json.loads(done.stdout)["results"]
+    assert (result["env"], result["episodes"], result["errors"]) == ("db", 1, 0)
+    where = subprocess.run([str(installed / "python"), "-c", "import envs.registry as r; print(r.BUILTIN_DATA)"],
+                           cwd=tmp_path, env=clean_env(), capture_output=True, text=True, check=True)  # fmt: skip
+    suite = Path(where.stdout.strip()) / "db" / "dev.jsonl"
+    assert suite.is_relative_to(installed.parent)
+    verified = subprocess.run([cycleqd, "suite", "verify", str(suite), "--json"], cwd=tmp_path, env=clean_env(),
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert verified.returncode == 0, verified.stderr[-3000:]
+    (report,) = json.loads(verified.stdout)
+    assert report["run"] >= 10 and report["passed"] == report["run"]
