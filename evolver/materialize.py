@@ -129,8 +129,11 @@ def _accumulate(
             continue
         started = sync()
         tau = work.get("tau", tuple(out.shape))
-        tau.copy_(cache.reader.expert_tensor(k, name))
-        tau.sub_(base)
+        expert = cache.reader.expert_tensor(k, name)
+        if expert.device == tau.device:
+            torch.sub(expert, base, out=tau)  # one pass: the bf16 → fp32 promotion is exact, as a copy would be
+        else:
+            tau.copy_(expert).sub_(base)
         if stats:
             stats.bytes_read += cache.layout.tensors[name].nbytes
         if not matrix:
