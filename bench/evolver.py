@@ -181,7 +181,7 @@ def main() -> None:
         gather, matmul, write = middle.gather_s, middle.matmul_s, middle.write_s
         rest = mine - gather - matmul - write
         flops = matmul_flops(cache, child)
-        print(f"breakdown (the median run): gather {gather:.2f} s (base to fp32, scaled factors, page-ins), "
+        print(f"breakdown (the median run): gather {gather:.2f} s (task vectors, c·τ adds, page-ins), "
               f"matmul {matmul:.2f} s ({flops / 1e9:.0f} GFLOP at {flops / matmul / 1e9:.0f} GFLOP/s), "
               f"cast+write {write:.2f} s, other {rest:.2f} s")  # fmt: skip
         # On a GPU the matmul is milliseconds; this is the part a faster matmul cannot remove.

@@ -45,8 +45,9 @@ class MaterializeError(ValueError):
 class MaterializeStats:
     """Where materialisation time goes, filled in when passed to `materialize` (costs a device sync per step).
 
-    gather: the base and the experts' tensors into fp32 task vectors, the c·τ adds and the projectors (reading
-    the mapped files happens here); matmul: the addmm per mutated matrix; write: noise, the cast, the writes."""
+    gather: the base and the experts' tensors into fp32 task vectors and the c·τ adds (reading the mapped files
+    happens here); matmul: the projector Q diag(h − c) Qᵀ and its product with τ, per mutated matrix; write: noise,
+    the cast, the writes."""
 
     gather_s: float = 0.0
     matmul_s: float = 0.0
@@ -128,8 +129,11 @@ def _accumulate(
             continue
         started = sync()
         tau = work.get("tau", tuple(out.shape))
-        tau.copy_(cache.reader.expert_tensor(k, name))
-        tau.sub_(base)
+        expert = cache.reader.expert_tensor(k, name)
+        if expert.device == tau.device:
+            torch.sub(expert, base, out=tau)  # one pass: the bf16 → fp32 promotion is exact, as a copy would be
+        else:
+            tau.copy_(expert).sub_(base)
         if stats:
             stats.bytes_read += cache.layout.tensors[name].nbytes
         if not matrix:
@@ -148,10 +152,10 @@ def _accumulate(
         r = q.shape[0]
         q_here = work.get("q", (r, r)).copy_(q)
         scaled = work.get("scaled", (r, r)).copy_(q_here).mul_(torch.where(sigma > 0, h - c, 0.0).to(device))
-        projector = torch.mm(scaled, q_here.T, out=work.get("projector", (r, r)))
         if stats:
             stats.bytes_read += (q.numel() + sigma.numel()) * 4
         mid = sync()
+        projector = torch.mm(scaled, q_here.T, out=work.get("projector", (r, r)))
         if tall(tuple(out.shape)):
             out.addmm_(tau, projector)
         else:
