@@ -200,7 +200,9 @@ class CodingEpisode(Episode):
         request = harness_request(self.task, self.code, token, self.settings.timeout_s)
         try:
             result = await self.sandbox.exec(
-                ["python3", "-I", "-c", HARNESS_SOURCE], stdin=request, timeout=self.settings.timeout_s + CHECKER_GRACE_S
+                ["python3", "-I", "-c", HARNESS_SOURCE],
+                stdin=request,
+                timeout=self.settings.timeout_s + CHECKER_GRACE_S,
             )
         except SandboxError as exc:
             raise EpisodeSetupError(f"{self.task.task_id}: the sandbox failed: {exc}") from exc

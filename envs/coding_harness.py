@@ -204,12 +204,18 @@ class Solution:
         os.chown(scratch, NOBODY, NOBODY)
         self.process = subprocess.Popen(
             [sys.executable, "-I", "-c", CHILD, str(to_child_r), str(from_child_w)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(to_child_r, from_child_w), cwd=scratch, user=NOBODY, group=NOBODY, extra_groups=[],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(to_child_r, from_child_w),
+            cwd=scratch,
+            user=NOBODY,
+            group=NOBODY,
+            extra_groups=[],
             env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch, "LANG": "C.UTF-8"},
         )
         try:  # under memory pressure the kernel kills the solution, not the checker
-            with open("/proc/%d/oom_score_adj" % self.process.pid, "w") as adj:
+            with open(f"/proc/{self.process.pid}/oom_score_adj", "w") as adj:
                 adj.write("1000")
         except OSError:
             pass

@@ -76,18 +76,34 @@ async def run(image: str, task: CodingTask | dict, reply: str, timeout_s: float 
         ("```python\nprint = lambda *a, **k: None\ndef add(a, b):\n    return a + b\n```", 1.0),  # harmless now
         ("```python\nimport builtins\ndef add(a, b):\n    return 0\nbuiltins.AssertionError = None\n```", 0.0),
         # the whole family of lying results and of a checker the solution could reach: all fail
-        ("```python\nclass Y:\n    __eq__ = lambda s, o: True\n    __ne__ = lambda s, o: False\n"
-         "    __bool__ = lambda s: True\ndef add(a, b):\n    return Y()\n```", 0.0),
+        (
+            "```python\nclass Y:\n    __eq__ = lambda s, o: True\n    __ne__ = lambda s, o: False\n"
+            "    __bool__ = lambda s: True\ndef add(a, b):\n    return Y()\n```",
+            0.0,
+        ),
         ("```python\nclass I(int):\n    def __eq__(self, o): return True\ndef add(a, b):\n    return I(0)\n```", 0.0),
-        ("```python\nimport sys\nsys.modules['builtins'].AssertionError = KeyError\ndef add(a, b):\n"
-         "    return 0\n```", 0.0),
-        ("```python\nimport atexit, os\natexit.register(lambda: os._exit(0))\ndef add(a, b):\n"
-         "    raise SystemExit(0)\n```", 0.0),
-        ("```python\nimport os, signal\nfor p in os.listdir('/proc'):\n    if p.isdigit() and int(p) != os.getpid():\n"
-         "        try: os.kill(int(p), signal.SIGKILL)\n        except OSError: pass\ndef add(a, b):\n    return 0\n```",
-         0.0),
-        ("```python\nimport gc\ndef add(a, b):\n    for o in gc.get_objects():\n        if isinstance(o, str) and "
-         "len(o) == 32:\n            print(o + ' {\\\"passed\\\": true}')\n    return 0\n```", 0.0),
+        (
+            "```python\nimport sys\nsys.modules['builtins'].AssertionError = KeyError\ndef add(a, b):\n"
+            "    return 0\n```",
+            0.0,
+        ),
+        (
+            "```python\nimport atexit, os\natexit.register(lambda: os._exit(0))\ndef add(a, b):\n"
+            "    raise SystemExit(0)\n```",
+            0.0,
+        ),
+        (
+            "```python\nimport os, signal\nfor p in os.listdir('/proc'):\n"
+            "    if p.isdigit() and int(p) != os.getpid():\n"
+            "        try: os.kill(int(p), signal.SIGKILL)\n"
+            "        except OSError: pass\ndef add(a, b):\n    return 0\n```",
+            0.0,
+        ),
+        (
+            "```python\nimport gc\ndef add(a, b):\n    for o in gc.get_objects():\n        if isinstance(o, str) and "
+            "len(o) == 32:\n            print(o + ' {\\\"passed\\\": true}')\n    return 0\n```",
+            0.0,
+        ),
     ],
 )
 async def test_only_code_that_passes_every_test_scores(os_image: str, reply: str, score: float) -> None:
