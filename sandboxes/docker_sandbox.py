@@ -16,10 +16,11 @@ from collections.abc import Mapping, Sequence
 
 import docker
 import docker.errors
+import requests
 from docker.models.containers import Container
 
 from sandboxes import process_tree
-from sandboxes.contract import ExecResult, Sandbox
+from sandboxes.contract import ExecResult, Sandbox, SandboxHealth
 from sandboxes.docker_stream import STDERR, ExecStream
 from sandboxes.engine import docker_client
 from sandboxes.errors import ImageMissingError, SandboxError, SandboxStoppedError
@@ -305,6 +306,20 @@ class DockerSandbox(Sandbox):
                 return handle.read(limit) if handle else b""
 
         return await asyncio.to_thread(fetch)
+
+    async def health(self) -> SandboxHealth:
+        if self._stopped:
+            return SandboxHealth.GONE
+        try:
+            await asyncio.to_thread(self._container.reload)
+        except docker.errors.NotFound:
+            return SandboxHealth.GONE
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise SandboxError(f"the engine did not answer about sandbox {self.name}: {exc}") from exc
+        state = self._container.attrs.get("State", {})
+        if state.get("Running"):
+            return SandboxHealth.RUNNING
+        return SandboxHealth.OOM_KILLED if state.get("OOMKilled") else SandboxHealth.GONE
 
     def _check_running(self) -> None:
         if self._stopped:
