@@ -57,6 +57,7 @@ class EnvRuntime:
     async def episode(self, task: EvalTask) -> AsyncIterator[Episode]:
         if task.env == "db":
             assert self.database is not None
+            await self.database.ensure_running()  # a server killed under earlier episodes is restarted here
             episode: Episode = DBBenchEpisode(task.task, self.database)  # type: ignore[arg-type]
             try:
                 yield episode

@@ -40,6 +40,9 @@ def run_eval_command(
             err.print(f"[red]error:[/] no run {resume_id!r} in {db_path}")
             return 2
         config = run.config
+        if run.status == "completed":  # every planned episode is stored: resuming changes nothing
+            console.print(_results_table(store.aggregates(run.id)))
+            return 0
     tasks = load_eval_tasks(config["tasks"], config["suite"], config["split"], config["limit"])
     build_images(docker_client(), images_for(config["tasks"]))
     config = {**config, "planned_episodes": len(tasks) * config["repeats"]}  # the monitor's progress total
@@ -53,6 +56,16 @@ def run_eval_command(
         store.set_run_status(run.id, "interrupted")
         err.print(f"interrupted; resume with: cycleqd eval --resume {run.id} --db {db_path}")
         return 130
+    except BaseException:
+        store.set_run_status(run.id, "failed")
+        err.print(f"the run failed; after a fix, resume with: cycleqd eval --resume {run.id} --db {db_path}")
+        raise
+    missing = _missing_episodes(store, run.id, config, tasks)
+    if missing:
+        store.set_run_status(run.id, "failed")
+        err.print(f"[red]error:[/] {missing} planned episodes are not stored; resume with: "
+                  f"cycleqd eval --resume {run.id} --db {db_path}")  # fmt: skip
+        return 1
     store.set_run_status(run.id, "completed")
     if as_json:
         print(json.dumps({"run": run.id, "results": [_aggregate_json(a) for a in aggregates]}, indent=2))
@@ -60,6 +73,14 @@ def run_eval_command(
         console.print(_results_table(aggregates, time.monotonic() - started))
         console.print(f"run {run.id} (cycleqd show {run.id} --db {db_path})", highlight=False)
     return 0
+
+
+def _missing_episodes(store: Store, run_id: str, config: dict[str, Any], tasks: list) -> int:
+    """Planned (task, repeat) pairs with no stored episode, for any model of this run."""
+    done = {(task_id, repeat) for _model, task_id, repeat in store.done_keys(run_id)}
+    planned = {(store.task_id(t.env, t.suite, t.split, t.key, t.content_hash), r) for t in tasks
+               for r in range(config["repeats"])}  # fmt: skip
+    return len(planned - done)
 
 
 async def _evaluate(store: Store, run_id: str, config: dict[str, Any], tasks: list, console: Console | None) -> list:

@@ -4,7 +4,8 @@ once (asyncio-pool); sandboxes are bounded by the pool's cap, model requests by 
 An episode: acquire a sandbox (or a database) → begin → (model reply → step)* → outcome → commit → release.
 It is committed the moment it ends. Environment errors (an init that failed, a server that died under a request,
 a lost engine) are retried `retries` times, then recorded with status env_error and no score; a model that
-answers badly simply scores 0. On resume, what the store already holds is skipped.
+answers badly simply scores 0. Any other exception is a bug: it is never swallowed — the run raises it once the
+episodes in flight are done. On resume, what the store already holds is skipped.
 """
 
 from __future__ import annotations
@@ -124,8 +125,16 @@ class Orchestrator:
 
     async def _run_all(self, tasks: list[EvalTask], runtime: EnvRuntime) -> None:
         async with AioPool(size=self.settings.concurrency) as pool:
-            for task, task_id, repeat in self.plan(tasks):
-                await pool.spawn(self._episode(runtime, task, task_id, repeat))
+            futures = [await pool.spawn(self._episode(runtime, *todo)) for todo in self.plan(tasks)]
+        failures = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+        for failure in failures[1:]:
+            log.error("another episode failed too: %r", failure)
+        if failures:
+            raise failures[0]  # type: ignore[misc]
+
+    def missing(self, tasks: list[EvalTask]) -> int:
+        """Planned episodes the store does not hold: a run is complete only at 0."""
+        return len(self.plan(tasks))
 
     async def _episode(self, runtime: EnvRuntime, task: EvalTask, task_id: int, repeat: int) -> None:
         started = datetime.now(UTC)

@@ -54,6 +54,7 @@ _SQL = re.compile(r"```sql\n([\s\S]*?)\n```")
 _FINAL = re.compile(r"\nFinal Answer:(.*)")
 # MySQL's default group_concat_max_len, under which DBBench's answer_md5 values were computed.
 HASH_GROUP_CONCAT_LEN = 1024
+SERVER_GONE = (0, 2002, 2003, 2006, 2013)  # client codes: cannot connect, gone away, lost during the query
 SHOWN_CHARS = 800  # v0.2's cut: the first 800 characters, then TRUNCATED_MARK
 TRUNCATED_MARK = "[TRUNCATED]"
 
@@ -196,7 +197,7 @@ class DBBenchEpisode(Episode):
         try:
             return cut_for_display(self._run_capped(sql))
         except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
-            if exc.args and exc.args[0] in (2006, 2013, 0):  # the server went away: not the model's doing
+            if exc.args and exc.args[0] in SERVER_GONE:  # not the model's doing
                 raise EpisodeSetupError(f"{self.task.task_id}: lost the database connection: {exc}") from exc
             return cut_for_display(self._error_text(exc))
         except pymysql.MySQLError as exc:
