@@ -223,7 +223,8 @@ class DBBenchEpisode(Episode):
             if complete:
                 cursor.close()
         if not complete:
-            cursor._result = None  # pymysql would read every remaining row to close the cursor
+            if cursor._result is not None:  # else pymysql reads every remaining row when the result is collected
+                cursor._result.unbuffered_active = False
             self._connection.close()
             self._connection = self.server.connect(self._db.user, self._db.password, self._db.database)
         return text + "]"
