@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import socket
 import tarfile
 import time
@@ -26,12 +27,26 @@ from sandboxes.engine import docker_client
 from sandboxes.errors import ImageMissingError, SandboxError, SandboxStoppedError
 from sandboxes.exec_wrapper import WrappedExec
 from sandboxes.labels import owner_labels
-from sandboxes.limits import SandboxLimits
+from sandboxes.limits import SandboxLimits, quota_supported
 from sandboxes.reaper import OWNED, reap_orphans_once
 from sandboxes.shell_session import BashSession
 
+log = logging.getLogger(__name__)
 KILL_GRACE_S = 3.0
 ROOT = "0"  # numeric: still works after an agent has mangled /etc/passwd
+
+
+_QUOTA: dict[str, bool] = {}
+
+
+def engine_has_quota(client: docker.DockerClient) -> bool:
+    """Asked once per engine (an overlay2 on xfs without pquota still refuses: then no quota, said once)."""
+    key = client.api.base_url
+    if key not in _QUOTA:
+        _QUOTA[key] = quota_supported(client.info())
+        if not _QUOTA[key]:
+            log.warning("this engine cannot limit what a sandbox writes (needs btrfs, zfs or overlay2 on xfs+pquota)")
+    return _QUOTA[key]
 
 
 def create_container(
@@ -54,7 +69,7 @@ def create_container(
             labels=owner_labels(run_id),
             working_dir=workdir or "/",
             hostname="sandbox",
-            **limits.docker_run_kwargs(),
+            **limits.docker_run_kwargs(disk_quota=engine_has_quota(client)),
         )
     except docker.errors.ImageNotFound as exc:
         raise ImageMissingError(f"image {image!r} is not on this engine; run `cycleqd images build`") from exc

@@ -25,7 +25,7 @@ from cycleqd.orchestrator import EvalSettings, Orchestrator
 from db import open_store
 from envs.mariadb_server import SOCKET_ROOT
 from envs.os_interaction import OSSettings
-from sandboxes.images import build_images
+from sandboxes.images import build_images, image_tag
 from sandboxes.labels import RUN
 from serving.client import ClientSettings
 from serving.external import ExternalManager
@@ -330,3 +330,17 @@ def test_a_sigkilled_eval_resumes_exactly_and_a_completed_resume_writes_nothing(
         assert [(a.env, a.score, a.wall_s) for a in open_store(db).aggregates(run_id)] == aggregates
     finally:
         server.down()
+
+
+async def test_a_sandbox_cannot_write_past_its_disk_limit(docker_engine: docker.DockerClient) -> None:
+    from sandboxes.docker_sandbox import DockerSandbox
+    from sandboxes.limits import SandboxLimits, quota_supported
+
+    if not quota_supported(docker_engine.info()):
+        pytest.skip(
+            "this engine cannot limit a container's writable layer (needs btrfs, zfs or overlay2 on xfs+pquota)"
+        )
+    limits = SandboxLimits(disk_bytes=1 << 30, command_timeout_s=120)
+    async with await DockerSandbox.start(image_tag("os-default"), limits=limits) as box:
+        result = await box.exec("dd if=/dev/zero of=/root/big bs=1M count=3000 2>&1 | head -1")
+    assert "Disk quota exceeded" in result.stdout or "No space left on device" in result.stdout
