@@ -9,7 +9,6 @@ model server that goes away for a while.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import socket
 import threading
@@ -17,6 +16,10 @@ import time
 from collections import Counter
 
 import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 MODEL = "hostile"
 _MARKER = re.compile(r"«([a-z0-9_]+)»")
@@ -52,36 +55,27 @@ class HostileModelServer:
     def model_ref(self) -> str:
         return f"{self.base_url}#{MODEL}"
 
-    async def _app(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
+    async def _models(self, _request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+    async def _chat(self, request: Request) -> JSONResponse:
+        messages = (await request.json()).get("messages", [])
+        for m in messages:
+            if found := _MARKER.search(m.get("content") or ""):
+                self.served[found.group(1)] += 1
                 break
-        if scope["path"].endswith("/models"):
-            payload = {"object": "list", "data": [{"id": MODEL, "object": "model"}]}
-        else:
-            messages = json.loads(body or b"{}").get("messages", [])
-            text = scripted_reply(self.scripts, messages)
-            for m in messages:
-                if found := _MARKER.search(m.get("content") or ""):
-                    self.served[found.group(1)] += 1
-                    break
-            payload = {
-                "id": "cmpl-hostile", "object": "chat.completion", "model": MODEL,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
-            }  # fmt: skip
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+        text = scripted_reply(self.scripts, messages)
+        return JSONResponse({
+            "id": "cmpl-hostile", "object": "chat.completion", "model": MODEL,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+        })  # fmt: skip
 
     def up(self) -> None:
-        config = uvicorn.Config(
-            self._app, host="127.0.0.1", port=self.port, log_level="error", lifespan="off", interface="asgi3"
+        app = Starlette(
+            routes=[Route("/v1/models", self._models), Route("/v1/chat/completions", self._chat, methods=["POST"])]
         )
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error", lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve()), daemon=True)  # type: ignore[union-attr]
         self._thread.start()

@@ -36,15 +36,17 @@ def v02_as_list(answer: str) -> list[Any]:
 
 def v02_select_correct(answer: str, label: list[Any]) -> bool:
     given = v02_as_list(answer)
-    if len(given) == 1 and len(label) == 1:
+    if len(given) != 1 or len(label) != 1:  # several values: compared as sets; unhashable ones never match
         try:
-            return float(given[0]) == float(label[0])
-        except (ValueError, TypeError):
-            return given[0] == label[0]
-    try:
-        return set(given) == set(label)
-    except TypeError:
-        return False
+            return set(given) == set(label)
+        except TypeError:
+            return False
+    left, right = given[0], label[0]
+    try:  # one value each: as numbers when both read as floats, else as they are
+        left, right = float(left), float(right)
+    except (ValueError, TypeError):
+        pass
+    return left == right
 
 
 def v02_accuracy(kind: str, results: list[tuple[str, float]]) -> float | None:
