@@ -12,6 +12,7 @@ SHORT_STATUS = {
     "round_limit": "rounds",
     "invalid_action": "invalid",
     "command_timeout": "timeout",
+    "sandbox_broken": "broke",
     "env_error": "env err",
 }
 
