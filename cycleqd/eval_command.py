@@ -41,7 +41,7 @@ def run_eval_command(
             return 2
         config = run.config
         if run.status == "completed":  # every planned episode is stored: resuming changes nothing
-            console.print(_results_table(store.aggregates(run.id)))
+            _print_results(run.id, store.aggregates(run.id), as_json, console, db_path)
             return 0
     tasks = load_eval_tasks(config["tasks"], config["suite"], config["split"], config["limit"])
     build_images(docker_client(), images_for(config["tasks"]))
@@ -67,12 +67,18 @@ def run_eval_command(
                   f"cycleqd eval --resume {run.id} --db {db_path}")  # fmt: skip
         return 1
     store.set_run_status(run.id, "completed")
-    if as_json:
-        print(json.dumps({"run": run.id, "results": [_aggregate_json(a) for a in aggregates]}, indent=2))
-    else:
-        console.print(_results_table(aggregates, time.monotonic() - started))
-        console.print(f"run {run.id} (cycleqd show {run.id} --db {db_path})", highlight=False)
+    _print_results(run.id, aggregates, as_json, console, db_path, time.monotonic() - started)
     return 0
+
+
+def _print_results(
+    run_id: str, aggregates: list, as_json: bool, console: Console, db_path: Path, wall_s: float | None = None
+) -> None:
+    if as_json:
+        print(json.dumps({"run": run_id, "results": [_aggregate_json(a) for a in aggregates]}, indent=2))
+    else:
+        console.print(_results_table(aggregates, wall_s))
+        console.print(f"run {run_id} (cycleqd show {run_id} --db {db_path})", highlight=False)
 
 
 def _missing_episodes(store: Store, run_id: str, config: dict[str, Any], tasks: list) -> int:

@@ -322,9 +322,10 @@ def test_a_sigkilled_eval_resumes_exactly_and_a_completed_resume_writes_nothing(
         assert sorted(e.score for e in episodes) == [1.0] * 6
         before = store.get_run(run_id)
         aggregates = [(a.env, a.score, a.wall_s) for a in store.aggregates(run_id)]
-        again = subprocess.run(cycleqd("eval", "--resume", run_id, "--db", str(db)), env=env, capture_output=True,
-                               text=True, timeout=300)  # fmt: skip
+        resume = cycleqd("eval", "--resume", run_id, "--db", str(db), "--json")
+        again = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout) == json.loads(resumed.stdout)  # the same results, as stored
         after = open_store(db).get_run(run_id)
         assert (after.status, after.finished_at) == ("completed", before.finished_at)
         assert [(a.env, a.score, a.wall_s) for a in open_store(db).aggregates(run_id)] == aggregates
