@@ -121,6 +121,16 @@ async def test_a_fork_bomb_is_stopped_within_the_time_limit(os_image: str) -> No
     assert (outcome.status, outcome.score) == (EpisodeStatus.COMMAND_TIMEOUT, 0.0)
 
 
+def code_block(source: str) -> str:
+    return f"```python\n{source}\n```"
+
+
+async def test_a_memory_hog_is_killed_before_the_checker(os_image: str) -> None:
+    hog = code_block("chunks = []\nwhile True:\n    chunks.append(bytearray(64 << 20))\ndef add(a, b): return a")
+    outcome = await run(os_image, MBPP_TASK, hog)
+    assert outcome.score == 0.0 and not outcome.detail.startswith("the checker gave no verdict"), outcome.detail
+
+
 async def test_a_humaneval_body_completion_gets_its_signature(os_image: str) -> None:
     task = load_coding_tasks(humaneval_path())[2]  # truncate_number
     body = "```python\n    return number % 1.0\n```"
