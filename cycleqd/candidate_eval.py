@@ -4,23 +4,28 @@ MariaDB shared by the whole run), and average the scores per task.
 
 A materialised checkpoint is cache: it is deleted once its server serves something else. A candidate's model row
 is keyed by its genome hash, so a resumed run finds the episodes its candidates already played.
+
+A raced child (evolver/racing.py) starts with the episodes a killed process already stored, plays the rest in the
+order its race chooses, and stops as soon as no archive can take it (the orchestrator cancels what still runs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
 import time
 from pathlib import Path
 
 from cycleqd.eval_tasks import EvalTask, load_eval_tasks
 from cycleqd.evolution import CandidateUnderTest
-from cycleqd.orchestrator import EvalSettings, Orchestrator
+from cycleqd.orchestrator import EpisodeResult, EvalSettings, Orchestrator
 from db.evolution_store import EvolutionStore
 from db.store import Store
 from envs.os_interaction import OSSettings
 from evolver.config import EvolveConfig, TaskSpec
 from evolver.materialize import materialize
+from evolver.racing import Race
 from evolver.svd_cache import SVDCache
 from serving.manager import ServerManager
 from serving.model_ref import LocalCheckpoint
@@ -39,7 +44,27 @@ def eval_settings(config: EvolveConfig) -> EvalSettings:
     )  # fmt: skip
 
 
+class RaceGate:
+    """A child's race as the orchestrator's gate: the race picks the task, the gate that task's next episode."""
+
+    def __init__(self, race: Race, task_index: dict[int, int]) -> None:
+        self.race = race
+        self.task_index = task_index  # id() of each EvalTask → its task's index in the config
+
+    def pick(self, todo: list[EvalTask]) -> int:
+        chosen = self.race.start_next({self.task_index[id(t)] for t in todo})
+        return next(i for i, t in enumerate(todo) if self.task_index[id(t)] == chosen)
+
+    def observe(self, result: EpisodeResult) -> None:
+        self.race.observe(self.task_index[id(result.task)], result.score)
+
+    def settled(self) -> bool:
+        return self.race.rejected
+
+
 class EpisodeEvaluator:
+    races = True
+
     def __init__(
         self,
         store: Store,
@@ -66,7 +91,15 @@ class EpisodeEvaluator:
     def all_tasks(self) -> list[EvalTask]:
         return [task for tasks in self.tasks.values() for task in tasks]
 
-    async def evaluate(self, slot: int, candidate: CandidateUnderTest, test: bool) -> tuple[int | None, dict]:
+    async def evaluate(
+        self, slot: int, candidate: CandidateUnderTest, test: bool, race: Race | None = None
+    ) -> tuple[int | None, dict]:
+        gate = None
+        if race is not None:
+            assert candidate.genome_hash is not None, "only genomes are raced"
+            gate = self._start_race(race, candidate.genome_hash, test)
+            if gate.settled():  # what an earlier process played already rules the child out
+                return self._genome_model_id(candidate.genome_hash, self.checkpoints_dir / candidate.genome_hash), {}
         path = candidate.checkpoint
         if path is None:
             assert candidate.genome is not None and candidate.genome_hash is not None
@@ -79,17 +112,37 @@ class EpisodeEvaluator:
         swap_s = time.monotonic() - started
         self._forget_previous(slot, path if candidate.checkpoint is None else None)
         self.evo.set_server(slot, candidate.candidate_id, f"{candidate.kind} {candidate.candidate_id}", swap_s)
-        identity = f"genome:{candidate.genome_hash}" if candidate.genome_hash else await asyncio.to_thread(ref.identity)
-        model_id = self.store.model_id(identity, str(path), candidate.genome_hash)
+        if candidate.genome_hash:
+            model_id = self._genome_model_id(candidate.genome_hash, path)
+        else:
+            model_id = self.store.model_id(await asyncio.to_thread(ref.identity), str(path))
         tasks = [task for spec in self.config.tasks for task in self.tasks[(spec.name, test)]]
         orchestrator = Orchestrator(self.store, self.run_id, manager, model_id, self.settings)
-        await orchestrator.run(tasks, self.runtime)  # type: ignore[arg-type]
+        await orchestrator.run(tasks, self.runtime, gate)  # type: ignore[arg-type]
         return model_id, {s.name: self._mean_score(model_id, self.tasks[(s.name, test)]) for s in self.config.tasks}
 
-    def _mean_score(self, model_id: int, tasks: list[EvalTask]) -> float:
+    def _genome_model_id(self, genome_hash: str, path: Path) -> int:
+        return self.store.model_id(f"genome:{genome_hash}", str(path), genome_hash)
+
+    def _start_race(self, race: Race, genome_hash: str, test: bool) -> RaceGate:
+        """Plan the race and replay into it the episodes of this genome already in the store (a resume)."""
+        specs = self.config.tasks
+        race.plan([len(self.tasks[(spec.name, test)]) * self.settings.repeats for spec in specs])
+        model_id = self._genome_model_id(genome_hash, self.checkpoints_dir / genome_hash)
+        for k, spec in enumerate(specs):
+            for score in self._stored_scores(model_id, self.tasks[(spec.name, test)]):
+                race.observe(k, score)
+        index = {id(task): k for k, spec in enumerate(specs) for task in self.tasks[(spec.name, test)]}
+        return RaceGate(race, index)
+
+    def _stored_scores(self, model_id: int, tasks: list[EvalTask]) -> list[float | None]:
         ids = [self.store.task_id(t.env, t.suite, t.split, t.key, t.content_hash) for t in tasks]
-        scores = [s for s in self.store.episode_scores(self.run_id, model_id, ids) if s is not None]
-        return sum(scores) / len(scores) if scores else 0.0
+        return self.store.episode_scores(self.run_id, model_id, ids)
+
+    def _mean_score(self, model_id: int, tasks: list[EvalTask]) -> float:
+        # fsum: the exact sum, whatever order the episodes were played (and stored) in
+        scores = [s for s in self._stored_scores(model_id, tasks) if s is not None]
+        return math.fsum(scores) / len(scores) if scores else 0.0
 
     def _forget_previous(self, slot: int, now_serving: Path | None) -> None:
         previous = self._materialised.pop(slot, None)

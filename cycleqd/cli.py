@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from cycleqd.checks import print_checks
+from cycleqd.run_lookup import RunLookupError
 from db.store import StoreOpenError
 from sandboxes.errors import SandboxError
 
@@ -26,6 +27,7 @@ def _exit_on_sigterm() -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="cycleqd", prog_name="cycleqd")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens underneath.")
 def cli(verbose: bool) -> None:
     """cycleqd: benchmark LLMs on multi-turn agent tasks (shell, SQL, coding) in Docker sandboxes, and evolve
@@ -41,7 +43,7 @@ def cli(verbose: bool) -> None:
 def main() -> None:
     try:
         cli(standalone_mode=True)
-    except (SandboxError, StoreOpenError) as exc:
+    except (SandboxError, StoreOpenError, RunLookupError) as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
 
@@ -196,7 +198,11 @@ _model_option = click.option(
     "model_ref",
     default="default",
     show_default=True,
-    help="A checkpoint folder, a hub name (org/name), an endpoint URL#MODEL, or 'default' (embedded SmolLM2).",
+    help="'default' (embedded SmolLM2), a checkpoint folder, openai/MODEL ($OPENAI_BASE_URL, $OPENAI_API_KEY), "
+    "an endpoint URL#MODEL, hf/ORG/NAME (the server downloads it), or vllm/REF (served by vLLM).",
+)
+_download_option = click.option(
+    "--allow-download", is_flag=True, help="Hand a bare ORG/NAME to the model server to download from the hub."
 )
 _key_env_option = click.option(
     "--api-key-env",
@@ -218,14 +224,15 @@ _key_env_option = click.option(
     help="Which server runs a local model: vLLM needs a GPU; transformers serve runs anywhere.",
 )
 @click.option("--max-tokens", default=512, show_default=True)
-def chat(prompt: str, model_ref: str, api_key_env: str, server: str, max_tokens: int) -> None:
+@_download_option
+def chat(prompt: str, model_ref: str, api_key_env: str, server: str, max_tokens: int, allow_download: bool) -> None:
     """Ask MODEL one question, greedily, and print the answer with the identity of the model that gave it."""
     from serving.errors import ServingError
-    from serving.resolve import manager_for, resolve_model
+    from serving.resolve import manager_for, resolve_model, server_choice
 
     async def ask() -> None:
-        ref = resolve_model(model_ref, key_env=api_key_env)
-        async with manager_for(ref, server=server) as manager:
+        ref = resolve_model(model_ref, key_env=api_key_env, allow_download=allow_download)
+        async with manager_for(ref, server=server_choice(model_ref, server)) as manager:
             with console.status(f"loading {ref.label}…"):
                 await manager.serve(ref)
             reply = await manager.chat([{"role": "user", "content": prompt}], max_tokens=max_tokens)
@@ -239,7 +246,7 @@ def chat(prompt: str, model_ref: str, api_key_env: str, server: str, max_tokens:
     try:
         asyncio.run(ask())
     except ServingError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
@@ -277,7 +284,7 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from envs.suite_verify import guess_env, verify_coding, verify_db, verify_os
+    from envs.suite_verify import guess_env, verify_coding, verify_db, verify_os, verify_total
 
     if env_name == "auto":
         env_name = guess_env(path)
@@ -300,8 +307,6 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
     if as_json:
         print(json.dumps([r.to_json() for r in reports], indent=2))
         sys.exit(1 if failed else 0)
-    total_run = sum(len(r.run) for r in reports)
-    total_passed = sum(r.passed for r in reports)
     for report in reports:
         line = f"{report.path}: "
         if report.load_error:
@@ -317,7 +322,8 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
         for verdict in report.verdicts:
             if verdict.passed is False:
                 console.print(
-                    f"    [red]FAIL[/] {verdict.task_id}: {verdict.reason.strip()[:300]}",
+                    f"    [red]FAIL[/] {verdict.task_id}: {verdict.reason.strip()[:300]}"
+                    + (f"\n         expected: {verdict.expected.strip()[:300]}" if verdict.expected else ""),
                     highlight=False,
                     soft_wrap=True,
                 )
@@ -325,8 +331,7 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
                 console.print(
                     f"    [yellow]not run[/] {verdict.task_id}: {verdict.reason[:200]}", highlight=False, soft_wrap=True
                 )
-    if total_run:
-        console.print(f"gold passes {total_passed}/{total_run} ({total_passed / total_run:.1%}) of the tasks that ran")
+    console.print(verify_total(reports), highlight=False)
     sys.exit(1 if failed else 0)
 
 
@@ -350,12 +355,18 @@ _db_option = click.option(
 @click.option("--rounds", default=5, show_default=True, help="Round limit per episode (CycleQD 5, AgentBench OS 8).")
 @click.option("--max-tokens", default=512, show_default=True, help="Tokens per model reply (greedy).")
 @click.option("--server", type=click.Choice(["auto", "transformers", "vllm"]), default="auto", show_default=True)
+@_download_option
+@click.option("--task-ids", help="Only these tasks, comma-separated ids as `cycleqd tasks` lists them.")
+@click.option("--temperature", default=0.0, show_default=True, help="Sampling temperature (0: greedy).")
+@click.option("--top-p", type=float, help="Nucleus sampling mass (the server's default when unset).")
+@click.option("--seed", type=int, help="Sampling seed sent to the server (reproducible sampling where it honours it).")
 @_db_option
 @click.option("--resume", "resume_id", metavar="RUN", help="Finish run RUN: only what it has not committed runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def eval_cmd(
     model_ref: str, api_key_env: str, tasks: str, suite: str, split: str, limit: int | None, repeats: int,
-    concurrency: int, rounds: int, max_tokens: int, server: str, db_path: Path, resume_id: str | None, as_json: bool,
+    concurrency: int, rounds: int, max_tokens: int, server: str, allow_download: bool, task_ids: str | None,
+    temperature: float, top_p: float | None, seed: int | None, db_path: Path, resume_id: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Benchmark MODEL on the agent tasks and keep every episode in the store. With no argument: the embedded
     SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN."""
@@ -364,29 +375,94 @@ def eval_cmd(
     config = {
         "model": model_ref, "api_key_env": api_key_env, "tasks": tasks.split(","), "suite": suite, "split": split,
         "limit": limit, "repeats": repeats, "concurrency": concurrency, "rounds": rounds, "max_tokens": max_tokens,
-        "server": server,
+        "server": server, "allow_download": allow_download,
+        "task_ids": task_ids.split(",") if task_ids else None,
+        "sampling": {"temperature": temperature, "top_p": top_p, "seed": seed},
     }  # fmt: skip
     sys.exit(run_eval_command(config, db_path, resume_id, as_json, console, err_console))
 
 
-@cli.command("runs")
+@cli.group("runs", invoke_without_command=True)
 @_db_option
-def runs_cmd(db_path: Path) -> None:
-    """List the runs in the store, newest first."""
-    from cycleqd.eval_command import print_runs
+@click.pass_context
+def runs_cmd(ctx: click.Context, db_path: Path) -> None:
+    """List the runs in the store, newest first: scores and which model. `cycleqd runs rm RUN` removes one."""
+    from cycleqd.results_commands import print_runs
 
-    print_runs(db_path, console)
+    if ctx.invoked_subcommand is None:
+        print_runs(db_path, console)
+
+
+@runs_cmd.command("rm")
+@click.argument("run_ids", nargs=-1, required=True)
+@_db_option
+def runs_rm_cmd(run_ids: tuple[str, ...], db_path: Path) -> None:
+    """Remove runs (ids or unique prefixes) and everything they hold: episodes, scores, archives, candidates."""
+    from cycleqd.results_commands import remove_runs
+
+    sys.exit(remove_runs(list(run_ids), db_path, console))
 
 
 @cli.command("show")
 @click.argument("run_id")
 @_db_option
+@click.option("--tasks", "per_task", is_flag=True, help="Also a row per task: its score, episodes and statuses.")
 @click.option("--json", "as_json", is_flag=True)
-def show_cmd(run_id: str, db_path: Path, as_json: bool) -> None:
-    """Print one run: its configuration and its scores per environment."""
-    from cycleqd.eval_command import show_run
+def show_cmd(run_id: str, db_path: Path, per_task: bool, as_json: bool) -> None:
+    """Print one run (an id or a unique prefix): its configuration, its scores per model and environment with the
+    wall time each environment took, and with --tasks its scores per task."""
+    from cycleqd.results_commands import show_run
 
-    sys.exit(show_run(db_path, run_id, as_json, console, err_console))
+    sys.exit(show_run(db_path, run_id, as_json, per_task, console))
+
+
+@cli.command("export")
+@click.argument("run_id", metavar="RUN")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "inspect"]), default="jsonl", show_default=True,
+              help="jsonl: OpenAI chat messages + result per line; csv: a row per episode; inspect: inspect_ai logs.")
+@click.option("--out", type=click.Path(path_type=Path), help="File (jsonl, csv; default stdout) or folder (inspect).")
+@click.option("--candidate", default="all", show_default=True, help="Evolutions: all, final, or a candidate id.")
+@click.option("--env", help="Only this environment's episodes.")
+@click.option("--status", help="Only episodes with this status (completed, round_limit, invalid_action, …).")
+@click.option("--min-score", type=float, help="Only episodes scored at least this (e.g. 1 for successes, for SFT).")
+@_db_option
+def export_cmd(run_id: str, fmt: str, out: Path | None, candidate: str, env: str | None, status: str | None,
+               min_score: float | None, db_path: Path) -> None:  # fmt: skip
+    """Write RUN's episodes out: the conversation, task, environment, split, model, score, status, tokens and
+    latency of each. RUN may be a unique prefix of its id."""
+    from cycleqd.export_command import ExportRequest, export_command
+
+    request = ExportRequest(run_id, fmt, out, candidate, env, status, min_score)
+    sys.exit(export_command(request, db_path, err_console))
+
+
+@cli.command("compare")
+@click.argument("run_ids", metavar="RUN…", nargs=-1, required=True)
+@_db_option
+@click.option("--all-tasks", is_flag=True, help="List every task, not only those where the models differ.")
+@click.option("--json", "as_json", is_flag=True)
+def compare_cmd(run_ids: tuple[str, ...], db_path: Path, all_tasks: bool, as_json: bool) -> None:
+    """Models side by side: per environment the mean score with its 95% bootstrap interval over tasks, then the
+    tasks on which they differ. Every model of each run is a column (an evolution has several)."""
+    from cycleqd.compare_command import compare_command
+
+    sys.exit(compare_command(list(run_ids), db_path, as_json, all_tasks, console))
+
+
+@cli.command("tasks")
+@click.option("--env", "envs", default="os,db,coding", show_default=True, help="Environments, comma-separated.")
+@click.option("--suite", default="builtin", show_default=True, help="'builtin', or a task file or folder.")
+@click.option("--split", default="dev", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def tasks_cmd(envs: str, suite: str, split: str, as_json: bool) -> None:
+    """List task ids (what `eval --task-ids` takes) with a one-line description each."""
+    from cycleqd.tasks_command import tasks_command
+
+    try:
+        sys.exit(tasks_command(envs.split(","), suite, split, as_json, console))
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 # -- evolve, report, tui -----------------------------------------------------------------------------------------
@@ -414,7 +490,7 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
         config = load_config(config_path) if config_path else None
         sys.exit(run_evolve_command(config, db_path, resume_id, as_json, console, err_console))
     except (ConfigError, ValueError) as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
@@ -426,7 +502,7 @@ def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
     """An evolution's final table (test splits: base, experts, naive merge, CycleQD final), a heatmap PNG per
     archive and its QD metrics over generations (coverage, QD score, best quality)."""
     from cycleqd.evolve_command import final_table
-    from cycleqd.report import final_rows, write_heatmaps, write_qd_metrics
+    from cycleqd.report import final_rows, saving_line, write_episode_table, write_heatmaps, write_qd_metrics
     from db.evolution_store import EvolutionStore
     from db.store import open_store
 
@@ -438,8 +514,10 @@ def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
     evo = EvolutionStore(store, run_id)
     names = [t["name"] for t in run.config["tasks"]]
     console.print(final_table(final_rows(evo, names), names))
+    if (saving := saving_line(evo)) is not None:
+        console.print(saving, highlight=False)
     out = out or Path(f"report-{run_id}")
-    for path in [*write_heatmaps(evo, out), write_qd_metrics(evo, out)]:
+    for path in [*write_heatmaps(evo, out), write_qd_metrics(evo, out), write_episode_table(evo, out)]:
         console.print(f"wrote {path}", highlight=False)
 
 
@@ -521,3 +599,7 @@ def tui_cmd(db_path: Path, refresh: float) -> None:
     from cycleqd.tui_command import run_tui
 
     run_tui(db_path, refresh_s=refresh)
+
+
+if __name__ == "__main__":  # `python -m cycleqd.cli`, which tests use to run this tree's code
+    main()

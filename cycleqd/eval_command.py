@@ -14,25 +14,42 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cycleqd.env_runtime import images_for
-from cycleqd.eval_tasks import load_eval_tasks
-from cycleqd.orchestrator import EpisodeResult, EvalSettings, Orchestrator, summarize
+from cycleqd.eval_tasks import load_eval_tasks, select_tasks
+from cycleqd.orchestrator import EpisodeResult, EvalSettings, Orchestrator, Sampling, summarize
 from db.store import Store, open_store
 from envs.os_interaction import OSSettings
 from sandboxes.engine import docker_client
 from sandboxes.images import build_images
-from serving.resolve import manager_for, resolve_model
+from serving.errors import ModelRefError
+from serving.model_ref import parse_model_ref, server_prefix
+from serving.resolve import manager_for, resolve_model, server_choice
 
 
 def _settings(config: dict[str, Any]) -> EvalSettings:
     return EvalSettings(
         concurrency=config["concurrency"], repeats=config["repeats"], max_tokens=config["max_tokens"],
         max_sandboxes=max(2, config["concurrency"] * 2), os=OSSettings(round_limit=config["rounds"]),
+        sampling=Sampling(**config.get("sampling", {})),
     )  # fmt: skip
+
+
+def _check_model(config: dict[str, Any]) -> None:
+    """Parse the reference before anything is created or started: a typo costs one line, no run, no network."""
+    if server_prefix(config["model"])[1] != "default":
+        parse_model_ref(config["model"], key_env=config["api_key_env"],
+                        allow_download=config.get("allow_download", False))  # fmt: skip
+    server_choice(config["model"], config["server"])
 
 
 def run_eval_command(
     config: dict[str, Any], db_path: Path, resume_id: str | None, as_json: bool, console: Console, err: Console
 ) -> int:
+    if not resume_id:
+        try:
+            _check_model(config)
+        except ModelRefError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            return 2
     store = open_store(db_path)
     if resume_id:
         run = store.get_run(resume_id)
@@ -44,6 +61,11 @@ def run_eval_command(
             _print_results(run.id, store.aggregates(run.id), as_json, console, db_path)
             return 0
     tasks = load_eval_tasks(config["tasks"], config["suite"], config["split"], config["limit"])
+    try:
+        tasks = select_tasks(tasks, config.get("task_ids"))
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
     build_images(docker_client(), images_for(config["tasks"]))
     config = {**config, "planned_episodes": len(tasks) * config["repeats"]}  # the monitor's progress total
     run = store.get_run(resume_id) if resume_id else store.create_run("eval", config)
@@ -90,12 +112,17 @@ def _missing_episodes(store: Store, run_id: str, config: dict[str, Any], tasks: 
 
 
 async def _evaluate(store: Store, run_id: str, config: dict[str, Any], tasks: list, console: Console | None) -> list:
-    ref = await asyncio.to_thread(resolve_model, config["model"], key_env=config["api_key_env"])
+    ref = await asyncio.to_thread(
+        resolve_model,
+        config["model"],
+        key_env=config["api_key_env"],
+        allow_download=config.get("allow_download", False),
+    )
     identity = await asyncio.to_thread(ref.identity)
     model_id = store.model_id(identity, ref.label)
     totals: dict[str, list[float]] = defaultdict(list)
     started = time.monotonic()
-    async with manager_for(ref, server=config["server"]) as manager:
+    async with manager_for(ref, server=server_choice(config["model"], config["server"])) as manager:
         await manager.serve(ref)
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -131,36 +158,3 @@ def _results_table(aggregates: list, wall_s: float | None = None) -> Table:
     for a in aggregates:
         table.add_row(a.env, a.split, f"{a.score:.3f}", str(a.episodes), str(a.errors), f"{wall_s or a.wall_s:.0f} s")
     return table
-
-
-def print_runs(db_path: Path, console: Console) -> None:
-    store = open_store(db_path)
-    table = Table("run", "kind", "status", "created", "model", "tasks")
-    for run in store.list_runs():
-        table.add_row(run.id, run.kind, run.status, run.created_at.strftime("%Y-%m-%d %H:%M"),
-                      str(run.config.get("model", run.config.get("base"))), _task_names(run.config))  # fmt: skip
-    console.print(table)
-
-
-def _task_names(config: dict[str, Any]) -> str:
-    # eval runs list environments; evolution runs list task specs
-    return ",".join(t["name"] if isinstance(t, dict) else str(t) for t in config.get("tasks", []))
-
-
-def show_run(db_path: Path, run_id: str, as_json: bool, console: Console, err: Console) -> int:
-    store = open_store(db_path)
-    run = store.get_run(run_id)
-    if run is None:
-        err.print(f"[red]error:[/] no run {run_id!r} in {db_path}")
-        return 2
-    aggregates = store.aggregates(run_id)
-    episodes = store.episodes(run_id)
-    if as_json:
-        payload = {"run": run.id, "kind": run.kind, "status": run.status, "config": run.config,
-                   "episodes": len(episodes), "results": [_aggregate_json(a) for a in aggregates]}  # fmt: skip
-        print(json.dumps(payload, indent=2))
-        return 0
-    console.print(f"run {run.id}: {run.kind}, {run.status}, {len(episodes)} episodes", highlight=False)
-    console.print(json.dumps(run.config), highlight=False, soft_wrap=True)
-    console.print(_results_table(aggregates))
-    return 0

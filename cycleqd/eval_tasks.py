@@ -67,3 +67,17 @@ def load_eval_tasks(envs: list[str], suite: str, split: str, limit: int | None) 
             found = [t for i, t in enumerate(found) if i % 4 in HUMANEVAL_SPLITS[split]]
         tasks.extend(found[:limit] if limit else found)
     return tasks
+
+
+def select_tasks(tasks: list[EvalTask], task_ids: list[str] | None) -> list[EvalTask]:
+    """Only the tasks named (by `EvalTask.key`, as `cycleqd tasks` prints it), in the order given."""
+    if not task_ids:
+        return tasks
+    by_key = {task.key: task for task in tasks}
+    unknown = [key for key in task_ids if key not in by_key]
+    if unknown:
+        raise ValueError(
+            f"--task-ids: no task {', '.join(map(repr, unknown))} among the {len(tasks)} selected by --tasks, --suite "
+            "and --split (list them with: cycleqd tasks)"
+        )
+    return [by_key[key] for key in dict.fromkeys(task_ids)]

@@ -9,6 +9,11 @@ and its row is found again on a resume (with its scores, if it had been evaluate
 proposed from the archives as they stand at the generation's start and inserted together in slot order, so a run
 is bit-identical for a seed; in asynchronous mode each child is its own generation, dispatched to whichever server
 is free and inserted when it is done.
+
+Racing (evolver/racing.py, `racing:` in the config) stops scoring a child once no archive can take it; such a child
+is recorded as rejected early, with the bounds of its scores instead of scores, and nothing downstream (archives,
+cells, QD metrics, parents, the final model) ever reads a non-inserted child's scores. A child whose genome was
+measured before in the run is not measured again: the earlier scores (or rejection) are reused.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from evolver.config import EvolveConfig
 from evolver.genome import Genome
 from evolver.operators import average_merge, crossover, draw_omegas, gaussian_mutation, softmax_merge, svd_mutation
 from evolver.qd_metrics import qd_metrics
+from evolver.racing import Race, early_rejection_records, rejects
 from evolver.sampling import sample_parents
 from evolver.svd_cache import SVDCache
 
@@ -45,11 +51,30 @@ class CandidateUnderTest:
 
 
 class CandidateEvaluator(Protocol):
-    """Scores a candidate on every task; one candidate per slot (model server) at a time."""
+    """Scores a candidate on every task; one candidate per slot (model server) at a time.
+
+    An evaluator that can race (its `races` attribute is true) takes `race=` for a child's selection episodes: it
+    plans the race, starts episodes in the order `race.start_next` gives, reports each finished one (and those a
+    previous process stored) with `race.observe`, and stops cleanly once `race.rejected`; the scores it then returns
+    are not read.
+    """
 
     slots: int
 
     async def evaluate(self, slot: int, candidate: CandidateUnderTest, test: bool) -> tuple[int | None, dict]: ...
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A candidate's selection scores; for a child racing stopped, only the bounds that ruled it out."""
+
+    scores: dict[str, float] | None  # None: rejected early, its scores are unknown
+    bounds: list[list[float]] | None = None
+    episodes: tuple[int, int] | None = None  # (played, planned) selection episodes, when they were counted
+
+    @property
+    def rejected_early(self) -> bool:
+        return self.scores is None
 
 
 @dataclass(frozen=True)
@@ -61,6 +86,8 @@ class EvolutionEvent:
     scores: dict[str, float] = field(default_factory=dict)
     insertions: list[Insertion] = field(default_factory=list)
     metrics: list[dict] = field(default_factory=list)
+    episodes: tuple[int, int] | None = None  # (played, planned) selection episodes of a child
+    rejected_early: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,7 +152,8 @@ class Evolution:
         if 0 in self.evo.committed_generations():
             self.archives = self._rebuild_archives()
             return
-        scored = await asyncio.gather(*(self._scores(row, under) for row, under in experts))
+        measured = await asyncio.gather(*(self._measure(row, under) for row, under in experts))
+        scored = [m.scores for m in measured if m.scores is not None]  # experts never race
         for (row, _), scores in zip(experts, scored, strict=True):
             self.on_event(EvolutionEvent("expert", 0, candidate_id=row.id, scores=scores))
         ranges = self._bc_ranges([[s[name] for name in self.names] for s in scored])
@@ -136,7 +164,7 @@ class Evolution:
         ]  # fmt: skip
         self.evo.create_archives(specs)
         self.archives = self._rebuild_archives()
-        self._insert_and_commit(0, 0, [(row, scores) for (row, _), scores in zip(experts, scored, strict=True)])
+        self._insert_and_commit(0, 0, [(row, m) for (row, _), m in zip(experts, measured, strict=True)])
 
     async def _run_synchronously(self) -> None:
         done = self.evo.committed_generations()
@@ -145,8 +173,8 @@ class Evolution:
                 continue
             q = active_task(generation, self.config.flip_interval, len(self.names))
             children = [self._child(generation, slot, q) for slot in range(self.evaluator.slots)]
-            scores = await asyncio.gather(*(self._scores(row, under) for row, under in children))
-            self._insert_and_commit(generation, q, [(row, s) for (row, _), s in zip(children, scores, strict=True)])
+            measured = await asyncio.gather(*(self._measure(row, under) for row, under in children))
+            self._insert_and_commit(generation, q, [(row, m) for (row, _), m in zip(children, measured, strict=True)])
 
     async def _run_asynchronously(self) -> None:
         done = self.evo.committed_generations()
@@ -156,8 +184,7 @@ class Evolution:
             for generation in todo:  # one shared iterator: each generation goes to exactly one worker
                 q = active_task(generation, self.config.flip_interval, len(self.names))
                 row, under = self._child(generation, 0, q)
-                scores = await self._scores(row, under)
-                self._insert_and_commit(generation, q, [(row, scores)])
+                self._insert_and_commit(generation, q, [(row, await self._measure(row, under))])
 
         await asyncio.gather(*(worker() for _ in range(self.evaluator.slots)))
 
@@ -195,19 +222,62 @@ class Evolution:
         )  # fmt: skip
         return row, CandidateUnderTest(row.id, "child", genome, digest)
 
-    async def _scores(self, row: Candidate, under: CandidateUnderTest) -> dict[str, float]:
-        """Selection scores of a candidate: from the store when a previous process measured them."""
-        if row.status != "pending" and set(row.scores) == set(self.names):
-            return {name: float(row.scores[name]) for name in self.names}
+    async def _measure(self, row: Candidate, under: CandidateUnderTest) -> Measured:
+        """Selection scores of a candidate: from the store when a previous process measured it (or the same genome),
+        otherwise from the evaluator, racing the archives when it is a child."""
+        stored = self._stored(row) or self._reused(row)
+        if stored is not None:
+            return stored
+        race = None
         slot = await self._free_slots.get()
         try:
-            model_id, scores = await self.evaluator.evaluate(slot, under, test=False)
+            if row.kind == "child" and getattr(self.evaluator, "races", False):
+                race = Race(self.archives, self.config.racing.kind, self.config.racing.delta)  # the archives now
+                model_id, scores = await self.evaluator.evaluate(slot, under, test=False, race=race)  # type: ignore[call-arg]
+            else:
+                model_id, scores = await self.evaluator.evaluate(slot, under, test=False)
         finally:
             self._free_slots.put_nowait(slot)
-        self.evo.record_scores(row.id, model_id, scores, test=False)
+        episodes = (race.played, race.planned) if race is not None else None
+        if race is not None and race.rejected:
+            bounds = [list(b) for b in race.bounds()]
+            self.evo.record_early_rejection(row.id, model_id, bounds, (race.played, race.planned))
+            measured = Measured(None, bounds, episodes)
+        else:
+            self.evo.record_scores(row.id, model_id, scores, test=False, episodes=episodes)
+            measured = Measured(scores, episodes=episodes)
         if row.kind == "child":
-            self.on_event(EvolutionEvent("child", row.generation, self.names[row.active_task or 0], row.id, scores))
-        return scores
+            self.on_event(EvolutionEvent("child", row.generation, self.names[row.active_task or 0], row.id,
+                                         scores if measured.scores else {}, episodes=episodes,
+                                         rejected_early=measured.rejected_early))  # fmt: skip
+        return measured
+
+    def _stored(self, row: Candidate) -> Measured | None:
+        episodes = (row.episodes_played, row.episodes_planned) if row.episodes_planned is not None else None
+        if row.status == "rejected_early" and row.bounds is not None:
+            return Measured(None, row.bounds, episodes)  # type: ignore[arg-type]
+        if row.status != "pending" and set(row.scores) == set(self.names):
+            return Measured({name: float(row.scores[name]) for name in self.names}, episodes=episodes)  # type: ignore[arg-type]
+        return None
+
+    def _reused(self, row: Candidate) -> Measured | None:
+        """A genome measured before in this run is not measured again (0 episodes played for it): its scores are
+        reused, or its early rejection, which still holds since the archives have only got better."""
+        earlier = self.evo.measured_genome(row.genome_hash) if row.genome_hash else None
+        if earlier is None or earlier.id == row.id:
+            return None
+        found = self._stored(earlier)
+        if found is None:
+            return None
+        episodes = (0, found.episodes[1]) if found.episodes else None
+        if found.scores is not None:
+            self.evo.record_scores(row.id, earlier.model_id, found.scores, test=False, episodes=episodes)
+            return Measured(found.scores, episodes=episodes)
+        assert found.bounds is not None
+        if not rejects(self.archives, found.bounds):
+            return None  # e.g. a statistical rejection against other archives: race it afresh
+        self.evo.record_early_rejection(row.id, earlier.model_id, found.bounds, episodes or (0, 0))
+        return Measured(None, found.bounds, episodes)
 
     # -- archives ------------------------------------------------------------------------------------------------
 
@@ -233,13 +303,20 @@ class Evolution:
         assert row.genome_hash is not None
         return Elite(row.id, row.genome_hash, tuple(float(row.scores[name]) for name in self.names))
 
-    def _insert_and_commit(self, generation: int, q: int, scored: list[tuple[Candidate, dict[str, float]]]) -> None:
-        """Offer each candidate (in slot order) to every archive; commit the generation in one transaction."""
+    def _insert_and_commit(self, generation: int, q: int, scored: list[tuple[Candidate, Measured]]) -> None:
+        """Offer each candidate (in slot order) to every archive; commit the generation in one transaction.
+        A child rejected early is not offered: no archive could take it, whatever its unknown scores."""
         archive_ids = [row.id for row in self.evo.archives()]
         insertions: dict[int, list[dict]] = {}
         updates: dict[tuple[int, str], CellUpdate] = {}
         reports: dict[int, list[Insertion]] = {}
-        for row, scores in scored:
+        for row, measured in scored:
+            if measured.scores is None:
+                assert measured.bounds is not None
+                reports[row.id] = []
+                insertions[row.id] = early_rejection_records(self.archives, measured.bounds)
+                continue
+            scores = measured.scores
             elite = Elite(row.id, row.genome_hash or "", tuple(scores[name] for name in self.names))
             reports[row.id] = [archive.offer(elite) for archive in self.archives]
             insertions[row.id] = [r.as_record() for r in reports[row.id]]
@@ -249,9 +326,10 @@ class Evolution:
                     updates[(archive_id, key)] = CellUpdate(archive_id, key, row.id, report.new_quality)
         metrics = [qd_metrics(archive).as_record() for archive in self.archives]
         self.evo.commit_generation(generation, q, insertions, list(updates.values()), metrics)
-        for row, scores in scored:
-            self.on_event(EvolutionEvent("generation", generation, self.names[q], row.id, scores, reports[row.id],
-                                         metrics))  # fmt: skip
+        for row, measured in scored:
+            self.on_event(EvolutionEvent("generation", generation, self.names[q], row.id, measured.scores or {},
+                                         reports[row.id], metrics, measured.episodes,
+                                         measured.rejected_early))  # fmt: skip
 
     def _genome(self, digest: str) -> Genome:
         if digest not in self._genomes:

@@ -24,10 +24,11 @@ from evolver.checkpoint_files import verify_experts
 from evolver.config import EvolveConfig
 from evolver.genome import Genome
 from evolver.materialize import materialize
-from evolver.svd_cache import build_svd_cache
+from evolver.svd_cache import SVDCache, build_svd_cache
 from sandboxes.engine import docker_client
 from sandboxes.images import build_images
 from serving.default_model import cache_root, default_checkpoint
+from serving.identity import weights_identity
 from serving.model_ref import LocalCheckpoint
 from serving.resolve import manager_for
 
@@ -52,14 +53,16 @@ def run_evolve_command(
         config = EvolveConfig.from_snapshot(run.config)
     assert config is not None
     base = resolve_base(config)
-    verify_experts(base, [Path(t.expert) for t in config.tasks])
-    build_images(docker_client(), images_for([t.env for t in config.tasks]))
-    cache = build_svd_cache(base, [Path(t.expert) for t in config.tasks], evolve_cache(), progress=not as_json)
+    experts = [Path(t.expert) for t in config.tasks]
+    verify_experts(base, experts)
+    refuse_identical(base, experts, [t.name for t in config.tasks])
+    # The run exists from here on, so the monitor shows the long stages before the first generation.
     run = store.get_run(resume_id) if resume_id else store.create_run("evolve", config.snapshot())
     assert run is not None
     store.set_run_status(run.id, "running")
     view = EvolutionView(config, console, enabled=not as_json)
     try:
+        cache = _prepare(store, run.id, config, base, experts, console if not as_json else None)
         rows = asyncio.run(_evolve(store, run.id, config, cache, view))
     except KeyboardInterrupt:
         store.set_run_status(run.id, "interrupted")
@@ -79,6 +82,40 @@ def run_evolve_command(
         console.print(final_table(rows, [t.name for t in config.tasks]))
         console.print(f"final model: {out}\nrun {run.id} (cycleqd report {run.id} --db {db_path})", highlight=False)
     return 0
+
+
+def refuse_identical(base: Path, experts: list[Path], names: list[str]) -> None:
+    """An expert with the base's weights has no task vector, and two experts with the same weights make two archives
+    of one skill: either way the evolution would spend its budget on nothing, so it is refused before it starts."""
+    base_weights = weights_identity(base)
+    seen: dict[str, str] = {}
+    for name, expert in zip(names, experts, strict=True):
+        weights = weights_identity(expert)
+        if weights == base_weights:
+            raise ValueError(f"the expert of task {name} ({expert}) has the same weights as the base ({base}): it "
+                             "learned nothing to merge; fine-tune it first (cycleqd sft)")  # fmt: skip
+        if weights in seen:
+            raise ValueError(f"the experts of tasks {seen[weights]} and {name} have the same weights ({expert}); "
+                             "each task needs its own expert")  # fmt: skip
+        seen[weights] = name
+
+
+def _prepare(store: Store, run_id: str, config: EvolveConfig, base: Path, experts: list[Path],
+             console: Console | None) -> SVDCache:  # fmt: skip
+    """Images, then the SVD cache (minutes for large experts, once per expert), each announced as the run's stage
+    in the store (the monitor shows it) and on the console."""
+
+    def stage(text: str | None) -> None:
+        store.set_run_stage(run_id, text)
+        if console is not None and text:
+            console.print(f"run {run_id}: {text}…", highlight=False)
+
+    stage("building sandbox images")
+    build_images(docker_client(), images_for([t.env for t in config.tasks]))
+    stage(f"building the SVD cache of {len(experts)} expert(s)")
+    cache = build_svd_cache(base, experts, evolve_cache(), progress=console is not None)
+    stage(None)
+    return cache
 
 
 def run_dir(run_id: str) -> Path:
@@ -130,12 +167,15 @@ class EvolutionView:
         if event.kind == "expert":
             self.lines["experts"] = f"expert {event.candidate_id}: {scores}"
         elif event.kind == "child":
-            self.lines["child"] = f"generation {event.generation} (active {event.active_task}): child {scores}"
+            played = f" ({event.episodes[0]}/{event.episodes[1]} episodes)" if event.episodes else ""
+            outcome = "rejected early, no archive could take it" if event.rejected_early else scores
+            self.lines["child"] = f"generation {event.generation} (active {event.active_task}): child {outcome}{played}"
         elif event.kind == "generation":
             fill = "  ".join(f"{m['archive']} {m['elites']} elites, best {m['best']:.2f}" for m in event.metrics)
             self.lines["archives"] = f"archives: {fill}"
             taken = [f"{i.archive} {i.status.name.lower()}" for i in event.insertions if i.status]
-            self.lines["insert"] = f"last child: {', '.join(taken) or 'rejected everywhere'}"
+            rejected = "rejected early" if event.rejected_early else "rejected everywhere"
+            self.lines["insert"] = f"last child: {', '.join(taken) or rejected}"
             if event.generation >= 1:
                 self.progress.update(self.bar, completed=event.generation)
         elif event.kind == "final":

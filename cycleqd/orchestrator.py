@@ -6,6 +6,10 @@ It is committed the moment it ends. Environment errors (an init that failed, a s
 a lost engine) are retried `retries` times, then recorded with status env_error and no score; a model that
 answers badly simply scores 0. Any other exception is a bug: it is never swallowed — the run raises it once the
 episodes in flight are done. On resume, what the store already holds is skipped.
+
+A gate (an evolution racing a child) may choose which episode starts next and stop the run early: the episodes
+still running are then cancelled (their sandboxes released by their context managers, nothing of them stored),
+and those not started never are.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from asyncio_pool import AioPool
 
@@ -38,6 +43,20 @@ ENV_ERRORS = (EpisodeSetupError, ServerDiedError, EndpointError, SandboxError)
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How replies are drawn: greedy unless the user asked otherwise; stored with the run."""
+
+    temperature: float = 0.0
+    top_p: float | None = None
+    seed: int | None = None
+
+    def options(self) -> dict[str, float | int]:
+        """The chat-completions fields to send: the temperature always (0 = greedy), the others when set."""
+        chosen = {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        return {k: v for k, v in chosen.items() if v is not None}
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     concurrency: int = 4
     repeats: int = 1
@@ -45,6 +64,7 @@ class EvalSettings:
     max_tokens: int = 512
     max_sandboxes: int = 8
     os: OSSettings = field(default_factory=OSSettings)
+    sampling: Sampling = field(default_factory=Sampling)
 
 
 @dataclass
@@ -63,16 +83,21 @@ class EpisodeRun:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    context_messages: int = 0  # the leading messages the environment wrote: prompt, one-shot turns
 
 
-async def play(runtime: EnvRuntime, manager: ServerManager, task: EvalTask, max_tokens: int) -> EpisodeRun:
+async def play(
+    runtime: EnvRuntime, manager: ServerManager, task: EvalTask, max_tokens: int, sampling: Sampling | None = None
+) -> EpisodeRun:
     """One attempt at one episode."""
     tokens_in = tokens_out = 0
     latency = 0.0
+    options = (sampling or Sampling()).options()
     async with runtime.episode(task) as episode:
         messages = await episode.begin()
+        context = len(messages)
         while True:
-            reply = await manager.chat(messages, max_tokens=max_tokens)
+            reply = await manager.chat(messages, max_tokens=max_tokens, **options)
             tokens_in += reply.usage.prompt_tokens
             tokens_out += reply.usage.completion_tokens
             latency += reply.latency_s
@@ -82,7 +107,21 @@ async def play(runtime: EnvRuntime, manager: ServerManager, task: EvalTask, max_
                 break
             messages.append({"role": "user", "content": observation})
         outcome = await episode.outcome()
-    return EpisodeRun(outcome, messages, tokens_in, tokens_out, latency)
+    return EpisodeRun(outcome, messages, tokens_in, tokens_out, latency, context)
+
+
+class EpisodeGate(Protocol):
+    """Decides the order of a run's episodes and when the rest no longer matter."""
+
+    def pick(self, todo: list[EvalTask]) -> int:
+        """Index in `todo` (the episodes not started yet, never empty) of the one to start now."""
+        ...
+
+    def observe(self, result: EpisodeResult) -> None: ...
+
+    def settled(self) -> bool:
+        """True once no further episode can change what the caller decides: the run stops."""
+        ...
 
 
 class Orchestrator:
@@ -113,17 +152,23 @@ class Orchestrator:
                     todo.append((task, task_id, repeat))
         return todo
 
-    async def run(self, tasks: list[EvalTask], runtime: EnvRuntime | None = None) -> None:
-        """Every episode still to run. An evolution passes its own `runtime`, shared by all its candidates."""
+    async def run(
+        self, tasks: list[EvalTask], runtime: EnvRuntime | None = None, gate: EpisodeGate | None = None
+    ) -> None:
+        """Every episode still to run (or, with a `gate`, until it is settled). An evolution passes its own
+        `runtime`, shared by all its candidates."""
         if runtime is None:
             async with EnvRuntime(
                 tasks, run_id=self.run_id, max_sandboxes=self.settings.max_sandboxes, os_settings=self.settings.os
             ) as owned:
-                await self._run_all(tasks, owned)
+                await self._run_all(tasks, owned, gate)
         else:
-            await self._run_all(tasks, runtime)
+            await self._run_all(tasks, runtime, gate)
 
-    async def _run_all(self, tasks: list[EvalTask], runtime: EnvRuntime) -> None:
+    async def _run_all(self, tasks: list[EvalTask], runtime: EnvRuntime, gate: EpisodeGate | None) -> None:
+        if gate is not None:
+            await self._run_gated(self.plan(tasks), runtime, gate)
+            return
         async with AioPool(size=self.settings.concurrency) as pool:
             futures = [await pool.spawn(self._episode(runtime, *todo)) for todo in self.plan(tasks)]
         failures = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
@@ -132,17 +177,31 @@ class Orchestrator:
         if failures:
             raise failures[0]  # type: ignore[misc]
 
-    def missing(self, tasks: list[EvalTask]) -> int:
-        """Planned episodes the store does not hold: a run is complete only at 0."""
-        return len(self.plan(tasks))
+    async def _run_gated(self, todo: list[tuple[EvalTask, int, int]], runtime: EnvRuntime, gate: EpisodeGate) -> None:
+        """Keep `concurrency` episodes running, each chosen by the gate when a place frees; stop once it settles."""
+        running: set[asyncio.Task[EpisodeResult | None]] = set()
+        try:
+            while not gate.settled() and (todo or running):
+                while todo and len(running) < self.settings.concurrency:
+                    task, task_id, repeat = todo.pop(gate.pick([t for t, _, _ in todo]))
+                    running.add(asyncio.create_task(self._episode(runtime, task, task_id, repeat)))
+                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for done in finished:
+                    result = done.result()
+                    if result is not None:
+                        gate.observe(result)
+        finally:
+            for episode in running:
+                episode.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
-    async def _episode(self, runtime: EnvRuntime, task: EvalTask, task_id: int, repeat: int) -> None:
+    async def _episode(self, runtime: EnvRuntime, task: EvalTask, task_id: int, repeat: int) -> EpisodeResult | None:
         started = datetime.now(UTC)
         clock = time.monotonic()
         error = ""
         for attempt in range(1 + self.settings.retries):
             try:
-                done = await play(runtime, self.manager, task, self.settings.max_tokens)
+                done = await play(runtime, self.manager, task, self.settings.max_tokens, self.settings.sampling)
                 break
             except ENV_ERRORS as exc:
                 error = f"attempt {attempt + 1}: {type(exc).__name__}: {exc}"
@@ -158,13 +217,17 @@ class Orchestrator:
                 self.run_id, self.model_id, task_id, repeat, outcome.status, outcome.score, rounds=outcome.rounds,
                 prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
                 latency_s=done.latency_s, transcript=done.transcript, started_at=started,
+                context_messages=done.context_messages,
+                verdict={"answer": outcome.answer, "expected": outcome.expected, "detail": outcome.detail},
             )  # fmt: skip
         try:
             await asyncio.to_thread(self.store.record_episode, record)
         except DuplicateEpisodeError:
             log.warning("%s repeat %d was already recorded; not counted twice", task.key, repeat)
-            return
-        self.on_result(EpisodeResult(task, repeat, str(record.status), record.score, time.monotonic() - clock))
+            return None
+        result = EpisodeResult(task, repeat, str(record.status), record.score, time.monotonic() - clock)
+        self.on_result(result)
+        return result
 
 
 def summarize(store: Store, run_id: str, tasks: list[EvalTask], model_id: int, wall_s: float) -> list[Aggregate]:

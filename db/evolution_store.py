@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from db.schema import Archive, Candidate, Cell, Generation, ServerState, utcnow
 from db.store import Store
@@ -92,11 +93,17 @@ class EvolutionStore:
                 query = query.where(Candidate.kind == kind)
             return list(session.scalars(query.order_by(Candidate.generation, Candidate.slot, Candidate.id)))
 
-    def record_scores(self, candidate_id: int, model_id: int | None, scores: dict[str, float], test: bool) -> None:
+    def record_scores(
+        self,
+        candidate_id: int,
+        model_id: int | None,
+        scores: dict[str, float],
+        test: bool,
+        episodes: tuple[int, int] | None = None,
+    ) -> None:
+        """A candidate's scores; `episodes` (played, planned) of its selection episodes when they were counted."""
         with self.store.session() as session:
-            candidate = session.get(Candidate, candidate_id)
-            if candidate is None:
-                raise KeyError(f"no candidate {candidate_id} in run {self.run_id}")
+            candidate = self._get(session, candidate_id)
             candidate.model_id = model_id
             if test:
                 candidate.test_scores = scores
@@ -104,6 +111,42 @@ class EvolutionStore:
                 candidate.scores = scores
                 candidate.status = "evaluated" if candidate.status == "pending" else candidate.status
                 candidate.evaluated_at = utcnow()
+                if episodes is not None:
+                    candidate.episodes_played, candidate.episodes_planned = episodes
+
+    def record_early_rejection(
+        self, candidate_id: int, model_id: int | None, bounds: list[list[float]], episodes: tuple[int, int]
+    ) -> None:
+        """A child racing stopped: no scores (they are unknown), the bounds that ruled every archive out."""
+        with self.store.session() as session:
+            candidate = self._get(session, candidate_id)
+            candidate.model_id = model_id
+            candidate.scores = {}
+            candidate.bounds = bounds
+            candidate.status = "rejected_early"
+            candidate.episodes_played, candidate.episodes_planned = episodes
+            candidate.evaluated_at = utcnow()
+
+    def measured_genome(self, genome_hash: str) -> Candidate | None:
+        """The earliest expert or child of this run with this genome that was measured (scored, or rejected early)."""
+        with self.store.session() as session:
+            query = (
+                select(Candidate)
+                .where(
+                    Candidate.run_id == self.run_id,
+                    Candidate.genome_hash == genome_hash,
+                    Candidate.kind.in_(("expert", "child")),
+                    Candidate.status != "pending",
+                )
+                .order_by(Candidate.id)
+            )
+            return session.scalars(query).first()
+
+    def _get(self, session: Session, candidate_id: int) -> Candidate:
+        candidate = session.get(Candidate, candidate_id)
+        if candidate is None:
+            raise KeyError(f"no candidate {candidate_id} in run {self.run_id}")
+        return candidate
 
     # -- generations -------------------------------------------------------------------------------------------
 
@@ -120,9 +163,9 @@ class EvolutionStore:
             if session.get(Generation, (self.run_id, number)) is not None:
                 raise ValueError(f"generation {number} of run {self.run_id} is already committed")
             for candidate_id, report in insertions.items():
-                candidate = session.get(Candidate, candidate_id)
-                assert candidate is not None
-                candidate.status = "inserted"
+                candidate = self._get(session, candidate_id)
+                if candidate.status != "rejected_early":  # that status says more: it stays
+                    candidate.status = "inserted"
                 candidate.insertions = report
             for update in updates:
                 cell = session.get(Cell, (update.archive_id, update.cell))

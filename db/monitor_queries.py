@@ -249,6 +249,8 @@ class EpisodeDetail:
     transcript: list[dict[str, str]]
     started_at: datetime
     finished_at: datetime
+    context_messages: int = 0  # leading messages the environment wrote (prompt, one-shot example, the task)
+    verdict: dict[str, Any] = field(default_factory=dict)  # answer, expected, detail
 
 
 def episode_detail(store: Store, episode_id: int) -> EpisodeDetail | None:
@@ -276,6 +278,8 @@ def episode_detail(store: Store, episode_id: int) -> EpisodeDetail | None:
             list(episode.transcript),
             as_utc(episode.started_at) or episode.started_at,
             as_utc(episode.finished_at) or episode.finished_at,
+            episode.context_messages,
+            dict(episode.verdict or {}),
         )
 
 
@@ -360,11 +364,43 @@ class EvolutionProgress:
     active_task: str | None  # of the newest candidate (the generation under way), else of the last generation
     candidates: int
     pending: int  # candidates proposed but not yet evaluated
+    episodes: EpisodeSaving | None = None  # children's selection episodes, when the run counted them
+    stage: str | None = None  # before the first generation: e.g. building the SVD cache
+
+
+@dataclass(frozen=True)
+class EpisodeSaving:
+    """Children's selection episodes played against planned: what racing (and genome reuse) saved."""
+
+    played: int
+    planned: int
+    children: int  # children whose episodes were counted
+    rejected_early: int
+
+    @property
+    def saved(self) -> float:
+        return 1.0 - self.played / self.planned if self.planned else 0.0
+
+
+def episode_saving(store: Store, run_id: str) -> EpisodeSaving | None:
+    with store.session() as session:
+        played, planned, children, early = session.execute(
+            select(
+                func.sum(Candidate.episodes_played),
+                func.sum(Candidate.episodes_planned),
+                func.count(),
+                func.sum(case((Candidate.status == "rejected_early", 1), else_=0)),
+            ).where(Candidate.run_id == run_id, Candidate.kind == "child", Candidate.episodes_planned.is_not(None))
+        ).one()
+    if not children:
+        return None
+    return EpisodeSaving(int(played or 0), int(planned or 0), int(children), int(early or 0))
 
 
 def evolution_progress(store: Store, run_id: str) -> EvolutionProgress:
     with store.session() as session:
-        config = session.scalar(select(Run.config).where(Run.id == run_id)) or {}
+        row = session.execute(select(Run.config, Run.stage).where(Run.id == run_id)).one_or_none()
+        config, stage = (row[0] or {}, row[1]) if row else ({}, None)
         names = dict(
             session.execute(select(Archive.task_index, Archive.task_name).where(Archive.run_id == run_id)).all()
         )
@@ -398,6 +434,8 @@ def evolution_progress(store: Store, run_id: str) -> EvolutionProgress:
         active_task=names.get(active) if active is not None else None,
         candidates=int(count),
         pending=int(pending or 0),
+        episodes=episode_saving(store, run_id),
+        stage=stage,
     )
 
 
@@ -413,6 +451,7 @@ class CandidateView:
     mutation: dict[str, Any]
     status: str
     scores: dict[str, Any]
+    episodes: tuple[int, int] | None = None  # selection episodes (played, planned), when counted
 
 
 def _candidate_view(c: Candidate) -> CandidateView:
@@ -427,6 +466,7 @@ def _candidate_view(c: Candidate) -> CandidateView:
         dict(c.mutation or {}),
         c.status,
         dict(c.scores or {}),
+        (c.episodes_played or 0, c.episodes_planned) if c.episodes_planned is not None else None,
     )
 
 

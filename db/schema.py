@@ -29,6 +29,7 @@ class Run(Base):
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stage: Mapped[str | None] = mapped_column(String(64))  # what a running run does now, when it is not obvious
 
     episodes: Mapped[list[Episode]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
@@ -72,6 +73,11 @@ class Episode(Base):
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
     transcript: Mapped[list[dict[str, str]]] = mapped_column(default=list)
+    # How many leading transcript messages the environment wrote before the model's first reply (the prompt, and
+    # AgentBench's one-shot turns): context, not the model's actions.
+    context_messages: Mapped[int] = mapped_column(Integer, default=0)
+    # Why it was graded so: the model's answer, what was expected, and the grader's detail.
+    verdict: Mapped[dict[str, Any]] = mapped_column(default=dict)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -117,6 +123,8 @@ class Candidate(Base):
 
     `genome_hash` names its recipe on disk (none for the base); `parents`, `omegas` and `mutation` are its lineage;
     `scores` are per-task selection scores, `test_scores` held-out ones; `insertions` says what each archive did.
+    A child racing stopped early (status rejected_early) has no scores, only `bounds`: per task the [lo, hi] its
+    final score could still reach when no archive could take it any more.
     """
 
     __tablename__ = "candidates"
@@ -133,10 +141,14 @@ class Candidate(Base):
     parents: Mapped[list[int]] = mapped_column(JSON, default=list)
     omegas: Mapped[list[float]] = mapped_column(JSON, default=list)
     mutation: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, evaluated, inserted
+    # pending, evaluated, inserted (offered to the archives, its generation committed), rejected_early
+    status: Mapped[str] = mapped_column(String(16), default="pending")
     scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
     test_scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
     insertions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    episodes_played: Mapped[int | None] = mapped_column(Integer)  # selection episodes (None: not counted)
+    episodes_planned: Mapped[int | None] = mapped_column(Integer)
+    bounds: Mapped[list[list[float]] | None] = mapped_column(JSON)  # per task [lo, hi]; set when rejected early
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     evaluated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, Select, create_engine, delete, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +29,27 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 class DuplicateEpisodeError(Exception):
     """This (run, model, task, repeat) is already recorded."""
+
+
+@dataclass(frozen=True)
+class EpisodeFilter:
+    """Which of a run's episodes a reader wants; None means any."""
+
+    model_ids: tuple[int, ...] | None = None
+    env: str | None = None
+    status: str | None = None
+    min_score: float | None = None  # an unscored (env_error) episode never passes a score bound
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        if self.model_ids is not None:
+            query = query.where(Episode.model_id.in_(self.model_ids))
+        if self.env is not None:
+            query = query.where(Task.env == self.env)
+        if self.status is not None:
+            query = query.where(Episode.status == self.status)
+        if self.min_score is not None:
+            query = query.where(Episode.score >= self.min_score)
+        return query
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,8 @@ class EpisodeRecord:
     error: str | None = None
     transcript: list[dict[str, str]] = field(default_factory=list)
     started_at: datetime | None = None
+    context_messages: int = 0
+    verdict: dict[str, Any] = field(default_factory=dict)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -116,6 +139,38 @@ class Store:
         with self.session() as session:
             return list(session.scalars(select(Run).order_by(Run.created_at.desc()).limit(limit)))
 
+    def set_run_stage(self, run_id: str, stage: str | None) -> None:
+        """What the run is doing now (e.g. "building the SVD cache"), for the live views; None when it is plain."""
+        with self.session() as session:
+            run = session.get(Run, run_id)
+            if run is not None:
+                run.stage = stage
+
+    def runs_matching(self, prefix: str) -> list[str]:
+        """Ids of the runs whose id starts with `prefix` (a full id matches itself)."""
+        with self.session() as session:
+            return list(session.scalars(select(Run.id).where(Run.id.startswith(prefix, autoescape=True))))
+
+    def delete_run(self, run_id: str) -> int:
+        """Remove a run and everything it owns (episodes, aggregates, archives, candidates, …); the episode count.
+        Models and tasks stay: other runs may share them."""
+        with self.session() as session:
+            episodes = session.scalar(select(func.count()).where(Episode.run_id == run_id)) or 0
+            session.execute(delete(Run).where(Run.id == run_id))  # foreign keys cascade
+            return episodes
+
+    def run_models(self, run_ids: list[str]) -> dict[str, list[Model]]:
+        """Per run, the models that have episodes in it, in order of first appearance."""
+        with self.session() as session:
+            rows = session.execute(
+                select(Episode.run_id, Model).join(Model, Episode.model_id == Model.id)
+                .where(Episode.run_id.in_(run_ids)).group_by(Episode.run_id, Model.id).order_by(func.min(Episode.id))
+            )  # fmt: skip
+            found: dict[str, list[Model]] = {run_id: [] for run_id in run_ids}
+            for run_id, model in rows:
+                found[run_id].append(model)
+            return found
+
     def set_run_status(self, run_id: str, status: str) -> None:
         with self.session() as session:
             run = session.get(Run, run_id)
@@ -180,6 +235,51 @@ class Store:
         with self.session() as session:
             query = select(Episode).where(Episode.run_id == run_id).order_by(Episode.id)
             return list(session.scalars(query))
+
+    def count_episodes(self, run_id: str, where: EpisodeFilter = EpisodeFilter()) -> int:
+        with self.session() as session:
+            query = select(func.count()).select_from(Episode).join(Task).where(Episode.run_id == run_id)
+            return session.scalar(where.apply(query)) or 0
+
+    def iter_episodes(
+        self, run_id: str, where: EpisodeFilter = EpisodeFilter(), batch: int = 200
+    ) -> Iterator[tuple[Episode, Task, Model]]:
+        """A run's episodes with their task and model, in id order, read `batch` rows at a time so that an export
+        of a large run holds one batch of transcripts in memory, not the run."""
+        last_id = 0
+        while True:
+            with self.session() as session:
+                query = (
+                    select(Episode, Task, Model).join(Task, Episode.task_id == Task.id)
+                    .join(Model, Episode.model_id == Model.id)
+                    .where(Episode.run_id == run_id, Episode.id > last_id).order_by(Episode.id).limit(batch)
+                )  # fmt: skip
+                rows = [tuple(row) for row in session.execute(where.apply(query))]
+            if not rows:
+                return
+            yield from rows  # type: ignore[misc]
+            last_id = rows[-1][0].id
+
+    def task_scores(self, run_id: str) -> list[tuple[int, str, str, str, float | None, str]]:
+        """(model id, env, split, task key, score, status) of every episode of a run, without transcripts."""
+        with self.session() as session:
+            query = (
+                select(Episode.model_id, Task.env, Task.split, Task.task_key, Episode.score, Episode.status)
+                .join(Task, Episode.task_id == Task.id).where(Episode.run_id == run_id).order_by(Episode.id)
+            )  # fmt: skip
+            return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
+
+    def wall_times(self, run_id: str) -> dict[tuple[int, str, str], float]:
+        """Per (model, env, split): from its first episode's start to its last one's end, in seconds — the time
+        that environment actually took, not the whole run's."""
+        with self.session() as session:
+            span = (func.min(Episode.started_at), func.max(Episode.finished_at))
+            query = (
+                select(Episode.model_id, Task.env, Task.split, *span).join(Task, Episode.task_id == Task.id)
+                .where(Episode.run_id == run_id).group_by(Episode.model_id, Task.env, Task.split)
+            )  # fmt: skip
+            rows = session.execute(query)
+            return {(m, env, split): (end - start).total_seconds() for m, env, split, start, end in rows}
 
     def episode_scores(self, run_id: str, model_id: int, task_ids: list[int]) -> list[float | None]:
         """Scores of a model's episodes on these tasks (None for an environment error), without transcripts."""

@@ -212,4 +212,5 @@ class CodingEpisode(Episode):
             verdict = {"passed": False, "detail": detail, "timed_out": result.timed_out}
         status = EpisodeStatus.COMMAND_TIMEOUT if verdict.get("timed_out") else EpisodeStatus.COMPLETED
         passed = verdict.get("passed") is True
-        return Outcome(status, 1.0 if passed else 0.0, 1, None, "" if passed else str(verdict.get("detail", ""))[:300])
+        detail = "" if passed else str(verdict.get("detail", ""))[:300]
+        return Outcome(status, 1.0 if passed else 0.0, 1, None, detail, "the tests pass:\n" + self.task.tests[-600:])

@@ -250,7 +250,8 @@ class DBBenchEpisode(Episode):
             raise EpisodeSetupError(f"{self.task.task_id}: scoring failed: {exc}") from exc
         finally:
             await self._release()
-        return Outcome(self.status, 1.0 if passed else 0.0, self.rounds, self.answer, detail)
+        expected = f"table hash {self.task.answer_md5}" if self.task.modifies else repr(list(self.task.label))
+        return Outcome(self.status, 1.0 if passed else 0.0, self.rounds, self.answer, detail, expected)
 
     def _table_hash(self) -> str:
         assert self._db is not None

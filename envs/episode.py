@@ -37,6 +37,7 @@ class Outcome:
     rounds: int
     answer: str | None = None
     detail: str = ""
+    expected: str = ""  # what the grader compared against (a match answer, a label, a check, the tests), for people
     metrics: dict[str, float] = field(default_factory=dict)
 
 

@@ -128,3 +128,19 @@ async def run_checks(
             return False, f"check {position} exited {result.exit_code}: {(result.stderr or result.stdout)[-300:]}"
         params.append(result.stdout)
     return True, ""
+
+
+def expected_of(task: OSTask) -> str:
+    """What the grader compares against, in words a person reads beside the verdict."""
+    if task.match is not None:
+        if task.match.answer is not None:
+            return f"the answer {task.match.answer!r}"
+        return f"an answer matching /{task.match.regex}/"
+    steps = []
+    for check in task.checks:
+        script = check or task.example
+        if script is None:
+            continue
+        name = script.file or ((script.code or "").strip().splitlines() or ["(empty)"])[0][:80]
+        steps.append(f"{'the example script' if check is None else 'check'} {name}")
+    return "the check chain: " + " → ".join(steps) if steps else "the check chain"

@@ -24,7 +24,7 @@ from pathlib import Path
 from envs.episode import Episode, EpisodeStatus, Message, Outcome
 from envs.errors import EpisodeSetupError, ScriptUnavailableError
 from envs.os_actions import parse_os_action
-from envs.os_checks import match_answer, run_checks, script_argv, script_source
+from envs.os_checks import expected_of, match_answer, run_checks, script_argv, script_source
 from envs.os_prompt import first_messages, observation
 from envs.os_tasks import OSTask
 from sandboxes.contract import Sandbox, SandboxHealth, ShellSession
@@ -133,7 +133,9 @@ class OSInteractionEpisode(Episode):
             await self._session.close()
             self._session = None
         if self.status != EpisodeStatus.COMPLETED:  # AgentBench judges only an answer or a finish
-            return Outcome(self.status, 0.0, self.rounds, self.answer, f"not judged: {self.status}")
+            return Outcome(
+                self.status, 0.0, self.rounds, self.answer, f"not judged: {self.status}", expected_of(self.task)
+            )
         if self.task.match is not None:
             passed = self.answer is not None and match_answer(self.task.match, self.answer)
             detail = "" if passed else f"answer {self.answer!r} does not match"
@@ -152,6 +154,11 @@ class OSInteractionEpisode(Episode):
             except SandboxError as exc:
                 await self._blame(exc)
                 return Outcome(
-                    EpisodeStatus.SANDBOX_BROKEN, 0.0, self.rounds, self.answer, f"checks could not run: {exc}"
+                    EpisodeStatus.SANDBOX_BROKEN,
+                    0.0,
+                    self.rounds,
+                    self.answer,
+                    f"checks could not run: {exc}",
+                    expected_of(self.task),
                 )
-        return Outcome(self.status, 1.0 if passed else 0.0, self.rounds, self.answer, detail)
+        return Outcome(self.status, 1.0 if passed else 0.0, self.rounds, self.answer, detail, expected_of(self.task))

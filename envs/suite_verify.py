@@ -46,6 +46,8 @@ class TaskVerdict:
     reason: str = ""
     transcript: list[Message] = field(default_factory=list)  # the replay as a model would have seen it
     prompt_messages: int = 0  # the first messages are the env's prompt (one-shot turns included), not replies
+    expected: str = ""  # for a failure: what the grader expected, beside the reason
+
 
 
 class RecordedEpisode:
@@ -72,6 +74,13 @@ class RecordedEpisode:
         return await self.episode.outcome()
 
 
+def graded(task_id: str, outcome: Outcome, reason: str, episode: RecordedEpisode) -> TaskVerdict:
+    """The verdict of a replay that reached its outcome; a failure carries what the grader expected."""
+    passed = outcome.score == 1.0
+    return TaskVerdict(task_id, passed, "" if passed else reason, episode.messages, episode.prompt_messages,
+                       "" if passed else outcome.expected)  # fmt: skip
+
+
 @dataclass
 class FileReport:
     path: str
@@ -90,6 +99,20 @@ class FileReport:
     def to_json(self) -> dict[str, object]:
         verdicts = [{k: v for k, v in asdict(verdict).items() if k != "transcript"} for verdict in self.verdicts]
         return {**asdict(self), "verdicts": verdicts, "passed": self.passed, "run": len(self.run)}
+
+
+def verify_total(reports: list[FileReport]) -> str:
+    """The pass rate over every task found, the ones that could not be loaded or run included: a suite whose bad
+    tasks are left out of the denominator looks better than it is. A file that could not be read counts as one."""
+    passed = sum(r.passed for r in reports)
+    ran = sum(len(r.run) for r in reports)
+    not_run = sum(len(r.verdicts) - len(r.run) for r in reports)
+    unloadable = sum(len(r.task_errors) + bool(r.load_error) for r in reports)
+    total = ran + not_run + unloadable
+    if not total:
+        return "no tasks found"
+    return (f"gold passes {passed}/{total} ({passed / total:.1%}) of the tasks: {ran} ran ({passed} passed), "
+            f"{not_run} not run, {unloadable} could not be loaded")  # fmt: skip
 
 
 def task_files(path: Path) -> list[Path]:
@@ -163,13 +186,7 @@ async def replay_os_gold(task: OSTask, settings: OSSettings) -> TaskVerdict:
             outcome = await episode.outcome()
         except EpisodeSetupError as exc:
             return TaskVerdict(task.task_id, False, f"environment error: {exc}")
-    return TaskVerdict(
-        task.task_id,
-        outcome.score == 1.0,
-        "" if outcome.score == 1.0 else f"{outcome.status}: {outcome.detail or f'answer {outcome.answer!r}'}",
-        episode.messages,
-        episode.prompt_messages,
-    )
+    return graded(task.task_id, outcome, f"{outcome.status}: {outcome.detail or f'answer {outcome.answer!r}'}", episode)
 
 
 async def verify_os(
@@ -236,13 +253,7 @@ async def _replay_db(task: DBTask, server: MariaDBServer, *, query_first: bool) 
         outcome = await episode.outcome()
     except EpisodeSetupError as exc:
         return TaskVerdict(task.task_id, False, f"environment error: {exc}")
-    return TaskVerdict(
-        task.task_id,
-        outcome.score == 1.0,
-        "" if outcome.score == 1.0 else f"{outcome.status}: {outcome.detail}",
-        episode.messages,
-        episode.prompt_messages,
-    )
+    return graded(task.task_id, outcome, f"{outcome.status}: {outcome.detail}", episode)
 
 
 async def verify_db(
@@ -263,7 +274,7 @@ async def replay_coding_gold(task: CodingTask, image: str) -> TaskVerdict:
             outcome = await episode.outcome()
         except EpisodeSetupError as exc:
             return TaskVerdict(task.task_id, False, f"environment error: {exc}")
-    return TaskVerdict(task.task_id, outcome.score == 1.0, outcome.detail, episode.messages, episode.prompt_messages)
+    return graded(task.task_id, outcome, outcome.detail, episode)
 
 
 async def verify_coding(

@@ -100,11 +100,13 @@ class GridArchive:
         return scores[self.task_index]
 
     def cell_of(self, scores: Sequence[float]) -> tuple[int, ...]:
-        cell = []
-        for (lo, hi), i in zip(self.ranges, self.bc_indices, strict=True):
-            position = math.floor((scores[i] - lo) / (hi - lo) * self.bins)
-            cell.append(min(max(position, 0), self.bins - 1))
-        return tuple(cell)
+        return tuple(self.bin_of(j, scores[i]) for j, i in enumerate(self.bc_indices))
+
+    def bin_of(self, bc: int, value: float) -> int:
+        """The bin of the `bc`-th BC that `value` falls in; monotone in `value` (outside values clamp to the ends)."""
+        lo, hi = self.ranges[bc]
+        position = math.floor((value - lo) / (hi - lo) * self.bins)
+        return min(max(position, 0), self.bins - 1)
 
     def offer(self, elite: Elite) -> Insertion:
         """Take the cell when it is empty or the candidate's quality is strictly higher than its elite's."""

@@ -67,6 +67,15 @@ class EvalSpec:
 
 
 @dataclass(frozen=True)
+class RacingSpec:
+    """Stop scoring a child once it cannot enter any archive (evolver/racing.py). `exact` (the default) changes
+    no archive; `hoeffding` is statistical and inexact (confidence 1 − delta per check); `off` plays everything."""
+
+    kind: str = "exact"
+    delta: float = 0.05
+
+
+@dataclass(frozen=True)
 class EvolveConfig:
     base: str
     tasks: tuple[TaskSpec, ...]
@@ -81,6 +90,7 @@ class EvolveConfig:
     mode: str = "sync"
     seed: int = 0
     eval: EvalSpec = field(default_factory=EvalSpec)
+    racing: RacingSpec = field(default_factory=RacingSpec)
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -134,6 +144,7 @@ def parse_config(data: Any, source: str, folder: Path) -> EvolveConfig:
         mode=reader.choice("mode", data.get("mode", "sync"), ("sync", "async")),
         seed=reader.integer("seed", data.get("seed", 0), minimum=0),
         eval=reader.eval_spec(data.get("eval", {})),
+        racing=reader.racing(data.get("racing", {})),
     )
     return config
 
@@ -265,6 +276,14 @@ class _Reader:
             w_max=self.number("mutation.w_max", value.get("w_max", 0.1), minimum=0.0),
             std=self.number("mutation.std", value.get("std", 3e-4), minimum=0.0),
         )
+
+    def racing(self, value: Any) -> RacingSpec:
+        value = self.mapping("racing", value, {"kind", "delta"})
+        kind = self.choice("racing.kind", value.get("kind", "exact"), ("exact", "hoeffding", "off"))
+        delta = self.number("racing.delta", value.get("delta", 0.05), minimum=0.0)
+        if not 0.0 < delta < 1.0:
+            self.fail("racing.delta", "a confidence parameter strictly between 0 and 1", value.get("delta"))
+        return RacingSpec(kind=kind, delta=delta)
 
     def eval_spec(self, value: Any) -> EvalSpec:
         value = self.mapping("eval", value, set(EvalSpec.__dataclass_fields__))

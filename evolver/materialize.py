@@ -1,15 +1,16 @@
 """A genome made into a checkpoint laid out exactly like the base (same shards, index, config, tokenizer).
 
-Tensor by tensor, in fp32: θ_base, plus for a matrix one matmul [U_1·g_1 | … | U_K·g_K] @ [V_1ᵀ; …; V_Kᵀ] (experts
-with all-zero coefficients skipped; g scales whichever factor is larger) fused into the add (addmm), for a
-vector Σ c_e τ_e, plus the Gaussian terms; then cast to the base's dtype and streamed into the shard. The
-arithmetic runs on `device` (the GPU when there is one); buffers are reused from tensor to tensor, because on
-the CPU fresh multi-megabyte allocations cost page faults comparable to the copies themselves. The folder is
-published by rename, with the genome's hash in a marker file, so a second request for the same genome returns
-at once.
+Tensor by tensor, in fp32: θ_base, plus per expert e with non-zero coefficients its task vector τ_e (read from
+its checkpoint, minus the base) times c_e, and for a matrix whose ratios h = g_e/σ_e are not all c_e the
+remainder τ_e Q_e diag(h − c_e) Q_eᵀ (Q diag(h − c) Qᵀ τ for a wide matrix; see evolver.svd_cache), plus the
+Gaussian terms; then cast to the base's dtype and streamed into the shard. The arithmetic runs on `device` (the
+GPU when there is one); buffers are reused from tensor to tensor, because on the CPU fresh multi-megabyte
+allocations cost page faults comparable to the copies themselves. The folder is published by rename, with the
+genome's hash in a marker file, so a second request for the same genome returns at once.
 
-On a CPU the matmul dominates: 2·m·n·K·r flops per matrix (~450 GFLOP for SmolLM2-135M with three experts),
-several times the cost of reading the factors; on a GPU it is milliseconds and reading dominates.
+Bytes read per child: the base once, each contributing expert's checkpoint once, and Q only for the expert whose
+ratios vary (the mutated one): at most ~2 checkpoints per contributing expert, ~1 for a plain crossover.
+Arithmetic: 2·r³ + 2·m·n·r flops per matrix per mutated expert, none for the others.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from safetensors import safe_open
 
 from evolver.genome import Genome
 from evolver.safetensors_stream import TORCH_DTYPES, StreamWriter
-from evolver.svd_cache import SVDCache, default_device
+from evolver.svd_cache import SVDCache, default_device, tall
 
 MARKER = ".cycleqd-genome"
+# Ratios g/σ this close to their mean are a crossover of whole experts: c·τ alone, no matmul (an error of at most
+# this fraction of the term, ~8 fp32 ulps, which the ratios' own rounding already carries).
+CONSTANT_RATIO = 2.0**-20
 
 
 class MaterializeError(ValueError):
@@ -41,8 +45,8 @@ class MaterializeError(ValueError):
 class MaterializeStats:
     """Where materialisation time goes, filled in when passed to `materialize` (costs a device sync per step).
 
-    gather: the base tensor into fp32 and the scaled factors (reading the mapped files happens here);
-    matmul: the one addmm per matrix; write: noise, the cast, and the file writes."""
+    gather: the base and the experts' tensors into fp32 task vectors, the c·τ adds and the projectors (reading
+    the mapped files happens here); matmul: the addmm per mutated matrix; write: noise, the cast, the writes."""
 
     gather_s: float = 0.0
     matmul_s: float = 0.0
@@ -89,57 +93,72 @@ def check_fits(genome: Genome, cache: SVDCache) -> None:
                                    f"needs [{cache.experts}]")  # fmt: skip
 
 
+def coefficient_ratios(row: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, float, bool]:
+    """h = g/σ where σ > 0 (0 elsewhere: that direction is not in τ), c = its mean over σ > 0, and whether h
+    varies (then the remainder τ Q diag(h − c) Qᵀ is needed, and Q is read)."""
+    positive = sigma > 0
+    if not bool(positive.any()):
+        return torch.zeros_like(row), 0.0, False
+    h = torch.where(positive, row / torch.where(positive, sigma, torch.ones_like(sigma)), 0.0)
+    c = float(h[positive].mean())
+    return h, c, float((h - c)[positive].abs().max()) > CONSTANT_RATIO * abs(c)
+
+
 def _accumulate(
-    genome: Genome, cache: SVDCache, name: str, out: torch.Tensor, work: _Workspace, stats: MaterializeStats | None
+    genome: Genome,
+    cache: SVDCache,
+    name: str,
+    base: torch.Tensor,
+    out: torch.Tensor,
+    work: _Workspace,
+    stats: MaterializeStats | None,
 ) -> None:
-    """out += the genome's fp32 delta for `name` (out already holds θ_base, or zeros)."""
+    """out += the genome's fp32 delta for `name`; `base` holds θ_base in fp32 on out's device.
+
+    Per contributing expert: τ from the two checkpoints, then c·τ (+ τ Q diag(h − c) Qᵀ, or Q diag(h − c) Qᵀ τ for
+    a wide matrix, unless h is constant). Splitting off c keeps the matmul to the mutation's part: a crossover of
+    experts is c·τ with no matmul and no read of Q, and rounding in Q only touches the small remainder."""
     device = out.device
     coefficients = genome.coefficients[name]
     sync = _syncer(device, stats)
-    if name in cache.matrix_names:
-        rows = [k for k in range(cache.experts) if bool(torch.any(coefficients[k] != 0))]
-        if rows:
-            started = sync()
-            m, n = out.shape
-            r = cache.rank(name)
-            # g scales the larger factor (that pass is needed anyway); the smaller one is only copied into the
-            # concatenation, or used as is when a single expert contributes.
-            scale_u = m >= n
-            single = len(rows) == 1
-            left = None if single and not scale_u else work.get("left", (m, len(rows) * r))
-            right = None if single and scale_u else work.get("right", (len(rows) * r, n))
-            for j, k in enumerate(rows):
-                u, _, vh = cache.factors(k, name)
-                g = coefficients[k].to(device)
-                block = slice(j * r, (j + 1) * r)
-                if scale_u:
-                    torch.mul(u.to(device), g, out=left[:, block])  # type: ignore[index]
-                    if single:
-                        right = vh.to(device)
-                    else:
-                        right[block].copy_(vh)  # type: ignore[index]
-                else:
-                    torch.mul(vh.to(device), g[:, None], out=right[block])  # type: ignore[index]
-                    if single:
-                        left = u.to(device)
-                    else:
-                        left[:, block].copy_(u)  # type: ignore[index]
-                if stats:
-                    stats.bytes_read += (u.numel() + vh.numel()) * 4
-            mid = sync()
-            out.addmm_(left, right)
-            if stats:
-                stats.gather_s += mid - started
-                stats.matmul_s += sync() - mid
-    else:
+    matrix = name in cache.matrix_names
+    for k in range(cache.experts):
+        row = coefficients[k]
+        if not bool(torch.any(row != 0)):
+            continue
         started = sync()
-        for k in range(cache.experts):
-            if coefficients[k] != 0:
-                out.add_(cache.task_vector(k, name).to(device), alpha=float(coefficients[k]))
-                if stats:
-                    stats.bytes_read += out.numel() * 4
+        tau = work.get("tau", tuple(out.shape))
+        tau.copy_(cache.reader.expert_tensor(k, name))
+        tau.sub_(base)
         if stats:
-            stats.gather_s += sync() - started
+            stats.bytes_read += cache.layout.tensors[name].nbytes
+        if not matrix:
+            out.add_(tau, alpha=float(row))
+            if stats:
+                stats.gather_s += sync() - started
+            continue
+        sigma = cache.sigma(k, name)
+        h, c, varies = coefficient_ratios(row, sigma)
+        out.add_(tau, alpha=c)
+        if not varies:
+            if stats:
+                stats.gather_s += sync() - started
+            continue
+        q = cache.orthogonal(k, name)
+        r = q.shape[0]
+        q_here = work.get("q", (r, r)).copy_(q)
+        scaled = work.get("scaled", (r, r)).copy_(q_here).mul_(torch.where(sigma > 0, h - c, 0.0).to(device))
+        projector = torch.mm(scaled, q_here.T, out=work.get("projector", (r, r)))
+        if stats:
+            stats.bytes_read += (q.numel() + sigma.numel()) * 4
+        mid = sync()
+        if tall(tuple(out.shape)):
+            out.addmm_(tau, projector)
+        else:
+            out.addmm_(projector, tau)
+        if stats:
+            stats.gather_s += mid - started
+            stats.matmul_s += sync() - mid
     started = sync()
     for seed, scale in genome.noise:
         # Drawn on the CPU whatever the device, so that a genome materialises to the same weights everywhere.
@@ -163,7 +182,8 @@ def dense_delta(genome: Genome, cache: SVDCache, name: str, device: str = "cpu")
     """The fp32 sum the genome adds to the base's tensor `name` (what materialisation adds before the cast)."""
     check_fits(genome, cache)
     out = torch.zeros(cache.shape(name), device=device)
-    _accumulate(genome, cache, name, out, _Workspace(torch.device(device)), None)
+    base = cache.reader.base_tensor(name).to(device, torch.float32)
+    _accumulate(genome, cache, name, base, out, _Workspace(torch.device(device)), None)
     return out
 
 
@@ -205,12 +225,12 @@ def materialize(
                     for name in names:
                         spec = layout.tensors[name]
                         started = sync()
-                        weight = work.get("weight", spec.shape)
-                        weight.copy_(base.get_tensor(name))  # bf16 → fp32 into a reused buffer
+                        theta = work.get("base", spec.shape).copy_(base.get_tensor(name))  # bf16 → fp32, reused
+                        weight = work.get("weight", spec.shape).copy_(theta)
                         if stats:
                             stats.gather_s += sync() - started
                             stats.bytes_read += spec.nbytes
-                        _accumulate(genome, cache, name, weight, work, stats)
+                        _accumulate(genome, cache, name, theta, weight, work, stats)
                         started = sync()
                         cast = work.get("cast", spec.shape, TORCH_DTYPES[spec.dtype])
                         cast.copy_(weight)

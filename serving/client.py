@@ -95,6 +95,7 @@ class ChatClient:
         temperature: float = 0.0,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
+        top_p: float | None = None,
     ) -> ChatReply:
         body: dict[str, object] = {
             "model": model.name,
@@ -107,6 +108,8 @@ class ChatClient:
             body["stop"] = list(stop)
         if seed is not None:
             body["seed"] = seed
+        if top_p is not None:
+            body["top_p"] = top_p
         async with self._slots:
             started = time.monotonic()
             response, attempts = await self._with_retries("POST", "/chat/completions", body)

@@ -32,7 +32,19 @@ def _file_digest(path: Path) -> str:
 
 def checkpoint_identity(folder: Path) -> str:
     """sha256 over the (name, content hash) of every content file, as 'sha256:…'."""
-    folder = Path(folder)
+    return _identify(Path(folder))[0]
+
+
+def weights_identity(folder: Path) -> str:
+    """sha256 over the weight files alone: two checkpoints with the same weights and another config or tokenizer
+    file share it (an "expert" that is its base re-saved, or one expert given twice)."""
+    digests = _identify(Path(folder))[1]
+    weights = sorted((name, d) for name, d in digests.items() if name.endswith(".safetensors"))
+    return "sha256:" + hashlib.sha256(json.dumps(weights).encode()).hexdigest()
+
+
+def _identify(folder: Path) -> tuple[str, dict[str, str]]:
+    """The identity and each content file's digest, from the cache when no file changed."""
     cache_path = folder / CACHE_NAME
     try:
         cache = json.loads(cache_path.read_text())
@@ -40,8 +52,8 @@ def checkpoint_identity(folder: Path) -> str:
         cache = {}
     files = content_files(folder)
     stamps = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
-    if cache.get("stamps") == stamps and cache.get("identity"):
-        return str(cache["identity"])
+    if cache.get("stamps") == stamps and cache.get("identity") and isinstance(cache.get("files"), dict):
+        return str(cache["identity"]), dict(cache["files"])
     known = cache.get("files", {}) if isinstance(cache.get("files"), dict) else {}
     old_stamps = cache.get("stamps", {}) if isinstance(cache.get("stamps"), dict) else {}
     digests = {
@@ -54,4 +66,4 @@ def checkpoint_identity(folder: Path) -> str:
         cache_path.write_text(json.dumps({"identity": identity, "stamps": stamps, "files": digests}))
     except OSError:
         pass  # a read-only checkpoint is hashed again next time; that is all
-    return identity
+    return identity, digests

@@ -7,21 +7,36 @@ import shutil
 from collections.abc import Callable
 
 from serving.client import ClientSettings
+from serving.errors import ModelRefError
 from serving.manager import ServerManager
-from serving.model_ref import DEFAULT_KEY_ENV, ExternalEndpoint, ModelRef, parse_model_ref
+from serving.model_ref import DEFAULT_KEY_ENV, ExternalEndpoint, ModelRef, parse_model_ref, server_prefix
 
 DEFAULT = "default"
 
 
 def resolve_model(
-    text: str | None, *, key_env: str = DEFAULT_KEY_ENV, progress: Callable[[str], None] = lambda _: None
+    text: str | None,
+    *,
+    key_env: str = DEFAULT_KEY_ENV,
+    allow_download: bool = False,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> ModelRef:
     """`None` or 'default' is the embedded SmolLM2 checkpoint (converted on first use)."""
-    if text is None or text == DEFAULT:
+    if text is None or server_prefix(text)[1] == DEFAULT:
         from serving.default_model import default_checkpoint
 
         return default_checkpoint(progress=progress)
-    return parse_model_ref(text, key_env=key_env)
+    return parse_model_ref(text, key_env=key_env, allow_download=allow_download)
+
+
+def server_choice(text: str | None, server: str) -> str:
+    """The server a `vllm/…` reference names wins over 'auto'; contradicting an explicit --server is an error."""
+    named = server_prefix(text or "")[0]
+    if named is None or server == named:
+        return server
+    if server != "auto":
+        raise ModelRefError(f"{text!r} names the {named} server, but --server {server} was given; drop one of them")
+    return named
 
 
 def gpu_available() -> bool:

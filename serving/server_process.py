@@ -1,9 +1,11 @@
 """A model server running as our child process: a free port, logs kept in a file, a health wait that fails
-fast (with the log's tail) if the process dies, and a stop that escalates from SIGTERM to SIGKILL."""
+fast (with the log's tail) if the process dies, and a stop that escalates from SIGTERM to SIGKILL on the whole
+process group and waits until it is gone."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
@@ -60,6 +62,20 @@ def process_tree_rss_bytes(pid: int) -> int:
     return total
 
 
+def group_pids(group: int) -> set[int]:
+    """Live (not zombie) processes of a process group (Linux /proc; empty elsewhere)."""
+    pids = set()
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # pid (comm) state ppid pgrp …; comm may hold spaces or parentheses, so split after the last ')'.
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            pids.add(int(entry.parent.name))
+    return pids
+
+
 class ServerProcess:
     def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], log_path: Path, port: int) -> None:
         self.argv = list(argv)
@@ -67,6 +83,7 @@ class ServerProcess:
         self.log_path = log_path
         self.port = port
         self._proc: subprocess.Popen[bytes] | None = None
+        self.stopped_pids: set[int] = set()
 
     @property
     def pid(self) -> int | None:
@@ -118,17 +135,25 @@ class ServerProcess:
         )
 
     def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the whole process group (the server and whatever it started: vLLM's engine and workers), then
+        SIGKILL what is left after `grace_s`, and return only once no process of the group remains, so that a
+        relaunch never meets the old one's GPU memory or port. `stopped_pids` keeps the group's pids."""
         if not self._proc:
             return
-        if self._proc.poll() is None:
+        group = self._proc.pid  # start_new_session: the server leads its own group
+        self.stopped_pids = group_pids(group) | {group}
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
-                os.killpg(self._proc.pid, signal.SIGTERM)
-                self._proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait(timeout=grace_s)
+                os.killpg(group, sig)
             except ProcessLookupError:
-                pass
+                break
+            deadline = time.monotonic() + grace_s
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=grace_s)
+            while group_pids(group) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not group_pids(group) and self._proc.poll() is not None:
+                break
         self._proc = None
 
     def rss_bytes(self) -> int:

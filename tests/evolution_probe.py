@@ -2,12 +2,15 @@
 
 Task k's score is the fraction of probe positions where the candidate's greedy next token equals expert k's: a
 real function of the materialised weights (expert k scores 1 on its own task, merges land in between), computed
-in-process in milliseconds. Also runnable as a script, so that a test can SIGKILL an evolution mid-generation.
+in-process in milliseconds. Each position is one "episode" scoring 0 or 1, so a child can be raced like one
+playing real episodes (the evaluator reveals positions in the order the race asks and stops when it says so).
+Also runnable as a script, so that a test can SIGKILL an evolution mid-generation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import threading
 import time
@@ -21,6 +24,7 @@ from db.evolution_store import EvolutionStore
 from db.store import open_store
 from evolver.config import EvolveConfig, parse_config
 from evolver.materialize import materialize
+from evolver.racing import Race
 from evolver.svd_cache import SVDCache, build_svd_cache
 
 TASKS = ("os", "db", "coding")
@@ -74,7 +78,12 @@ def probe_config(base: Path, experts: list[Path], **settings: object) -> EvolveC
 
 
 class ProbeEvaluator:
-    """Scores candidates by agreement with each expert's greedy tokens; `delays[slot]` seconds per evaluation."""
+    """Scores candidates by agreement with each expert's greedy tokens; `delays[slot]` seconds per evaluation.
+
+    `episodes` counts the selection positions revealed; `full_scores` keeps every candidate's scores over all
+    positions, raced or not, so that a test can check what a child rejected early would have scored."""
+
+    races = True
 
     def __init__(self, cache: SVDCache, experts: list[Path], work: Path, delays: tuple[float, ...] = (0.0,)) -> None:
         self.cache = cache
@@ -83,20 +92,38 @@ class ProbeEvaluator:
         self.slots = len(delays)
         self.references = [greedy_tokens(path, k) for k, path in enumerate(experts)]
         self.evaluated: list[tuple[int, bool]] = []
+        self.episodes = 0
+        self.full_scores: dict[int, dict[str, float]] = {}
 
-    async def evaluate(self, slot: int, candidate: CandidateUnderTest, test: bool) -> tuple[int | None, dict]:
+    async def evaluate(
+        self, slot: int, candidate: CandidateUnderTest, test: bool, race: Race | None = None
+    ) -> tuple[int | None, dict]:
         folder = candidate.checkpoint
         if folder is None:
             assert candidate.genome is not None and candidate.genome_hash is not None
             out = self.work / candidate.genome_hash
             folder = await asyncio.to_thread(materialize, candidate.genome, self.cache, out)
         await asyncio.sleep(self.delays[slot])
-        scores = {}
-        for k, name in enumerate(TASKS):
+        outcomes = []
+        for k in range(len(TASKS)):
             tokens = await asyncio.to_thread(greedy_tokens, folder, k)
-            scores[name] = float((tokens == self.references[k]).float().mean())
+            outcomes.append([float(x) for x in (tokens == self.references[k]).flatten().tolist()])
+        scores = {name: math.fsum(o) / len(o) for name, o in zip(TASKS, outcomes, strict=True)}
         self.evaluated.append((candidate.candidate_id, test))
+        if not test:
+            self.full_scores[candidate.candidate_id] = scores
+            self.episodes += self._race(race, outcomes) if race is not None else sum(map(len, outcomes))
         return None, scores
+
+    @staticmethod
+    def _race(race: Race, outcomes: list[list[float]]) -> int:
+        """Reveal positions one by one in the race's order until it rejects the child or all are played."""
+        race.plan([len(o) for o in outcomes])
+        left = [list(reversed(o)) for o in outcomes]
+        while not race.rejected and any(left):
+            k = race.start_next([i for i, pile in enumerate(left) if pile])
+            race.observe(k, left[k].pop())
+        return race.played
 
 
 def run_probe_evolution(db: Path, root: Path, run_id: str | None, delays: tuple[float, ...], **settings: object):  # noqa: ANN201

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 CYCLEQD = shutil.which("cycleqd", path=str(Path(sys.executable).parent)) or "cycleqd"
+# This checkout's CLI, whichever tree the virtual environment's editable install points at (with PYTHONPATH set to
+# this checkout, as the tests run).
+CYCLEQD_HERE = (sys.executable, "-m", "cycleqd.cli")
 
 
 def cycleqd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

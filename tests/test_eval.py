@@ -18,7 +18,7 @@ from cycleqd.eval_tasks import load_eval_tasks
 from cycleqd.orchestrator import EvalSettings, Orchestrator, summarize
 from db import open_store
 from envs.os_interaction import OSSettings
-from tests.test_cli import CYCLEQD
+from tests.test_cli import CYCLEQD, CYCLEQD_HERE
 
 FAST = EvalSettings(concurrency=3, repeats=2, max_tokens=48, max_sandboxes=6, os=OSSettings(round_limit=2))
 
@@ -111,10 +111,14 @@ def _same_scores(a: list[dict], b: list[dict]) -> bool:
 
 
 def test_unknown_run_and_bad_environment_are_clear(tmp_path: Path) -> None:
-    done = subprocess.run([CYCLEQD, "show", "nope", "--db", str(tmp_path / "x.db")], capture_output=True, text=True)
+    open_store(tmp_path / "x.db")
+    done = subprocess.run([*CYCLEQD_HERE, "show", "nope", "--db", str(tmp_path / "x.db")], capture_output=True,
+                          text=True)  # fmt: skip
     assert done.returncode == 2 and "no run 'nope'" in done.stderr
-    nowhere = subprocess.run([CYCLEQD, "runs", "--db", str(tmp_path / "no" / "x.db")], capture_output=True, text=True)
-    assert nowhere.returncode == 2 and "cannot open the store: the folder" in nowhere.stderr
+    nowhere = subprocess.run([*CYCLEQD_HERE, "runs", "--db", str(tmp_path / "no" / "x.db")], capture_output=True,
+                             text=True)  # fmt: skip
+    assert nowhere.returncode == 2 and "no such store" in nowhere.stderr
+    assert not (tmp_path / "no").exists()  # a reading command creates nothing
     with pytest.raises(ValueError, match="unknown environment 'web'"):
         load_eval_tasks(["web"], "builtin", "dev", None)
     with pytest.raises(ValueError, match="has no split 'val'; it has: dev, test, train"):

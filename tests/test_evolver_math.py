@@ -28,7 +28,7 @@ from evolver.checkpoint_files import (
     verify_experts,
 )
 from evolver.genome import Genome, GenomeCorruptError, GenomeError, GenomeNotFoundError
-from evolver.materialize import MARKER, MaterializeError, dense_delta, materialize, noise_seed
+from evolver.materialize import MARKER, MaterializeError, MaterializeStats, dense_delta, materialize, noise_seed
 from evolver.operators import (
     average_merge,
     crossover,
@@ -259,6 +259,63 @@ def test_expert_genomes_materialise_to_the_experts(family: Family, tmp_path: Pat
             torch.testing.assert_close(written[name].float(), tensor.float(), **BF16)
 
 
+def test_the_cache_is_about_one_checkpoint_and_a_child_reads_at_most_two_per_expert(
+    family: Family, tmp_path: Path
+) -> None:
+    cache = family.cache
+    checkpoint = cache.layout.weight_bytes
+    for path in cache.files:  # Q (r×r) and σ per matrix in fp32, nothing for vectors (+ the header)
+        payload = sum((min(t.shape) ** 2 + min(t.shape)) * 4 for t in family.theta.values() if t.ndim == 2)
+        assert payload < path.stat().st_size < payload + 16384
+        assert path.stat().st_size <= 1.15 * checkpoint  # this toy is square-heavy; real shapes: bench.evolver
+    crossed = crossover(Genome.expert(cache, 0), Genome.expert(cache, 1), 1.3, 0.6)
+    stats = MaterializeStats()
+    materialize(crossed, cache, tmp_path / "crossed", stats=stats)
+    assert stats.bytes_read == 3 * checkpoint  # the base and the two experts' checkpoints; no Q at all
+    mutated = svd_mutation(crossed, cache, 2, 0.1, 7)
+    stats = MaterializeStats()
+    materialize(mutated, cache, tmp_path / "mutated", stats=stats)
+    q_bytes = sum((min(t.shape) ** 2 + min(t.shape)) * 4 for t in family.theta.values() if t.ndim == 2)
+    matrix_bytes = sum(t.numel() * 2 for t in family.theta.values() if t.ndim == 2)  # vectors are not mutated
+    assert stats.bytes_read == 3 * checkpoint + matrix_bytes + q_bytes  # + expert 2's matrices and its Q, σ
+    assert stats.bytes_read - checkpoint <= 2 * 3 * checkpoint
+
+
+def test_zero_singular_values_and_wide_and_tall_matrices_stay_exact(family: Family, tmp_path: Path) -> None:
+    """An expert that left some matrices alone (σ all 0), changed others by rank 1 (σ mostly 0), wide and tall."""
+    wide, tall_name, still = (
+        "model.layers.0.self_attn.k_proj.weight",  # 16×32
+        "model.layers.0.mlp.up_proj.weight",  # 64×32
+        "model.layers.1.self_attn.q_proj.weight",
+    )
+    generator = torch.Generator().manual_seed(5)
+
+    def rank_one(tensors: dict[str, torch.Tensor]) -> None:
+        tensors.update(load_file(family.base / "model.safetensors"))
+        rows = tensors[wide].float()  # one row changed: rank 1 exactly, whatever bf16 rounds
+        rows[3] += 0.05 * torch.randn(rows.shape[1], generator=generator)
+        columns = tensors[tall_name].float()  # one column changed
+        columns[:, 5] += 0.05 * torch.randn(columns.shape[0], generator=generator)
+        tensors[wide], tensors[tall_name] = rows.bfloat16(), columns.bfloat16()
+
+    sparse = broken_copy(family.experts[0], tmp_path / "sparse", rank_one)
+    cache = build_svd_cache(family.base, [family.experts[0], sparse], tmp_path / "cache", progress=False)
+    tau = {n: t.float() - family.theta[n] for n, t in weights(sparse).items()}
+    assert torch.equal(tau[still], torch.zeros_like(tau[still]))
+    assert torch.linalg.matrix_rank(tau[wide]) == 1 == torch.linalg.matrix_rank(tau[tall_name])
+    assert torch.equal(cache.sigma(1, still), torch.zeros(32))  # every direction of `still` has σ = 0
+    child = svd_mutation(crossover(Genome.expert(cache, 0), Genome.expert(cache, 1), 1.0, 1.0), cache, 1, 0.1, 11)
+    draws = redo_draws(family.theta, 0.1, 11)
+    for name in (wide, tall_name, still):
+        expected = (family.taus[0][name] + tau[name]) / 2 + svd_term(tau[name], draws[name])
+        delta = dense_delta(child, cache, name)
+        assert torch.isfinite(delta).all()
+        torch.testing.assert_close(delta, expected, **FP32)
+    out = weights(materialize(child, cache, tmp_path / "child"))
+    torch.testing.assert_close(out[wide].float(), (family.theta[wide] + dense_delta(child, cache, wide)).bfloat16()
+                               .float(), **BF16)  # fmt: skip
+
+
 def test_merges_are_their_formulas(family: Family) -> None:
     cache, taus = family.cache, family.taus
     merge = average_merge(cache)
@@ -380,9 +437,9 @@ def test_the_svd_cache_is_reused_without_computing(family: Family, monkeypatch: 
     stamps = [path.stat().st_mtime_ns for path in files]
 
     def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the second build computed an SVD")
+        raise AssertionError("the second build computed a decomposition")
 
-    monkeypatch.setattr(torch.linalg, "svd", refuse)
+    monkeypatch.setattr(torch.linalg, "eigh", refuse)
     started = time.perf_counter()
     again = build_svd_cache(family.base, family.experts, files[0].parent.parent, progress=False)
     assert time.perf_counter() - started < 2.0

@@ -53,9 +53,12 @@ def test_endpoint_and_hub_references() -> None:
     assert parse_model_ref("http://127.0.0.1:8000/v1/#my-model", key_env="MY_KEY") == ExternalEndpoint(
         "http://127.0.0.1:8000/v1", "my-model", "MY_KEY"
     )
-    assert parse_model_ref("meta-llama/Meta-Llama-3-8B-Instruct") == HubModel("meta-llama/Meta-Llama-3-8B-Instruct")
+    assert parse_model_ref("hf/meta-llama/Meta-Llama-3-8B-Instruct") == HubModel("meta-llama/Meta-Llama-3-8B-Instruct")
+    assert parse_model_ref("meta-llama/Llama-3.1-8B", allow_download=True) == HubModel("meta-llama/Llama-3.1-8B")
     with pytest.raises(ModelRefError, match="model name after '#'"):
         parse_model_ref("http://127.0.0.1:8000/v1")
+    with pytest.raises(ModelRefError, match="expected hf/ORG/NAME"):
+        parse_model_ref("hf/just-a-name")
     with pytest.raises(ModelRefError, match="neither an existing checkpoint folder"):
         parse_model_ref("not a model")
     with pytest.raises(ModelRefError, match="not a folder"):

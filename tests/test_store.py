@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from db import DuplicateEpisodeError, EpisodeRecord, open_store
 from db.schema import Aggregate, Base
+from db.store import MIGRATIONS
 
 
 @pytest.fixture
@@ -32,12 +35,20 @@ def seed(store) -> tuple[str, int, int]:  # noqa: ANN001
     return run.id, model, task
 
 
+def newest_revision() -> str:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
 def test_a_new_file_gets_the_migrated_schema_in_wal_mode(tmp_path: Path) -> None:
     store = open_store(tmp_path / "fresh.db")
     with store.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == newest_revision()
         # The migration and the ORM models describe the same schema.
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     open_store(tmp_path / "fresh.db")  # opening again migrates nothing and loses nothing
@@ -128,3 +139,38 @@ def test_committed_episodes_survive_a_killed_writer(tmp_path: Path) -> None:
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=10)
     assert sorted(e.repeat for e in open_store(path).episodes(run_id)) == [0, 1, 2, 3, 4]
+
+
+def test_episodes_stored_before_0019_get_their_context_length_by_environment(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from db.store import MIGRATIONS, make_engine
+
+    path = tmp_path / "old.db"
+    engine = make_engine(path)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+        connection.execute(text("INSERT INTO runs (id, kind, status, config, created_at) VALUES "
+                                "('r', 'eval', 'completed', '{}', '2026-01-01')"))  # fmt: skip
+        connection.execute(text("INSERT INTO models (id, identity, reference, created_at) VALUES "
+                                "(1, 'sha256:x', '/m', '2026-01-01')"))  # fmt: skip
+        for task_id, env in enumerate(("os", "db", "coding"), 1):
+            connection.execute(text(f"INSERT INTO tasks (id, env, suite, split, task_key, content_hash) VALUES "
+                                    f"({task_id}, '{env}', 'builtin', 'dev', 'k{task_id}', 'h')"))  # fmt: skip
+            connection.execute(text(
+                "INSERT INTO episodes (run_id, model_id, task_id, repeat, status, score, rounds, prompt_tokens, "
+                "completion_tokens, latency_s, transcript, started_at, finished_at) VALUES "
+                f"('r', 1, {task_id}, 0, 'completed', 1.0, 1, 1, 1, 0.1, '[]', '2026-01-01', '2026-01-01')"
+            ))  # fmt: skip
+    engine.dispose()
+    store = open_store(path)  # migrates to the head
+    contexts = {store.tasks()[e.task_id - 1].env: (e.context_messages, e.verdict) for e in store.episodes("r")}
+    assert contexts == {"os": (7, {}), "db": (3, {}), "coding": (1, {})}
+    # The revision's numbers are what the environments write today (a change there needs no migration, but a check).
+    from envs.os_prompt import first_messages
+
+    assert len(first_messages("a task")) == 7

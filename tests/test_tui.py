@@ -38,6 +38,7 @@ from db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
 from db.monitor_queries import ArchiveView, CellView, StoreOpenError, open_monitor_store
 from db.schema import Episode, Run, ServerState, Task
 from db.store import Store
+from envs.os_prompt import first_messages
 from tests.test_cli import CYCLEQD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +179,10 @@ TRANSCRIPT = [
     {"role": "user", "content": "The output of the OS:\n\n87"},
     {"role": "assistant", "content": "Think: the output is the count.\n\nAct: answer(87)"},
 ]
+# An OS episode as the environment writes it: AgentBench's prompt and one-shot (context), then the model's turns.
+OS_CONTEXT = first_messages("How many files are in /etc? Answer with a number.")
+OS_TRANSCRIPT = [*OS_CONTEXT, *TRANSCRIPT[1:]]
+OS_VERDICT = {"answer": "87", "expected": "the answer '87'", "detail": ""}
 
 
 def write_snapshot_store(path: Path) -> Store:
@@ -214,7 +219,7 @@ def write_snapshot_store(path: Path) -> Store:
         )
     model = store.model_id("sha256:" + "ab" * 32, "default")
     episodes = [  # run, env, key, status, score, transcript
-        (EVAL_RUN, "os", "os-dev-3", "completed", 1.0, TRANSCRIPT),
+        (EVAL_RUN, "os", "os-dev-3", "completed", 1.0, OS_TRANSCRIPT),
         (EVAL_RUN, "os", "os-dev-7", "round_limit", 0.0, TRANSCRIPT[:3]),
         (EVAL_RUN, "coding", "HumanEval/0", "completed", 0.0, TRANSCRIPT[:2]),
         (EVAL_RUN, "coding", "HumanEval/4", "env_error", None, []),
@@ -223,6 +228,7 @@ def write_snapshot_store(path: Path) -> Store:
     for number, (run_id, env, key, status, score, transcript) in enumerate(episodes):
         task = store.task_id(env, "builtin", "dev", key, f"{number:064x}")
         started = (start if run_id == EVAL_RUN else NOW - timedelta(minutes=4)) + timedelta(seconds=30 * number)
+        context = len(OS_CONTEXT) if transcript is OS_TRANSCRIPT else 0
         episode_id = store.record_episode(
             EpisodeRecord(
                 run_id,
@@ -231,13 +237,15 @@ def write_snapshot_store(path: Path) -> Store:
                 0,
                 status,
                 score,
-                rounds=len(transcript) // 2,
+                rounds=sum(m["role"] == "assistant" for m in transcript[context:]),
                 prompt_tokens=300 + number,
                 completion_tokens=40 + number,
                 latency_s=2.5 + number,
                 transcript=transcript,
                 started_at=started,
                 error="sandbox did not start" if score is None else None,
+                context_messages=context,
+                verdict=OS_VERDICT if transcript is OS_TRANSCRIPT else {},
             )
         )
         with store.session() as session:
@@ -525,6 +533,33 @@ def test_snapshot_eval_run(snap_compare, snapshot_db: Path) -> None:  # noqa: AN
 def test_snapshot_episode(snap_compare, snapshot_db: Path) -> None:  # noqa: ANN001
     keys = ["down", "down", "enter", "down", "down", "down", "enter"]
     assert snap_compare(pinned_app(snapshot_db), press=keys, terminal_size=(80, 24))
+
+
+def test_snapshot_episode_keys(snap_compare, snapshot_db: Path) -> None:  # noqa: ANN001
+    keys = ["down", "down", "enter", "down", "down", "down", "enter", "question_mark"]
+    assert snap_compare(pinned_app(snapshot_db), press=keys, terminal_size=(100, 30))
+
+
+async def test_the_one_shot_is_context_and_the_verdict_says_why(snapshot_db: Path) -> None:
+    app = pinned_app(snapshot_db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for key in ["down", "down", "enter", "down", "down", "down", "enter"]:
+            await pilot.press(key)
+        await pilot.pause()
+        assert isinstance(app.screen, EpisodeScreen)
+        [context] = app.screen.query("#context")
+        folded = [b.border_title for b in context.query(MessageBlock)]
+        assert folded == ["prompt", *["example reply", "example observation"] * 2, "example reply"]
+        titles = [b.border_title for b in app.screen.query(MessageBlock)]
+        assert titles[len(folded):] == ["task", "action 1", "observation 1", "action 2"]  # the model acted twice
+        meta = str(app.screen.query_one("#episode-meta", Static).content)
+        assert "PASSED · answer '87' · expected the answer '87'" in meta
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert app.screen.query("HelpPanel")
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert not app.screen.query("HelpPanel")
 
 
 def test_snapshot_evolution(snap_compare, snapshot_db: Path) -> None:  # noqa: ANN001

@@ -24,7 +24,7 @@ class MonitorApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "cycleqd monitor"
     ENABLE_COMMAND_PALETTE = False  # its footer entry costs room that 80 columns cannot spare
-    BINDINGS = [Binding("q", "quit", "Quit"), Binding("r", "poll", "Refresh")]
+    BINDINGS = [Binding("q", "quit", "Quit"), Binding("r", "poll", "Refresh"), Binding("question_mark", "keys", "Keys")]
 
     def __init__(
         self,
@@ -65,3 +65,10 @@ class MonitorApp(App[None]):
 
     def action_poll(self) -> None:
         self.poll()
+
+    def action_keys(self) -> None:
+        """`?`: the keys of the screen and the widget in focus, beside them; `?` again hides them."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()

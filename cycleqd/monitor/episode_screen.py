@@ -20,9 +20,30 @@ def describe(e: EpisodeDetail) -> Text:
         (e.status, "bold"), f" · score {fmt.score(e.score)} · {e.rounds} round(s) · "
         f"{e.prompt_tokens}+{e.completion_tokens} tokens · {e.latency_s:.1f} s · {fmt.clip(e.model, 30)}",
     )  # fmt: skip
+    lines.append("\n")
+    lines.append_text(verdict_line(e))
     if e.error:
         lines.append(f"\nerror: {fmt.clip(e.error.strip(), 200)}", style="red")
     return lines
+
+
+def verdict_line(e: EpisodeDetail) -> Text:
+    """Passed or failed, the model's answer, what the grader expected, and why it decided so."""
+    if e.score is None:
+        return Text("not graded: an environment error is never the model's score", style="yellow")
+    passed = e.score >= 1.0
+    line = Text.assemble(("PASSED" if passed else "FAILED", "bold green" if passed else "bold red"))
+    answer = e.verdict.get("answer")
+    line.append(f" · answer {fmt.clip(repr(answer), 40)}" if answer is not None else " · no answer given")
+    expected = e.verdict.get("expected")
+    if expected:
+        line.append(f" · expected {fmt.clip(' '.join(str(expected).split()), 60)}")
+    detail = e.verdict.get("detail")
+    if detail:
+        line.append(f" · why: {fmt.clip(' '.join(str(detail).split()), 120)}")
+    elif not passed and e.status != "completed":
+        line.append(f" · why: it ended with {e.status}")
+    return line
 
 
 class EpisodeScreen(LiveScreen):
@@ -42,7 +63,7 @@ class EpisodeScreen(LiveScreen):
             yield Static(f"episode {self.episode_id} is not in the store", classes="summary")
         else:
             yield Static(describe(detail), id="episode-meta", classes="summary")
-            yield Transcript(detail.transcript, id="transcript")
+            yield Transcript(detail.transcript, context=detail.context_messages, id="transcript")
         yield Footer()
 
     def on_mount(self) -> None:

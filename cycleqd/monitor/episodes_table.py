@@ -25,7 +25,7 @@ class EpisodesTable(LiveTable):
                         e.env,
                         fmt.clip(e.task_key, 20),
                         str(e.repeat),
-                        fmt.SHORT_STATUS.get(e.status, e.status),
+                        e.status,
                         fmt.score(e.score),
                         str(e.rounds),
                         str(e.tokens),

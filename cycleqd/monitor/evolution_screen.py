@@ -73,8 +73,13 @@ class EvolutionScreen(LiveScreen):
             " · active ", (progress.active_task or "–", "bold"),
             f" · {fmt.rate(summary.rate, summary.unit)} · {fmt.duration(summary.elapsed_s)}",
         )  # fmt: skip
+        if progress.stage and summary.status == "running":
+            line.append(f" · {progress.stage}", style="bold yellow")
         if progress.pending and summary.status == "running":
             line.append(f" · {progress.pending} being scored", style="dim")
+        if progress.episodes is not None:
+            saving = progress.episodes
+            line.append(f" · episodes {saving.played}/{saving.planned} ({saving.saved:.0%} saved)", style="dim")
         self.query_one("#evolution-summary", Static).update(line)
         self._show_heatmaps(archives)
         self.query_one(QDChart).show([a.task_name for a in archives], generation_history(store, self.run_id))

@@ -6,15 +6,8 @@ from datetime import datetime, tzinfo
 
 from rich.text import Text
 
-# Episode statuses as short column headings and cells (envs.episode.EpisodeStatus names them in full).
-SHORT_STATUS = {
-    "completed": "done",
-    "round_limit": "rounds",
-    "invalid_action": "invalid",
-    "command_timeout": "timeout",
-    "sandbox_broken": "broke",
-    "env_error": "env err",
-}
+# Episode statuses are written as envs.episode.EpisodeStatus names them, here as in the CLI, the exports and the
+# store, so that a status seen in one place can be searched for in another.
 
 RUN_STATUS_STYLE = {"running": "bold yellow", "completed": "green", "failed": "bold red", "interrupted": "magenta"}
 

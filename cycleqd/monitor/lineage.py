@@ -32,6 +32,8 @@ def candidate_label(c: CandidateView) -> Text:
     label = Text.assemble((f"#{c.id}", "bold"), f" {c.kind} g{c.generation}")
     if c.scores:
         label.append(f" · {scores_text(c.scores)}", style="cyan")
+    if c.episodes is not None:  # selection episodes played of those planned (racing, genome reuse)
+        label.append(f" · {c.episodes[0]}/{c.episodes[1]} ep", style="dim")
     return label
 
 

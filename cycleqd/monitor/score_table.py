@@ -6,13 +6,13 @@ from cycleqd.monitor import format as fmt
 from cycleqd.monitor.live_table import LiveTable
 from db.monitor_queries import EnvScore
 
-# The model's own endings; environment errors have their column ("env err"), as they are never scored.
+# The model's own endings; environment errors have their column (env_error), as they are never scored.
 ENDINGS = ("completed", "round_limit", "invalid_action", "command_timeout")
 
 
 class ScoreTable(LiveTable):
     def __init__(self, **kwargs: object) -> None:
-        columns = ["env", "split", "n", "score", "env err", *(fmt.SHORT_STATUS[s] for s in ENDINGS)]
+        columns = ["env", "split", "n", "score", "env_error", *ENDINGS]
         super().__init__(columns, **kwargs)
         self.show_cursor = False
 

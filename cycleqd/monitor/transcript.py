@@ -1,5 +1,10 @@
-"""An episode's whole transcript, one bordered block per message, named by what it is in an agent loop: the prompt,
-then the model's actions and the environment's observations, numbered by round."""
+"""An episode's whole transcript, one bordered block per message, named by what it is in an agent loop.
+
+The first messages were written by the environment, not the model: its prompt and, for AgentBench, a worked
+one-shot example (replies that look like the model's but are part of the prompt) — they are folded away under
+"context", and the task statement closes them. After that come the model's actions and the environment's
+observations, numbered by round.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +14,30 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual.widgets import Collapsible, Static
 
 
-def message_titles(transcript: list[dict[str, str]]) -> list[str]:
-    """The first user message is the prompt; each assistant message an action, each user message after it the
-    observation of that round."""
+def message_titles(transcript: list[dict[str, str]], context: int = 0) -> list[str]:
+    """Within the context: the prompt, the example's replies and observations, then the task (a context of one
+    message is just the prompt). After it: each
+    assistant message an action, each user message the observation of that round. With no context recorded (an
+    old episode), the first user message is the prompt."""
     titles, actions, seen_action = [], 0, False
-    for message in transcript:
+    for position, message in enumerate(transcript):
         role = message.get("role", "?")
-        if role == "assistant":
+        if position < context:
+            if position == 0:
+                titles.append("prompt")  # a one-message context (coding) is its own task statement
+            elif position == context - 1:
+                titles.append("task")
+            else:
+                titles.append("example reply" if role == "assistant" else "example observation")
+        elif role == "assistant":
             actions += 1
             seen_action = True
             titles.append(f"action {actions}")
         elif role == "user":
-            titles.append(f"observation {actions}" if seen_action else "prompt")
+            titles.append(f"observation {actions}" if seen_action or context else "prompt")
         else:
             titles.append(role)
     return titles
@@ -32,10 +46,15 @@ def message_titles(transcript: list[dict[str, str]]) -> list[str]:
 class MessageBlock(Static):
     """One message; its text is shown as it is, never read as markup."""
 
-    def __init__(self, role: str, title: str, content: str) -> None:
-        super().__init__(Text(content), classes=f"message {role}")
+    def __init__(self, role: str, title: str, content: str, context: bool = False) -> None:
+        super().__init__(Text(content), classes=f"message {role}" + (" context" if context else ""))
         self.border_title = title
         self.text = content
+
+
+def _kind(message: dict[str, str]) -> str:
+    role = message.get("role", "?")
+    return role if role in ("user", "assistant", "system") else "other"
 
 
 class Transcript(VerticalScroll):
@@ -47,15 +66,21 @@ class Transcript(VerticalScroll):
         Binding("pagedown", "page_down", "Page ↓", show=False),
     ]
 
-    def __init__(self, transcript: list[dict[str, str]], **kwargs: object) -> None:
+    def __init__(self, transcript: list[dict[str, str]], context: int = 0, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.transcript = transcript
+        self.context = min(context, len(transcript))
 
     def compose(self) -> ComposeResult:
         if not self.transcript:
             yield Static("(an empty transcript: the episode ended before the model was asked anything)")
-        titles = message_titles(self.transcript)
-        for message, title in zip(self.transcript, titles, strict=True):
-            role = message.get("role", "?")
-            kind = role if role in ("user", "assistant", "system") else "other"
-            yield MessageBlock(kind, title, message.get("content", ""))
+        titles = message_titles(self.transcript, self.context)
+        blocks = [
+            MessageBlock(_kind(message), title, message.get("content", ""), context=position < self.context)
+            for position, (message, title) in enumerate(zip(self.transcript, titles, strict=True))
+        ]
+        folded = self.context - 1  # everything before the task statement
+        if folded > 0:
+            title = f"context: the environment's prompt{' and example' if folded > 1 else ''} ({folded} messages)"
+            yield Collapsible(*blocks[:folded], title=title, collapsed=True, id="context")
+        yield from blocks[max(folded, 0) :]

@@ -1,0 +1,121 @@
+"""Racing through real episodes: the orchestrator's gate stops a child cleanly (episodes still running are
+cancelled, their sandboxes released, nothing half-stored, a later run resumes the rest without counting anything
+twice), and a child whose stored episodes already rule it out is not served again on a resume.
+
+The model is the fixed-latency OpenAI-compatible server of bench/ (a test instrument: it answers every request with
+the same text after a delay, so that episodes are in flight when the gate settles); sandboxes are real."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from cycleqd.candidate_eval import EpisodeEvaluator
+from cycleqd.env_runtime import EnvRuntime, image_for
+from cycleqd.eval_tasks import EvalTask, load_eval_tasks
+from cycleqd.evolution import CandidateUnderTest
+from cycleqd.orchestrator import EpisodeResult, EvalSettings, Orchestrator
+from db import EpisodeRecord, open_store
+from envs.episode import EpisodeStatus
+from evolver.archive import Elite, GridArchive
+from evolver.config import parse_config
+from evolver.racing import Race
+from serving.external import ExternalManager
+from serving.model_ref import ExternalEndpoint
+from serving.server_process import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class StopAfter:
+    """A gate that settles after `limit` results (plan order)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.results: list[EpisodeResult] = []
+
+    def pick(self, todo: list[EvalTask]) -> int:
+        return 0
+
+    def observe(self, result: EpisodeResult) -> None:
+        self.results.append(result)
+
+    def settled(self) -> bool:
+        return self.limit is not None and len(self.results) >= self.limit
+
+
+@pytest.fixture
+async def fixed_server() -> ExternalEndpoint:  # type: ignore[misc]
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.fixed_latency_server", "--port", str(port), "--latency-ms", "1500", env=env
+    )
+    try:
+        await asyncio.sleep(2)
+        yield ExternalEndpoint(f"http://127.0.0.1:{port}/v1", "fixed")
+    finally:
+        server.terminate()
+        await server.wait()
+
+
+async def test_a_settled_gate_cancels_running_episodes_cleanly_and_a_rerun_finishes_the_rest(
+    os_image: str, fixed_server: ExternalEndpoint, tmp_path: Path
+) -> None:
+    tasks = load_eval_tasks(["coding"], "builtin", "dev", 3)
+    settings = EvalSettings(concurrency=3, repeats=3, max_tokens=16, max_sandboxes=4)
+    planned = len(tasks) * settings.repeats
+    store = open_store(tmp_path / "race.db")
+    run = store.create_run("eval", {})
+    async with EnvRuntime(tasks, run_id=run.id, max_sandboxes=4, os_settings=settings.os) as runtime:
+        async with ExternalManager(fixed_server) as manager:
+            await manager.serve(fixed_server)
+            model_id = store.model_id(fixed_server.identity(), fixed_server.label)
+            gate = StopAfter(2)
+            await Orchestrator(store, run.id, manager, model_id, settings).run(tasks, runtime, gate)
+            assert len(gate.results) == 2
+            stored = store.episodes(run.id)
+            # the one or two episodes running when the gate settled were stopped: at most one was far enough to
+            # commit (its commit is not interrupted), and whatever is stored is whole
+            assert 2 <= len(stored) <= 3 < planned
+            assert all(e.status and e.transcript and e.finished_at for e in stored)
+            await runtime.pool.wait_warm()
+            image = image_for(tasks[0])
+            assert runtime.pool.live == runtime.pool.idle(image)  # no sandbox is still held by a stopped episode
+
+            rest = StopAfter(None)
+            await Orchestrator(store, run.id, manager, model_id, settings).run(tasks, runtime, rest)
+            keys = [(e.task_id, e.repeat) for e in store.episodes(run.id)]
+            assert len(keys) == len(set(keys)) == planned  # the rest played, nothing twice
+            assert len(rest.results) == planned - len(stored)
+
+
+async def test_a_child_ruled_out_by_its_stored_episodes_is_not_served_again(tmp_path: Path) -> None:
+    """A process killed after a child's last needed episode: on resume its race is settled from the store."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    config = parse_config({"base": "model", "tasks": [
+        {"name": "code", "env": "coding", "expert": "model", "limit": 2},
+        {"name": "shell", "env": "os", "expert": "model", "limit": 2},
+    ]}, "<test>", tmp_path)  # fmt: skip
+    store = open_store(tmp_path / "resume.db")
+    run = store.create_run("evolve", config.snapshot())
+    evaluator = EpisodeEvaluator(store, run.id, config, None, tmp_path / "ckpt", [], None)  # type: ignore[arg-type]
+    model_id = store.model_id("genome:abc", str(tmp_path / "ckpt" / "abc"), "abc")
+    for spec in config.tasks:  # one failed episode of each task, as a killed process left them
+        task = evaluator.tasks[(spec.name, False)][0]
+        task_id = store.task_id(task.env, task.suite, task.split, task.key, task.content_hash)
+        store.record_episode(EpisodeRecord(run.id, model_id, task_id, 0, EpisodeStatus.COMPLETED, 0.0))
+    # every cell holds a perfect elite: a child that failed one episode of a task can never beat it
+    archives = [GridArchive(k, ("code", "shell"), 1, ((0.0, 1.0),)) for k in range(2)]
+    for archive in archives:
+        archive.offer(Elite(1, "e", (1.0, 1.0)))
+    race = Race(archives)
+    model, scores = await evaluator.evaluate(0, CandidateUnderTest(9, "child", None, "abc"), False, race=race)
+    assert (model, scores) == (model_id, {})  # no server was asked (there is none)
+    assert race.rejected and race.played == 2 and race.planned == 4
