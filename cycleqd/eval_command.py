@@ -36,7 +36,8 @@ def run_eval_command(
     console: Console, err: Console,
 ) -> int:  # fmt: skip
     """`given`: the options the user typed (a resume checks them against the stored request). The store is opened
-    (and the run row created) only once the model answers and the tasks load, so a typo leaves nothing behind."""
+    (and the run row created) only once the model answers and the tasks load, so a typo leaves nothing behind.
+    Exit status 0 only when every planned episode is stored."""
     store = None
     resumed = None
     if resume_id:
@@ -45,6 +46,9 @@ def run_eval_command(
         if resumed is None or resumed.kind != "eval":
             raise UnknownRunError(f"no eval run {resume_id!r} in {db_path}; `cycleqd runs --db {db_path}` lists them")
         request = EvalRequest.from_snapshot(resumed.config).resumed_with(given, resume_id)
+        if resumed.status == RunStatus.COMPLETED:  # every planned episode is stored: resuming changes nothing
+            _print_results(store, resumed.id, store.aggregates(resumed.id), as_json, console, db_path)
+            return 0
     else:
         check_store_path(db_path)  # a wrong --db fails now, not after the model has loaded
     _check_model(request)
@@ -66,17 +70,41 @@ def run_eval_command(
         return 130
     except BaseException:
         evaluation.finish(RunStatus.FAILED)
+        if evaluation.run_id:
+            err.print(f"the run failed; after a fix, resume with: cycleqd eval --resume {evaluation.run_id} "
+                      f"--db {db_path}", highlight=False)  # fmt: skip
         raise
+    store, run_id = evaluation.store, evaluation.run_id
+    assert store is not None and run_id is not None
+    missing = _missing_episodes(store, run_id, request.repeats, tasks)
+    if missing:
+        evaluation.finish(RunStatus.FAILED)
+        err.print(f"[red]error:[/] {missing} planned episodes are not stored; resume with: "
+                  f"cycleqd eval --resume {run_id} --db {db_path}", highlight=False)  # fmt: skip
+        return 1
     evaluation.finish(RunStatus.COMPLETED)
-    run_id = evaluation.run_id
-    assert evaluation.store is not None and run_id is not None
-    intervals = aggregate_intervals(evaluation.store, run_id)
+    _print_results(store, run_id, aggregates, as_json, console, db_path, time.monotonic() - started)
+    return 0
+
+
+def _print_results(
+    store: Store, run_id: str, aggregates: list, as_json: bool, console: Console, db_path: Path,
+    wall_s: float | None = None,
+) -> None:  # fmt: skip
+    intervals = aggregate_intervals(store, run_id)
     if as_json:
         print(json.dumps({"run": run_id, "results": [_aggregate_json(a, intervals) for a in aggregates]}, indent=2))
     else:
-        console.print(_results_table(aggregates, intervals, time.monotonic() - started))
+        console.print(_results_table(aggregates, intervals, wall_s))
         console.print(f"run {run_id} (cycleqd show {run_id} --db {db_path})", highlight=False)
-    return 0
+
+
+def _missing_episodes(store: Store, run_id: str, repeats: int, tasks: list[EvalTask]) -> int:
+    """Planned (task, repeat) pairs with no stored episode, for any model of this run."""
+    done = {(task_id, repeat) for _model, task_id, repeat in store.done_keys(run_id)}
+    planned = {(store.task_id(t.env, t.suite, t.split, t.key, t.content_hash), r) for t in tasks
+               for r in range(repeats)}  # fmt: skip
+    return len(planned - done)
 
 
 def _check_model(request: EvalRequest) -> None:

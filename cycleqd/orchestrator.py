@@ -4,7 +4,8 @@ once (asyncio-pool); sandboxes are bounded by the pool's cap, model requests by 
 An episode: acquire a sandbox (or a database) → begin → (model reply → step)* → outcome → commit → release.
 It is committed the moment it ends. Environment errors (an init that failed, a server that died under a request,
 a lost engine) are retried `retries` times, then recorded with status env_error and no score; a model that
-answers badly simply scores 0. On resume, what the store already holds is skipped.
+answers badly simply scores 0. Any other exception is a bug: it is never swallowed — the run raises it once the
+episodes in flight are done. On resume, what the store already holds is skipped.
 
 A gate (an evolution racing a child) may choose which episode starts next and stop the run early: the episodes
 still running are then cancelled (their sandboxes released by their context managers, nothing of them stored),
@@ -177,14 +178,21 @@ class Orchestrator:
             await self._run_gated(self.plan(tasks), runtime, gate)
             return
         pool = AioPool(size=self.settings.concurrency)
+        futures = []
         try:
             for task, task_id, repeat in self.plan(tasks):
-                await pool.spawn(self._episode(runtime, task, task_id, repeat))
+                futures.append(await pool.spawn(self._episode(runtime, task, task_id, repeat)))
             await pool.join()
         finally:
             # Cancelled (Ctrl-C, SIGTERM): the episodes still running stop now and release their sandboxes before
             # the runtime closes; an episode is committed only once it ended, so none is half-stored.
             await pool.cancel()
+        # A task's exception is never swallowed: the run must not read as complete with episodes missing.
+        failures = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+        for failure in failures[1:]:
+            log.error("another episode failed too: %r", failure)
+        if failures:
+            raise failures[0]  # type: ignore[misc]
 
     async def _run_gated(self, todo: list[tuple[EvalTask, int, int]], runtime: EnvRuntime, gate: EpisodeGate) -> None:
         """Keep `concurrency` episodes running, each chosen by the gate when a place frees; stop once it settles."""

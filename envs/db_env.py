@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +100,12 @@ class DBEnvironment(EnvironmentBase):
     def start_service(self, runtime: Runtime) -> MariaDBServer:
         return MariaDBServer(runtime.start_sandbox)
 
-    def open_episode(self, task: DBTask, runtime: Runtime) -> Any:
-        episode: Episode = DBBenchEpisode(task, runtime.service(self.name), self._settings(runtime))
-        return closing(episode)
+    @asynccontextmanager
+    async def open_episode(self, task: DBTask, runtime: Runtime) -> AsyncIterator[Episode]:
+        server: MariaDBServer = runtime.service(self.name)
+        await server.ensure_running()  # a server killed under earlier episodes is restarted here
+        async with closing(DBBenchEpisode(task, server, self._settings(runtime))) as episode:
+            yield episode
 
     async def replay_gold(self, task: DBTask, runtime: Runtime) -> TaskVerdict:
         return await replay_db_gold(task, runtime.service(self.name), self._settings(runtime))

@@ -4,8 +4,17 @@ Set-up: the episode's own database gets the task's table, every column TEXT as A
 inserted with parameters. The model sees AgentBench's prompt, "Ok.", then the question. Each reply either
 operates (`Action: Operation` + the first ```sql block, one statement, whose first result set comes back as the
 string of a list of tuples, or the server's error message) or answers (`Final Answer: [...]`, read with
-ast.literal_eval, never eval). Modifications are scored by a hash of the table's rows afterwards, whatever the
-agent answered; SELECT-like tasks by comparing the answer with the label as AgentBench v0.2 does.
+ast.literal_eval, never eval). What the agent reads is cut as v0.2 cuts it: past 800 characters, the first 800
+and `[TRUNCATED]`; rows are fetched unbuffered and reading stops once 800 characters are known, so a huge SELECT
+costs at most one row (≤ the server's max_allowed_packet) beyond them. Error texts name MySQL, as the prompt does.
+
+Rules as AgentBench v0.2 (src/server/tasks/dbbench/__init__.py) has them:
+- up to `round_limit` operations (15, v0.2's configured max_round); the reply after the last one is read for a
+  `Final Answer` but not executed;
+- a modification (INSERT, UPDATE, DELETE) is scored by a hash of the table's rows afterwards, whatever the
+  episode's ending (an answer, an invalid reply, the round limit);
+- a SELECT-like task is scored by its answer when one was given (compared with the label as v0.2 does);
+- `dbbench_metrics` counts DELETE tasks in SELECT's accuracy, as v0.2's metric does.
 """
 
 from __future__ import annotations
@@ -45,11 +54,14 @@ _SQL = re.compile(r"```sql\n([\s\S]*?)\n```")
 _FINAL = re.compile(r"\nFinal Answer:(.*)")
 # MySQL's default group_concat_max_len, under which DBBench's answer_md5 values were computed.
 HASH_GROUP_CONCAT_LEN = 1024
+SERVER_GONE = (0, 2002, 2003, 2006, 2013)  # client codes: cannot connect, gone away, lost during the query
+SHOWN_CHARS = 800  # v0.2's cut: the first 800 characters, then TRUNCATED_MARK
+TRUNCATED_MARK = "[TRUNCATED]"
 
 
 @dataclass(frozen=True)
 class DBSettings:
-    round_limit: int = 5
+    round_limit: int = 15  # AgentBench's configured max_round (configs/tasks/dbbench.yaml); its code default is 5
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,15 @@ def format_result(rows: Iterable[tuple[Any, ...]]) -> str:
     return str([tuple(row) for row in rows])
 
 
+def cut_for_display(text: str) -> str:
+    return text[:SHOWN_CHARS] + TRUNCATED_MARK if len(text) > SHOWN_CHARS else text
+
+
+def as_mysql_text(message: str) -> str:
+    """The prompt promises MySQL: the server's own name does not show through its messages."""
+    return message.replace("MariaDB", "MySQL").replace("mariadb", "mysql")
+
+
 class DBBenchEpisode(Episode):
     def __init__(self, task: DBTask, server: MariaDBServer, settings: DBSettings | None = None) -> None:
         self.task = task
@@ -154,13 +175,18 @@ class DBBenchEpisode(Episode):
         self.rounds += 1
         self.messages.append({"role": "assistant", "content": reply})
         action = parse_db_action(reply)
-        if action.kind == "operation" and self.operations < self.settings.round_limit:
+        asked = _ACTION.search(reply)
+        if asked is not None and asked.group(1) == "Operation" and self.operations < self.settings.round_limit:
+            if action.kind == "invalid":  # an operation without its ```sql block
+                self.status = EpisodeStatus.INVALID_ACTION
+                return None
             self.operations += 1
             observation = await asyncio.to_thread(self._execute, action.content or "")
             self.messages.append({"role": "user", "content": observation})
             return observation
-        if action.kind == "answer":
-            self.answer, self.status = action.content, EpisodeStatus.COMPLETED
+        final = _FINAL.search(reply)  # v0.2 reads the answer from whichever reply ended the loop
+        if final:
+            self.answer, self.status = final.group(1), EpisodeStatus.COMPLETED
         elif self.operations >= self.settings.round_limit:
             self.status = EpisodeStatus.ROUND_LIMIT
         else:
@@ -168,36 +194,57 @@ class DBBenchEpisode(Episode):
         return None
 
     def _execute(self, sql: str) -> str:
-        assert self._connection is not None
         try:
-            with self._connection.cursor() as cursor:
-                cursor.execute(sql)
-                return format_result(cursor.fetchall())
+            return cut_for_display(self._run_capped(sql))
         except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
-            if exc.args and exc.args[0] in (2006, 2013, 0):  # the server went away: not the model's doing
+            if exc.args and exc.args[0] in SERVER_GONE:  # not the model's doing
                 raise EpisodeSetupError(f"{self.task.task_id}: lost the database connection: {exc}") from exc
-            return self._error_text(exc)
+            return cut_for_display(self._error_text(exc))
         except pymysql.MySQLError as exc:
-            return self._error_text(exc)
+            return cut_for_display(self._error_text(exc))
+
+    def _run_capped(self, sql: str) -> str:
+        """The first result set as v0.2 prints it, read row by row only until more than SHOWN_CHARS characters
+        are known (they fix what the agent sees); the rest is never read: the connection is dropped and
+        reopened, which makes the server abandon the query."""
+        assert self._connection is not None and self._db is not None
+        text, complete = "[", True
+        cursor = self._connection.cursor(pymysql.cursors.SSCursor)
+        try:
+            cursor.execute(sql)
+            first = True
+            while (row := cursor.fetchone()) is not None:
+                text += ("" if first else ", ") + repr(tuple(row))
+                first = False
+                if len(text) > SHOWN_CHARS:
+                    complete = False
+                    break
+        finally:
+            if complete:
+                cursor.close()
+        if not complete:
+            if cursor._result is not None:  # else pymysql reads every remaining row when the result is collected
+                cursor._result.unbuffered_active = False
+            self._connection.close()
+            self._connection = self.server.connect(self._db.user, self._db.password, self._db.database)
+        return text + "]"
 
     @staticmethod
     def _error_text(exc: pymysql.MySQLError) -> str:
         """The server's message as the agent sees it: 'code: message'."""
         code, message = (exc.args + ("",))[:2] if exc.args else ("", str(exc))
-        return f"{code}: {message}" if message else str(exc)
+        return as_mysql_text(f"{code}: {message}" if message else str(exc))
 
     async def outcome(self) -> Outcome:
         if self.status is None:
             raise RuntimeError("outcome() before the episode ended")
         try:
-            if self.task.modifies:
+            if self.task.modifies:  # whatever the ending, as v0.2
                 table_hash = await asyncio.to_thread(self._table_hash)
-                passed = self.status == EpisodeStatus.COMPLETED and table_hash == self.task.answer_md5
+                passed = table_hash == self.task.answer_md5
                 detail = "" if passed else f"table hash {table_hash}, expected {self.task.answer_md5}"
             else:
-                passed = self.status == EpisodeStatus.COMPLETED and select_answer_correct(
-                    self.answer or "", self.task.label
-                )
+                passed = self.answer is not None and select_answer_correct(self.answer, self.task.label)
                 detail = "" if passed else f"answer {self.answer!r}, expected {list(self.task.label)!r}"
         except pymysql.MySQLError as exc:
             raise EpisodeSetupError(f"{self.task.task_id}: scoring failed: {exc}") from exc
@@ -225,22 +272,28 @@ class DBBenchEpisode(Episode):
         await self._release()
 
     async def _release(self) -> None:
-        if self._connection is not None:
-            await asyncio.to_thread(self._connection.close)
-            self._connection = None
-        if self._db is not None:
-            await self.server.drop_episode_database(self._db)
-            self._db = None
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.open:
+            await asyncio.to_thread(connection.close)
+        database, self._db = self._db, None
+        if database is not None:
+            try:
+                await self.server.drop_episode_database(database)
+            except pymysql.MySQLError as exc:  # the server died under the episode: the environment's failure
+                raise EpisodeSetupError(f"{self.task.task_id}: could not drop the episode's database: {exc}") from exc
 
 
 def dbbench_metrics(results: Iterable[tuple[DBTask, float]]) -> dict[str, float]:
     """Accuracy per kind (SELECT, INSERT, UPDATE), per category, `overall_cat_accuracy` (the mean of the SELECT,
-    INSERT and UPDATE accuracies, as AgentBench reports) and plain `accuracy`."""
+    INSERT and UPDATE accuracies, as AgentBench reports) and plain `accuracy`. As in v0.2's metric, SELECT's
+    accuracy counts every task that is neither an INSERT nor an UPDATE, DELETE included."""
     by_kind: dict[str, list[float]] = {}
     by_category: dict[str, list[float]] = {}
     scores = []
     for task, score in results:
         by_kind.setdefault(task.kind, []).append(score)
+        if task.kind == "DELETE":
+            by_kind.setdefault("SELECT", []).append(score)
         by_category.setdefault(task.category, []).append(score)
         scores.append(score)
     metrics = {f"{k}_accuracy": sum(v) / len(v) for k, v in {**by_category, **by_kind}.items()}

@@ -1,13 +1,18 @@
 """One MariaDB server per run, in a container with no network; one database and one user per episode.
 
 The server listens only on a unix socket in a host folder mounted into its container, so nothing is exposed
-on any network. Each episode gets its own database and its own user, granted that database alone: table names
+on any network. The folder's name carries its owner's pid and start time: a killed eval's folder is removed by the
+next start (its container, labelled like every sandbox, by the reaper). `ensure_running()` restarts a server that
+died under the run (episodes that were on it fail as environment errors and are retried on the new one).
+Each episode gets its own database and its own user, granted that database alone: table names
 that repeat across tasks never collide, and an agent cannot see or touch another episode's data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -20,12 +25,15 @@ import pymysql
 
 from envs.errors import EpisodeSetupError
 from sandboxes.contract import Sandbox
+from sandboxes.labels import process_start_ticks
 from sandboxes.limits import SandboxLimits
 
 if TYPE_CHECKING:
     from envs.registry import SandboxStarter
 
 SOCKET = "mysqld.sock"
+SOCKET_ROOT = Path("/tmp")  # a short path: unix socket paths are limited to ~108 bytes
+_FOLDER = re.compile(r"cqd-db-(?P<pid>\d+)-(?P<start>\d+)-")
 STATEMENT_TIMEOUT_S = 30  # a runaway query (a cross join) is cut by the server
 _SERVER_SCRIPT = (
     "mariadb-install-db --user=mysql --datadir=/var/lib/mysql --skip-test-db >/dev/null 2>&1 && "
@@ -55,6 +63,8 @@ class MariaDBServer:
         self.start_timeout_s = start_timeout_s
         self._container: Sandbox | None = None
         self._socket_dir: Path | None = None
+        self._restart_lock = asyncio.Lock()
+        self.restarts = 0
 
     @property
     def socket_path(self) -> str:
@@ -62,8 +72,9 @@ class MariaDBServer:
         return str(self._socket_dir / SOCKET)
 
     async def start(self) -> None:
-        # A short path: unix socket paths are limited to ~108 bytes.
-        self._socket_dir = Path(tempfile.mkdtemp(prefix="cqd-db-", dir="/tmp"))
+        remove_orphan_folders()
+        pid = os.getpid()
+        self._socket_dir = Path(tempfile.mkdtemp(prefix=f"cqd-db-{pid}-{process_start_ticks(pid)}-", dir=SOCKET_ROOT))
         self._socket_dir.chmod(0o777)
         self._container = await self.start_sandbox(
             "mariadb",
@@ -82,6 +93,18 @@ class MariaDBServer:
                         f"MariaDB did not come up within {self.start_timeout_s:.0f} s: {exc}"
                     ) from exc
                 await asyncio.sleep(0.1)
+
+    async def ensure_running(self) -> None:
+        """Restart the server if it no longer answers (killed, or its container gone)."""
+        async with self._restart_lock:
+            try:
+                await asyncio.to_thread(self._admin_query, "SELECT 1")
+                return
+            except pymysql.MySQLError:
+                pass
+            await self.stop()
+            await self.start()
+            self.restarts += 1
 
     async def stop(self) -> None:
         if self._container is not None:
@@ -136,3 +159,11 @@ class MariaDBServer:
                 cursor.execute("DROP USER IF EXISTS %s@'localhost'", (episode.user,))
 
         await asyncio.to_thread(drop)
+
+
+def remove_orphan_folders(root: Path = SOCKET_ROOT) -> None:
+    """Socket folders whose owning process is gone (a killed eval's)."""
+    for folder in root.glob("cqd-db-*"):
+        owner = _FOLDER.match(folder.name)
+        if owner and process_start_ticks(int(owner["pid"])) != owner["start"]:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -120,9 +120,10 @@ async def run_checks(
                 return False, f"check {position} ({script.file}) rejected {params!r}"
             params.append("")
             continue
-        result = await sandbox.exec(
-            script_argv(script, script_source(script, scripts_dir), params), workdir=workdir, timeout=timeout_s
-        )
+        # AgentBench reads a script's output with stderr merged in, in the order written (docker exec_run's
+        # default), so an example that warns on stderr passes its warning on too.
+        argv = ["sh", "-c", 'exec "$@" 2>&1', "sh", *script_argv(script, script_source(script, scripts_dir), params)]
+        result = await sandbox.exec(argv, workdir=workdir, timeout=timeout_s)
         if result.exit_code != 0:
             return False, f"check {position} exited {result.exit_code}: {(result.stderr or result.stdout)[-300:]}"
         params.append(result.stdout)

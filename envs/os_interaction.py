@@ -1,10 +1,19 @@
 """The AgentBench OS-interaction episode on a sandbox.
 
 Set-up: each `init` script runs as its own exec; `start` is typed into the agent's persistent shell (so what it
-leaves running, or sets, is there for the agent); init, the shell and the checks share one working directory.
-Then up to `round_limit` model replies, each parsed as AgentBench does (envs.os_actions); a bash action's output
-is cut for display at 800 characters (first 780 + a note). The episode ends on answer/finish, an invalid action
-or the round limit; then `match` or the `check` chain scores it (envs.os_checks).
+leaves running, or sets, is there for the agent); init, the shell and the checks share one working directory, `/`,
+as AgentBench's containers (no WORKDIR) and its execs have it. Then up to `round_limit` model replies, each parsed
+as AgentBench does (envs.os_actions); a bash action's output is cut for display at 800 characters (first 780 + a
+note). The episode ends on answer/finish, an invalid action or the round limit.
+
+Scoring follows AgentBench v0.2: only an episode the agent ended by answering or finishing is judged (an invalid
+reply or the round limit scores 0, whatever state the machine is in); after `finish` the answer is None — `match`
+fails and check scripts get the text "None". Then `match` or the `check` chain scores it (envs.os_checks).
+
+Who broke it: when a command cannot run, the engine is asked whether the container still stands. Running (the
+agent deleted bash, killed its shell's parent) or killed for memory it used: the agent's failure, status
+sandbox_broken, score 0. Gone (killed or removed from outside, engine down): EpisodeSetupError, an environment
+error the orchestrator retries — never "the output is empty" read by the agent and scored.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from envs.os_actions import parse_os_action
 from envs.os_checks import expected_of, match_answer, run_checks, script_argv, script_source
 from envs.os_prompt import first_messages, observation
 from envs.os_tasks import OSTask
-from sandboxes.contract import Sandbox, ShellSession
+from sandboxes.contract import Sandbox, SandboxHealth, ShellSession
 from sandboxes.errors import SandboxError
 from sandboxes.output import truncate_for_display
 
@@ -26,7 +35,7 @@ from sandboxes.output import truncate_for_display
 @dataclass(frozen=True)
 class OSSettings:
     round_limit: int = 5  # CycleQD's setting; AgentBench's own is 8
-    workdir: str = "/root"
+    workdir: str = "/"
     command_timeout_s: float = 30.0
     check_timeout_s: float = 60.0
     scripts_dir: Path | None = None
@@ -82,6 +91,9 @@ class OSInteractionEpisode(Episode):
             self.status = EpisodeStatus.COMPLETED
             return None
         output = await self._run_bash(action.content or "")
+        if output is None:
+            self.status = EpisodeStatus.SANDBOX_BROKEN
+            return None
         if self.rounds >= self.settings.round_limit:
             self.status = EpisodeStatus.COMMAND_TIMEOUT if self._last_timed_out else EpisodeStatus.ROUND_LIMIT
             return None
@@ -89,37 +101,64 @@ class OSInteractionEpisode(Episode):
         self.messages.append({"role": "user", "content": message})
         return message
 
-    async def _run_bash(self, command: str) -> str:
+    async def _run_bash(self, command: str) -> str | None:
+        """The command's output, or None when the agent has broken its sandbox."""
         try:
             if self._session is None:
                 self._session = await self.sandbox.open_session(workdir=self.settings.workdir)
             result = await self._session.run(command, timeout=self.settings.command_timeout_s)
         except SandboxError as exc:
-            raise EpisodeSetupError(f"{self.task.task_id}: the sandbox failed during the episode: {exc}") from exc
+            await self._blame(exc)
+            return None
         self._last_timed_out = result.timed_out
         self.last_output = result.output
-        if result.session_ended:  # the agent typed `exit`: a new shell, as a new terminal would be
+        if result.session_ended:  # `exit`, or the container died under the command: ask the engine which
             self._session = None
+            await self._blame(None)
         return result.output
+
+    async def _blame(self, cause: SandboxError | None) -> None:
+        """Raise EpisodeSetupError unless the sandbox still stands (or died of the agent's own memory use)."""
+        try:
+            health = await self.sandbox.health()
+        except SandboxError as exc:
+            raise EpisodeSetupError(f"{self.task.task_id}: the engine failed during the episode: {exc}") from exc
+        if health == SandboxHealth.GONE:
+            raise EpisodeSetupError(f"{self.task.task_id}: the sandbox died under the agent ({cause or 'no cause'})")
 
     async def outcome(self) -> Outcome:
         if self.status is None:
             raise RuntimeError("outcome() before the episode ended")
-        answer = self.answer if self.answer is not None else ""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self.status != EpisodeStatus.COMPLETED:  # AgentBench judges only an answer or a finish
+            return Outcome(
+                self.status, 0.0, self.rounds, self.answer, f"not judged: {self.status}", expected_of(self.task)
+            )
         if self.task.match is not None:
-            passed, detail = match_answer(self.task.match, answer), ""
+            passed = self.answer is not None and match_answer(self.task.match, self.answer)
+            detail = "" if passed else f"answer {self.answer!r} does not match"
         else:
             try:
                 passed, detail = await run_checks(
                     self.task,
-                    answer,
+                    str(self.answer),  # "None" after finish, as AgentBench passes it
                     self.sandbox,
                     scripts_dir=self.settings.scripts_dir,
                     workdir=self.settings.workdir,
                     timeout_s=self.settings.check_timeout_s,
                 )
-            except (SandboxError, ScriptUnavailableError) as exc:
+            except ScriptUnavailableError as exc:
                 raise EpisodeSetupError(f"{self.task.task_id}: checking failed: {exc}") from exc
-        if self._session is not None:
-            await self._session.close()
+            except SandboxError as exc:
+                await self._blame(exc)
+                return Outcome(
+                    EpisodeStatus.SANDBOX_BROKEN,
+                    0.0,
+                    self.rounds,
+                    self.answer,
+                    f"checks could not run: {exc}",
+                    expected_of(self.task),
+                )
         return Outcome(self.status, 1.0 if passed else 0.0, self.rounds, self.answer, detail, expected_of(self.task))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from sandboxes.limits import SandboxLimits
 
@@ -49,6 +50,14 @@ class CommandResult:
     output_truncated: bool = False
     oom_killed: bool = False
     session_ended: bool = False
+
+
+class SandboxHealth(StrEnum):
+    """Whether a sandbox still stands, asked of the engine (not of anything inside the sandbox)."""
+
+    RUNNING = "running"
+    OOM_KILLED = "oom_killed"  # the kernel killed its main process for memory: what ran inside caused it
+    GONE = "gone"  # stopped, killed or removed from outside
 
 
 class ShellSession(abc.ABC):
@@ -96,6 +105,10 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes:
         """The content of `path`; at most `max_bytes` (default: the output cap). FileNotFoundError if absent."""
+
+    @abc.abstractmethod
+    async def health(self) -> SandboxHealth:
+        """The sandbox's state as the engine reports it. SandboxError if the engine does not answer."""
 
     @abc.abstractmethod
     async def stop(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import socket
 import tarfile
 import time
@@ -16,21 +17,36 @@ from collections.abc import Mapping, Sequence
 
 import docker
 import docker.errors
+import requests
 from docker.models.containers import Container
 
 from sandboxes import process_tree
-from sandboxes.contract import ExecResult, Sandbox
+from sandboxes.contract import ExecResult, Sandbox, SandboxHealth
 from sandboxes.docker_stream import STDERR, ExecStream
 from sandboxes.engine import docker_client
 from sandboxes.errors import ImageMissingError, SandboxError, SandboxStoppedError
 from sandboxes.exec_wrapper import WrappedExec
 from sandboxes.labels import owner_labels
-from sandboxes.limits import SandboxLimits
+from sandboxes.limits import SandboxLimits, quota_supported
 from sandboxes.reaper import OWNED, reap_orphans_once
 from sandboxes.shell_session import BashSession
 
+log = logging.getLogger(__name__)
 KILL_GRACE_S = 3.0
 ROOT = "0"  # numeric: still works after an agent has mangled /etc/passwd
+
+
+_QUOTA: dict[str, bool] = {}
+
+
+def engine_has_quota(client: docker.DockerClient) -> bool:
+    """Asked once per engine (an overlay2 on xfs without pquota still refuses: then no quota, said once)."""
+    key = client.api.base_url
+    if key not in _QUOTA:
+        _QUOTA[key] = quota_supported(client.info())
+        if not _QUOTA[key]:
+            log.warning("this engine cannot limit what a sandbox writes (needs btrfs, zfs or overlay2 on xfs+pquota)")
+    return _QUOTA[key]
 
 
 def create_container(
@@ -53,7 +69,7 @@ def create_container(
             labels=owner_labels(run_id),
             working_dir=workdir or "/",
             hostname="sandbox",
-            **limits.docker_run_kwargs(),
+            **limits.docker_run_kwargs(disk_quota=engine_has_quota(client)),
         )
     except docker.errors.ImageNotFound as exc:
         raise ImageMissingError(f"image {image!r} is not on this engine; run `cycleqd images build`") from exc
@@ -305,6 +321,20 @@ class DockerSandbox(Sandbox):
                 return handle.read(limit) if handle else b""
 
         return await asyncio.to_thread(fetch)
+
+    async def health(self) -> SandboxHealth:
+        if self._stopped:
+            return SandboxHealth.GONE
+        try:
+            await asyncio.to_thread(self._container.reload)
+        except docker.errors.NotFound:
+            return SandboxHealth.GONE
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise SandboxError(f"the engine did not answer about sandbox {self.name}: {exc}") from exc
+        state = self._container.attrs.get("State", {})
+        if state.get("Running"):
+            return SandboxHealth.RUNNING
+        return SandboxHealth.OOM_KILLED if state.get("OOMKilled") else SandboxHealth.GONE
 
     def _check_running(self) -> None:
         if self._stopped:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,10 @@ async def run(image: str, task: CodingTask | dict, reply: str, timeout_s: float 
         episode = CodingEpisode(task, box, CodingSettings(timeout_s=timeout_s))
         await episode.begin()
         assert await episode.step(reply) is None
-        return await episode.outcome()
+        started = time.monotonic()
+        outcome = await episode.outcome()
+        assert time.monotonic() - started < timeout_s + 5  # the verdict comes within the limit, whatever ran
+        return outcome
 
 
 @pytest.mark.parametrize(
@@ -69,8 +73,37 @@ async def run(image: str, task: CodingTask | dict, reply: str, timeout_s: float 
         ("```python\ndef add(a, b):\n    return a - b\n```", 0.0),
         ("```python\nimport sys\ndef add(a, b):\n    return 0\nsys.exit(0)\n```", 0.0),  # leaves before the tests
         ("```python\nimport os\ndef add(a, b):\n    return 0\nos._exit(0)\n```", 0.0),
-        ("```python\nprint = lambda *a, **k: None\ndef add(a, b):\n    return a + b\n```", 0.0),  # fails closed
+        ("```python\nprint = lambda *a, **k: None\ndef add(a, b):\n    return a + b\n```", 1.0),  # harmless now
         ("```python\nimport builtins\ndef add(a, b):\n    return 0\nbuiltins.AssertionError = None\n```", 0.0),
+        # the whole family of lying results and of a checker the solution could reach: all fail
+        (
+            "```python\nclass Y:\n    __eq__ = lambda s, o: True\n    __ne__ = lambda s, o: False\n"
+            "    __bool__ = lambda s: True\ndef add(a, b):\n    return Y()\n```",
+            0.0,
+        ),
+        ("```python\nclass I(int):\n    def __eq__(self, o): return True\ndef add(a, b):\n    return I(0)\n```", 0.0),
+        (
+            "```python\nimport sys\nsys.modules['builtins'].AssertionError = KeyError\ndef add(a, b):\n"
+            "    return 0\n```",
+            0.0,
+        ),
+        (
+            "```python\nimport atexit, os\natexit.register(lambda: os._exit(0))\ndef add(a, b):\n"
+            "    raise SystemExit(0)\n```",
+            0.0,
+        ),
+        (
+            "```python\nimport os, signal\nfor p in os.listdir('/proc'):\n"
+            "    if p.isdigit() and int(p) != os.getpid():\n"
+            "        try: os.kill(int(p), signal.SIGKILL)\n"
+            "        except OSError: pass\ndef add(a, b):\n    return 0\n```",
+            0.0,
+        ),
+        (
+            "```python\nimport gc\ndef add(a, b):\n    for o in gc.get_objects():\n        if isinstance(o, str) and "
+            "len(o) == 32:\n            print(o + ' {\\\"passed\\\": true}')\n    return 0\n```",
+            0.0,
+        ),
     ],
 )
 async def test_only_code_that_passes_every_test_scores(os_image: str, reply: str, score: float) -> None:
@@ -80,6 +113,22 @@ async def test_only_code_that_passes_every_test_scores(os_image: str, reply: str
 async def test_a_hanging_solution_times_out(os_image: str) -> None:
     outcome = await run(os_image, MBPP_TASK, "```python\nwhile True:\n    pass\n```", timeout_s=2)
     assert (outcome.status, outcome.score, outcome.detail) == (EpisodeStatus.COMMAND_TIMEOUT, 0.0, "timed out")
+
+
+async def test_a_fork_bomb_is_stopped_within_the_time_limit(os_image: str) -> None:
+    bomb = "```python\nimport os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n```"
+    outcome = await run(os_image, MBPP_TASK, bomb, timeout_s=3)
+    assert (outcome.status, outcome.score) == (EpisodeStatus.COMMAND_TIMEOUT, 0.0)
+
+
+def code_block(source: str) -> str:
+    return f"```python\n{source}\n```"
+
+
+async def test_a_memory_hog_is_killed_before_the_checker(os_image: str) -> None:
+    hog = code_block("chunks = []\nwhile True:\n    chunks.append(bytearray(64 << 20))\ndef add(a, b): return a")
+    outcome = await run(os_image, MBPP_TASK, hog)
+    assert outcome.score == 0.0 and not outcome.detail.startswith("the checker gave no verdict"), outcome.detail
 
 
 async def test_a_humaneval_body_completion_gets_its_signature(os_image: str) -> None:

@@ -157,6 +157,11 @@ async def test_round_limit_and_invalid_replies(db_server: MariaDBServer) -> None
     assert await episode.step(operation) == "[(1,)]" and await episode.step(operation) == "[(1,)]"
     assert await episode.step(operation) is None
     assert (await episode.outcome()).status == EpisodeStatus.ROUND_LIMIT
+    late = DBBenchEpisode(make_task(), db_server, DBSettings(round_limit=1))  # v0.2 reads the reply after the limit
+    await late.begin()
+    assert await late.step(operation) == "[(1,)]"
+    assert await late.step(operation + '\nFinal Answer: ["2"]') is None
+    assert ((await late.outcome()).status, late.operations) == (EpisodeStatus.COMPLETED, 1)
     invalid = DBBenchEpisode(make_task(), db_server)
     await invalid.begin()
     assert await invalid.step("The answer is two.") is None
@@ -180,6 +185,26 @@ async def test_modifications_are_scored_by_the_table_whatever_the_answer(db_serv
     await wrong.step("Action: Operation\n```sql\nINSERT INTO scores VALUES ('dee', '10');\n```")
     await wrong.step("Action: Answer\nFinal Answer: []")
     assert (await wrong.outcome()).score == 0.0
+    from envs.dbbench import DBSettings
+
+    for ending in ("no valid action at all", "Action: Operation\n```sql\nSELECT 1;\n```"):  # invalid, round limit
+        unfinished = DBBenchEpisode(make_task("INSERT", [gold], expected), db_server, DBSettings(round_limit=1))
+        await unfinished.begin()
+        await unfinished.step(f"Action: Operation\n```sql\n{gold}\n```")
+        assert await unfinished.step(ending) is None
+        outcome = await unfinished.outcome()
+        assert outcome.status != EpisodeStatus.COMPLETED and outcome.score == 1.0  # v0.2: the table decides
+
+
+async def test_output_is_cut_as_agentbench_and_errors_name_mysql(db_server: MariaDBServer) -> None:
+    episode = DBBenchEpisode(make_task(), db_server)
+    await episode.begin()
+    flood = "SELECT seq, REPEAT('x', 100) FROM seq_1_to_2000000"
+    shown = await episode.step(f"Action: Operation\n```sql\n{flood}\n```")
+    assert len(shown) == 800 + len("[TRUNCATED]") and shown.endswith("x[TRUNCATED]") and shown.startswith("[(1, ")
+    assert await episode.step("Action: Operation\n```sql\nSELECT COUNT(*) FROM scores\n```") == "[(3,)]"
+    error = await episode.step("Action: Operation\n```sql\nSELEC 1\n```")
+    assert "MySQL server version" in error and "MariaDB" not in error
 
 
 async def test_episodes_with_the_same_table_name_are_isolated(db_server: MariaDBServer) -> None:

@@ -1,0 +1,347 @@
+"""Scores you can trust: a scripted hostile model (tests/hostile_model.py, a test instrument) drives real
+episodes — real sandboxes, a real MariaDB, a real SQLite store — and every attack must end with the score and
+status the rules give, while honest neighbours in the same run score exactly as in a clean run. Faults are
+injected into the same run: a sandbox killed under a command, the run's MariaDB killed, the model server down
+for 10 s. Then `cycleqd eval` is SIGKILLed and resumed: exactly N episodes, none twice, none lost."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from cycleqd.eval_tasks import EvalTask, load_eval_tasks
+from cycleqd.orchestrator import EvalSettings, Orchestrator
+from db import open_store
+from envs.mariadb_server import SOCKET_ROOT
+from envs.os_interaction import OSSettings
+from sandboxes.images import build_images, image_tag
+from sandboxes.labels import RUN
+from serving.client import ClientSettings
+from serving.external import ExternalManager
+from serving.model_ref import ExternalEndpoint
+from tests.hostile_model import MODEL, HostileModelServer
+
+pytestmark = pytest.mark.usefixtures("images")
+
+
+@pytest.fixture(scope="module")
+def images(docker_engine: docker.DockerClient) -> None:
+    build_images(docker_engine, ["os-default", "mariadb"])
+
+
+def bash(command: str) -> str:
+    return f"Think: go.\n\nAct: bash\n```bash\n{command}\n```"
+
+
+def sql(statement: str) -> str:
+    return f"Let me look.\nAction: Operation\n```sql\n{statement}\n```"
+
+
+def answer(values: list[str]) -> str:
+    return f"Done.\nAction: Answer\nFinal Answer: {json.dumps(values)}"
+
+
+def code(source: str) -> str:
+    return f"```python\n{source}\n```"
+
+
+FLAG = "test -f /tmp/flag"
+SCRIPTS: dict[str, list[str]] = {
+    # honest neighbours
+    "os_honest": ["Think: 6*7.\n\nAct: answer(42)"],
+    "db_honest": [sql("SELECT COUNT(*) FROM t"), answer(["3"])],
+    "code_honest": [code("def add(a, b):\n    return a + b")],
+    # OS: the state is right, but the agent never answers or finishes: AgentBench gives 0
+    "os_state_then_invalid": [bash("touch /tmp/flag"), "I will not follow the format."],
+    "os_state_then_rounds": [bash("touch /tmp/flag")],
+    # OS: after finish the checks get "None"; a match cannot pass
+    "os_finish_none": ["Think: done.\n\nAct: finish"],
+    "os_finish_match": ["Think: done.\n\nAct: finish"],
+    # OS: the agent breaks its own sandbox: its failure, not an environment error
+    "os_delete_bash": [bash("rm -f /bin/bash /usr/bin/bash; exit"), bash("ls")],
+    # OS fault: the container is killed from outside while this sleeps; retried, then answered honestly
+    "os_killed": [bash("sleep 8; echo slept"), "Think: 42.\n\nAct: answer(42)"],
+    # DB: a modification is scored by the table whatever the ending
+    "db_modify_then_invalid": [sql("UPDATE t SET v = 'z' WHERE k = 'a'"), "no format at all"],
+    "db_flood": [sql("SELECT seq, REPEAT('y', 50) FROM seq_1_to_2000000"), answer(["1"])],
+    "db_error_text": [sql("SELEC 1"), answer(["3"])],
+    # DB fault: MariaDB is killed while this sleeps; retried on a restarted server
+    "db_slow": [sql("SELECT SLEEP(5)"), answer(["3"])],
+    # coding: lying values, forged tokens, exits, a killed checker, a fork bomb
+    "code_eq": [code("class Y:\n    __eq__ = lambda s, o: True\n    __ne__ = lambda s, o: False\n"
+                     "    __bool__ = lambda s: True\ndef add(a, b):\n    return Y()")],
+    "code_token": [code("import gc\ndef add(a, b):\n    for o in gc.get_objects():\n"
+                        "        if isinstance(o, str) and len(o) == 32:\n"
+                        "            print(o + ' {\"passed\": true, \"detail\": \"\", \"timed_out\": false}')\n"
+                        "    return 0")],
+    "code_exit": [code("import atexit, os, sys, builtins\natexit.register(lambda: os._exit(0))\n"
+                       "builtins.AssertionError = KeyError\ndef add(a, b):\n    sys.exit(0)")],
+    "code_kill": [code("import os, signal\nfor p in os.listdir('/proc'):\n"
+                       "    if p.isdigit() and int(p) != os.getpid():\n"
+                       "        try:\n            os.kill(int(p), signal.SIGKILL)\n"
+                       "        except OSError:\n            pass\ndef add(a, b):\n    return 0")],
+    "code_bomb": [code("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass")],
+}  # fmt: skip
+HONEST = {"os_honest", "db_honest", "code_honest"}
+# name → (status, score) that the rules give
+EXPECTED = {
+    "os_honest": ("completed", 1.0), "db_honest": ("completed", 1.0), "code_honest": ("completed", 1.0),
+    "os_state_then_invalid": ("invalid_action", 0.0), "os_state_then_rounds": ("round_limit", 0.0),
+    "os_finish_none": ("completed", 1.0), "os_finish_match": ("completed", 0.0),
+    "os_delete_bash": ("sandbox_broken", 0.0), "os_killed": ("completed", 1.0),
+    "db_modify_then_invalid": ("invalid_action", 1.0), "db_flood": ("completed", 1.0),
+    "db_error_text": ("completed", 1.0), "db_slow": ("completed", 1.0),
+    "code_eq": ("completed", 0.0), "code_token": ("completed", 0.0), "code_exit": ("completed", 0.0),
+    "code_kill": ("completed", 0.0), "code_bomb": ("command_timeout", 0.0),
+}  # fmt: skip
+ROWS = [["a", "1"], ["b", "2"], ["c", "3"]]
+
+
+def table_md5(rows: list[list[str]]) -> str:
+    """DBBench's table hash computed by hand: md5 of the sorted 5-hex row hashes joined by commas, as the string
+    of the one-row result that v0.2 compares with `answer_md5`."""
+    hashes = sorted(hashlib.md5(",".join(r).encode()).hexdigest()[:5] for r in rows)
+    return str([(hashlib.md5(",".join(hashes).encode()).hexdigest(),)])
+
+
+def os_task(name: str, evaluation: dict) -> dict:
+    return {"description": f"Solve this. «{name}»", "evaluation": evaluation}
+
+
+def db_task(name: str, kind: str, **answer_field: object) -> dict:
+    return {"description": f"How many rows are in t? «{name}»", "type": [kind], "table": {"table_name": "t",
+            "table_info": {"columns": [{"name": "k"}, {"name": "v"}], "rows": ROWS}},
+            "add_description": "The name of this table is t, its columns are k and v.", **answer_field}  # fmt: skip
+
+
+def write_suite(root: Path, names: set[str]) -> dict[str, Path]:
+    os_tasks = {
+        "os_honest": {"match": "42"}, "os_killed": {"match": "42"},
+        "os_state_then_invalid": {"check": {"code": FLAG}}, "os_state_then_rounds": {"check": {"code": FLAG}},
+        "os_finish_none": {"check": {"code": '[ "$1" = None ]'}},
+        "os_finish_match": {"match": {"regex": ".*", "strip": True}}, "os_delete_bash": {"check": {"code": "true"}},
+    }  # fmt: skip
+    db_tasks = {
+        "db_honest": db_task("db_honest", "counting", label=["3"]),
+        "db_modify_then_invalid": db_task("db_modify_then_invalid", "UPDATE", label=["UPDATE t SET v='z' WHERE k='a'"],
+                                          answer_md5=table_md5([["a", "z"], ["b", "2"], ["c", "3"]])),
+        "db_flood": db_task("db_flood", "counting", label=["1"]),
+        "db_error_text": db_task("db_error_text", "counting", label=["3"]),
+        "db_slow": db_task("db_slow", "counting", label=["3"]),
+    }  # fmt: skip
+    folders = {}
+    for env in ("os", "db", "coding"):
+        folder = root / env
+        folder.mkdir(parents=True)
+        folders[env] = folder
+    chosen_os = [os_task(n, e) for n, e in os_tasks.items() if n in names]
+    (folders["os"] / "attacks.json").write_text(json.dumps(chosen_os))
+    (folders["db"] / "attacks.jsonl").write_text(
+        "".join(json.dumps(t) + "\n" for n, t in db_tasks.items() if n in names)
+    )
+    coding = [{"task_id": n, "text": f"Write add(a, b). «{n}»", "code": "def add(a, b):\n    return a + b",
+               "test_setup_code": "", "test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]}
+              for n in sorted(names) if n.startswith("code_")]  # fmt: skip
+    (folders["coding"] / "attacks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in coding))
+    return folders
+
+
+def load_suite(folders: dict[str, Path]) -> list[EvalTask]:
+    return [t for env, folder in folders.items() for t in load_eval_tasks([env], str(folder), "dev", None)]
+
+
+def marker(task: EvalTask) -> str:
+    text = json.dumps(task.task.__dict__, default=str, ensure_ascii=False)
+    return text.split("«", 1)[1].split("»", 1)[0]
+
+
+async def run_suite(server: HostileModelServer, tasks: list[EvalTask], db: Path, retries: int = 2) -> dict:
+    store = open_store(db)
+    run = store.create_run("eval", {"test": "adversarial"})
+    endpoint = ExternalEndpoint(server.base_url, MODEL)
+    model_id = store.model_id(endpoint.identity(), endpoint.label)
+    settings = EvalSettings(concurrency=3, repeats=1, retries=retries, max_sandboxes=6, os=OSSettings(round_limit=3))
+    async with ExternalManager(endpoint, ClientSettings(retries=4, backoff_s=0.5, max_backoff_s=4)) as manager:
+        await manager.serve(endpoint)
+        await Orchestrator(store, run.id, manager, model_id, settings).run(tasks)
+    by_row = {store.task_id(t.env, t.suite, t.split, t.key, t.content_hash): marker(t) for t in tasks}
+    return {"run": run.id, "store": store, "episodes": {by_row[e.task_id]: e for e in store.episodes(run.id)}}
+
+
+def containers_of(client: docker.DockerClient, run_id: str) -> list:
+    return client.containers.list(filters={"label": f"{RUN}={run_id}"})
+
+
+class FaultInjector(threading.Thread):
+    """Kills the sandbox under `os_killed`'s sleep and the MariaDB under `db_slow`'s, then takes the model server
+    down for 10 s."""
+
+    def __init__(self, server: HostileModelServer, db: Path) -> None:
+        super().__init__(daemon=True)
+        self.server, self.db, self.done = server, db, []
+        self.client = docker.from_env()
+
+    def run_id(self) -> str | None:
+        runs = open_store(self.db).list_runs() if self.db.exists() else []
+        return runs[0].id if runs else None
+
+    def wait_for(self, predicate, timeout_s: float = 180):  # noqa: ANN001, ANN201
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if found := predicate():
+                return found
+            time.sleep(0.2)
+        return None
+
+    def sleeping_sandbox(self):  # noqa: ANN201
+        run_id = self.run_id()
+        for container in containers_of(self.client, run_id) if run_id else []:
+            try:
+                if any("sleep 8" in " ".join(p) for p in container.top()["Processes"]):
+                    return container
+            except docker.errors.APIError:
+                pass
+        return None
+
+    def mariadb(self):  # noqa: ANN201
+        run_id = self.run_id()
+        if run_id and self.server.served["db_slow"] >= 1:
+            found = [c for c in containers_of(self.client, run_id) if "mariadb" in " ".join(c.image.tags)]
+            return found[0] if found else None
+        return None
+
+    def run(self) -> None:
+        if sandbox := self.wait_for(self.sleeping_sandbox):
+            sandbox.kill()
+            self.done.append("sandbox killed")
+        if database := self.wait_for(self.mariadb):
+            time.sleep(1)  # inside SELECT SLEEP(5)
+            database.kill()
+            self.done.append("mariadb killed")
+        self.server.down()
+        time.sleep(10)
+        self.server.up()
+        self.done.append("server down 10 s")
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The honest tasks alone, no attack, no fault: what their neighbours must match."""
+    server = HostileModelServer(SCRIPTS)
+    server.up()
+    try:
+        root = tmp_path_factory.mktemp("clean")
+        return asyncio.run(run_suite(server, load_suite(write_suite(root / "suite", HONEST)), root / "clean.db"))
+    finally:
+        server.down()
+
+
+@pytest.mark.slow
+async def test_every_attack_is_contained_and_every_fault_survived(clean_run: dict, tmp_path: Path) -> None:
+    server = HostileModelServer(SCRIPTS)
+    server.up()
+    db = tmp_path / "hostile.db"
+    injector = FaultInjector(server, db)
+    injector.start()
+    try:
+        started = time.monotonic()
+        result = await run_suite(server, load_suite(write_suite(tmp_path / "suite", set(SCRIPTS))), db, retries=3)
+    finally:
+        injector.join(60)
+        server.down()
+    assert injector.done == ["sandbox killed", "mariadb killed", "server down 10 s"]
+    episodes = result["episodes"]
+    assert sorted(episodes) == sorted(SCRIPTS)  # every planned episode stored, once
+    assert {n: (e.status, e.score) for n, e in episodes.items()} == EXPECTED
+    for name in HONEST:  # neighbours: exactly as in the clean run
+        clean, here = clean_run["episodes"][name], episodes[name]
+        assert (here.status, here.score, here.transcript) == (clean.status, clean.score, clean.transcript)
+    flood = episodes["db_flood"].transcript[-2]["content"]
+    assert len(flood) == 800 + len("[TRUNCATED]") and flood.endswith("[TRUNCATED]")
+    error = episodes["db_error_text"].transcript[-2]["content"]
+    assert "MySQL server version" in error and "MariaDB" not in error
+    assert server.served["os_killed"] >= 3  # the killed attempt, then the retried one
+    assert time.monotonic() - started < 600
+
+
+def stored_episodes(db: Path) -> int:
+    try:
+        return sum(len(open_store(db).episodes(r.id)) for r in open_store(db).list_runs()) if db.exists() else 0
+    except Exception:  # noqa: BLE001 - the other process may be creating the file
+        return 0
+
+
+def cycleqd(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from cycleqd.cli import main; main()", *args]  # this tree's cycleqd
+
+
+@pytest.mark.slow
+def test_a_sigkilled_eval_resumes_exactly_and_a_completed_resume_writes_nothing(tmp_path: Path) -> None:
+    slow = {name: [sql("SELECT SLEEP(2)"), *SCRIPTS[name]] for name in ("db_honest", "db_modify_then_invalid")}
+    server = HostileModelServer({**SCRIPTS, **slow})
+    server.up()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    try:
+        folders = write_suite(tmp_path / "suite", {"db_honest", "db_modify_then_invalid", "db_error_text"})
+        db = tmp_path / "killed.db"
+        args = ["eval", "--model", server.model_ref, "--tasks", "db", "--suite", str(folders["db"]),
+                "--repeats", "2", "--concurrency", "1", "--db", str(db), "--json"]  # fmt: skip
+        first = subprocess.Popen(cycleqd(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 300
+            while stored_episodes(db) < 1:
+                assert first.poll() is None, "the eval ended before it could be killed"
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(30)
+        run_id = open_store(db).list_runs()[0].id
+        client = docker.from_env()
+        assert containers_of(client, run_id)  # the killed eval's MariaDB is still there
+        left = [p for p in SOCKET_ROOT.glob(f"cqd-db-{first.pid}-*")]
+        assert left
+        resumed = subprocess.run(cycleqd("eval", "--resume", run_id, "--db", str(db), "--json"), env=env,
+                                 capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr
+        assert not containers_of(client, run_id) and not any(p.exists() for p in left)  # cleaned at the next start
+        store = open_store(db)
+        episodes = store.episodes(run_id)
+        assert len(episodes) == 6 and len({(e.task_id, e.repeat) for e in episodes}) == 6
+        assert sorted(e.score for e in episodes) == [1.0] * 6
+        before = store.get_run(run_id)
+        aggregates = [(a.env, a.score, a.wall_s) for a in store.aggregates(run_id)]
+        resume = cycleqd("eval", "--resume", run_id, "--db", str(db), "--json")
+        again = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout) == json.loads(resumed.stdout)  # the same results, as stored
+        after = open_store(db).get_run(run_id)
+        assert (after.status, after.finished_at) == ("completed", before.finished_at)
+        assert [(a.env, a.score, a.wall_s) for a in open_store(db).aggregates(run_id)] == aggregates
+    finally:
+        server.down()
+
+
+async def test_a_sandbox_cannot_write_past_its_disk_limit(docker_engine: docker.DockerClient) -> None:
+    from sandboxes.docker_sandbox import DockerSandbox
+    from sandboxes.limits import SandboxLimits, quota_supported
+
+    if not quota_supported(docker_engine.info()):
+        pytest.skip(
+            "this engine cannot limit a container's writable layer (needs btrfs, zfs or overlay2 on xfs+pquota)"
+        )
+    limits = SandboxLimits(disk_bytes=1 << 30, command_timeout_s=120)
+    async with await DockerSandbox.start(image_tag("os-default"), limits=limits) as box:
+        result = await box.exec("dd if=/dev/zero of=/root/big bs=1M count=3000 2>&1 | head -1")
+    assert "Disk quota exceeded" in result.stdout or "No space left on device" in result.stdout
