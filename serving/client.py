@@ -145,7 +145,9 @@ class ChatClient:
             attempt += 1
             try:
                 response = await self._http.request(method, path, json=body)
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            # A timeout is the server's slowness (a reply is bounded by max_tokens): retried, then an endpoint error.
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError,
+                    httpx.TimeoutException) as exc:  # fmt: skip
                 if attempt > self.settings.retries:
                     raise EndpointError(
                         f"cannot reach {self.base_url}{path} after {attempt} attempts: {exc!r}"
