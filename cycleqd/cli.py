@@ -338,6 +338,12 @@ _db_option = click.option(
 )  # fmt: skip
 
 
+_ray_option = click.option(
+    "--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
+    help="Run on a Ray cluster (extra cycleqd[ray]): ADDRESS of its head, or the one this machine joined.",
+)  # fmt: skip
+
+
 @cli.command("eval")
 @_model_option
 @_key_env_option
@@ -353,9 +359,11 @@ _db_option = click.option(
 @_db_option
 @click.option("--resume", "resume_id", metavar="RUN", help="Finish run RUN: only what it has not committed runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_ray_option
 def eval_cmd(
     model_ref: str, api_key_env: str, tasks: str, suite: str, split: str, limit: int | None, repeats: int,
     concurrency: int, rounds: int, max_tokens: int, server: str, db_path: Path, resume_id: str | None, as_json: bool,
+    ray_address: str | None,
 ) -> None:  # fmt: skip
     """Benchmark MODEL on the agent tasks and keep every episode in the store. With no argument: the embedded
     SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN."""
@@ -364,7 +372,7 @@ def eval_cmd(
     config = {
         "model": model_ref, "api_key_env": api_key_env, "tasks": tasks.split(","), "suite": suite, "split": split,
         "limit": limit, "repeats": repeats, "concurrency": concurrency, "rounds": rounds, "max_tokens": max_tokens,
-        "server": server,
+        "server": server, "ray": ray_address,
     }  # fmt: skip
     sys.exit(run_eval_command(config, db_path, resume_id, as_json, console, err_console))
 
@@ -397,7 +405,9 @@ def show_cmd(run_id: str, db_path: Path, as_json: bool) -> None:
 @_db_option
 @click.option("--resume", "resume_id", metavar="RUN", help="Continue run RUN exactly where it stopped.")
 @click.option("--json", "as_json", is_flag=True, help="No live view; print the final table as JSON.")
-def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, as_json: bool) -> None:
+@_ray_option
+def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, as_json: bool,
+               ray_address: str | None) -> None:  # fmt: skip
     """Evolve merged models with CycleQD: one archive per task, experts as the first elites, children made by
     crossover and SVD mutation of task vectors, scored with real episodes. Ends with the softmax merge of the
     archives' best elites, measured on the test splits beside the base, the experts and a naive merge.
@@ -412,7 +422,7 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
         sys.exit(2)
     try:
         config = load_config(config_path) if config_path else None
-        sys.exit(run_evolve_command(config, db_path, resume_id, as_json, console, err_console))
+        sys.exit(run_evolve_command(config, db_path, resume_id, as_json, console, err_console, ray_address))
     except (ConfigError, ValueError) as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from rich.table import Table
 from cycleqd.env_runtime import images_for
 from cycleqd.eval_tasks import load_eval_tasks
 from cycleqd.orchestrator import EpisodeResult, EvalSettings, Orchestrator, summarize
+from cycleqd.ray_support import RayClusterError, ray_backend
 from db.store import Store, open_store
 from envs.os_interaction import OSSettings
 from sandboxes.engine import docker_client
@@ -39,7 +41,7 @@ def run_eval_command(
         if run is None:
             err.print(f"[red]error:[/] no run {resume_id!r} in {db_path}")
             return 2
-        config = run.config
+        config = {**run.config, "ray": config.get("ray")}  # where it runs is this invocation's choice
     tasks = load_eval_tasks(config["tasks"], config["suite"], config["split"], config["limit"])
     build_images(docker_client(), images_for(config["tasks"]))
     config = {**config, "planned_episodes": len(tasks) * config["repeats"]}  # the monitor's progress total
@@ -49,6 +51,10 @@ def run_eval_command(
     started = time.monotonic()
     try:
         aggregates = asyncio.run(_evaluate(store, run.id, config, tasks, console if not as_json else None))
+    except RayClusterError as exc:
+        store.set_run_status(run.id, "failed")
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        return 2
     except KeyboardInterrupt:
         store.set_run_status(run.id, "interrupted")
         err.print(f"interrupted; resume with: cycleqd eval --resume {run.id} --db {db_path}")
@@ -63,33 +69,44 @@ def run_eval_command(
 
 
 async def _evaluate(store: Store, run_id: str, config: dict[str, Any], tasks: list, console: Console | None) -> list:
+    totals: dict[str, list[float]] = defaultdict(list)
+    started = time.monotonic()
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), console=console, disable=console is None,
+    )  # fmt: skip
+    bar = progress.add_task("episodes", total=None, rate="")
+
+    def on_result(result: EpisodeResult) -> None:
+        if result.score is not None:
+            totals[result.task.env].append(result.score)
+        done = progress.tasks[0].completed + 1
+        scores = "  ".join(f"{env} {sum(v) / len(v):.2f}" for env, v in sorted(totals.items()))
+        rate = f"{done / max(time.monotonic() - started, 1e-9):.2f} ep/s  {scores}"
+        progress.update(bar, advance=1, rate=rate)
+
+    def on_plan(episodes: int) -> None:
+        progress.update(bar, total=episodes)
+
+    with progress:
+        run_here = ray_backend().eval_on_cluster if config.get("ray") else _evaluate_here
+        model_id = await run_here(store, run_id, config, tasks, _settings(config), on_plan, on_result)
+    return summarize(store, run_id, tasks, model_id, time.monotonic() - started)
+
+
+async def _evaluate_here(
+    store: Store, run_id: str, config: dict[str, Any], tasks: list, settings: EvalSettings,
+    on_plan: Callable[[int], None], on_result: Callable[[EpisodeResult], None],
+) -> int:  # fmt: skip
     ref = await asyncio.to_thread(resolve_model, config["model"], key_env=config["api_key_env"])
     identity = await asyncio.to_thread(ref.identity)
     model_id = store.model_id(identity, ref.label)
-    totals: dict[str, list[float]] = defaultdict(list)
-    started = time.monotonic()
     async with manager_for(ref, server=config["server"]) as manager:
         await manager.serve(ref)
-        progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(), console=console, disable=console is None,
-        )  # fmt: skip
-        orchestrator = Orchestrator(store, run_id, manager, model_id, _settings(config))
-        todo = orchestrator.plan(tasks)
-        bar = progress.add_task("episodes", total=len(todo), rate="")
-
-        def on_result(result: EpisodeResult) -> None:
-            if result.score is not None:
-                totals[result.task.env].append(result.score)
-            done = progress.tasks[0].completed + 1
-            scores = "  ".join(f"{env} {sum(v) / len(v):.2f}" for env, v in sorted(totals.items()))
-            rate = f"{done / max(time.monotonic() - started, 1e-9):.2f} ep/s  {scores}"
-            progress.update(bar, advance=1, rate=rate)
-
-        orchestrator.on_result = on_result
-        with progress:
-            await orchestrator.run(tasks)
-    return summarize(store, run_id, tasks, model_id, time.monotonic() - started)
+        orchestrator = Orchestrator(store, run_id, manager, model_id, settings, on_result)
+        on_plan(len(orchestrator.plan(tasks)))
+        await orchestrator.run(tasks)
+    return model_id
 
 
 def _aggregate_json(aggregate: Any) -> dict[str, Any]:

@@ -1,0 +1,149 @@
+"""cycleqd on a real local Ray cluster: a head and two worker nodes started with `ray start` (tests/ray_cluster.py),
+one `cycleqd_slot` on each worker so that the two slot actors land on distinct nodes.
+
+- A synchronous evolution whose candidates are scored by the probe evaluator on the cluster's slots equals the
+  single-process run bit for bit (archives, cells, every child's genome, lineage and scores).
+- `cycleqd eval --ray` on real sandboxes against the fixed-latency server stores exactly N episodes.
+- A worker node SIGKILLed mid-run: its candidate is re-dispatched to the other slot, the run completes, and its
+  archives equal the single-process run's. (Last: it leaves the cluster with one worker.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is the optional extra cycleqd[ray]; CI installs it")
+
+from db.evolution_store import EvolutionStore  # noqa: E402
+from db.store import open_store  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from evolution_probe import ProbeNode, make_tiny_family, run_probe_evolution  # noqa: E402
+from ray_cluster import LocalRayCluster, start_cluster  # noqa: E402
+from test_evolution_loop import snapshot  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+GENERATIONS = 4
+
+
+@pytest.fixture(scope="module")
+def cluster() -> LocalRayCluster:
+    # The nodes' workers import cycleqd (and the probe, from tests/) from this tree, as this process does.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    cluster = start_cluster(2, env)
+    try:
+        yield cluster
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ray-family")
+    make_tiny_family(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def single_process(family: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    db = tmp_path_factory.mktemp("single") / "single.db"
+    run_id, _, _ = run_probe_evolution(db, family, None, (0.0, 0.0), generations=GENERATIONS, bins=4)
+    return snapshot(db, run_id)
+
+
+def ray_evaluator(cluster: LocalRayCluster, family: Path):  # noqa: ANN201 - a RayCandidateEvaluator
+    from cycleqd.ray_backend import RayCandidateEvaluator, connect
+
+    connect(cluster.address)
+    return RayCandidateEvaluator(ProbeNode, (family,), slots=2)
+
+
+def test_a_synchronous_evolution_on_the_cluster_equals_the_single_process_run(
+    cluster: LocalRayCluster, family: Path, single_process: tuple, tmp_path: Path
+) -> None:
+    evaluator = ray_evaluator(cluster, family)
+    nodes = ray.get([actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+                     for actor in evaluator.pool.actors])  # fmt: skip
+    assert len(set(nodes)) == 2  # one slot per worker node
+    db = tmp_path / "ray.db"
+    run_id, rows, _ = run_probe_evolution(db, family, None, (0.0, 0.0), evaluator, generations=GENERATIONS, bins=4)
+    assert evaluator.pool.redispatched == 0
+    assert snapshot(db, run_id) == single_process
+    assert {r.kind for r in rows} == {"base", "expert", "merge", "final"}
+    asyncio_run_close(evaluator)
+
+
+def asyncio_run_close(evaluator) -> None:  # noqa: ANN001
+    import asyncio
+
+    asyncio.run(evaluator.close())
+
+
+def test_eval_ray_stores_exactly_n_episodes(cluster: LocalRayCluster, tmp_path: Path, docker_engine) -> None:  # noqa: ANN001
+    from serving.server_process import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "bench.fixed_latency_server", "--port", str(port),
+                               "--latency-ms", "50"], cwd=ROOT)  # fmt: skip
+    try:
+        time.sleep(2)
+        db = tmp_path / "eval.db"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, "-m", "cycleqd.cli", "eval", "--model", f"http://127.0.0.1:{port}/v1#fixed",
+                   "--tasks", "os", "--limit", "3", "--repeats", "2", "--concurrency", "2", "--db", str(db),
+                   "--ray", cluster.address, "--json"]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
+        assert done.returncode == 0, done.stderr[-3000:]
+        payload = json.loads(done.stdout)
+        store = open_store(db)
+        episodes = store.episodes(payload["run"])
+        assert len(episodes) == 6
+        assert len({(e.task_id, e.repeat) for e in episodes}) == 6
+        assert all(e.status != "env_error" and e.transcript for e in episodes)
+        assert payload["results"][0]["episodes"] == 6
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_worker_killed_mid_run_is_redispatched_and_the_archives_are_the_same(
+    cluster: LocalRayCluster, family: Path, single_process: tuple, tmp_path: Path
+) -> None:
+    evaluator = ray_evaluator(cluster, family)
+    ray.get([actor.__ray_ready__.remote() for actor in evaluator.pool.actors])
+    db = tmp_path / "killed.db"
+    result: dict = {}
+
+    def evolve() -> None:
+        try:
+            result["run"] = run_probe_evolution(db, family, None, (0.0, 0.0), evaluator, generations=GENERATIONS,
+                                                bins=4)[0]  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            result["error"] = exc
+
+    thread = threading.Thread(target=evolve)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.05)
+        if db.exists():
+            runs = open_store(db).list_runs()
+            if runs and len(EvolutionStore(open_store(db), runs[0].id).committed_generations()) >= 2:
+                break  # the experts and generation 1 are in; generation 2's two children are being scored
+    cluster.kill("w1")
+    thread.join(timeout=400)
+    assert not thread.is_alive() and "error" not in result, result.get("error")
+    assert evaluator.pool.redispatched >= 1
+    assert snapshot(db, result["run"]) == single_process
+    asyncio_run_close(evaluator)
