@@ -67,6 +67,15 @@ class EvalSpec:
 
 
 @dataclass(frozen=True)
+class RaySpec:
+    """Run the evaluation slots on a Ray cluster: its head's address ('auto': the cluster this machine joined),
+    and whether each slot takes one GPU (else one `cycleqd_slot` of a CPU node)."""
+
+    address: str = "auto"
+    gpus: bool = False
+
+
+@dataclass(frozen=True)
 class EvolveConfig:
     base: str
     tasks: tuple[TaskSpec, ...]
@@ -81,6 +90,7 @@ class EvolveConfig:
     mode: str = "sync"
     seed: int = 0
     eval: EvalSpec = field(default_factory=EvalSpec)
+    ray: RaySpec | None = None  # None: every slot on this machine
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -134,6 +144,7 @@ def parse_config(data: Any, source: str, folder: Path) -> EvolveConfig:
         mode=reader.choice("mode", data.get("mode", "sync"), ("sync", "async")),
         seed=reader.integer("seed", data.get("seed", 0), minimum=0),
         eval=reader.eval_spec(data.get("eval", {})),
+        ray=reader.ray(data.get("ray")),
     )
     return config
 
@@ -272,3 +283,15 @@ class _Reader:
             name: self.integer(f"eval.{name}", value.get(name, default), minimum=1)
             for name, default in asdict(EvalSpec()).items()
         })  # fmt: skip
+
+    def ray(self, value: Any) -> RaySpec | None:
+        if value is None:
+            return None
+        value = self.mapping("ray", value, {"address", "gpus"})
+        address = value.get("address", "auto")
+        if not isinstance(address, str) or not address:
+            self.fail("ray.address", "a Ray head address (HOST:PORT) or 'auto'", address)
+        gpus = value.get("gpus", False)
+        if not isinstance(gpus, bool):
+            self.fail("ray.gpus", "true or false", gpus)
+        return RaySpec(address, gpus)

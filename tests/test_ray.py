@@ -90,6 +90,21 @@ def asyncio_run_close(evaluator) -> None:  # noqa: ANN001
     asyncio.run(evaluator.close())
 
 
+# The CLI in a child process; afterwards it says whether Ray was imported (an eval without --ray must not).
+CLI = ("import sys; from cycleqd.cli import cli\n"
+       "try:\n    cli(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
+       "print('ray imported:', 'ray' in sys.modules, file=sys.stderr); sys.exit(code)")  # fmt: skip
+
+
+def run_eval(model: str, db: Path, *extra: str) -> tuple[dict, str]:
+    command = [sys.executable, "-c", CLI, "eval", "--model", model, "--tasks", "os", "--limit", "3", "--repeats", "2",
+               "--concurrency", "2", "--db", str(db), "--json", *extra]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=400)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout), done.stderr
+
+
 def test_eval_ray_stores_exactly_n_episodes(cluster: LocalRayCluster, tmp_path: Path, docker_engine) -> None:  # noqa: ANN001
     from serving.server_process import free_port
 
@@ -98,20 +113,20 @@ def test_eval_ray_stores_exactly_n_episodes(cluster: LocalRayCluster, tmp_path: 
                                "--latency-ms", "50"], cwd=ROOT)  # fmt: skip
     try:
         time.sleep(2)
-        db = tmp_path / "eval.db"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        command = [sys.executable, "-m", "cycleqd.cli", "eval", "--model", f"http://127.0.0.1:{port}/v1#fixed",
-                   "--tasks", "os", "--limit", "3", "--repeats", "2", "--concurrency", "2", "--db", str(db),
-                   "--ray", cluster.address, "--json"]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
-        assert done.returncode == 0, done.stderr[-3000:]
-        payload = json.loads(done.stdout)
-        store = open_store(db)
-        episodes = store.episodes(payload["run"])
-        assert len(episodes) == 6
-        assert len({(e.task_id, e.repeat) for e in episodes}) == 6
-        assert all(e.status != "env_error" and e.transcript for e in episodes)
+        model = f"http://127.0.0.1:{port}/v1#fixed"
+        payload, stderr = run_eval(model, tmp_path / "ray.db", "--ray", cluster.address)
+        assert "ray imported: True" in stderr
+        episodes = open_store(tmp_path / "ray.db").episodes(payload["run"])
+        assert len(episodes) == 6 and len({(e.task_id, e.repeat) for e in episodes}) == 6
+        assert all(e.status != "env_error" and len(e.transcript) >= 3 for e in episodes)
         assert payload["results"][0]["episodes"] == 6
+
+        here, stderr = run_eval(model, tmp_path / "here.db")
+        assert "ray imported: False" in stderr  # without --ray nothing imports Ray
+        mine = open_store(tmp_path / "here.db").episodes(here["run"])
+        assert sorted((e.status, e.score, len(e.transcript)) for e in mine) == sorted(
+            (e.status, e.score, len(e.transcript)) for e in episodes
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
