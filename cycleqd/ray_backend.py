@@ -62,7 +62,8 @@ def cluster_slots() -> int:
 class SlotPool:
     """`size` actors of `node_class`, one per slot; calls go to a healthy slot, preferring a given one."""
 
-    def __init__(self, node_class: type, args: tuple, size: int, gpus: bool = False) -> None:
+    def __init__(self, node_class: type, args: tuple, size: int, gpus: bool = False,
+                 rejoin: Callable[[Any], Awaitable[None]] | None = None) -> None:  # fmt: skip
         remote = ray.remote(node_class).options(
             resources={SLOT_RESOURCE: 1}, num_cpus=0, num_gpus=1 if gpus else 0, max_restarts=-1, max_task_retries=0
         )
@@ -73,6 +74,7 @@ class SlotPool:
         self.exclusive: set[int] = set()
         self.changed = asyncio.Condition()
         self.redispatched = 0  # calls run again elsewhere because their slot died under them
+        self.rejoin = rejoin  # what a restarted actor must do before it takes work again (e.g. serve the model)
         self._watchers: set[asyncio.Task] = set()
 
     def _free(self, exclusive: bool) -> list[int]:
@@ -126,6 +128,12 @@ class SlotPool:
                 break
             except RayActorError:
                 await asyncio.sleep(2)
+        if self.rejoin is not None:
+            try:
+                await self.rejoin(self.actors[index])
+            except Exception as exc:  # noqa: BLE001 - the slot stays out; the run goes on with the others
+                log.warning("slot %d of the Ray cluster restarted but cannot rejoin: %s", index, exc)
+                return
         async with self.changed:
             self.healthy.add(index)
             self.changed.notify_all()
@@ -177,7 +185,16 @@ async def play_on_slots(pool: SlotPool, head: Orchestrator, tasks: list[EvalTask
             await head.commit(record, task, time.monotonic() - clock)
 
     slots = [pinned] if pinned is not None else list(range(pool.size))
-    await asyncio.gather(*(lane(slot) for slot in slots for _ in range(head.settings.concurrency)))
+    lanes = [asyncio.ensure_future(lane(slot)) for slot in slots for _ in range(head.settings.concurrency)]
+    try:
+        await asyncio.gather(*lanes)
+    except BaseException:
+        # No lane may outlive the call: one left running would send this candidate's episodes to a slot that has
+        # moved on to another model.
+        for running in lanes:
+            running.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+        raise
 
 
 def head_orchestrator(
@@ -207,6 +224,12 @@ async def eval_on_cluster(
             raise RayClusterError(f"the nodes serve different models for {config['model']!r}: {sorted(set(served))}"
                                   "; give every node the same checkpoint")  # fmt: skip
         identity, label = served[0]
+
+        async def rejoin(actor: Any) -> None:  # a restarted slot serves the same model before it plays again
+            if (again := tuple(await actor.serve_model.remote())) != served[0]:
+                raise RayClusterError(f"a restarted slot serves {again[0]}, not {identity}")
+
+        pool.rejoin = rejoin
         head = head_orchestrator(store, run_id, store.model_id(identity, label), settings, on_result)
         on_plan(len(head.plan(tasks)))
         await play_on_slots(pool, head, tasks)

@@ -132,6 +132,71 @@ def test_eval_ray_stores_exactly_n_episodes(cluster: LocalRayCluster, tmp_path: 
         server.wait(timeout=30)
 
 
+def tiny_servable_model(tokenizer_from: Path, out: Path) -> Path:
+    """A random two-layer Llama with SmolLM2's tokenizer and chat template: `transformers serve` answers with it
+    (nonsense, fast), and its SVDs take a moment instead of minutes on a busy 2-core machine."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=49152, tie_word_embeddings=False)  # fmt: skip
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        shutil.copy(tokenizer_from / name, out / name)
+    return out
+
+
+@pytest.mark.timeout(900)
+def test_a_child_is_materialised_served_and_played_on_a_node_and_stored_at_the_head(
+    cluster: LocalRayCluster, default_model, docker_engine, tmp_path: Path  # noqa: ANN001
+) -> None:
+    """`evolve --ray`'s evaluator on real episodes: the genome goes through the object store, a node materialises
+    it from the SVD cache (read at the head's path), serves it with `transformers serve`, plays its episodes;
+    the head stores them, once each, under the genome's model row, and the scores are their means."""
+    import asyncio
+
+    from cycleqd.evolution import CandidateUnderTest
+    from cycleqd.ray_backend import RayEpisodeEvaluator, connect
+    from evolver.config import parse_config
+    from evolver.genome import Genome
+    from evolver.operators import crossover
+    from evolver.svd_cache import build_svd_cache
+    from tests.conftest import perturbed_checkpoint
+
+    base = tiny_servable_model(default_model.path, tmp_path / "base")
+    experts = [perturbed_checkpoint(base, tmp_path / f"expert-{k}", seed=20 + k, scale=0.05) for k in range(2)]
+    tasks = [{"name": env, "env": env, "expert": str(path), "limit": 1}
+             for env, path in zip(("os", "coding"), experts, strict=True)]  # fmt: skip
+    config = parse_config({"base": str(base), "tasks": tasks,
+                           "eval": {"concurrency": 2, "max_tokens": 16, "rounds": 1}}, "<test>", Path("/"))  # fmt: skip
+    cache = build_svd_cache(base, experts, tmp_path / "cache", progress=False)
+    genome = crossover(Genome.expert(cache, 0), Genome.expert(cache, 1), 1.0, 1.0)
+    digest = genome.save(tmp_path / "genomes")
+    store = open_store(tmp_path / "evolve.db")
+    run = store.create_run("evolve", config.snapshot())
+    row = EvolutionStore(store, run.id).add_candidate("child", 1, 0, genome_hash=digest)
+    connect(cluster.address)
+
+    async def evaluate() -> tuple:
+        evaluator = RayEpisodeEvaluator(store, run.id, config, base, tmp_path / "cache", tmp_path / "checkpoints")
+        try:
+            return await evaluator.evaluate(0, CandidateUnderTest(row.id, "child", genome, digest), test=False)
+        finally:
+            await evaluator.close()
+
+    model_id, scores = asyncio.run(evaluate())
+    episodes = store.episodes(run.id)
+    assert len(episodes) == 2 and {e.model_id for e in episodes} == {model_id}
+    assert all(e.status != "env_error" and e.transcript for e in episodes)
+    assert store.model_id(f"genome:{digest}", "", digest) == model_id
+    envs = {t.id: t.env for t in store.tasks()}
+    for env in ("os", "coding"):
+        assert scores[env] == next(e.score for e in episodes if envs[e.task_id] == env)
+
+
 def test_a_worker_killed_mid_run_is_redispatched_and_the_archives_are_the_same(
     cluster: LocalRayCluster, family: Path, single_process: tuple, tmp_path: Path
 ) -> None:
