@@ -43,6 +43,12 @@ def run_eval_command(
             return 2
         config = {**run.config, "ray": config.get("ray")}  # where it runs is this invocation's choice
     tasks = load_eval_tasks(config["tasks"], config["suite"], config["split"], config["limit"])
+    if config.get("ray"):  # before any run row: an unreachable cluster is one line
+        try:
+            ray_backend().connect(config["ray"])
+        except RayClusterError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            return 2
     build_images(docker_client(), images_for(config["tasks"]))
     config = {**config, "planned_episodes": len(tasks) * config["repeats"]}  # the monitor's progress total
     run = store.get_run(resume_id) if resume_id else store.create_run("eval", config)

@@ -56,6 +56,12 @@ def run_evolve_command(
     assert config is not None
     if ray_address:  # where it runs is this invocation's choice; a GPU setting in the config stays
         config = replace(config, ray=RaySpec(ray_address, config.ray.gpus if config.ray else False))
+    if config.ray is not None:  # before anything slow: an unreachable cluster is one line
+        try:
+            ray_backend().connect(config.ray.address)
+        except RayClusterError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            return 2
     base = resolve_base(config)
     verify_experts(base, [Path(t.expert) for t in config.tasks])
     build_images(docker_client(), images_for([t.env for t in config.tasks]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +47,8 @@ def connect(address: str) -> None:
     """Join the cluster at `address` ('auto': the one this machine belongs to) as its driver."""
     if ray.is_initialized():
         return
+    if address != "auto":
+        _check_reachable(address)
     try:
         ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError) as exc:
@@ -53,6 +56,16 @@ def connect(address: str) -> None:
             f"no Ray cluster at {address!r} ({exc}); start one with `ray start --head` on the head and "
             f"`ray start --address HEAD:PORT --resources '{{\"{SLOT_RESOURCE}\": N}}'` on each node"
         ) from None
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds where `ray.init` would retry a wrong address for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
+    except (OSError, ValueError) as exc:
+        raise RayClusterError(f"no Ray head answers at {address!r} ({exc}); start one with `ray start --head "
+                              "--port PORT` and pass HOST:PORT, or 'auto' on a machine that joined a cluster") from None
 
 
 def cluster_slots() -> int:

@@ -227,3 +227,14 @@ def test_a_worker_killed_mid_run_is_redispatched_and_the_archives_are_the_same(
     assert evaluator.pool.redispatched >= 1
     assert snapshot(db, result["run"]) == single_process
     asyncio_run_close(evaluator)
+
+
+def test_an_unreachable_cluster_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    from serving.server_process import free_port
+
+    command = [sys.executable, "-c", CLI, "eval", "--tasks", "os", "--limit", "1", "--db", str(tmp_path / "x.db"),
+               "--ray", f"127.0.0.1:{free_port()}"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "no Ray head answers at '127.0.0.1:" in done.stderr
+    assert "Traceback" not in done.stderr and not open_store(tmp_path / "x.db").list_runs()
