@@ -365,6 +365,12 @@ _db_option = click.option(
 )  # fmt: skip
 
 
+_ray_option = click.option(
+    "--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
+    help="Run on a Ray cluster (extra cycleqd[ray]): ADDRESS of its head, or the one this machine joined.",
+)  # fmt: skip
+
+
 @cli.command("eval")
 @_model_option
 @_key_env_option
@@ -386,12 +392,13 @@ _db_option = click.option(
 @_db_option
 @click.option("--resume", "resume_id", metavar="RUN", help="Finish run RUN: only what it has not committed runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_ray_option
 @click.pass_context
 def eval_cmd(
     ctx: click.Context, model_ref: str, api_key_env: str, tasks: str, suite: str, split: str, limit: int | None,
     repeats: int, concurrency: int, rounds: int, max_tokens: int, server: str, allow_download: bool,
     task_ids: str | None, temperature: float, top_p: float | None, seed: int | None, db_path: Path,
-    resume_id: str | None, as_json: bool,
+    resume_id: str | None, as_json: bool, ray_address: str | None,
 ) -> None:  # fmt: skip
     """Benchmark MODEL on the agent tasks and keep every episode in the store. With no argument: the embedded
     SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN (with no other run option: the
@@ -409,7 +416,7 @@ def eval_cmd(
     param = {"model": "model_ref"}
     given = {k: v for k, v in values.items() if ctx.get_parameter_source(param.get(k, k)) != ParameterSource.DEFAULT}
     request = EvalRequest(**values)  # validated here, even with --resume (which then reads the run's own)
-    sys.exit(run_eval_command(request, given, db_path, resume_id, as_json, console, err_console))
+    sys.exit(run_eval_command(request, given, db_path, resume_id, as_json, console, err_console, ray_address))
 
 
 @cli.group("runs", invoke_without_command=True)
@@ -503,7 +510,9 @@ def tasks_cmd(envs: str, suite: str, split: str, as_json: bool) -> None:
 @_db_option
 @click.option("--resume", "resume_id", metavar="RUN", help="Continue run RUN exactly where it stopped.")
 @click.option("--json", "as_json", is_flag=True, help="No live view; print the final table as JSON.")
-def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, as_json: bool) -> None:
+@_ray_option
+def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, as_json: bool,
+               ray_address: str | None) -> None:  # fmt: skip
     """Evolve merged models with CycleQD: one archive per task, experts as the first elites, children made by
     crossover and SVD mutation of task vectors, scored with real episodes. Ends with the softmax merge of the
     archives' best elites, measured on the test splits beside the base, the experts and a naive merge.
@@ -518,7 +527,7 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
         sys.exit(2)
     try:
         config = load_config(config_path) if config_path else None
-        sys.exit(run_evolve_command(config, db_path, resume_id, as_json, console, err_console))
+        sys.exit(run_evolve_command(config, db_path, resume_id, as_json, console, err_console, ray_address))
     except (ConfigError, ValueError) as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -21,6 +21,7 @@ from cycleqd.env_runtime import images_for
 from cycleqd.errors import UnknownRunError
 from cycleqd.eval_tasks import EvalTask, load_eval_tasks, select_tasks
 from cycleqd.orchestrator import EpisodeResult, Orchestrator, summarize
+from cycleqd.ray_support import ray_backend
 from cycleqd.requests import EvalRequest
 from cycleqd.score_intervals import Intervals, aggregate_intervals
 from db.schema import Run, RunStatus
@@ -33,10 +34,11 @@ from serving.resolve import manager_for, resolve_model, server_choice
 
 def run_eval_command(
     request: EvalRequest, given: dict[str, Any], db_path: Path, resume_id: str | None, as_json: bool,
-    console: Console, err: Console,
+    console: Console, err: Console, ray_address: str | None = None,
 ) -> int:  # fmt: skip
     """`given`: the options the user typed (a resume checks them against the stored request). The store is opened
     (and the run row created) only once the model answers and the tasks load, so a typo leaves nothing behind.
+    `ray_address`: play the episodes on a Ray cluster's slots (how to run, not what: not part of the request).
     Exit status 0 only when every planned episode is stored."""
     store = None
     resumed = None
@@ -54,8 +56,10 @@ def run_eval_command(
     _check_model(request)
     tasks = select_tasks(load_eval_tasks(list(request.tasks), request.suite, request.split, request.limit),
                          request.task_ids)  # fmt: skip
+    if ray_address:  # before any run row: an unreachable cluster is one line
+        ray_backend().connect(ray_address)
     build_images(docker_client(), images_for(request.tasks))
-    evaluation = _Evaluation(request, tasks, db_path, store, resumed, None if as_json else console)
+    evaluation = _Evaluation(request, tasks, db_path, store, resumed, None if as_json else console, ray_address)
     started = time.monotonic()
     try:
         with _sigterm_as_interrupt():
@@ -129,16 +133,29 @@ class _Evaluation:
     """One `cycleqd eval`: the model is resolved and served first, then the store and the run row are made."""
 
     def __init__(self, request: EvalRequest, tasks: list[EvalTask], db_path: Path, store: Store | None,
-                 resumed: Run | None, console: Console | None) -> None:  # fmt: skip
+                 resumed: Run | None, console: Console | None, ray_address: str | None = None) -> None:  # fmt: skip
         self.request, self.tasks, self.db_path, self.console = request, tasks, db_path, console
         self.store = store
         self.run_id = resumed.id if resumed else None
+        self.ray_address = ray_address
 
     def finish(self, status: RunStatus) -> None:
         if self.store is not None and self.run_id is not None:
             self.store.set_run_status(self.run_id, status)
 
+    def _open_run(self) -> tuple[Store, str]:
+        if self.store is None:
+            self.store = open_store(self.db_path)
+        if self.run_id is None:
+            # planned_episodes: the monitor's progress total
+            config = {**self.request.snapshot(), "planned_episodes": len(self.tasks) * self.request.repeats}
+            self.run_id = self.store.create_run("eval", config).id
+        self.store.set_run_status(self.run_id, RunStatus.RUNNING)
+        return self.store, self.run_id
+
     async def run(self) -> list:
+        if self.ray_address:
+            return await self._run_on_cluster()
         request = self.request
         ref = await asyncio.to_thread(
             resolve_model, request.model, key_env=request.api_key_env, allow_download=request.allow_download
@@ -146,34 +163,40 @@ class _Evaluation:
         identity = await asyncio.to_thread(ref.identity)
         async with manager_for(ref, server=server_choice(request.model, request.server)) as manager:
             await manager.serve(ref)
-            if self.store is None:
-                self.store = await asyncio.to_thread(open_store, self.db_path)
-            store = self.store
-            if self.run_id is None:
-                # planned_episodes: the monitor's progress total
-                config = {**request.snapshot(), "planned_episodes": len(self.tasks) * request.repeats}
-                self.run_id = store.create_run("eval", config).id
-            store.set_run_status(self.run_id, RunStatus.RUNNING)
+            store, run_id = await asyncio.to_thread(self._open_run)
             model_id = store.model_id(identity, ref.label)
             started = time.monotonic()
-            orchestrator = Orchestrator(store, self.run_id, manager, model_id, request.settings())
-            todo = orchestrator.plan(self.tasks)
-            with _progress_bar(self.console, len(todo)) as on_result:
+            orchestrator = Orchestrator(store, run_id, manager, model_id, request.settings())
+            with _progress_bar(self.console) as (on_result, set_total):
+                set_total(len(orchestrator.plan(self.tasks)))
                 orchestrator.on_result = on_result
                 await orchestrator.run(self.tasks)
-        return summarize(store, self.run_id, self.tasks, model_id, time.monotonic() - started)
+        return summarize(store, run_id, self.tasks, model_id, time.monotonic() - started)
+
+    async def _run_on_cluster(self) -> list:
+        """The episodes on a Ray cluster's slots, each node serving the model; the head stores them as they come."""
+        request = self.request
+        store, run_id = await asyncio.to_thread(self._open_run)
+        config = {**request.snapshot(), "ray": self.ray_address, "server": server_choice(request.model, request.server)}
+        started = time.monotonic()
+        with _progress_bar(self.console) as (on_result, set_total):
+            model_id = await ray_backend().eval_on_cluster(store, run_id, config, self.tasks, request.settings(),
+                                                           set_total, on_result)  # fmt: skip
+        return summarize(store, run_id, self.tasks, model_id, time.monotonic() - started)
 
 
 @contextlib.contextmanager
-def _progress_bar(console: Console | None, total: int) -> Iterator[Callable[[EpisodeResult], None]]:
-    """Episodes done, episodes per second and the running score per environment."""
+def _progress_bar(
+    console: Console | None,
+) -> Iterator[tuple[Callable[[EpisodeResult], None], Callable[[int], None]]]:
+    """Episodes done, episodes per second and the running score per environment; the total is set once known."""
     totals: dict[str, list[float]] = defaultdict(list)
     started = time.monotonic()
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(), console=console, disable=console is None,
     )  # fmt: skip
-    bar = progress.add_task("episodes", total=total, rate="")
+    bar = progress.add_task("episodes", total=None, rate="")
 
     def on_result(result: EpisodeResult) -> None:
         if result.score is not None:
@@ -183,8 +206,11 @@ def _progress_bar(console: Console | None, total: int) -> Iterator[Callable[[Epi
         rate = f"{done / max(time.monotonic() - started, 1e-9):.2f} ep/s  {scores}"
         progress.update(bar, advance=1, rate=rate)
 
+    def set_total(episodes: int) -> None:
+        progress.update(bar, total=episodes)
+
     with progress:
-        yield on_result
+        yield on_result, set_total
 
 
 def _aggregate_json(aggregate: Any, intervals: Intervals) -> dict[str, Any]:

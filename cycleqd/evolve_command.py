@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console, Group
@@ -18,12 +19,13 @@ from rich.table import Table
 from cycleqd.candidate_eval import EpisodeEvaluator
 from cycleqd.env_runtime import EnvRuntime, images_for
 from cycleqd.evolution import Evolution, EvolutionEvent, FinalRow
+from cycleqd.ray_support import RayClusterError, ray_backend
 from cycleqd.score_intervals import final_intervals_json, final_report_tables, run_final_intervals
 from db.evolution_store import EvolutionStore
 from db.schema import RunStatus
 from db.store import Store, open_store
 from evolver.checkpoint_files import verify_experts
-from evolver.config import EvolveConfig
+from evolver.config import EvolveConfig, RaySpec
 from evolver.genome import Genome
 from evolver.materialize import materialize
 from evolver.svd_cache import SVDCache, build_svd_cache
@@ -44,8 +46,9 @@ def resolve_base(config: EvolveConfig) -> Path:
 
 
 def run_evolve_command(
-    config: EvolveConfig | None, db_path: Path, resume_id: str | None, as_json: bool, console: Console, err: Console
-) -> int:
+    config: EvolveConfig | None, db_path: Path, resume_id: str | None, as_json: bool, console: Console, err: Console,
+    ray_address: str | None = None,
+) -> int:  # fmt: skip
     store = open_store(db_path)
     if resume_id:
         run = store.get_run(resume_id)
@@ -54,6 +57,14 @@ def run_evolve_command(
             return 2
         config = EvolveConfig.from_snapshot(run.config)
     assert config is not None
+    if ray_address:  # where it runs is this invocation's choice; a GPU setting in the config stays
+        config = replace(config, ray=RaySpec(ray_address, config.ray.gpus if config.ray else False))
+    if config.ray is not None:  # before anything slow: an unreachable cluster is one line
+        try:
+            ray_backend().connect(config.ray.address)
+        except RayClusterError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            return 2
     base = resolve_base(config)
     experts = [Path(t.expert) for t in config.tasks]
     verify_experts(base, experts)
@@ -66,6 +77,10 @@ def run_evolve_command(
     try:
         cache = _prepare(store, run.id, config, base, experts, console if not as_json else None)
         rows = asyncio.run(_evolve(store, run.id, config, cache, view))
+    except RayClusterError as exc:
+        store.set_run_status(run.id, "interrupted")
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        return 2
     except KeyboardInterrupt:
         store.set_run_status(run.id, RunStatus.INTERRUPTED)
         err.print(f"interrupted; resume with: cycleqd evolve --resume {run.id} --db {db_path}")
@@ -128,6 +143,8 @@ def run_dir(run_id: str) -> Path:
 
 
 async def _evolve(store: Store, run_id: str, config: EvolveConfig, cache, view: EvolutionView) -> list[FinalRow]:  # noqa: ANN001
+    if config.ray is not None:
+        return await _evolve_on_cluster(store, run_id, config, cache, view)
     base_ref = LocalCheckpoint(cache.base)
     async with AsyncExitStack() as stack:
         managers = []
@@ -140,11 +157,29 @@ async def _evolve(store: Store, run_id: str, config: EvolveConfig, cache, view: 
         runtime = EnvRuntime.of(evaluator.all_tasks(), run_id=run_id, max_sandboxes=settings.max_sandboxes,
                                 settings=settings.episode)  # fmt: skip
         evaluator.runtime = await stack.enter_async_context(runtime)
-        evolution = Evolution(config, EvolutionStore(store, run_id), cache, evolve_cache() / "genomes", evaluator,
-                              on_event=view.update)  # fmt: skip
-        view.resume_from(len(EvolutionStore(store, run_id).committed_generations()))
-        with view:
-            return await evolution.run()
+        return await _loop(store, run_id, config, cache, evaluator, view)
+
+
+async def _loop(store: Store, run_id: str, config: EvolveConfig, cache, evaluator, view: EvolutionView) -> list:  # noqa: ANN001
+    evolution = Evolution(config, EvolutionStore(store, run_id), cache, evolve_cache() / "genomes", evaluator,
+                          on_event=view.update)  # fmt: skip
+    view.resume_from(len(EvolutionStore(store, run_id).committed_generations()))
+    with view:
+        return await evolution.run()
+
+
+async def _evolve_on_cluster(store: Store, run_id: str, config: EvolveConfig, cache, view: EvolutionView) -> list:  # noqa: ANN001
+    """The loop here, each slot a Ray actor on some node (cycleqd.ray_backend); the nodes read or build the SVD cache
+    at this machine's cache path."""
+    assert config.ray is not None
+    backend = ray_backend()
+    backend.connect(config.ray.address)
+    evaluator = backend.RayEpisodeEvaluator(store, run_id, config, cache.base, evolve_cache(),
+                                            run_dir(run_id) / "checkpoints", gpus=config.ray.gpus)  # fmt: skip
+    try:
+        return await _loop(store, run_id, config, cache, evaluator, view)
+    finally:
+        await evaluator.close()
 
 
 class EvolutionView:

@@ -213,38 +213,50 @@ class Orchestrator:
             await asyncio.gather(*running, return_exceptions=True)
 
     async def _episode(self, runtime: EnvRuntime, task: EvalTask, task_id: int, repeat: int) -> EpisodeResult | None:
-        started = datetime.now(UTC)
         clock = time.monotonic()
-        error = ""
-        for attempt in range(1 + self.settings.retries):
-            try:
-                done = await play(runtime, self.manager, task, self.settings.max_tokens, self.settings.sampling)
-                break
-            except ENV_ERRORS as exc:
-                error = f"attempt {attempt + 1}: {type(exc).__name__}: {exc}"
-                log.warning("%s repeat %d: environment error, %s", task.key, repeat, error)
-        else:
-            done = None
-        if done is None:
-            record = EpisodeRecord(self.run_id, self.model_id, task_id, repeat, EpisodeStatus.ENV_ERROR, None,
-                                   error=error[-2000:], started_at=started)  # fmt: skip
-        else:
-            outcome = done.outcome
-            record = EpisodeRecord(
-                self.run_id, self.model_id, task_id, repeat, outcome.status, outcome.score, rounds=outcome.rounds,
-                prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
-                latency_s=done.latency_s, transcript=done.transcript, started_at=started,
-                context_messages=done.context_messages,
-                verdict={"answer": outcome.answer, "expected": outcome.expected, "detail": outcome.detail},
-            )  # fmt: skip
+        record = await play_record(runtime, self.manager, task, (self.run_id, self.model_id, task_id, repeat),
+                                   self.settings)  # fmt: skip
+        return await self.commit(record, task, time.monotonic() - clock)
+
+    async def commit(self, record: EpisodeRecord, task: EvalTask, seconds: float) -> EpisodeResult | None:
+        """Store one finished episode (wherever it was played) and report it; a second copy is never counted."""
         try:
             await asyncio.to_thread(self.store.record_episode, record)
         except DuplicateEpisodeError:
-            log.warning("%s repeat %d was already recorded; not counted twice", task.key, repeat)
+            log.warning("%s repeat %d was already recorded; not counted twice", task.key, record.repeat)
             return None
-        result = EpisodeResult(task, repeat, str(record.status), record.score, time.monotonic() - clock)
+        result = EpisodeResult(task, record.repeat, str(record.status), record.score, seconds)
         self.on_result(result)
         return result
+
+
+async def play_record(
+    runtime: EnvRuntime, manager: ServerManager, task: EvalTask, key: tuple[str, int, int, int], settings: EvalSettings
+) -> EpisodeRecord:
+    """One episode played to its record, environment errors retried, not yet stored; `key` is (run, model, task
+    row, repeat). Separate from storing so that another process can play it (the Ray backend's nodes)."""
+    run_id, model_id, task_id, repeat = key
+    started = datetime.now(UTC)
+    error = ""
+    for attempt in range(1 + settings.retries):
+        try:
+            done = await play(runtime, manager, task, settings.max_tokens, settings.sampling)
+            break
+        except ENV_ERRORS as exc:
+            error = f"attempt {attempt + 1}: {type(exc).__name__}: {exc}"
+            log.warning("%s repeat %d: environment error, %s", task.key, repeat, error)
+    else:
+        done = None
+    if done is None:
+        return EpisodeRecord(run_id, model_id, task_id, repeat, EpisodeStatus.ENV_ERROR, None, error=error[-2000:],
+                             started_at=started)  # fmt: skip
+    outcome = done.outcome
+    return EpisodeRecord(
+        run_id, model_id, task_id, repeat, outcome.status, outcome.score, rounds=outcome.rounds,
+        prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, latency_s=done.latency_s,
+        transcript=done.transcript, started_at=started, context_messages=done.context_messages,
+        verdict={"answer": outcome.answer, "expected": outcome.expected, "detail": outcome.detail},
+    )  # fmt: skip
 
 
 def summarize(store: Store, run_id: str, tasks: list[EvalTask], model_id: int, wall_s: float) -> list[Aggregate]:

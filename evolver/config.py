@@ -83,6 +83,12 @@ class RacingSpec:
 
     kind: str = "exact"
     delta: float = 0.05
+class RaySpec:
+    """Run the evaluation slots on a Ray cluster: its head's address ('auto': the cluster this machine joined),
+    and whether each slot takes one GPU (else one `cycleqd_slot` of a CPU node)."""
+
+    address: str = "auto"
+    gpus: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class EvolveConfig:
     seed: int = 0
     eval: EvalSpec = field(default_factory=EvalSpec)
     racing: RacingSpec = field(default_factory=RacingSpec)
+    ray: RaySpec | None = None  # None: every slot on this machine
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -157,6 +164,7 @@ def parse_config(data: Any, source: str, folder: Path) -> EvolveConfig:
         seed=reader.integer("seed", data.get("seed", 0), minimum=0, maximum=MAX_SEED),
         eval=reader.eval_spec(data.get("eval", {})),
         racing=reader.racing(data.get("racing", {})),
+        ray=reader.ray(data.get("ray")),
     )
     return config
 
@@ -313,3 +321,15 @@ class _Reader:
             name: self.integer(f"eval.{name}", value.get(name, default), minimum=1, maximum=EVAL_MAXIMA[name])
             for name, default in asdict(EvalSpec()).items()
         })  # fmt: skip
+
+    def ray(self, value: Any) -> RaySpec | None:
+        if value is None:
+            return None
+        value = self.mapping("ray", value, {"address", "gpus"})
+        address = value.get("address", "auto")
+        if not isinstance(address, str) or not address:
+            self.fail("ray.address", "a Ray head address (HOST:PORT) or 'auto'", address)
+        gpus = value.get("gpus", False)
+        if not isinstance(gpus, bool):
+            self.fail("ray.gpus", "true or false", gpus)
+        return RaySpec(address, gpus)

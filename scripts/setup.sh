@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything cycleqd needs on this machine, idempotently, and prints nothing when all is in place:
 #   - a virtual environment (.venv, or $CYCLEQD_VENV) with torch (the CPU wheel where there is no GPU) and
-#     cycleqd with its test extras;
+#     cycleqd with its test extras and the optional Ray extra (its tests run a local cluster);
 #   - a running Docker engine (as root on Debian: Debian's docker.io and debootstrap, dockerd in the background);
 #   - the sandbox images (built from Debian packages, cached by the hash of their recipes).
 set -euo pipefail
@@ -40,7 +40,7 @@ fi
 stamp="$VENV/.cycleqd-installed"
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c 'import cycleqd' 2>/dev/null; then
-  quietly "${PIP[@]}" -e ".[dev]"
+  quietly "${PIP[@]}" -e ".[dev,ray]"  # ray: the optional extra, installed so that its tests run
   echo "$want" >"$stamp"
 fi
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cycleqd.evolution import CandidateUnderTest, Evolution
+from cycleqd.evolution import CandidateEvaluator, CandidateUnderTest, Evolution
 from db.evolution_store import EvolutionStore
 from db.store import open_store
 from evolver.config import EvolveConfig, parse_config
@@ -126,8 +126,22 @@ class ProbeEvaluator:
         return race.played
 
 
-def run_probe_evolution(db: Path, root: Path, run_id: str | None, delays: tuple[float, ...], **settings: object):  # noqa: ANN201
-    """One evolution over the tiny family under `root` (made if missing); returns (run id, final rows, evaluator)."""
+class ProbeNode(ProbeEvaluator):
+    """The probe evaluator as a slot builds it on its own node (a Ray actor): the family and its SVD cache are read
+    from `root`, a path every node sees (built there by `build_svd_cache` if missing)."""
+
+    def __init__(self, root: Path, delays: tuple[float, ...] = (0.0,)) -> None:
+        experts = [root / f"expert-{k}" for k in range(len(TASKS))]
+        cache = build_svd_cache(root / "base", experts, root / "cache", progress=False)
+        super().__init__(cache, experts, root / "work", delays)
+
+
+def run_probe_evolution(  # noqa: ANN201
+    db: Path, root: Path, run_id: str | None, delays: tuple[float, ...], evaluator: CandidateEvaluator | None = None,
+    **settings: object,
+):
+    """One evolution over the tiny family under `root` (made if missing); returns (run id, final rows, evaluator).
+    `evaluator` replaces the in-process probe evaluator (e.g. by its Ray counterpart)."""
     if not (root / "base").exists():
         make_tiny_family(root)
     base, experts = root / "base", [root / f"expert-{k}" for k in range(len(TASKS))]
@@ -136,7 +150,7 @@ def run_probe_evolution(db: Path, root: Path, run_id: str | None, delays: tuple[
     store = open_store(db)
     run = store.get_run(run_id) if run_id else store.create_run("evolve", config.snapshot())
     assert run is not None
-    evaluator = ProbeEvaluator(cache, experts, root / "work", delays)
+    evaluator = evaluator or ProbeEvaluator(cache, experts, root / "work", delays)
     evolution = Evolution(config, EvolutionStore(store, run.id), cache, root / "genomes", evaluator)
     rows = asyncio.run(evolution.run())
     return run.id, rows, evaluator
