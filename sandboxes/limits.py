@@ -20,6 +20,7 @@ class SandboxLimits:
     pids: int = 256
     command_timeout_s: float = 30.0
     output_cap_bytes: int = 1 << 20
+    runtime: str | None = None  # the engine's OCI runtime by name (e.g. "crun"); None: the engine's default
 
     def __post_init__(self) -> None:
         checks = {
@@ -41,7 +42,9 @@ class SandboxLimits:
 
     def docker_run_kwargs(self) -> dict[str, object]:
         """The keyword arguments of `docker.containers.run` that enforce these limits."""
+        runtime = {"runtime": self.runtime} if self.runtime else {}
         return {
+            **runtime,
             "network_mode": "bridge" if self.network else "none",
             "mem_limit": self.memory_bytes,
             "memswap_limit": self.memory_bytes,

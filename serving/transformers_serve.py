@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,50 @@ from serving.model_ref import ExternalEndpoint, LocalCheckpoint, ModelRef
 from serving.server_process import ServerProcess, free_port
 
 PROBE = [{"role": "user", "content": "Say OK."}]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server decodes. Continuous batching runs every in-flight request in one forward pass per token
+    (paged KV cache); without it the server answers one request at a time. `threads` sets torch's intra-op
+    threads in the server (None: torch's default, one per core)."""
+
+    dtype: str = "auto"
+    continuous_batching: bool = False
+    block_size: int | None = None
+    num_blocks: int | None = None
+    max_batch_tokens: int | None = None
+    threads: int | None = None
+
+    def argv(self) -> list[str]:
+        args = ["--dtype", self.dtype]
+        if self.continuous_batching:
+            args.append("--continuous-batching")
+            for flag, value in (
+                ("--cb-block-size", self.block_size),
+                ("--cb-num-blocks", self.num_blocks),
+                ("--cb-max-batch-tokens", self.max_batch_tokens),
+            ):
+                if value is not None:
+                    args += [flag, str(value)]
+        return args
+
+    def env(self) -> dict[str, str]:
+        return {"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}
+
+    def describe(self) -> str:
+        return " ".join(self.argv()) + (f" OMP_NUM_THREADS={self.threads}" if self.threads else "")
+
+
+SERVE_PRESETS: dict[str, ServeOptions] = {
+    "sequential-bf16": ServeOptions(dtype="bfloat16"),
+    "sequential-fp32": ServeOptions(dtype="float32"),
+    "cb-bf16": ServeOptions(dtype="bfloat16", continuous_batching=True),
+    "cb-fp32": ServeOptions(dtype="float32", continuous_batching=True),
+    "cb-fp32-b32": ServeOptions(dtype="float32", continuous_batching=True, block_size=32, num_blocks=512),
+    "cb-fp32-b256": ServeOptions(dtype="float32", continuous_batching=True, block_size=256, num_blocks=64),
+}
+SERVE_PRESETS["default"] = SERVE_PRESETS["sequential-bf16"]
 
 
 def default_log_dir() -> Path:
@@ -36,13 +81,13 @@ class TransformersServeManager(ProcessServerManager):
         self,
         *,
         device: str = "cpu",
-        dtype: str = "auto",
+        options: ServeOptions | None = None,
         log_dir: Path | None = None,
         client_settings: ClientSettings | None = None,
     ) -> None:
         super().__init__(client_settings or ClientSettings(max_concurrency=4))
         self.device = device
-        self.dtype = dtype
+        self.options = options or SERVE_PRESETS["default"]
         self.log_dir = log_dir or default_log_dir()
 
     def _make_process(self) -> ServerProcess:
@@ -50,11 +95,11 @@ class TransformersServeManager(ProcessServerManager):
         argv = [
             sys.executable, "-m", "transformers.cli.transformers", "serve",
             "--host", "127.0.0.1", "--port", str(port),
-            "--device", self.device, "--dtype", self.dtype,
+            "--device", self.device, *self.options.argv(),
             "--model-timeout", "-1",  # we unload explicitly, at each swap
             "--log-level", "warning",
         ]  # fmt: skip
-        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **self.options.env()}
         return ServerProcess(argv, env=env, log_path=self.log_dir / f"transformers-serve-{port}.log", port=port)
 
     @property
