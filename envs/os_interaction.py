@@ -22,7 +22,6 @@ from sandboxes.contract import Sandbox, ShellSession
 from sandboxes.errors import SandboxError
 from sandboxes.output import truncate_for_display
 
-
 _WORKDIR_IN_IMAGE: set[tuple[str, str]] = set()  # (image id, folder): folders the image itself holds
 
 

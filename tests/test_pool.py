@@ -11,8 +11,8 @@ import docker
 import pytest
 
 from sandboxes.docker_sandbox import DockerSandbox
-from sandboxes.labels import OWNER_PID
 from sandboxes.errors import SandboxStoppedError
+from sandboxes.labels import OWNER_PID
 from sandboxes.pool import SandboxPool, StartAhead
 from tests.conftest import TEST_LIMITS
 
