@@ -111,6 +111,7 @@ def test_malformed_db_tasks_name_the_field(tmp_path: Path) -> None:
             load_db_tasks(path)
 
 
+
 def test_a_selects_gold_sql_is_read_but_leaves_the_task_identity_alone() -> None:
     record = {"description": "d", "table": {"table_name": "t", "table_info": {"columns": [{"name": "a"}],
               "rows": [["1"]]}}, "type": ["counting"], "label": ["1"]}  # fmt: skip
@@ -122,7 +123,6 @@ def test_a_selects_gold_sql_is_read_but_leaves_the_task_identity_alone() -> None
     assert as_eval[0].content_hash == as_eval[1].content_hash
     changed = parse_db_task(record | {"label": ["2"]}, "t.jsonl", 0)
     assert EvalTask("db", "builtin", "dev", "t.jsonl#0", changed).content_hash != as_eval[0].content_hash
-
 
 # -- real episodes -----------------------------------------------------------------------------------------------
 

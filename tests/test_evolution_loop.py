@@ -145,3 +145,4 @@ def test_the_asynchronous_mode_gives_each_child_its_own_generation(family: Path,
     assert all(c.status == "inserted" for c in children)
     assert stored_cells(evo) == replayed_cells(evo, in_commit_order=True)
     assert {r.kind for r in rows} == {"base", "expert", "merge", "final"}
+

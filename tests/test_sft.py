@@ -49,9 +49,7 @@ def greedy(folder: Path, transcript: GoldTranscript, new_tokens: int) -> str:
 
 
 @pytest.mark.slow
-def test_sft_lowers_the_loss_and_moves_the_greedy_answer_toward_the_gold(
-    docker_engine, default_model, tmp_path: Path
-) -> None:  # noqa: ANN001, E501
+def test_sft_lowers_the_loss_and_moves_the_greedy_answer_toward_the_gold(docker_engine, default_model, tmp_path: Path) -> None:  # noqa: ANN001, E501
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "coding-expert"
