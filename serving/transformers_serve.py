@@ -66,11 +66,16 @@ SERVE_PRESETS: dict[str, ServeOptions] = {
     "sequential-fp32": ServeOptions(dtype="float32"),
     "cb-bf16": ServeOptions(dtype="bfloat16", **_CB),  # type: ignore[arg-type]
     "cb-fp32": ServeOptions(dtype="float32", **_CB),  # type: ignore[arg-type]
+    "cb-fp32-t1": ServeOptions(dtype="float32", threads=1, **_CB),  # type: ignore[arg-type]
+    "cb-bf16-t1": ServeOptions(dtype="bfloat16", threads=1, **_CB),  # type: ignore[arg-type]
     "cb-fp32-b32": ServeOptions(dtype="float32", **{**_CB, "block_size": 32, "num_blocks": 768}),  # type: ignore[arg-type]
 }
 # The default batches, in the checkpoint's own dtype (bf16 for the embedded model): greedy answers are those the
 # landed one-request-at-a-time server gave (tests/test_transformers_serve.py compares them).
-SERVE_PRESETS["default"] = ServeOptions(dtype="auto", **_CB)  # type: ignore[arg-type]
+# One intra-op thread: the batching loop runs many small kernels per token, and with two threads each waits at an
+# OpenMP barrier for the other; on a loaded 2-core machine that wait is a descheduled thread (cb-fp32 measured
+# 0.08 of batched generate with 2 threads, 1.35 with one, side by side under the same load).
+SERVE_PRESETS["default"] = ServeOptions(dtype="auto", threads=1, **_CB)  # type: ignore[arg-type]
 
 
 def default_log_dir() -> Path:
