@@ -151,10 +151,7 @@ def test_cli_chat_answers_with_the_default_model(default_model: LocalCheckpoint)
 
 OS_PROBLEMS = [
     "How many files are in /etc?",
-    "Find the largest file under /var/log and print its size.",
     "What is the name of the current user?",
-    "Count the lines that contain 'root' in /etc/passwd.",
-    "Create a file named done.txt in your home folder.",
     "Which shell does the user nobody have?",
 ]
 
@@ -170,11 +167,11 @@ async def test_batched_serving_answers_as_one_request_at_a_time(default_model: L
     prompts = [first_messages(problem) for problem in OS_PROBLEMS]
     async with TransformersServeManager(options=sequential_options) as sequential:
         await sequential.serve(default_model)
-        one_by_one = [(await sequential.chat(p, max_tokens=40)).text for p in prompts]
+        one_by_one = [(await sequential.chat(p, max_tokens=24)).text for p in prompts]
     async with TransformersServeManager(options=batched_options) as batched:
         await batched.serve(default_model)
-        together = await asyncio.gather(*(batched.chat(p, max_tokens=40) for p in prompts))
-        again = await batched.chat(prompts[0], max_tokens=40)  # a later round reuses the cached prefix
+        together = await asyncio.gather(*(batched.chat(p, max_tokens=24) for p in prompts))
+        again = await batched.chat(prompts[0], max_tokens=24)  # a later round reuses the cached prefix
     assert len(set(one_by_one)) > 1  # the prompts differ, so must the answers: nothing is answered blindly
     assert [reply.text for reply in together] == one_by_one
     assert again.text == one_by_one[0]
