@@ -380,7 +380,7 @@ _ray_option = click.option(
 @click.option("--split", default="dev", show_default=True, help="Split of the built-in OS and DB suites.")
 @click.option("--limit", type=int, help="At most N tasks per environment.")
 @click.option("--repeats", default=1, show_default=True, help="Episodes per task (AgentBench's OS init is random).")
-@click.option("--concurrency", default=4, show_default=True, help="Episodes at once.")
+@click.option("--concurrency", default=8, show_default=True, help="Episodes at once (the model server batches them).")
 @click.option("--rounds", default=5, show_default=True, help="Round limit per episode (CycleQD 5, AgentBench OS 8).")
 @click.option("--max-tokens", default=512, show_default=True, help="Tokens per model reply (greedy).")
 @click.option("--server", type=click.Choice(["auto", "transformers", "vllm"]), default="auto", show_default=True)

@@ -139,7 +139,7 @@ def demo_config(budget: DemoBudget, base: Path, experts: dict[str, Path], suites
     tasks = [{"name": env, "env": env, "expert": str(experts[env]), "suite": str(suites[env]),
               "selection_split": "dev", "test_split": "test"} for env in ENVS]  # fmt: skip
     data = {"base": str(base), "tasks": tasks, "generations": budget.generations, "bins": budget.bins,
-            "eval": {"concurrency": 2, "max_tokens": budget.max_tokens, "rounds": budget.rounds}}  # fmt: skip
+            "eval": {"concurrency": 8, "max_tokens": budget.max_tokens, "rounds": budget.rounds}}  # fmt: skip
     return parse_config(data, "<demo>", Path("/"))
 
 

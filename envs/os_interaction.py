@@ -31,6 +31,8 @@ from sandboxes.contract import Sandbox, SandboxHealth, ShellSession
 from sandboxes.errors import SandboxError
 from sandboxes.output import truncate_for_display
 
+_WORKDIR_IN_IMAGE: set[tuple[str, str]] = set()  # (image id, folder): folders the image itself holds
+
 
 @dataclass(frozen=True)
 class OSSettings:
@@ -57,7 +59,7 @@ class OSInteractionEpisode(Episode):
     async def begin(self) -> list[Message]:
         settings = self.settings
         try:
-            await self.sandbox.exec(["mkdir", "-p", settings.workdir])
+            await self._ensure_workdir()
             for position, script in enumerate(self.task.init):
                 source = script_source(script, settings.scripts_dir)
                 result = await self.sandbox.exec(
@@ -76,6 +78,18 @@ class OSInteractionEpisode(Episode):
             raise EpisodeSetupError(f"{self.task.task_id}: {exc}") from exc
         self.messages = first_messages(self.task.description)
         return list(self.messages)
+
+    async def _ensure_workdir(self) -> None:
+        # A fresh container of an image has that image's filesystem, so once a folder is seen in an image it is
+        # in every later container of it: one exec per image and run instead of one per episode.
+        image = getattr(self.sandbox, "image_id", "")
+        key = (image, self.settings.workdir)
+        if image and key in _WORKDIR_IN_IMAGE:
+            return
+        if (await self.sandbox.exec(["test", "-d", self.settings.workdir])).exit_code != 0:
+            await self.sandbox.exec(["mkdir", "-p", self.settings.workdir])
+        elif image:
+            _WORKDIR_IN_IMAGE.add(key)
 
     async def step(self, reply: str) -> str | None:
         if self.status is not None:

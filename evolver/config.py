@@ -70,7 +70,7 @@ class MutationSpec:
 
 @dataclass(frozen=True)
 class EvalSpec:
-    concurrency: int = 4
+    concurrency: int = 8  # episodes at once: what a batching server decodes together
     max_tokens: int = 512
     repeats: int = 1
     rounds: int = 5

@@ -87,6 +87,7 @@ class DockerSandbox(Sandbox):
     def __init__(self, client: docker.DockerClient, container: Container, limits: SandboxLimits) -> None:
         self.limits = limits
         self.image = container.attrs.get("Config", {}).get("Image", "")
+        self.image_id = container.attrs.get("Image", "")  # sha256 of the image's content: stable, unlike a tag
         self._client = client
         self._container = container
         self._stopped = False

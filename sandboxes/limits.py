@@ -24,6 +24,7 @@ class SandboxLimits:
     # (btrfs, zfs, overlay2 on xfs with pquota: writes past it fail with EDQUOT/ENOSPC, the host is untouched);
     # `quota_supported()` says whether this engine can; where it cannot, the limit is not enforced.
     disk_bytes: int = 4 << 30
+    runtime: str | None = None  # the engine's OCI runtime by name (e.g. "crun"); None: the engine's default
 
     def __post_init__(self) -> None:
         checks = {
@@ -56,6 +57,8 @@ class SandboxLimits:
         }
         if disk_quota:
             kwargs["storage_opt"] = {"size": str(self.disk_bytes)}
+        if self.runtime:
+            kwargs["runtime"] = self.runtime
         return kwargs
 
 

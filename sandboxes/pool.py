@@ -1,7 +1,8 @@
 """A warm pool of sandboxes: containers started ahead per image so that an episode gets one at once.
 
 `acquire(image)` hands over a warm sandbox if one is ready, otherwise starts one. `release(sandbox)` destroys
-it (episodes never share a container) and the pool refills in the background. A global cap bounds the live
+it (episodes never share a container; `sandbox(image)` does it in the background, off the episode's path) and
+the pool refills in the background. A global cap bounds the live
 containers, warm ones included; when an acquire needs a slot and the cap is reached, an idle warm container of
 another image is given up first, so warm spares can never starve real work.
 """
@@ -11,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from sandboxes.contract import Sandbox
@@ -35,6 +39,7 @@ class SandboxPool:
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._pace: dict[str, StartAhead] = {image: StartAhead() for image in warm}
 
     @property
     def live(self) -> int:
@@ -64,6 +69,8 @@ class SandboxPool:
             while True:
                 if self._closed:
                     raise PoolClosedError("the sandbox pool is closed")
+                if image in self._pace:
+                    self._pace[image].acquired()
                 spares = self._idle.get(image)
                 if spares:
                     sandbox = spares.pop()
@@ -87,19 +94,27 @@ class SandboxPool:
         return sandbox
 
     async def release(self, sandbox: Sandbox) -> None:
-        """Destroy a sandbox handed out by `acquire`."""
+        """Destroy a sandbox handed out by `acquire`, and wait until it is gone."""
         try:
             await sandbox.stop()
         finally:
             await self._free_slot()
 
+    def release_later(self, sandbox: Sandbox) -> None:
+        """Destroy a sandbox in the background: the caller goes on at once (a removal costs the engine a few
+        hundred ms that an episode need not wait for). Its slot stays taken until the container is gone, so the
+        cap on live containers still holds, and `close()` waits for it."""
+        self._spawn(self._release_quietly(sandbox))
+
     @contextlib.asynccontextmanager
     async def sandbox(self, image: str) -> AsyncIterator[Sandbox]:
+        """A sandbox for the block's duration; removed off the caller's path when the block ends."""
         sandbox = await self.acquire(image)
         try:
             yield sandbox
         finally:
-            await self.release(sandbox)
+            self.release_later(sandbox)
+            await asyncio.sleep(0)  # lets the removal begin, which fences the sandbox before the caller goes on
 
     async def close(self) -> None:
         """Stop refilling and destroy the spares. Sandboxes still handed out stay their holders' to release."""
@@ -148,12 +163,14 @@ class SandboxPool:
     async def _refill(self, image: str) -> None:
         while True:
             async with self._changed:
-                missing = self._warm_target[image] - self.idle(image) - self._starting[image]
+                wanted = max(self._warm_target[image], self._pace[image].spares(self.max_live // 2))
+                missing = wanted - self.idle(image) - self._starting[image]
                 # Spares never take a slot that real work could need.
                 if self._closed or missing <= 0 or self._live >= self.max_live:
                     return
                 self._live += 1
                 self._starting[image] += 1
+            started = time.monotonic()
             try:
                 sandbox = await self._factory(image)
             except Exception as exc:
@@ -161,6 +178,7 @@ class SandboxPool:
                 self._starting[image] -= 1
                 await self._free_slot(refill=False)  # a failing factory must not retry in a tight loop
                 return
+            self._pace[image].started(time.monotonic() - started)
             async with self._changed:
                 self._starting[image] -= 1
                 if self._closed:
@@ -169,7 +187,42 @@ class SandboxPool:
                     self._idle[image].append(sandbox)
                 self._changed.notify_all()
 
+    async def _release_quietly(self, sandbox: Sandbox) -> None:
+        try:
+            await self.release(sandbox)
+        except Exception as exc:  # the reaper removes what the engine refused to remove now
+            log.warning("could not remove a released sandbox: %s", exc)
+
     @staticmethod
     async def _stop_quietly(sandbox: Sandbox) -> None:
         with contextlib.suppress(Exception):
             await sandbox.stop()
+
+
+class StartAhead:
+    """How many spares of one image to keep starting: the acquires expected while one container starts (the
+    acquire rate over the last WINDOW_S seconds × the moving average of start times), so that a steady stream
+    of episodes finds a spare ready. The configured `warm` count stays the floor."""
+
+    WINDOW_S = 10.0
+    SMOOTHING = 0.2
+
+    def __init__(self) -> None:
+        self.start_s = 0.0
+        self._acquires: deque[float] = deque()
+
+    def acquired(self) -> None:
+        self._acquires.append(time.monotonic())
+
+    def started(self, seconds: float) -> None:
+        self.start_s = seconds if self.start_s == 0 else self.start_s + self.SMOOTHING * (seconds - self.start_s)
+
+    @property
+    def rate_per_s(self) -> float:
+        horizon = time.monotonic() - self.WINDOW_S
+        while self._acquires and self._acquires[0] < horizon:
+            self._acquires.popleft()
+        return len(self._acquires) / self.WINDOW_S
+
+    def spares(self, ceiling: int) -> int:
+        return min(math.ceil(self.rate_per_s * self.start_s), ceiling)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,60 @@ from serving.model_ref import ExternalEndpoint, LocalCheckpoint, ModelRef
 from serving.server_process import ServerProcess, free_port
 
 PROBE = [{"role": "user", "content": "Say OK."}]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server decodes. Continuous batching runs every in-flight request in one forward pass per token
+    (paged KV cache); without it the server answers one request at a time. `threads` sets torch's intra-op
+    threads in the server (None: torch's default, one per core)."""
+
+    dtype: str = "auto"
+    continuous_batching: bool = False
+    block_size: int | None = None
+    num_blocks: int | None = None
+    max_batch_tokens: int | None = None
+    threads: int | None = None
+
+    def argv(self) -> list[str]:
+        args = ["--dtype", self.dtype]
+        if self.continuous_batching:
+            args.append("--continuous-batching")
+            for flag, value in (
+                ("--cb-block-size", self.block_size),
+                ("--cb-num-blocks", self.num_blocks),
+                ("--cb-max-batch-tokens", self.max_batch_tokens),
+            ):
+                if value is not None:
+                    args += [flag, str(value)]
+        return args
+
+    def env(self) -> dict[str, str]:
+        return {"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}
+
+    def describe(self) -> str:
+        return " ".join(self.argv()) + (f" OMP_NUM_THREADS={self.threads}" if self.threads else "")
+
+
+# The batching presets cap the paged KV cache: left to itself it takes a share of *free memory* (~10 GB seen on a
+# 24 GiB machine). 96 blocks of 256 tokens hold ~24k tokens: eight OS episodes at their longest (5 rounds of
+# ~2.5k tokens) or 32 short chats; about 1.1 GB for SmolLM2-135M in fp32 (46 KB per token), half that in bf16.
+_CB = {"continuous_batching": True, "block_size": 256, "num_blocks": 96, "max_batch_tokens": 2048}
+SERVE_PRESETS: dict[str, ServeOptions] = {
+    "sequential-bf16": ServeOptions(dtype="bfloat16"),
+    "sequential-fp32": ServeOptions(dtype="float32"),
+    "cb-bf16": ServeOptions(dtype="bfloat16", **_CB),  # type: ignore[arg-type]
+    "cb-fp32": ServeOptions(dtype="float32", **_CB),  # type: ignore[arg-type]
+    "cb-fp32-t1": ServeOptions(dtype="float32", threads=1, **_CB),  # type: ignore[arg-type]
+    "cb-bf16-t1": ServeOptions(dtype="bfloat16", threads=1, **_CB),  # type: ignore[arg-type]
+    "cb-fp32-b32": ServeOptions(dtype="float32", **{**_CB, "block_size": 32, "num_blocks": 768}),  # type: ignore[arg-type]
+}
+# The default batches, in the checkpoint's own dtype (bf16 for the embedded model): greedy answers are those the
+# landed one-request-at-a-time server gave (tests/test_transformers_serve.py compares them).
+# One intra-op thread: the batching loop runs many small kernels per token, and with two threads each waits at an
+# OpenMP barrier for the other; on a loaded 2-core machine that wait is a descheduled thread (cb-fp32 measured
+# 0.08 of batched generate with 2 threads, 1.35 with one, side by side under the same load).
+SERVE_PRESETS["default"] = ServeOptions(dtype="auto", threads=1, **_CB)  # type: ignore[arg-type]
 
 
 def default_log_dir() -> Path:
@@ -36,13 +91,14 @@ class TransformersServeManager(ProcessServerManager):
         self,
         *,
         device: str = "cpu",
-        dtype: str = "auto",
+        options: ServeOptions | None = None,
         log_dir: Path | None = None,
         client_settings: ClientSettings | None = None,
     ) -> None:
-        super().__init__(client_settings or ClientSettings(max_concurrency=4))
+        # Requests in flight are what a batching server batches: let the episodes' concurrency through.
+        super().__init__(client_settings or ClientSettings(max_concurrency=32))
         self.device = device
-        self.dtype = dtype
+        self.options = options or SERVE_PRESETS["default"]
         self.log_dir = log_dir or default_log_dir()
 
     def _make_process(self) -> ServerProcess:
@@ -50,11 +106,11 @@ class TransformersServeManager(ProcessServerManager):
         argv = [
             sys.executable, "-m", "transformers.cli.transformers", "serve",
             "--host", "127.0.0.1", "--port", str(port),
-            "--device", self.device, "--dtype", self.dtype,
+            "--device", self.device, *self.options.argv(),
             "--model-timeout", "-1",  # we unload explicitly, at each swap
             "--log-level", "warning",
         ]  # fmt: skip
-        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **self.options.env()}
         return ServerProcess(argv, env=env, log_path=self.log_dir / f"transformers-serve-{port}.log", port=port)
 
     @property

@@ -13,7 +13,7 @@ from envs.episode import EpisodeStatus
 from envs.errors import EpisodeSetupError, TaskFormatError
 from envs.os_actions import parse_os_action
 from envs.os_checks import contained_in, containing, integer_match, size_match, string_match
-from envs.os_interaction import OSInteractionEpisode, OSSettings
+from envs.os_interaction import _WORKDIR_IN_IMAGE, OSInteractionEpisode, OSSettings
 from envs.os_tasks import load_os_tasks, load_os_tasks_leniently, parse_task
 from sandboxes.docker_sandbox import DockerSandbox
 from sandboxes.images import build_images, image_tag
@@ -214,6 +214,20 @@ async def test_a_failing_init_is_an_environment_error(os_image: str) -> None:
     record = {"description": "d", "create": {"init": "exit 3"}, "evaluation": {"match": "x"}}
     with pytest.raises(EpisodeSetupError, match="init script 0 exited 3"):
         await run_episode(record, [])
+
+
+async def test_the_workdir_is_there_in_every_episode_and_probed_once_per_image(os_image: str) -> None:
+    record = {"description": "d", "create": {"init": "pwd > where"}, "evaluation": {"match": "x"}}
+    read = ["Act: bash\n```bash\ncat where; pwd\n```", "Act: finish"]
+    for _ in range(2):  # a folder the image lacks is made in each fresh container, never remembered
+        _, observations, _ = await run_episode(record, read, OSSettings(workdir="/srv/made-here", command_timeout_s=3))
+        assert observations[0] == "The output of the OS:\n\n/srv/made-here\n/srv/made-here\n"
+    assert all(folder != "/srv/made-here" for _, folder in _WORKDIR_IN_IMAGE)
+    _, observations, _ = await run_episode(record, read)
+    assert observations[0] == "The output of the OS:\n\n/root\n/root\n"
+    assert any(folder == "/root" for _, folder in _WORKDIR_IN_IMAGE)  # the image has it: no exec next time
+    _, observations, _ = await run_episode(record, read)
+    assert observations[0] == "The output of the OS:\n\n/root\n/root\n"
 
 
 # -- gold replays ----------------------------------------------------------------------------------------------------

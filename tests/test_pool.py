@@ -8,10 +8,12 @@ import threading
 import time
 
 import docker
+import pytest
 
 from sandboxes.docker_sandbox import DockerSandbox
+from sandboxes.errors import SandboxStoppedError
 from sandboxes.labels import OWNER_PID
-from sandboxes.pool import SandboxPool
+from sandboxes.pool import SandboxPool, StartAhead
 from tests.conftest import TEST_LIMITS
 
 
@@ -76,3 +78,31 @@ async def test_warm_spares_of_one_image_never_starve_another(os_image: str) -> N
         box = await asyncio.wait_for(pool.acquire(other), 20)
         assert pool.live <= 2
         await pool.release(box)
+
+
+async def test_a_released_block_goes_on_at_once_and_its_container_is_gone_by_close(
+    docker_engine: docker.DockerClient, os_image: str
+) -> None:
+    async with SandboxPool(lambda image: DockerSandbox.start(image, limits=TEST_LIMITS), warm={}) as pool:
+        async with pool.sandbox(os_image) as box:
+            pass
+        assert pool.live == 1  # removal runs in the background and keeps its slot until done
+        with pytest.raises(SandboxStoppedError):  # yet the sandbox is unusable at once
+            await box.exec(["true"])
+    assert pool.live == 0
+    assert not docker_engine.containers.list(all=True, filters={"id": box.id})
+
+
+def test_start_ahead_follows_the_observed_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    pace = StartAhead()
+    assert pace.spares(32) == 0  # nothing observed: the configured floor rules
+    pace.started(0.8)
+    for _ in range(40):  # 4 acquires/s for 10 s, each start taking 0.8 s: ~3.2 acquires during one start
+        clock[0] += 0.25
+        pace.acquired()
+    assert pace.spares(32) == 4
+    assert pace.spares(2) == 2  # never more than the ceiling
+    clock[0] += StartAhead.WINDOW_S + 1  # the stream stopped: no spares beyond the floor
+    assert pace.spares(32) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -13,7 +14,7 @@ from serving.client import ChatClient, ClientSettings, ServedModel, require_mode
 from serving.errors import EndpointError, ModelRefError, ServerDiedError, UnknownModelError
 from serving.model_ref import HubModel, LocalCheckpoint
 from serving.server_process import free_port
-from serving.transformers_serve import TransformersServeManager
+from serving.transformers_serve import SERVE_PRESETS, TransformersServeManager
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
@@ -146,3 +147,31 @@ def test_cli_chat_answers_with_the_default_model(default_model: LocalCheckpoint)
     done = cycleqd("chat", "What is the capital of France? Answer in one sentence.", "--max-tokens", "24", timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout and default_model.identity() in " ".join(done.stderr.split())
+
+
+OS_PROBLEMS = [
+    "How many files are in /etc?",
+    "What is the name of the current user?",
+    "Which shell does the user nobody have?",
+]
+
+
+async def test_batched_serving_answers_as_one_request_at_a_time(default_model: LocalCheckpoint) -> None:
+    """Greedy transcripts do not depend on batching: the default (continuous batching) answers OS episodes' first
+    prompts, all at once, exactly as the same server settings without batching answer them one by one."""
+    from envs.os_prompt import first_messages
+
+    batched_options = SERVE_PRESETS["default"]
+    assert batched_options.continuous_batching
+    sequential_options = dataclasses.replace(batched_options, continuous_batching=False)
+    prompts = [first_messages(problem) for problem in OS_PROBLEMS]
+    async with TransformersServeManager(options=sequential_options) as sequential:
+        await sequential.serve(default_model)
+        one_by_one = [(await sequential.chat(p, max_tokens=24)).text for p in prompts]
+    async with TransformersServeManager(options=batched_options) as batched:
+        await batched.serve(default_model)
+        together = await asyncio.gather(*(batched.chat(p, max_tokens=24) for p in prompts))
+        again = await batched.chat(prompts[0], max_tokens=24)  # a later round reuses the cached prefix
+    assert len(set(one_by_one)) > 1  # the prompts differ, so must the answers: nothing is answered blindly
+    assert [reply.text for reply in together] == one_by_one
+    assert again.text == one_by_one[0]

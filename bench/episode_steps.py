@@ -1,0 +1,65 @@
+"""Where an OS episode's sandbox time goes, step by step, at concurrency 1 (medians over rounds).
+
+    python -m bench.episode_steps [--rounds N]
+
+The steps are those of envs/os_interaction.py on the os-default image: create, start, the workdir exec, one init
+exec, opening the persistent shell, the `start` command and two agent commands typed into it, one check exec,
+closing the shell, and removal. Each is timed on its own (wall clock; on a 2-core machine the engine's CPU is
+most of it), and the share of the episode each takes is printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Awaitable
+
+from sandboxes.docker_sandbox import DockerSandbox, create_container
+from sandboxes.engine import docker_client, ensure_engine
+from sandboxes.images import build_images, image_tag
+from sandboxes.limits import SandboxLimits
+
+
+async def one_episode(client, image: str, times: dict[str, list[float]]) -> None:  # noqa: ANN001
+    async def step(name: str, work: Awaitable[object]) -> object:
+        started = time.perf_counter()
+        result = await work
+        times[name].append(time.perf_counter() - started)
+        return result
+
+    limits = SandboxLimits()
+    container = await step("create + start", asyncio.to_thread(create_container, client, image, limits, None, "/root"))
+    box = DockerSandbox(client, container, limits)  # type: ignore[arg-type]
+    await step("exec: mkdir workdir", box.exec(["mkdir", "-p", "/root"]))
+    await step("exec: one init script", box.exec(["bash", "-c", "echo hi > /root/x"], workdir="/root"))
+    session = await step("open shell session", box.open_session(workdir="/root"))
+    await step("session: start command", session.run("sleep 0 &"))  # type: ignore[attr-defined]
+    await step("session: 2 agent commands", session.run("ls; cat x"))  # type: ignore[attr-defined]
+    await step("exec: one check script", box.exec(["bash", "-c", "test -f /root/x"], workdir="/root"))
+    await step("close session", session.close())  # type: ignore[attr-defined]
+    await step("remove (force)", box.stop())
+
+
+async def main(rounds: int) -> None:
+    ensure_engine()
+    client = docker_client()
+    build_images(client, ["os-default"])
+    image = image_tag("os-default")
+    times: dict[str, list[float]] = defaultdict(list)
+    await one_episode(client, image, defaultdict(list))  # warm-up
+    for _ in range(rounds):
+        await one_episode(client, image, times)
+    medians = {name: statistics.median(samples) for name, samples in times.items()}
+    total = sum(medians.values())
+    print(f"OS episode sandbox steps, medians of {rounds} rounds (sum {total * 1000:.0f} ms):")
+    for name, value in medians.items():
+        print(f"  {name:<28} {value * 1000:7.1f} ms  {value / total:6.1%}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10)
+    asyncio.run(main(parser.parse_args().rounds))

@@ -1,0 +1,78 @@
+"""Whole episodes with the embedded model: the landed serving set-up against today's, side by side in one run.
+
+    python -m bench.eval_e2e [--job main|demo] [--limit N] [--new-concurrency C]
+
+`--job main` is the README's `cycleqd eval --limit 3` (built-in os, db and coding dev tasks, 512 tokens per
+reply, 5 rounds); `--job demo` is one candidate evaluation of `cycleqd evolve` at the demo's settings (128
+tokens, 3 rounds), on the same 9 tasks. Each set-up runs the eval orchestrator over the same tasks with a real
+`transformers serve` of the embedded SmolLM2: the landed one (no batching, bf16, the landed concurrency: 4 for
+eval, 2 for the demo) and today's (the default serving preset, --new-concurrency). Prints episodes/s of each,
+their ratio, and whether every episode got the same score and transcript.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from cycleqd.eval_tasks import load_eval_tasks
+from cycleqd.orchestrator import EvalSettings, Orchestrator
+from db import open_store
+from envs.os_interaction import OSSettings
+from serving.client import ClientSettings
+from serving.default_model import default_checkpoint
+from serving.transformers_serve import SERVE_PRESETS, ServeOptions, TransformersServeManager
+
+JOBS = {"main": {"max_tokens": 512, "rounds": 5, "landed": 4}, "demo": {"max_tokens": 128, "rounds": 3, "landed": 2}}
+
+
+async def play(options: ServeOptions, concurrency: int, job: dict, limit: int, db: Path) -> tuple[float, dict]:
+    tasks = load_eval_tasks(["os", "db", "coding"], "builtin", "dev", limit)
+    store = open_store(db)
+    run = store.create_run("bench", {})
+    checkpoint = default_checkpoint()
+    settings = EvalSettings(
+        concurrency=concurrency, max_tokens=job["max_tokens"], max_sandboxes=max(2, 2 * concurrency),
+        os=OSSettings(round_limit=job["rounds"]),
+    )  # fmt: skip
+    client = ClientSettings(max_concurrency=max(concurrency, 4))
+    async with TransformersServeManager(options=options, client_settings=client) as manager:
+        await manager.serve(checkpoint)
+        model_id = store.model_id(checkpoint.identity(), str(checkpoint.path))
+        started = time.perf_counter()
+        await Orchestrator(store, run.id, manager, model_id, settings).run(tasks)
+        elapsed = time.perf_counter() - started
+    episodes = store.episodes(run.id)
+    by_task = {e.task_id: (e.score, e.transcript) for e in episodes}
+    return len(episodes) / elapsed, by_task
+
+
+async def main(job_name: str, limit: int, new_concurrency: int) -> None:
+    job = JOBS[job_name]
+    setups = [
+        (f"landed: no batching, bf16, concurrency {job['landed']}", SERVE_PRESETS["sequential-bf16"], job["landed"]),
+        (f"today: {SERVE_PRESETS['default'].describe()}, concurrency {new_concurrency}", SERVE_PRESETS["default"],
+         new_concurrency),
+    ]  # fmt: skip
+    print(f"job {job_name}: {job['max_tokens']} tokens per reply, {job['rounds']} rounds, {limit} tasks per env")
+    rates, outcomes = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for i, (label, options, concurrency) in enumerate(setups):
+            rate, by_task = await play(options, concurrency, job, limit, Path(folder) / f"{i}.db")
+            rates.append(rate)
+            outcomes.append(by_task)
+            print(f"  {label}: {len(by_task)} episodes, {rate:.3f} episodes/s", flush=True)
+    same = outcomes[0] == outcomes[1]
+    print(f"  today / landed: {rates[1] / rates[0]:.2f}x; same scores and transcripts: {'yes' if same else 'NO'}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--job", choices=sorted(JOBS), default="main")
+    parser.add_argument("--limit", type=int, default=3)
+    parser.add_argument("--new-concurrency", type=int, default=9)
+    args = parser.parse_args()
+    asyncio.run(main(args.job, args.limit, args.new_concurrency))
