@@ -13,11 +13,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from cycleqd.eval_tasks import BUILTIN
 from cycleqd.suite_generate import generated_db_suite
 from envs.coding_training import MBPP_FILE, build_coding_suite
 from envs.db_generate import suite_folder
 from envs.os_training import TRAINING_FILE, build_os_suite, shared_data_root
+from envs.suites import BUILTIN
 from envs.task_files import read_task_records
 
 DATA_VERSION = 1  # bumped when the demo's choice of data changes, so that experts trained on older data are redone

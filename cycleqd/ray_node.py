@@ -63,8 +63,8 @@ class NodeSlot:
                 # Ray gives a GPU actor its GPU as device 0 (CUDA_VISIBLE_DEVICES), hence slot 0 on every node.
                 manager = manager_for(ref, server=self.model.server, slot=0)
                 self.manager = await self._stack.enter_async_context(manager)
-                runtime = EnvRuntime(self.tasks, run_id=self.run_id, max_sandboxes=self.settings.max_sandboxes,
-                                     os_settings=self.settings.os)  # fmt: skip
+                runtime = EnvRuntime.of(self.tasks, run_id=self.run_id, max_sandboxes=self.settings.max_sandboxes,
+                                        settings=self.settings.episode)  # fmt: skip
                 self.runtime = await self._stack.enter_async_context(runtime)
             return self.manager, self.runtime
 

@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 
 from cycleqd.candidate_eval import EpisodeEvaluator
-from cycleqd.env_runtime import EnvRuntime, image_for
+from cycleqd.env_runtime import EnvRuntime
 from cycleqd.eval_tasks import EvalTask, load_eval_tasks
 from cycleqd.evolution import CandidateUnderTest
 from cycleqd.orchestrator import EpisodeResult, EvalSettings, Orchestrator
 from db import EpisodeRecord, open_store
 from db.evolution_store import EvolutionStore
 from envs.episode import EpisodeStatus
+from envs.registry import environment
 from evolver.archive import Elite, GridArchive
 from evolver.config import parse_config
 from evolver.racing import Race
@@ -74,7 +75,7 @@ async def test_a_settled_gate_cancels_running_episodes_cleanly_and_a_rerun_finis
     planned = len(tasks) * settings.repeats
     store = open_store(tmp_path / "race.db")
     run = store.create_run("eval", {})
-    async with EnvRuntime(tasks, run_id=run.id, max_sandboxes=4, os_settings=settings.os) as runtime:
+    async with EnvRuntime.of(tasks, run_id=run.id, max_sandboxes=4, settings=settings.episode) as runtime:
         async with ExternalManager(fixed_server) as manager:
             await manager.serve(fixed_server)
             model_id = store.model_id(fixed_server.identity(), fixed_server.label)
@@ -87,7 +88,7 @@ async def test_a_settled_gate_cancels_running_episodes_cleanly_and_a_rerun_finis
             assert 2 <= len(stored) <= 3 < planned
             assert all(e.status and e.transcript and e.finished_at for e in stored)
             await runtime.pool.wait_warm()
-            image = image_for(tasks[0])
+            (image,) = environment(tasks[0].env).images  # coding tasks: one image
             assert runtime.pool.live == runtime.pool.idle(image)  # no sandbox is still held by a stopped episode
 
             rest = StopAfter(None)
@@ -153,7 +154,8 @@ async def test_a_raced_child_stops_mid_episodes_through_the_evaluator(
     async with ExitStack() as stack:
         manager = await stack.enter_async_context(AnyCheckpointAnswersFixed(fixed_server))
         evaluator = EpisodeEvaluator(store, run.id, config, None, tmp_path / "ckpt", [manager], None)  # type: ignore[arg-type]
-        runtime = EnvRuntime(evaluator.all_tasks(), run_id=run.id, max_sandboxes=4, os_settings=evaluator.settings.os)
+        tasks = evaluator.all_tasks()
+        runtime = EnvRuntime.of(tasks, run_id=run.id, max_sandboxes=4, settings=evaluator.settings.episode)
         evaluator.runtime = await stack.enter_async_context(runtime)
         race = Race(archives)
         under = CandidateUnderTest(child.id, "child", None, "abc", checkpoint=folder)
@@ -162,4 +164,5 @@ async def test_a_raced_child_stops_mid_episodes_through_the_evaluator(
         stored = [e for e in store.episodes(run.id) if e.model_id == model_id]
         assert race.played <= len(stored) <= race.played + 1 and all(e.score == 0.0 for e in stored)
         await runtime.pool.wait_warm()
-        assert runtime.pool.live == sum(runtime.pool.idle(i) for i in {image_for(t) for t in evaluator.all_tasks()})
+        images = {i for t in tasks for i in environment(t.env).images}
+        assert runtime.pool.live == sum(runtime.pool.idle(i) for i in images)
