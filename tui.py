@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cycleqd.tui_command import run_tui
+from cycleqd.monitor.command import run_tui
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,10 +17,10 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable
 
-from sandboxes.docker_sandbox import DockerSandbox, create_container
-from sandboxes.engine import docker_client, ensure_engine
-from sandboxes.images import build_images, image_tag
-from sandboxes.limits import SandboxLimits
+from cycleqd.sandboxes.docker_sandbox import DockerSandbox, create_container
+from cycleqd.sandboxes.engine import docker_client, ensure_engine
+from cycleqd.sandboxes.images import build_images, image_tag
+from cycleqd.sandboxes.limits import SandboxLimits
 
 
 async def one_episode(client, image: str, times: dict[str, list[float]]) -> None:  # noqa: ANN001

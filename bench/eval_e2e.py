@@ -18,13 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from cycleqd.eval_tasks import load_eval_tasks
-from cycleqd.orchestrator import EvalSettings, Orchestrator
-from db import open_store
-from envs.os_interaction import OSSettings
-from serving.client import ClientSettings
-from serving.default_model import default_checkpoint
-from serving.transformers_serve import SERVE_PRESETS, ServeOptions, TransformersServeManager
+from cycleqd.db import open_store
+from cycleqd.envs.os_interaction import OSSettings
+from cycleqd.serving.client import ClientSettings
+from cycleqd.serving.default_model import default_checkpoint
+from cycleqd.serving.transformers_serve import SERVE_PRESETS, ServeOptions, TransformersServeManager
+
+from cycleqd.eval.orchestrator import EvalSettings, Orchestrator
+from cycleqd.eval.tasks import load_eval_tasks
 
 JOBS = {"main": {"max_tokens": 512, "rounds": 5, "landed": 4}, "demo": {"max_tokens": 128, "rounds": 3, "landed": 2}}
 

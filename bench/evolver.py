@@ -25,14 +25,13 @@ import time
 from pathlib import Path
 
 import torch
+from cycleqd.evolver.checkpoint_files import CheckpointLayout, read_header
+from cycleqd.evolver.genome import Genome
+from cycleqd.evolver.materialize import MaterializeStats, coefficient_ratios, materialize
+from cycleqd.evolver.operators import crossover, svd_mutation
+from cycleqd.evolver.safetensors_stream import TORCH_DTYPES, StreamWriter
+from cycleqd.evolver.svd_cache import SVDCache, build_svd_cache, default_device
 from safetensors import safe_open
-
-from evolver.checkpoint_files import CheckpointLayout, read_header
-from evolver.genome import Genome
-from evolver.materialize import MaterializeStats, coefficient_ratios, materialize
-from evolver.operators import crossover, svd_mutation
-from evolver.safetensors_stream import TORCH_DTYPES, StreamWriter
-from evolver.svd_cache import SVDCache, build_svd_cache, default_device
 
 CHUNK = 64 << 20
 
@@ -129,7 +128,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep experts and SVD cache here and reuse them (default: temp)")
     args = parser.parse_args()
     if args.base is None:
-        from serving.default_model import default_checkpoint
+        from cycleqd.serving.default_model import default_checkpoint
 
         args.base = default_checkpoint().path
     device = args.device or default_device()

@@ -13,7 +13,7 @@ base, two experts, the child and the cache fit on a 64 GiB disk; `tiny`: a CPU-s
 4. the same child materialised on the CPU (1b and tiny; for 8b, three tensors' fp32 deltas): the largest
    difference in bf16 steps and the share of weights that differ; and the error of three tensors against
    full-weight fp32 arithmetic (task vectors and an SVD redone here, as tests/test_evolver_math.py does);
-5. one SFT step (cycleqd.sft_train with LoRA when it imports; a plain AdamW step otherwise) from the child;
+5. one SFT step (cycleqd.sft.train with LoRA when it imports; a plain AdamW step otherwise) from the child;
 6. a greedy generation from the child, twice (identical), and from the CPU-materialised child.
 Figures go to OUT_DIR/gpu_check.json ($OUT, else ./gpu_check_out), rewritten after every step, so a run cut
 short keeps what it measured. Steps that would pass `--budget-s` are skipped and say so.
@@ -38,14 +38,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench" / "gpu_site"))
 
 import torch  # noqa: E402
+from cycleqd.evolver.checkpoint_files import CheckpointLayout  # noqa: E402
+from cycleqd.evolver.genome import Genome  # noqa: E402
+from cycleqd.evolver.materialize import MaterializeStats, dense_delta, materialize  # noqa: E402
+from cycleqd.evolver.operators import crossover, mutation_draws, svd_mutation  # noqa: E402
+from cycleqd.evolver.safetensors_stream import StreamWriter  # noqa: E402
+from cycleqd.evolver.svd_cache import build_svd_cache  # noqa: E402
 
 from bench.evolver import read_and_write, touched_ranges  # noqa: E402
-from evolver.checkpoint_files import CheckpointLayout  # noqa: E402
-from evolver.genome import Genome  # noqa: E402
-from evolver.materialize import MaterializeStats, dense_delta, materialize  # noqa: E402
-from evolver.operators import crossover, mutation_draws, svd_mutation  # noqa: E402
-from evolver.safetensors_stream import StreamWriter  # noqa: E402
-from evolver.svd_cache import build_svd_cache  # noqa: E402
 
 SHAPES = {
     "tiny": {"hidden": 64, "intermediate": 160, "layers": 2, "heads": 4, "kv_heads": 2, "vocab": 512, "tie": False},
@@ -143,8 +143,8 @@ def sft_step(child: Path, work: Path, device: str, vocab: int) -> dict[str, obje
     sequences = [torch.randint(0, vocab, (64,), generator=generator).tolist() for _ in range(2)]
     started = time.perf_counter()
     try:
-        from cycleqd.sft_data import TrainingExample
-        from cycleqd.sft_train import SFTSettings, fine_tune
+        from cycleqd.sft.data import TrainingExample
+        from cycleqd.sft.train import SFTSettings, fine_tune
     except ImportError as exc:  # the GPU machine may lack the environments' dependencies (docker, …)
         from transformers import AutoModelForCausalLM
 
@@ -158,13 +158,13 @@ def sft_step(child: Path, work: Path, device: str, vocab: int) -> dict[str, obje
             loss.backward()
             optimizer.step()
             losses.append(float(loss))
-        return {"via": f"plain AdamW on all weights (cycleqd.sft_train: {exc})", "losses": losses,
+        return {"via": f"plain AdamW on all weights (cycleqd.sft.train: {exc})", "losses": losses,
                 "seconds": time.perf_counter() - started}  # fmt: skip
     losses: list[float] = []
     examples = [TrainingExample(s, s) for s in sequences]
     settings = SFTSettings(epochs=2, batch_size=2, lora_rank=8, learning_rate=1e-4)
     fine_tune(child, examples, work / "sft", settings, on_step=lambda s, t, loss: losses.append(loss), device=device)
-    return {"via": "cycleqd.sft_train.fine_tune, LoRA rank 8", "losses": losses,
+    return {"via": "cycleqd.sft.train.fine_tune, LoRA rank 8", "losses": losses,
             "seconds": time.perf_counter() - started}  # fmt: skip
 
 

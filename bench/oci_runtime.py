@@ -16,9 +16,8 @@ import statistics
 import time
 
 import docker
-
-from sandboxes.docker_sandbox import DockerSandbox
-from sandboxes.limits import SandboxLimits
+from cycleqd.sandboxes.docker_sandbox import DockerSandbox
+from cycleqd.sandboxes.limits import SandboxLimits
 
 RUNTIMES = ("runc", "crun")
 

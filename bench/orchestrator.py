@@ -23,14 +23,15 @@ import threading
 import time
 from pathlib import Path
 
-from cycleqd.eval_tasks import load_eval_tasks
-from cycleqd.orchestrator import EvalSettings, Orchestrator
-from db import EpisodeRecord, open_store
-from sandboxes.engine import docker_client, ensure_engine
-from sandboxes.images import build_images, image_tag
-from serving.external import ExternalManager
-from serving.model_ref import ExternalEndpoint
-from serving.server_process import free_port
+from cycleqd.db import EpisodeRecord, open_store
+from cycleqd.sandboxes.engine import docker_client, ensure_engine
+from cycleqd.sandboxes.images import build_images, image_tag
+from cycleqd.serving.external import ExternalManager
+from cycleqd.serving.model_ref import ExternalEndpoint
+from cycleqd.serving.server_process import free_port
+
+from cycleqd.eval.orchestrator import EvalSettings, Orchestrator
+from cycleqd.eval.tasks import load_eval_tasks
 
 
 async def throughput(latency_s: float, per_slot: int, folder: Path, concurrencies: list[int]) -> None:

@@ -26,10 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from sandboxes.docker_sandbox import DockerSandbox
-from sandboxes.engine import docker_client, ensure_engine
-from sandboxes.images import build_images, image_tag
-from serving.default_model import cache_root
+from cycleqd.sandboxes.docker_sandbox import DockerSandbox
+from cycleqd.sandboxes.engine import docker_client, ensure_engine
+from cycleqd.sandboxes.images import build_images, image_tag
+from cycleqd.serving.default_model import cache_root
 
 COMMANDS = [["echo", "hello"], ["ls", "/"], ["cat", "/etc/hostname"]]
 CONCURRENCY = (1, 8)

@@ -26,10 +26,9 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from evolver.archive import Elite, GridArchive, paper_bc_range
-from evolver.racing import Race
-from evolver.sampling import sample_parents
+from cycleqd.evolver.archive import Elite, GridArchive, paper_bc_range
+from cycleqd.evolver.racing import Race
+from cycleqd.evolver.sampling import sample_parents
 
 NAMES = ("os", "db", "coding")
 RATE_RANGE = (0.30, 0.75)

@@ -25,9 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from cycleqd.serving.server_process import free_port  # noqa: E402
 from ray_cluster import start_cluster  # noqa: E402
-
-from serving.server_process import free_port  # noqa: E402
 
 CLI = "import sys; from cycleqd.cli import main; sys.argv[0] = 'cycleqd'; main()"
 
@@ -52,7 +51,7 @@ class Echo:
 def ray_overhead(address: str, calls: int = 300) -> tuple[float, float]:
     import ray
 
-    from cycleqd.ray_backend import SlotPool, connect
+    from cycleqd.ray.backend import SlotPool, connect
 
     connect(address)
 

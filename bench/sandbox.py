@@ -18,10 +18,10 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 
-from sandboxes.docker_sandbox import DockerSandbox
-from sandboxes.engine import docker_client, ensure_engine
-from sandboxes.images import build_images, image_tag
-from sandboxes.pool import SandboxPool
+from cycleqd.sandboxes.docker_sandbox import DockerSandbox
+from cycleqd.sandboxes.engine import docker_client, ensure_engine
+from cycleqd.sandboxes.images import build_images, image_tag
+from cycleqd.sandboxes.pool import SandboxPool
 
 
 async def timed(step: Callable[[], Awaitable[object]]) -> float:

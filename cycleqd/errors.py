@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DatabaseError
 
-from db.store import StoreOpenError
-from envs.errors import TaskFormatError, UnknownEnvironmentError
-from envs.registry import UnknownSplitError
-from evolver.config import ConfigError
-from sandboxes.errors import SandboxError
-from serving.errors import EndpointError, ModelRefError, UnknownModelError
+from cycleqd.db.store import StoreOpenError
+from cycleqd.envs.errors import TaskFormatError, UnknownEnvironmentError
+from cycleqd.envs.registry import UnknownSplitError
+from cycleqd.evolver.config import ConfigError
+from cycleqd.sandboxes.errors import SandboxError
+from cycleqd.serving.errors import EndpointError, ModelRefError, UnknownModelError
 
 
 class UserError(Exception):

@@ -7,9 +7,9 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from cycleqd.envs.registry import environment, names
 from cycleqd.errors import BadOptionError, ResumeConflictError
-from cycleqd.orchestrator import EvalSettings, Sampling
-from envs.registry import environment, names
+from cycleqd.eval.orchestrator import EvalSettings, Sampling
 
 SERVERS = ("auto", "transformers", "vllm")
 # Upper bounds no machine gets past (every concurrent episode is a container; rounds and repeats multiply

@@ -1,5 +1,5 @@
 """The results store: SQLAlchemy 2 typed ORM on SQLite (WAL, foreign keys on), migrated by Alembic."""
 
-from db.store import DuplicateEpisodeError, EpisodeRecord, Store, open_store
+from cycleqd.db.store import DuplicateEpisodeError, EpisodeRecord, Store, open_store
 
 __all__ = ["DuplicateEpisodeError", "EpisodeRecord", "Store", "open_store"]

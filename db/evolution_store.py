@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cycleqd.db.schema import Archive, Candidate, Cell, Generation, ServerState, utcnow
+from cycleqd.db.store import Store
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-
-from db.schema import Archive, Candidate, Cell, Generation, ServerState, utcnow
-from db.store import Store
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cycleqd.db.schema import Archive, Candidate, Cell, Episode, Generation, Run, RunStatus, ServerState, Task
+from cycleqd.db.store import Store, StoreOpenError, check_store_file
 from sqlalchemy import Select, case, create_engine, event, func, inspect, select
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.pool import NullPool
-
-from db.schema import Archive, Candidate, Cell, Episode, Generation, Run, RunStatus, ServerState, Task
-from db.store import Store, StoreOpenError, check_store_file
 
 
 def _monitor_pragmas(dbapi_connection: Any, _record: Any) -> None:

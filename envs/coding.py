@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envs.episode import Episode, EpisodeStatus, Message, Outcome
-from envs.errors import EpisodeSetupError, TaskFormatError
-from envs.task_files import load_leniently
-from sandboxes.contract import Sandbox
-from sandboxes.errors import SandboxError
+from cycleqd.envs.episode import Episode, EpisodeStatus, Message, Outcome
+from cycleqd.envs.errors import EpisodeSetupError, TaskFormatError
+from cycleqd.envs.task_files import load_leniently
+from cycleqd.sandboxes.contract import Sandbox
+from cycleqd.sandboxes.errors import SandboxError
 
 HUMANEVAL_PROMPT = (
     "Please provide a self-contained Python script that solves the following problem in a markdown code block:\n"

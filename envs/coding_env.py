@@ -12,11 +12,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from envs.coding import CodingEpisode, CodingTask, humaneval_path, load_coding_tasks, load_coding_tasks_leniently
-from envs.episode import Episode
-from envs.errors import EpisodeSetupError
-from envs.registry import EnvironmentBase, Runtime, UnknownSplitError
-from envs.replay import RecordedEpisode, TaskVerdict
+from cycleqd.envs.coding import (
+    CodingEpisode,
+    CodingTask,
+    humaneval_path,
+    load_coding_tasks,
+    load_coding_tasks_leniently,
+)
+from cycleqd.envs.episode import Episode
+from cycleqd.envs.errors import EpisodeSetupError
+from cycleqd.envs.registry import EnvironmentBase, Runtime, UnknownSplitError
+from cycleqd.envs.replay import RecordedEpisode, TaskVerdict
 
 HUMANEVAL_SPLITS = {"dev": (0,), "test": (1,), "train": (2, 3)}
 IMAGE = "os-default"

@@ -11,11 +11,11 @@ import gzip
 import json
 from pathlib import Path
 
-from envs.coding import humaneval_path
+from cycleqd.envs.coding import humaneval_path
 
 MBPP_FILE = Path("mbpp/mbpp.jsonl")
 MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511), "dev": range(511, 601), "train": range(601, 975)}
-HUMANEVAL_TRAIN = (2, 3)  # the built-in suite's round-robin shares for train (see cycleqd.eval_tasks)
+HUMANEVAL_TRAIN = (2, 3)  # the built-in suite's round-robin shares for train (see cycleqd.eval.tasks)
 
 
 def build_coding_suite(data_root: Path | None, out: Path) -> Path:

@@ -15,13 +15,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from envs.db_tasks import DBTask, load_db_tasks, load_db_tasks_leniently
-from envs.dbbench import DBBenchEpisode, DBSettings, dbbench_metrics
-from envs.episode import Episode
-from envs.errors import EpisodeSetupError
-from envs.mariadb_server import MariaDBServer
-from envs.registry import EnvironmentBase, Runtime, closing
-from envs.replay import RecordedEpisode, TaskVerdict
+from cycleqd.envs.db_tasks import DBTask, load_db_tasks, load_db_tasks_leniently
+from cycleqd.envs.dbbench import DBBenchEpisode, DBSettings, dbbench_metrics
+from cycleqd.envs.episode import Episode
+from cycleqd.envs.errors import EpisodeSetupError
+from cycleqd.envs.mariadb_server import MariaDBServer
+from cycleqd.envs.registry import EnvironmentBase, Runtime, closing
+from cycleqd.envs.replay import RecordedEpisode, TaskVerdict
 
 
 def result_values(observation: str) -> list[str] | None:

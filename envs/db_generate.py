@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envs.db_tasks import MODIFYING, parse_db_task
-from envs.dbbench import DBBenchEpisode
-from envs.errors import EpisodeSetupError
-from envs.mariadb_server import MariaDBServer
+from cycleqd.envs.db_tasks import MODIFYING, parse_db_task
+from cycleqd.envs.dbbench import DBBenchEpisode
+from cycleqd.envs.errors import EpisodeSetupError
+from cycleqd.envs.mariadb_server import MariaDBServer
 
 GENERATOR_VERSION = 1  # bumped when tasks change, so that cached suites are regenerated
 MAX_VALUES = 6  # a SELECT whose answer has more values is drawn again
@@ -272,7 +272,7 @@ def _operation(sql: str) -> str:
 
 async def solve(record: dict[str, Any], server: MariaDBServer) -> dict[str, Any] | None:
     """The record with its answer as MariaDB gives it, or None when the answer would be ambiguous or failed."""
-    from envs.db_env import result_values  # the same reading of a result as gold replay uses
+    from cycleqd.envs.db_env import result_values  # the same reading of a result as gold replay uses
 
     task = parse_db_task({**record, "answer_md5": ""}, "<generated>", 0)
     episode = DBBenchEpisode(task, server)

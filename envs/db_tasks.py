@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envs.errors import TaskFormatError
-from envs.task_files import load_leniently, read_task_records
+from cycleqd.envs.errors import TaskFormatError
+from cycleqd.envs.task_files import load_leniently, read_task_records
 
 MODIFYING = ("INSERT", "UPDATE", "DELETE")
 

@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pymysql
-
-from envs.db_tasks import DBTask
-from envs.episode import Episode, EpisodeStatus, Message, Outcome
-from envs.errors import EpisodeSetupError
-from envs.mariadb_server import EpisodeDatabase, MariaDBServer, quote_identifier
+from cycleqd.envs.db_tasks import DBTask
+from cycleqd.envs.episode import Episode, EpisodeStatus, Message, Outcome
+from cycleqd.envs.errors import EpisodeSetupError
+from cycleqd.envs.mariadb_server import EpisodeDatabase, MariaDBServer, quote_identifier
 
 PROMPT = (
     "\nI will ask you a question, then you should help me operate a MySQL database with SQL to answer the question.\n"

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pymysql
-
-from envs.errors import EpisodeSetupError
-from sandboxes.contract import Sandbox
-from sandboxes.labels import process_start_ticks
-from sandboxes.limits import SandboxLimits
+from cycleqd.envs.errors import EpisodeSetupError
+from cycleqd.sandboxes.contract import Sandbox
+from cycleqd.sandboxes.labels import process_start_ticks
+from cycleqd.sandboxes.limits import SandboxLimits
 
 if TYPE_CHECKING:
-    from envs.registry import SandboxStarter
+    from cycleqd.envs.registry import SandboxStarter
 
 SOCKET = "mysqld.sock"
 SOCKET_ROOT = Path("/tmp")  # a short path: unix socket paths are limited to ~108 bytes

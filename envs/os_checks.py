@@ -13,9 +13,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from envs.errors import ScriptUnavailableError
-from envs.os_tasks import MatchSpec, OSTask, Script
-from sandboxes.contract import Sandbox
+from cycleqd.envs.errors import ScriptUnavailableError
+from cycleqd.envs.os_tasks import MatchSpec, OSTask, Script
+from cycleqd.sandboxes.contract import Sandbox
 
 
 def _norm(text: str) -> str:

@@ -12,14 +12,14 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-from envs.episode import Episode
-from envs.errors import EpisodeSetupError, ScriptUnavailableError
-from envs.os_checks import check_scripts_available, script_source
-from envs.os_interaction import OSInteractionEpisode, OSSettings
-from envs.os_tasks import OSTask, load_os_tasks, load_os_tasks_leniently, network_commands
-from envs.os_training import explanation_thought
-from envs.registry import EnvironmentBase, EpisodeSettings, Runtime
-from envs.replay import RecordedEpisode, TaskVerdict
+from cycleqd.envs.episode import Episode
+from cycleqd.envs.errors import EpisodeSetupError, ScriptUnavailableError
+from cycleqd.envs.os_checks import check_scripts_available, script_source
+from cycleqd.envs.os_interaction import OSInteractionEpisode, OSSettings
+from cycleqd.envs.os_tasks import OSTask, load_os_tasks, load_os_tasks_leniently, network_commands
+from cycleqd.envs.os_training import explanation_thought
+from cycleqd.envs.registry import EnvironmentBase, EpisodeSettings, Runtime
+from cycleqd.envs.replay import RecordedEpisode, TaskVerdict
 
 
 def os_settings(settings: EpisodeSettings) -> OSSettings:

@@ -21,15 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from envs.episode import Episode, EpisodeStatus, Message, Outcome
-from envs.errors import EpisodeSetupError, ScriptUnavailableError
-from envs.os_actions import parse_os_action
-from envs.os_checks import expected_of, match_answer, run_checks, script_argv, script_source
-from envs.os_prompt import first_messages, observation
-from envs.os_tasks import OSTask
-from sandboxes.contract import Sandbox, SandboxHealth, ShellSession
-from sandboxes.errors import SandboxError
-from sandboxes.output import truncate_for_display
+from cycleqd.envs.episode import Episode, EpisodeStatus, Message, Outcome
+from cycleqd.envs.errors import EpisodeSetupError, ScriptUnavailableError
+from cycleqd.envs.os_actions import parse_os_action
+from cycleqd.envs.os_checks import expected_of, match_answer, run_checks, script_argv, script_source
+from cycleqd.envs.os_prompt import first_messages, observation
+from cycleqd.envs.os_tasks import OSTask
+from cycleqd.sandboxes.contract import Sandbox, SandboxHealth, ShellSession
+from cycleqd.sandboxes.errors import SandboxError
+from cycleqd.sandboxes.output import truncate_for_display
 
 _WORKDIR_IN_IMAGE: set[tuple[str, str]] = set()  # (image id, folder): folders the image itself holds
 

@@ -3,7 +3,7 @@ AgentBench's when the model sees exactly what AgentBench shows it (typos include
 
 from __future__ import annotations
 
-from envs.episode import Message
+from cycleqd.envs.episode import Message
 
 INSTRUCTIONS = (
     "You are an assistant that will act like a person, I'will play the role of linux(ubuntu) operating system. "

@@ -14,10 +14,10 @@ import os
 import re
 from pathlib import Path
 
-from envs.errors import ScriptUnavailableError, TaskFormatError
-from envs.os_checks import check_scripts_available
-from envs.os_tasks import network_commands, parse_task
-from envs.task_files import read_task_records
+from cycleqd.envs.errors import ScriptUnavailableError, TaskFormatError
+from cycleqd.envs.os_checks import check_scripts_available
+from cycleqd.envs.os_tasks import network_commands, parse_task
+from cycleqd.envs.task_files import read_task_records
 
 TRAINING_FILE = Path("agentbench/AgentBench/os_interaction/train_0317/training.json")
 BENCHMARK_DIR = Path("agentbench/AgentBench/os_interaction/data")

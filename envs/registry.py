@@ -19,19 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from envs.episode import Episode
-from envs.errors import TaskFormatError, UnknownEnvironmentError
-from envs.replay import TaskVerdict
-from sandboxes.contract import Sandbox
-from sandboxes.limits import SandboxLimits
+from cycleqd.envs.episode import Episode
+from cycleqd.envs.errors import TaskFormatError, UnknownEnvironmentError
+from cycleqd.envs.replay import TaskVerdict
+from cycleqd.sandboxes.contract import Sandbox
+from cycleqd.sandboxes.limits import SandboxLimits
 
 BUILTIN_DATA = Path(__file__).resolve().parent / "data"
 
 # name → "module:attribute" of its registered object. One line per environment.
 _BUILTIN: dict[str, str] = {
-    "os": "envs.os_env:ENVIRONMENT",
-    "db": "envs.db_env:ENVIRONMENT",
-    "coding": "envs.coding_env:ENVIRONMENT",
+    "os": "cycleqd.envs.os_env:ENVIRONMENT",
+    "db": "cycleqd.envs.db_env:ENVIRONMENT",
+    "coding": "cycleqd.envs.coding_env:ENVIRONMENT",
 }
 _registered: dict[str, Environment] = {}
 
@@ -60,7 +60,7 @@ class SandboxStarter(Protocol):
 
 
 class Runtime(Protocol):
-    """What an episode may use while it runs; `cycleqd.env_runtime.EnvRuntime` is the implementation."""
+    """What an episode may use while it runs; `cycleqd.eval.runtime.EnvRuntime` is the implementation."""
 
     settings: EpisodeSettings
     start_sandbox: SandboxStarter

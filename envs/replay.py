@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from envs.episode import Episode, Message, Outcome
+from cycleqd.envs.episode import Episode, Message, Outcome
 
 
 @dataclass

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envs.errors import TaskFormatError
-from envs.registry import Environment, Runtime
-from envs.replay import TaskVerdict
-from envs.suites import task_files
+from cycleqd.envs.errors import TaskFormatError
+from cycleqd.envs.registry import Environment, Runtime
+from cycleqd.envs.replay import TaskVerdict
+from cycleqd.envs.suites import task_files
 
 
 @dataclass

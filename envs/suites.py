@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from envs.errors import TaskFormatError
-from envs.registry import environment, names
-from envs.task_files import read_task_records
+from cycleqd.envs.errors import TaskFormatError
+from cycleqd.envs.registry import environment, names
+from cycleqd.envs.task_files import read_task_records
 
 BUILTIN = "builtin"
 _FALLBACK = "os"  # AgentBench's OS files have no field that only they have

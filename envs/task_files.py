@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from envs.errors import TaskFormatError
+from cycleqd.envs.errors import TaskFormatError
 
 T = TypeVar("T")
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from envs.registry import names as environment_names
+from cycleqd.envs.registry import names as environment_names
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},

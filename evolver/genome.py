@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 if TYPE_CHECKING:
-    from evolver.svd_cache import SVDCache
+    from cycleqd.evolver.svd_cache import SVDCache
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-
-from evolver.genome import Genome, GenomeError
-from evolver.svd_cache import SVDCache
+from cycleqd.evolver.genome import Genome, GenomeError
+from cycleqd.evolver.svd_cache import SVDCache
 
 
 def draw_omegas(rng: np.random.Generator, mu: float, sigma: float) -> tuple[float, float]:

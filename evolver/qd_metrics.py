@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from evolver.archive import GridArchive
+from cycleqd.evolver.archive import GridArchive
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from evolver.archive import GridArchive
+from cycleqd.evolver.archive import GridArchive
 
 SCORE_RANGE = (0.0, 1.0)  # every environment scores an episode within this range
 MARGIN = 1e-9  # bounds are widened by this much, so that float rounding of the final mean can never escape them

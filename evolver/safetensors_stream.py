@@ -19,8 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 import torch
-
-from evolver.checkpoint_files import BYTES_PER_ELEMENT
+from cycleqd.evolver.checkpoint_files import BYTES_PER_ELEMENT
 
 DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",

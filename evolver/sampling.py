@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from evolver.archive import Elite, GridArchive
+from cycleqd.evolver.archive import Elite, GridArchive
 
 
 class NotEnoughElitesError(RuntimeError):

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sandboxes.limits import SandboxLimits
+from cycleqd.sandboxes.limits import SandboxLimits
 
 
 @dataclass(frozen=True)

@@ -18,18 +18,17 @@ from collections.abc import Mapping, Sequence
 import docker
 import docker.errors
 import requests
+from cycleqd.sandboxes import process_tree
+from cycleqd.sandboxes.contract import ExecResult, Sandbox, SandboxHealth
+from cycleqd.sandboxes.docker_stream import STDERR, ExecStream
+from cycleqd.sandboxes.engine import docker_client
+from cycleqd.sandboxes.errors import ImageMissingError, SandboxError, SandboxStoppedError
+from cycleqd.sandboxes.exec_wrapper import WrappedExec
+from cycleqd.sandboxes.labels import owner_labels
+from cycleqd.sandboxes.limits import SandboxLimits, quota_supported
+from cycleqd.sandboxes.reaper import OWNED, reap_orphans_once
+from cycleqd.sandboxes.shell_session import BashSession
 from docker.models.containers import Container
-
-from sandboxes import process_tree
-from sandboxes.contract import ExecResult, Sandbox, SandboxHealth
-from sandboxes.docker_stream import STDERR, ExecStream
-from sandboxes.engine import docker_client
-from sandboxes.errors import ImageMissingError, SandboxError, SandboxStoppedError
-from sandboxes.exec_wrapper import WrappedExec
-from sandboxes.labels import owner_labels
-from sandboxes.limits import SandboxLimits, quota_supported
-from sandboxes.reaper import OWNED, reap_orphans_once
-from sandboxes.shell_session import BashSession
 
 log = logging.getLogger(__name__)
 KILL_GRACE_S = 3.0

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
-
-from sandboxes.errors import EngineUnavailableError
+from cycleqd.sandboxes.errors import EngineUnavailableError
 
 DOCKERD_LOG = Path("/var/log/cycleqd-dockerd.log")
 HOST_PACKAGES = {"dockerd": "docker.io", "debootstrap": "debootstrap"}

@@ -7,8 +7,8 @@ is what it would see under a plain `docker exec`. The exit status comes from the
 
 from __future__ import annotations
 
-from sandboxes.docker_stream import STDERR, Frame
-from sandboxes.output import CappedBuffer
+from cycleqd.sandboxes.docker_stream import STDERR, Frame
+from cycleqd.sandboxes.output import CappedBuffer
 
 _SCRIPT = 'echo "$$" >&2; exec "$@"'
 

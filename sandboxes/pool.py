@@ -17,8 +17,8 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from sandboxes.contract import Sandbox
-from sandboxes.errors import PoolClosedError
+from cycleqd.sandboxes.contract import Sandbox
+from cycleqd.sandboxes.errors import PoolClosedError
 
 log = logging.getLogger(__name__)
 

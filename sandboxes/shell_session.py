@@ -21,10 +21,10 @@ import secrets
 import time
 from typing import Protocol
 
-from sandboxes.contract import CommandResult, ShellSession
-from sandboxes.docker_stream import ExecStream, Frame
-from sandboxes.errors import SessionClosedError
-from sandboxes.output import CappedBuffer
+from cycleqd.sandboxes.contract import CommandResult, ShellSession
+from cycleqd.sandboxes.docker_stream import ExecStream, Frame
+from cycleqd.sandboxes.errors import SessionClosedError
+from cycleqd.sandboxes.output import CappedBuffer
 
 RESYNC_WAIT_S = 5.0
 

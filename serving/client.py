@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import httpx
-
-from serving.errors import EndpointError, UnknownModelError
+from cycleqd.serving.errors import EndpointError, UnknownModelError
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 

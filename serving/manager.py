@@ -13,10 +13,10 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from serving.client import ChatClient, ChatReply, ClientSettings, ServedModel
-from serving.errors import EndpointError, ServerDiedError
-from serving.model_ref import ModelRef
-from serving.server_process import ServerProcess
+from cycleqd.serving.client import ChatClient, ChatReply, ClientSettings, ServedModel
+from cycleqd.serving.errors import EndpointError, ServerDiedError
+from cycleqd.serving.model_ref import ModelRef
+from cycleqd.serving.server_process import ServerProcess
 
 log = logging.getLogger(__name__)
 

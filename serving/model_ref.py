@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.errors import ModelRefError
-from serving.identity import checkpoint_identity
+from cycleqd.serving.errors import ModelRefError
+from cycleqd.serving.identity import checkpoint_identity
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"

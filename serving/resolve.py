@@ -6,10 +6,10 @@ import importlib.util
 import shutil
 from collections.abc import Callable
 
-from serving.client import ClientSettings
-from serving.errors import ModelRefError
-from serving.manager import ServerManager
-from serving.model_ref import DEFAULT_KEY_ENV, ExternalEndpoint, ModelRef, parse_model_ref, server_prefix
+from cycleqd.serving.client import ClientSettings
+from cycleqd.serving.errors import ModelRefError
+from cycleqd.serving.manager import ServerManager
+from cycleqd.serving.model_ref import DEFAULT_KEY_ENV, ExternalEndpoint, ModelRef, parse_model_ref, server_prefix
 
 DEFAULT = "default"
 
@@ -23,7 +23,7 @@ def resolve_model(
 ) -> ModelRef:
     """`None` or 'default' is the embedded SmolLM2 checkpoint (converted on first use)."""
     if text is None or server_prefix(text)[1] == DEFAULT:
-        from serving.default_model import default_checkpoint
+        from cycleqd.serving.default_model import default_checkpoint
 
         return default_checkpoint(progress=progress)
     return parse_model_ref(text, key_env=key_env, allow_download=allow_download)
@@ -55,16 +55,16 @@ def manager_for(
     """`server`: auto (vLLM on a GPU machine that has it, else transformers serve), vllm, transformers.
     `slot` picks the GPU when an evolution runs one server per GPU."""
     if isinstance(ref, ExternalEndpoint):
-        from serving.external import ExternalManager
+        from cycleqd.serving.external import ExternalManager
 
         return ExternalManager(ref, client_settings)
     use_vllm = server == "vllm" or (
         server == "auto" and gpu_available() and importlib.util.find_spec("vllm") is not None
     )
     if use_vllm:
-        from serving.vllm_serve import VLLMManager
+        from cycleqd.serving.vllm_serve import VLLMManager
 
         return VLLMManager(gpu=slot, client_settings=client_settings)
-    from serving.transformers_serve import TransformersServeManager
+    from cycleqd.serving.transformers_serve import TransformersServeManager
 
     return TransformersServeManager(device="cuda" if gpu_available() else "cpu", client_settings=client_settings)

@@ -16,8 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
-
-from serving.errors import EndpointError, ServerDiedError
+from cycleqd.serving.errors import EndpointError, ServerDiedError
 
 
 def _die_with_parent() -> None:

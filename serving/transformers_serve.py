@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-
-from serving.client import ClientSettings, ServedModel
-from serving.errors import EndpointError, ModelRefError
-from serving.manager import ProcessServerManager
-from serving.model_ref import ExternalEndpoint, LocalCheckpoint, ModelRef
-from serving.server_process import ServerProcess, free_port
+from cycleqd.serving.client import ClientSettings, ServedModel
+from cycleqd.serving.errors import EndpointError, ModelRefError
+from cycleqd.serving.manager import ProcessServerManager
+from cycleqd.serving.model_ref import ExternalEndpoint, LocalCheckpoint, ModelRef
+from cycleqd.serving.server_process import ServerProcess, free_port
 
 PROBE = [{"role": "user", "content": "Say OK."}]
 
@@ -79,7 +78,7 @@ SERVE_PRESETS["default"] = ServeOptions(dtype="auto", threads=1, **_CB)  # type:
 
 
 def default_log_dir() -> Path:
-    from serving.default_model import cache_root
+    from cycleqd.serving.default_model import cache_root
 
     return cache_root() / "logs"
 

@@ -35,13 +35,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
-
-from serving.client import ClientSettings, ServedModel
-from serving.errors import EndpointError, ModelRefError, SwapVerificationError
-from serving.fingerprint import MEAN_ABS_TOLERANCE, Fingerprint, FingerprintFormatError, probe_request, swap_verified
-from serving.manager import ProcessServerManager
-from serving.model_ref import ExternalEndpoint, LocalCheckpoint, ModelRef
-from serving.server_process import ServerProcess, free_port
+from cycleqd.serving.client import ClientSettings, ServedModel
+from cycleqd.serving.errors import EndpointError, ModelRefError, SwapVerificationError
+from cycleqd.serving.fingerprint import (
+    MEAN_ABS_TOLERANCE,
+    Fingerprint,
+    FingerprintFormatError,
+    probe_request,
+    swap_verified,
+)
+from cycleqd.serving.manager import ProcessServerManager
+from cycleqd.serving.model_ref import ExternalEndpoint, LocalCheckpoint, ModelRef
+from cycleqd.serving.server_process import ServerProcess, free_port
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +152,7 @@ class VLLMManager(ProcessServerManager):
         self.extra_args = extra_args
         self.launcher = tuple(launcher)
         if log_dir is None:
-            from serving.default_model import cache_root
+            from cycleqd.serving.default_model import cache_root
 
             log_dir = cache_root() / "logs"
         self.log_dir = log_dir

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import docker
 import pytest
-
-from sandboxes.docker_sandbox import DockerSandbox
-from sandboxes.engine import ensure_engine
-from sandboxes.errors import EngineUnavailableError
-from sandboxes.images import build_images, image_tag
-from sandboxes.labels import OWNER_PID
-from sandboxes.limits import SandboxLimits
-from sandboxes.reaper import labels_of, managed_containers, name_of
+from cycleqd.sandboxes.docker_sandbox import DockerSandbox
+from cycleqd.sandboxes.engine import ensure_engine
+from cycleqd.sandboxes.errors import EngineUnavailableError
+from cycleqd.sandboxes.images import build_images, image_tag
+from cycleqd.sandboxes.labels import OWNER_PID
+from cycleqd.sandboxes.limits import SandboxLimits
+from cycleqd.sandboxes.reaper import labels_of, managed_containers, name_of
 
 # Short limits keep the timeout tests quick; the defaults are tested on their own.
 TEST_LIMITS = SandboxLimits(command_timeout_s=3.0, output_cap_bytes=256 << 10)
@@ -68,7 +67,7 @@ async def session(sandbox: DockerSandbox):  # noqa: ANN201 - a BashSession
 @pytest.fixture(scope="session")
 def default_model():  # noqa: ANN201 - a LocalCheckpoint
     """The embedded SmolLM2-135M-Instruct, converted from its GGUF once per machine."""
-    from serving.default_model import default_checkpoint
+    from cycleqd.serving.default_model import default_checkpoint
 
     return default_checkpoint()
 
@@ -98,7 +97,7 @@ def perturbed_checkpoint(source: Path, out: Path, seed: int, scale: float) -> Pa
 @pytest.fixture(scope="session")
 def perturbed_model(default_model, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
     """The default model with noise on every matrix: a second, genuinely different checkpoint."""
-    from serving.model_ref import validate_checkpoint
+    from cycleqd.serving.model_ref import validate_checkpoint
 
     return validate_checkpoint(perturbed_checkpoint(default_model.path, tmp_path_factory.mktemp("perturbed"), 0, 0.5))
 
@@ -106,7 +105,7 @@ def perturbed_model(default_model, tmp_path_factory: pytest.TempPathFactory):  #
 @pytest.fixture(scope="session")
 async def tserve(default_model):  # noqa: ANN001, ANN201 - a TransformersServeManager serving the default
     """One real `transformers serve` for the session, serving the default model."""
-    from serving.transformers_serve import TransformersServeManager
+    from cycleqd.serving.transformers_serve import TransformersServeManager
 
     manager = TransformersServeManager()
     await manager.start()

@@ -17,15 +17,15 @@ import time
 from pathlib import Path
 
 import torch
+from cycleqd.db.evolution_store import EvolutionStore
+from cycleqd.db.store import open_store
+from cycleqd.evolver.config import EvolveConfig, parse_config
+from cycleqd.evolver.materialize import materialize
+from cycleqd.evolver.racing import Race
+from cycleqd.evolver.svd_cache import SVDCache, build_svd_cache
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cycleqd.evolution import CandidateEvaluator, CandidateUnderTest, Evolution
-from db.evolution_store import EvolutionStore
-from db.store import open_store
-from evolver.config import EvolveConfig, parse_config
-from evolver.materialize import materialize
-from evolver.racing import Race
-from evolver.svd_cache import SVDCache, build_svd_cache
+from cycleqd.evolve.loop import CandidateEvaluator, CandidateUnderTest, Evolution
 
 TASKS = ("os", "db", "coding")
 PROBES = 6

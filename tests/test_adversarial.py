@@ -19,17 +19,17 @@ from pathlib import Path
 
 import docker
 import pytest
+from cycleqd.db import open_store
+from cycleqd.envs.mariadb_server import SOCKET_ROOT
+from cycleqd.envs.os_interaction import OSSettings
+from cycleqd.sandboxes.images import build_images, image_tag
+from cycleqd.sandboxes.labels import RUN
+from cycleqd.serving.client import ClientSettings
+from cycleqd.serving.external import ExternalManager
+from cycleqd.serving.model_ref import ExternalEndpoint
 
-from cycleqd.eval_tasks import EvalTask, load_eval_tasks
-from cycleqd.orchestrator import EvalSettings, Orchestrator
-from db import open_store
-from envs.mariadb_server import SOCKET_ROOT
-from envs.os_interaction import OSSettings
-from sandboxes.images import build_images, image_tag
-from sandboxes.labels import RUN
-from serving.client import ClientSettings
-from serving.external import ExternalManager
-from serving.model_ref import ExternalEndpoint
+from cycleqd.eval.orchestrator import EvalSettings, Orchestrator
+from cycleqd.eval.tasks import EvalTask, load_eval_tasks
 from tests.hostile_model import MODEL, HostileModelServer
 
 pytestmark = pytest.mark.usefixtures("images")
@@ -334,8 +334,8 @@ def test_a_sigkilled_eval_resumes_exactly_and_a_completed_resume_writes_nothing(
 
 
 async def test_a_sandbox_cannot_write_past_its_disk_limit(docker_engine: docker.DockerClient) -> None:
-    from sandboxes.docker_sandbox import DockerSandbox
-    from sandboxes.limits import SandboxLimits, quota_supported
+    from cycleqd.sandboxes.docker_sandbox import DockerSandbox
+    from cycleqd.sandboxes.limits import SandboxLimits, quota_supported
 
     if not quota_supported(docker_engine.info()):
         pytest.skip(

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from cycleqd.db import open_store
+from cycleqd.db.schema import RunStatus
 
 from cycleqd.requests import EvalRequest
-from db import open_store
-from db.schema import RunStatus
 
 CLI = [sys.executable, "-m", "cycleqd.cli"]
 

@@ -7,9 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from cycleqd.suite_command import verify_suite
-from envs.coding import (
+from cycleqd.envs.coding import (
     CodingEpisode,
     CodingSettings,
     CodingTask,
@@ -18,9 +16,11 @@ from envs.coding import (
     load_coding_tasks,
     parse_coding_task,
 )
-from envs.episode import EpisodeStatus
-from envs.errors import TaskFormatError
-from sandboxes.docker_sandbox import DockerSandbox
+from cycleqd.envs.episode import EpisodeStatus
+from cycleqd.envs.errors import TaskFormatError
+from cycleqd.sandboxes.docker_sandbox import DockerSandbox
+
+from cycleqd.suite.verify import verify_suite
 from tests.conftest import TEST_LIMITS
 
 SHARED_MBPP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp" / "mbpp.jsonl"

@@ -6,17 +6,23 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from cycleqd.envs.db_tasks import load_db_tasks, parse_db_task
+from cycleqd.envs.dbbench import (
+    DBBenchEpisode,
+    dbbench_metrics,
+    parse_db_action,
+    parse_final_answer,
+    select_answer_correct,
+)
+from cycleqd.envs.episode import EpisodeStatus
+from cycleqd.envs.errors import EpisodeSetupError, TaskFormatError
+from cycleqd.envs.mariadb_server import MariaDBServer
+from cycleqd.sandboxes.images import build_images
+from cycleqd.sandboxes.limits import SandboxLimits
 
-from cycleqd.env_runtime import docker_starter
-from cycleqd.eval_tasks import EvalTask
-from cycleqd.suite_command import verify_suite
-from envs.db_tasks import load_db_tasks, parse_db_task
-from envs.dbbench import DBBenchEpisode, dbbench_metrics, parse_db_action, parse_final_answer, select_answer_correct
-from envs.episode import EpisodeStatus
-from envs.errors import EpisodeSetupError, TaskFormatError
-from envs.mariadb_server import MariaDBServer
-from sandboxes.images import build_images
-from sandboxes.limits import SandboxLimits
+from cycleqd.eval.runtime import docker_starter
+from cycleqd.eval.tasks import EvalTask
+from cycleqd.suite.verify import verify_suite
 
 SHARED_DB = Path(__file__).resolve().parents[2] / "shared" / "data" / "agentbench" / "AgentBench" / "dbbench"
 needs_shared = pytest.mark.skipif(not SHARED_DB.exists(), reason=f"the shared DBBench data is not at {SHARED_DB}")
@@ -149,7 +155,7 @@ async def test_operations_answer_and_errors(db_server: MariaDBServer) -> None:
 
 
 async def test_round_limit_and_invalid_replies(db_server: MariaDBServer) -> None:
-    from envs.dbbench import DBSettings
+    from cycleqd.envs.dbbench import DBSettings
 
     episode = DBBenchEpisode(make_task(), db_server, DBSettings(round_limit=2))
     await episode.begin()
@@ -185,7 +191,7 @@ async def test_modifications_are_scored_by_the_table_whatever_the_answer(db_serv
     await wrong.step("Action: Operation\n```sql\nINSERT INTO scores VALUES ('dee', '10');\n```")
     await wrong.step("Action: Answer\nFinal Answer: []")
     assert (await wrong.outcome()).score == 0.0
-    from envs.dbbench import DBSettings
+    from cycleqd.envs.dbbench import DBSettings
 
     for ending in ("no valid action at all", "Action: Operation\n```sql\nSELECT 1;\n```"):  # invalid, round limit
         unfinished = DBBenchEpisode(make_task("INSERT", [gold], expected), db_server, DBSettings(round_limit=1))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from sandboxes import engine
-from sandboxes.errors import EngineUnavailableError
+from cycleqd.sandboxes import engine
+from cycleqd.sandboxes.errors import EngineUnavailableError
 
 
 def test_ensure_engine_is_idempotent(docker_engine: object) -> None:

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cycleqd.db import open_store
+from cycleqd.envs.episode import Episode, EpisodeStatus, Message, Outcome
+from cycleqd.envs.errors import UnknownEnvironmentError
+from cycleqd.envs.registry import EnvironmentBase, Runtime, environment, names, register, unregister
+from cycleqd.envs.suites import guess_environment
 
-from cycleqd.eval_tasks import load_eval_tasks
-from cycleqd.orchestrator import EvalSettings, Orchestrator, summarize
-from db import open_store
-from envs.episode import Episode, EpisodeStatus, Message, Outcome
-from envs.errors import UnknownEnvironmentError
-from envs.registry import EnvironmentBase, Runtime, environment, names, register, unregister
-from envs.suites import guess_environment
+from cycleqd.eval.orchestrator import EvalSettings, Orchestrator, summarize
+from cycleqd.eval.tasks import load_eval_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cycleqd.db import open_store
+from cycleqd.envs.registry import EpisodeSettings
 
-from cycleqd.env_runtime import EnvRuntime
-from cycleqd.eval_tasks import load_eval_tasks
-from cycleqd.orchestrator import EvalSettings, Orchestrator, summarize
-from db import open_store
-from envs.registry import EpisodeSettings
+from cycleqd.eval.orchestrator import EvalSettings, Orchestrator, summarize
+from cycleqd.eval.runtime import EnvRuntime
+from cycleqd.eval.tasks import load_eval_tasks
 from tests.test_cli import CYCLEQD, CYCLEQD_HERE
 
 FAST = EvalSettings(concurrency=3, repeats=2, max_tokens=48, max_sandboxes=6, episode=EpisodeSettings(round_limit=2))
@@ -127,8 +127,8 @@ def test_unknown_run_and_bad_environment_are_clear(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 async def test_a_model_server_killed_mid_run_only_costs_retries(default_model, tmp_path: Path) -> None:  # noqa: ANN001
-    from serving.client import ClientSettings
-    from serving.transformers_serve import TransformersServeManager
+    from cycleqd.serving.client import ClientSettings
+    from cycleqd.serving.transformers_serve import TransformersServeManager
 
     store = open_store(tmp_path / "server-killed.db")
     tasks = load_eval_tasks(["coding"], "builtin", "dev", limit=4)

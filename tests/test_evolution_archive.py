@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from evolver.archive import AddStatus, Elite, GridArchive, paper_bc_range
-from evolver.config import ConfigError, load_config
-from evolver.qd_metrics import qd_metrics
-from evolver.sampling import elite_weights, sample_parents
+from cycleqd.evolver.archive import AddStatus, Elite, GridArchive, paper_bc_range
+from cycleqd.evolver.config import ConfigError, load_config
+from cycleqd.evolver.qd_metrics import qd_metrics
+from cycleqd.evolver.sampling import elite_weights, sample_parents
 
 TASKS = ("os", "db", "coding")
 

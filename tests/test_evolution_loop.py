@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from db.evolution_store import EvolutionStore
-from db.store import open_store
-from evolver.archive import Elite, GridArchive, cell_key
+from cycleqd.db.evolution_store import EvolutionStore
+from cycleqd.db.store import open_store
+from cycleqd.evolver.archive import Elite, GridArchive, cell_key
 
 sys.path.insert(0, str(Path(__file__).parent))
 from evolution_probe import TASKS, make_tiny_family, run_probe_evolution  # noqa: E402

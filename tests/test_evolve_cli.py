@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cycleqd.db.evolution_store import EvolutionStore
+from cycleqd.db.store import open_store
 
-from db.evolution_store import EvolutionStore
-from db.store import open_store
 from tests.conftest import perturbed_checkpoint
 from tests.test_cli import CYCLEQD
 

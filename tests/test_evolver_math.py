@@ -17,19 +17,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-
-from evolver.checkpoint_files import (
+from cycleqd.evolver.checkpoint_files import (
     CheckpointError,
     CheckpointLayout,
     ExpertMismatchError,
     TensorSpec,
     verify_experts,
 )
-from evolver.genome import Genome, GenomeCorruptError, GenomeError, GenomeNotFoundError
-from evolver.materialize import MARKER, MaterializeError, MaterializeStats, dense_delta, materialize, noise_seed
-from evolver.operators import (
+from cycleqd.evolver.genome import Genome, GenomeCorruptError, GenomeError, GenomeNotFoundError
+from cycleqd.evolver.materialize import MARKER, MaterializeError, MaterializeStats, dense_delta, materialize, noise_seed
+from cycleqd.evolver.operators import (
     average_merge,
     crossover,
     draw_omegas,
@@ -37,8 +34,10 @@ from evolver.operators import (
     softmax_merge,
     svd_mutation,
 )
-from evolver.safetensors_stream import StreamWriteError, StreamWriter
-from evolver.svd_cache import SVDCache, UnsupportedTensorError, build_svd_cache
+from cycleqd.evolver.safetensors_stream import StreamWriteError, StreamWriter
+from cycleqd.evolver.svd_cache import SVDCache, UnsupportedTensorError, build_svd_cache
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 FP32 = {"atol": 1e-5, "rtol": 1e-4}  # the SVD round trip and fp32 sums, far below any term under test
 sys.path.insert(0, str(Path(__file__).parent))

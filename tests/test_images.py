@@ -6,11 +6,10 @@ import dataclasses
 
 import docker
 import pytest
-
-from sandboxes import images
-from sandboxes.docker_sandbox import DockerSandbox
-from sandboxes.errors import ImageMissingError
-from sandboxes.images import (
+from cycleqd.sandboxes import images
+from cycleqd.sandboxes.docker_sandbox import DockerSandbox
+from cycleqd.sandboxes.errors import ImageMissingError
+from cycleqd.sandboxes.images import (
     RECIPES,
     BuildSettings,
     build_images,
@@ -19,6 +18,7 @@ from sandboxes.images import (
     image_tag,
     recipe_hash,
 )
+
 from tests.conftest import TEST_LIMITS
 
 

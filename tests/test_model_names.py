@@ -10,10 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from serving.errors import ModelRefError
-from serving.model_ref import OPENAI_BASE_URL, ExternalEndpoint, parse_model_ref
-from serving.resolve import manager_for, resolve_model, server_choice
+from cycleqd.serving.errors import ModelRefError
+from cycleqd.serving.model_ref import OPENAI_BASE_URL, ExternalEndpoint, parse_model_ref
+from cycleqd.serving.resolve import manager_for, resolve_model, server_choice
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,10 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from serving.errors import ModelRefError
-from serving.identity import checkpoint_identity
-from serving.model_ref import ExternalEndpoint, HubModel, LocalCheckpoint, parse_model_ref
+from cycleqd.serving.errors import ModelRefError
+from cycleqd.serving.identity import checkpoint_identity
+from cycleqd.serving.model_ref import ExternalEndpoint, HubModel, LocalCheckpoint, parse_model_ref
 
 
 def make_checkpoint(folder: Path, *, config: object = None, weights: bool = True, tokenizer: bool = True) -> Path:
@@ -104,7 +103,7 @@ def _numel(shape: list[int]) -> int:
 
 
 def test_default_checkpoint_is_converted_once(default_model: LocalCheckpoint) -> None:
-    from serving.default_model import default_checkpoint
+    from cycleqd.serving.default_model import default_checkpoint
 
     mtime = (default_model.path / "model.safetensors").stat().st_mtime_ns
     assert default_checkpoint() == default_model

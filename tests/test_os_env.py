@@ -7,17 +7,17 @@ import re
 from pathlib import Path
 
 import pytest
+from cycleqd.envs.episode import EpisodeStatus
+from cycleqd.envs.errors import EpisodeSetupError, TaskFormatError
+from cycleqd.envs.os_actions import parse_os_action
+from cycleqd.envs.os_checks import contained_in, containing, integer_match, size_match, string_match
+from cycleqd.envs.os_interaction import _WORKDIR_IN_IMAGE, OSInteractionEpisode, OSSettings
+from cycleqd.envs.os_tasks import load_os_tasks, load_os_tasks_leniently, parse_task
+from cycleqd.sandboxes.docker_sandbox import DockerSandbox
+from cycleqd.sandboxes.images import build_images, image_tag
+from cycleqd.sandboxes.output import AGENTBENCH_TRUNCATION_NOTE
 
-from cycleqd.suite_command import verify_suite
-from envs.episode import EpisodeStatus
-from envs.errors import EpisodeSetupError, TaskFormatError
-from envs.os_actions import parse_os_action
-from envs.os_checks import contained_in, containing, integer_match, size_match, string_match
-from envs.os_interaction import _WORKDIR_IN_IMAGE, OSInteractionEpisode, OSSettings
-from envs.os_tasks import load_os_tasks, load_os_tasks_leniently, parse_task
-from sandboxes.docker_sandbox import DockerSandbox
-from sandboxes.images import build_images, image_tag
-from sandboxes.output import AGENTBENCH_TRUNCATION_NOTE
+from cycleqd.suite.verify import verify_suite
 from tests.conftest import TEST_LIMITS
 
 SHARED_OS = Path(__file__).resolve().parents[2] / "shared" / "data" / "agentbench" / "AgentBench" / "os_interaction"
@@ -258,8 +258,8 @@ async def test_shared_agentbench_os_gold_mostly_passes(docker_engine: object) ->
 
 
 def test_suite_verify_guesses_the_environment(tmp_path: Path) -> None:
-    from envs.coding import humaneval_path
-    from envs.suites import guess_environment as guess_env
+    from cycleqd.envs.coding import humaneval_path
+    from cycleqd.envs.suites import guess_environment as guess_env
 
     assert guess_env(BUILTIN_OS) == "os"
     assert guess_env(BUILTIN_OS.parent / "db") == "db"

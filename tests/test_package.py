@@ -73,8 +73,9 @@ def clean_env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_an_installed_wheel_imports_from_its_own_site_packages(installed: Path, tmp_path: Path) -> None:
-    probe = "import cycleqd, db, envs, evolver, sandboxes, serving, tui; print(cycleqd.__file__, envs.__file__, " \
-            "db.__file__, tui.__file__)"
+    probe = ("import importlib.util as u, cycleqd, cycleqd.db as d, cycleqd.envs as e, cycleqd.evolver, "
+             "cycleqd.sandboxes, cycleqd.serving; print(cycleqd.__file__, e.__file__, d.__file__); "
+             "assert not any(u.find_spec(n) for n in ('db', 'envs', 'evolver', 'sandboxes', 'serving', 'tui'))")
     done = subprocess.run([str(installed / "python"), "-c", probe], cwd=tmp_path, env=clean_env(),
                           capture_output=True, text=True, check=True)  # fmt: skip
     site = installed.parent
@@ -92,7 +93,8 @@ def test_an_installed_wheel_evaluates_and_verifies_its_builtin_suites(
     assert done.returncode == 0, done.stderr[-3000:]
     (result,) = json.loads(done.stdout)["results"]
     assert (result["env"], result["episodes"], result["errors"]) == ("db", 1, 0)
-    where = subprocess.run([str(installed / "python"), "-c", "import envs.registry as r; print(r.BUILTIN_DATA)"],
+    where_probe = "import cycleqd.envs.registry as r; print(r.BUILTIN_DATA)"
+    where = subprocess.run([str(installed / "python"), "-c", where_probe],
                            cwd=tmp_path, env=clean_env(), capture_output=True, text=True, check=True)  # fmt: skip
     suite = Path(where.stdout.strip()) / "db" / "dev.jsonl"
     assert suite.is_relative_to(installed.parent)

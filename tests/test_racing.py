@@ -9,10 +9,9 @@ import math
 
 import numpy as np
 import pytest
-
-from evolver.archive import Elite, GridArchive
-from evolver.config import ConfigError, parse_config
-from evolver.racing import Race, TaskTally, mean_bounds, rejects
+from cycleqd.evolver.archive import Elite, GridArchive
+from cycleqd.evolver.config import ConfigError, parse_config
+from cycleqd.evolver.racing import Race, TaskTally, mean_bounds, rejects
 
 NAMES = ("os", "db", "coding")
 

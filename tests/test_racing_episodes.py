@@ -14,23 +14,23 @@ from contextlib import AsyncExitStack as ExitStack
 from pathlib import Path
 
 import pytest
+from cycleqd.db import EpisodeRecord, open_store
+from cycleqd.db.evolution_store import EvolutionStore
+from cycleqd.envs.episode import EpisodeStatus
+from cycleqd.envs.registry import environment
+from cycleqd.evolver.archive import Elite, GridArchive
+from cycleqd.evolver.config import parse_config
+from cycleqd.evolver.racing import Race
+from cycleqd.serving.client import ServedModel
+from cycleqd.serving.external import ExternalManager
+from cycleqd.serving.model_ref import ExternalEndpoint, ModelRef
+from cycleqd.serving.server_process import free_port
 
-from cycleqd.candidate_eval import EpisodeEvaluator
-from cycleqd.env_runtime import EnvRuntime
-from cycleqd.eval_tasks import EvalTask, load_eval_tasks
-from cycleqd.evolution import CandidateUnderTest
-from cycleqd.orchestrator import EpisodeResult, EvalSettings, Orchestrator
-from db import EpisodeRecord, open_store
-from db.evolution_store import EvolutionStore
-from envs.episode import EpisodeStatus
-from envs.registry import environment
-from evolver.archive import Elite, GridArchive
-from evolver.config import parse_config
-from evolver.racing import Race
-from serving.client import ServedModel
-from serving.external import ExternalManager
-from serving.model_ref import ExternalEndpoint, ModelRef
-from serving.server_process import free_port
+from cycleqd.eval.orchestrator import EpisodeResult, EvalSettings, Orchestrator
+from cycleqd.eval.runtime import EnvRuntime
+from cycleqd.eval.tasks import EvalTask, load_eval_tasks
+from cycleqd.evolve.evaluator import EpisodeEvaluator
+from cycleqd.evolve.loop import CandidateUnderTest
 
 ROOT = Path(__file__).resolve().parent.parent
 

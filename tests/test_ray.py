@@ -22,8 +22,8 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra cycleqd[ray]; CI installs it")
 
-from db.evolution_store import EvolutionStore  # noqa: E402
-from db.store import open_store  # noqa: E402
+from cycleqd.db.evolution_store import EvolutionStore  # noqa: E402
+from cycleqd.db.store import open_store  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from evolution_probe import ProbeNode, make_tiny_family, run_probe_evolution  # noqa: E402
@@ -63,7 +63,7 @@ def single_process(family: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 def ray_evaluator(cluster: LocalRayCluster, family: Path):  # noqa: ANN201 - a RayCandidateEvaluator
-    from cycleqd.ray_backend import RayCandidateEvaluator, connect
+    from cycleqd.ray.backend import RayCandidateEvaluator, connect
 
     connect(cluster.address)
     return RayCandidateEvaluator(ProbeNode, (family,), slots=2)
@@ -106,7 +106,7 @@ def run_eval(model: str, db: Path, *extra: str) -> tuple[dict, str]:
 
 
 def test_eval_ray_stores_exactly_n_episodes(cluster: LocalRayCluster, tmp_path: Path, docker_engine) -> None:  # noqa: ANN001
-    from serving.server_process import free_port
+    from cycleqd.serving.server_process import free_port
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "bench.fixed_latency_server", "--port", str(port),
@@ -158,12 +158,13 @@ def test_a_child_is_materialised_served_and_played_on_a_node_and_stored_at_the_h
     the head stores them, once each, under the genome's model row, and the scores are their means."""
     import asyncio
 
-    from cycleqd.evolution import CandidateUnderTest
-    from cycleqd.ray_backend import RayEpisodeEvaluator, connect
-    from evolver.config import parse_config
-    from evolver.genome import Genome
-    from evolver.operators import crossover
-    from evolver.svd_cache import build_svd_cache
+    from cycleqd.evolver.config import parse_config
+    from cycleqd.evolver.genome import Genome
+    from cycleqd.evolver.operators import crossover
+    from cycleqd.evolver.svd_cache import build_svd_cache
+
+    from cycleqd.evolve.loop import CandidateUnderTest
+    from cycleqd.ray.backend import RayEpisodeEvaluator, connect
     from tests.conftest import perturbed_checkpoint
 
     base = tiny_servable_model(default_model.path, tmp_path / "base")
@@ -230,7 +231,7 @@ def test_a_worker_killed_mid_run_is_redispatched_and_the_archives_are_the_same(
 
 
 def test_an_unreachable_cluster_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    from serving.server_process import free_port
+    from cycleqd.serving.server_process import free_port
 
     command = [sys.executable, "-c", CLI, "eval", "--tasks", "os", "--limit", "1", "--db", str(tmp_path / "x.db"),
                "--ray", f"127.0.0.1:{free_port()}"]  # fmt: skip

@@ -9,15 +9,14 @@ import textwrap
 
 import docker
 import pytest
-
-from sandboxes.docker_sandbox import DockerSandbox
-from sandboxes.labels import OWNER_PID
-from sandboxes.reaper import reap_orphans
+from cycleqd.sandboxes.docker_sandbox import DockerSandbox
+from cycleqd.sandboxes.labels import OWNER_PID
+from cycleqd.sandboxes.reaper import reap_orphans
 
 OWNER = textwrap.dedent(
     """
     import asyncio, sys, time
-    from sandboxes.docker_sandbox import DockerSandbox
+    from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 
     async def main():
         box = await DockerSandbox.start(sys.argv[1])

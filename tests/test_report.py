@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cycleqd.db import open_store
+from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
 from matplotlib.image import imread
 
-from cycleqd.report import _edge_ticks, bin_edges, write_heatmaps, write_qd_metrics
-from db import open_store
-from db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
+from cycleqd.evolve.report import _edge_ticks, bin_edges, write_heatmaps, write_qd_metrics
 
 
 def two_task_evolution(tmp_path: Path) -> EvolutionStore:

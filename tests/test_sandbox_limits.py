@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 
-from sandboxes.docker_sandbox import DockerSandbox
-from sandboxes.limits import SandboxLimits
+from cycleqd.sandboxes.docker_sandbox import DockerSandbox
+from cycleqd.sandboxes.limits import SandboxLimits
 
 
 async def test_fork_bomb_is_contained_by_the_pids_limit(docker_engine, os_image: str) -> None:  # noqa: ANN001

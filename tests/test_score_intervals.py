@@ -3,11 +3,11 @@
 from pathlib import Path
 
 import pytest
+from cycleqd.db.evolution_store import EvolutionStore
+from cycleqd.db.store import EpisodeRecord, open_store
 
-from cycleqd.report import final_rows
-from cycleqd.score_intervals import final_intervals, final_intervals_json, final_report_tables, held_out_specs
-from db.evolution_store import EvolutionStore
-from db.store import EpisodeRecord, open_store
+from cycleqd.evolve.report import final_rows
+from cycleqd.results.intervals import final_intervals, final_intervals_json, final_report_tables, held_out_specs
 
 TASKS = [{"name": "os", "env": "os", "test_split": "test"}, {"name": "db", "env": "db", "test_split": "test"}]
 N = 30  # tasks per environment
@@ -75,10 +75,10 @@ def test_final_intervals_cells_and_paired_differences(tmp_path: Path) -> None:
 def test_show_prints_each_scores_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
+    from cycleqd.db.schema import Aggregate
     from rich.console import Console
 
-    from cycleqd.results_commands import show_run
-    from db.schema import Aggregate
+    from cycleqd.results.commands import show_run
 
     db = tmp_path / "e.db"
     store = open_store(db)

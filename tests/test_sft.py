@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from cycleqd.evolver.checkpoint_files import verify_experts
 from safetensors.torch import load_file
 
-from cycleqd.sft_command import SFTRequest, run_sft, transcripts_file
-from cycleqd.sft_data import IGNORE, GoldTranscript, TrainingExample, load_transcripts, render
-from cycleqd.sft_train import SFTSettings, example_loss, fine_tune
-from evolver.checkpoint_files import verify_experts
+from cycleqd.sft.command import SFTRequest, run_sft, transcripts_file
+from cycleqd.sft.data import IGNORE, GoldTranscript, TrainingExample, load_transcripts, render
+from cycleqd.sft.train import SFTSettings, example_loss, fine_tune
 
 sys.path.insert(0, str(Path(__file__).parent))
 from evolution_probe import make_tiny_family  # noqa: E402

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from cycleqd.sandboxes.errors import SessionClosedError
+from cycleqd.sandboxes.shell_session import BashSession, ansi_c_quote
 
-from sandboxes.errors import SessionClosedError
-from sandboxes.shell_session import BashSession, ansi_c_quote
 from tests.conftest import TEST_LIMITS
 
 

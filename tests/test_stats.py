@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from cycleqd.stats import bootstrap_ci, mean_ci, paired_ci, per_task_means
+from cycleqd.results.stats import bootstrap_ci, mean_ci, paired_ci, per_task_means
 
 
 def exact_percentiles(strata: list[list[float]], confidence: float = 0.95) -> tuple[float, float]:

@@ -15,12 +15,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from cycleqd.db import DuplicateEpisodeError, EpisodeRecord, open_store
+from cycleqd.db.schema import Aggregate, Base
+from cycleqd.db.store import MIGRATIONS
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-
-from db import DuplicateEpisodeError, EpisodeRecord, open_store
-from db.schema import Aggregate, Base
-from db.store import MIGRATIONS
 
 
 @pytest.fixture
@@ -126,7 +125,7 @@ def test_committed_episodes_survive_a_killed_writer(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys, time
-        from db import EpisodeRecord, open_store
+        from cycleqd.db import EpisodeRecord, open_store
         store = open_store({str(path)!r})
         for repeat in range(5):
             store.record_episode(EpisodeRecord({run_id!r}, {model}, {task}, repeat, "completed", 1.0))
@@ -144,8 +143,7 @@ def test_committed_episodes_survive_a_killed_writer(tmp_path: Path) -> None:
 def test_episodes_stored_before_0019_get_their_context_length_by_environment(tmp_path: Path) -> None:
     from alembic import command
     from alembic.config import Config
-
-    from db.store import MIGRATIONS, make_engine
+    from cycleqd.db.store import MIGRATIONS, make_engine
 
     path = tmp_path / "old.db"
     engine = make_engine(path)
@@ -171,6 +169,6 @@ def test_episodes_stored_before_0019_get_their_context_length_by_environment(tmp
     contexts = {store.tasks()[e.task_id - 1].env: (e.context_messages, e.verdict) for e in store.episodes("r")}
     assert contexts == {"os": (7, {}), "db": (3, {}), "coding": (1, {})}
     # The revision's numbers are what the environments write today (a change there needs no migration, but a check).
-    from envs.os_prompt import first_messages
+    from cycleqd.envs.os_prompt import first_messages
 
     assert len(first_messages("a task")) == 7

@@ -7,12 +7,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from cycleqd.envs.os_env import gold_replies
+from cycleqd.envs.os_training import TRAINING_FILE, build_os_suite, explanation_thought, shared_data_root
+from cycleqd.envs.registry import environment
 
-from cycleqd.eval_tasks import load_eval_tasks
-from cycleqd.suite_command import replay_runtime
-from envs.os_env import gold_replies
-from envs.os_training import TRAINING_FILE, build_os_suite, explanation_thought, shared_data_root
-from envs.registry import environment
+from cycleqd.eval.tasks import load_eval_tasks
+from cycleqd.suite.verify import replay_runtime
 
 DATA = shared_data_root()
 needs_os_training = pytest.mark.skipif(
@@ -64,8 +64,9 @@ def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_en
     import subprocess
     import sys
 
-    from cycleqd.suite_command import verify_suite
-    from envs.db_generate import task_key
+    from cycleqd.envs.db_generate import task_key
+
+    from cycleqd.suite.verify import verify_suite
 
     out = tmp_path / "db"
     cycleqd = Path(sys.executable).parent / "cycleqd"
@@ -92,7 +93,7 @@ def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_en
 
 @pytest.mark.skipif(not (DATA / "mbpp" / "mbpp.jsonl").is_file(), reason=f"MBPP is not at {DATA / 'mbpp'}")
 async def test_coding_suite_has_mbpp_splits_and_its_gold_passes(os_image: str, tmp_path: Path) -> None:
-    from envs.coding_training import build_coding_suite
+    from cycleqd.envs.coding_training import build_coding_suite
     suite = build_coding_suite(DATA, tmp_path / "coding")
     splits = {s: load_eval_tasks(["coding"], str(suite), s, None) for s in ("train", "dev", "test")}
     assert {s: len(t) for s, t in splits.items()} == {"train": 374 + 10 + 82, "dev": 90, "test": 500}
@@ -107,8 +108,8 @@ async def test_coding_suite_has_mbpp_splits_and_its_gold_passes(os_image: str, t
 
 
 def test_demo_suites_are_sized_cached_and_train_where_they_should(docker_engine: object, tmp_path: Path) -> None:
-    from cycleqd.demo import PRESETS, estimate
-    from cycleqd.demo_data import demo_suites
+    from cycleqd.demo.command import PRESETS, estimate
+    from cycleqd.demo.data import demo_suites
 
     suites = demo_suites(tmp_path, train=6, dev=4, test=5, db_train=8)
     for env, suite in suites.items():

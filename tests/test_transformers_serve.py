@@ -9,12 +9,11 @@ import signal
 import sys
 
 import pytest
-
-from serving.client import ChatClient, ClientSettings, ServedModel, require_model
-from serving.errors import EndpointError, ModelRefError, ServerDiedError, UnknownModelError
-from serving.model_ref import HubModel, LocalCheckpoint
-from serving.server_process import free_port
-from serving.transformers_serve import SERVE_PRESETS, TransformersServeManager
+from cycleqd.serving.client import ChatClient, ClientSettings, ServedModel, require_model
+from cycleqd.serving.errors import EndpointError, ModelRefError, ServerDiedError, UnknownModelError
+from cycleqd.serving.model_ref import HubModel, LocalCheckpoint
+from cycleqd.serving.server_process import free_port
+from cycleqd.serving.transformers_serve import SERVE_PRESETS, TransformersServeManager
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
@@ -124,8 +123,8 @@ async def test_a_server_that_is_not_openai_compatible_is_named(tmp_path) -> None
 
 
 async def test_an_external_endpoint_is_used_as_is(tserve: TransformersServeManager, default_model) -> None:  # noqa: ANN001
-    from serving.external import ExternalManager
-    from serving.model_ref import parse_model_ref
+    from cycleqd.serving.external import ExternalManager
+    from cycleqd.serving.model_ref import parse_model_ref
 
     await tserve.serve(default_model)
     ref = parse_model_ref(f"{tserve.base_url}#{default_model.path}")
@@ -159,7 +158,7 @@ OS_PROBLEMS = [
 async def test_batched_serving_answers_as_one_request_at_a_time(default_model: LocalCheckpoint) -> None:
     """Greedy transcripts do not depend on batching: the default (continuous batching) answers OS episodes' first
     prompts, all at once, exactly as the same server settings without batching answer them one by one."""
-    from envs.os_prompt import first_messages
+    from cycleqd.envs.os_prompt import first_messages
 
     batched_options = SERVE_PRESETS["default"]
     assert batched_options.continuous_batching

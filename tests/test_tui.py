@@ -15,12 +15,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cycleqd.db import EpisodeRecord, open_store
+from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
+from cycleqd.db.monitor_queries import ArchiveView, CellView, StoreOpenError, open_monitor_store
+from cycleqd.db.schema import Episode, Run, ServerState, Task
+from cycleqd.db.store import Store
+from cycleqd.envs.os_prompt import first_messages
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Static, TabbedContent
 
 from cycleqd.monitor.app import MonitorApp
+from cycleqd.monitor.command import run_tui
 from cycleqd.monitor.episode_screen import EpisodeScreen
 from cycleqd.monitor.episodes_table import EpisodesTable
 from cycleqd.monitor.eval_screen import EvalScreen
@@ -32,13 +39,6 @@ from cycleqd.monitor.runs_table import RunsTable
 from cycleqd.monitor.score_table import ENDINGS, ScoreTable
 from cycleqd.monitor.servers_table import ServersTable
 from cycleqd.monitor.transcript import MessageBlock, Transcript
-from cycleqd.tui_command import run_tui
-from db import EpisodeRecord, open_store
-from db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
-from db.monitor_queries import ArchiveView, CellView, StoreOpenError, open_monitor_store
-from db.schema import Episode, Run, ServerState, Task
-from db.store import Store
-from envs.os_prompt import first_messages
 from tests.test_cli import CYCLEQD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ class EvolutionWriter:
         parents, omegas, task = BREEDING.get(name, ([], [], None))
         mutation = {"kind": "svd", "seed": 1000 + generation, "task": task} if task else {}
         if kind == "expert":
-            mutation = {"expert": name.removesuffix("-expert")}  # as cycleqd/evolution.py records an expert
+            mutation = {"expert": name.removesuffix("-expert")}  # as cycleqd/evolve/loop.py records an expert
         candidate = self.evolution.add_candidate(
             kind,
             generation,

@@ -11,8 +11,7 @@ import importlib.util
 import time
 
 import pytest
-
-from serving.resolve import gpu_available
+from cycleqd.serving.resolve import gpu_available
 
 needs_gpu = pytest.mark.skipif(
     not (gpu_available() and importlib.util.find_spec("vllm")),
@@ -24,7 +23,7 @@ needs_gpu = pytest.mark.skipif(
 @needs_gpu
 @pytest.mark.gpu
 async def test_in_place_swap_is_verified_and_faster_than_restart(default_model, perturbed_model) -> None:  # noqa: ANN001
-    from serving.vllm_serve import VLLMManager
+    from cycleqd.serving.vllm_serve import VLLMManager
 
     manager = VLLMManager(gpu_memory_utilization=0.3, max_model_len=2048)
     try:
@@ -52,7 +51,7 @@ async def test_in_place_swap_is_verified_and_faster_than_restart(default_model, 
 async def test_a_swap_that_did_not_happen_is_caught(
     default_model, perturbed_model, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # noqa: ANN001
-    from serving.vllm_serve import VLLMManager
+    from cycleqd.serving.vllm_serve import VLLMManager
 
     manager = VLLMManager(gpu_memory_utilization=0.3, max_model_len=2048)
     try:

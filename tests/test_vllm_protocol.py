@@ -15,11 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from serving.errors import EndpointError, ServerDiedError
-from serving.fingerprint import PROBE_TEXT, Fingerprint, FingerprintFormatError, probe_request, swap_verified
-from serving.model_ref import LocalCheckpoint
-from serving.vllm_serve import VLLMManager, gpu_for_slot, parse_version, serving_files_digest
+from cycleqd.serving.errors import EndpointError, ServerDiedError
+from cycleqd.serving.fingerprint import PROBE_TEXT, Fingerprint, FingerprintFormatError, probe_request, swap_verified
+from cycleqd.serving.model_ref import LocalCheckpoint
+from cycleqd.serving.vllm_serve import VLLMManager, gpu_for_slot, parse_version, serving_files_digest
 
 INSTRUMENT = Path(__file__).parent / "vllm_protocol_server.py"
 QUESTION = [{"role": "user", "content": "hi"}]

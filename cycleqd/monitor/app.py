@@ -11,9 +11,9 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
 
+from cycleqd.db.store import Store
 from cycleqd.monitor.live_screen import LiveScreen
 from cycleqd.monitor.runs_screen import RunsScreen
-from db.store import Store
 
 
 def utc_now() -> datetime:

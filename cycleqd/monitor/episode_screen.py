@@ -7,10 +7,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Header, Static
 
+from cycleqd.db.monitor_queries import EpisodeDetail, episode_detail
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.live_screen import LiveScreen
 from cycleqd.monitor.transcript import Transcript
-from db.monitor_queries import EpisodeDetail, episode_detail
 
 
 def describe(e: EpisodeDetail) -> Text:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from textual.binding import Binding
 
+from cycleqd.db.monitor_queries import EpisodeRow
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.live_table import LiveTable
-from db.monitor_queries import EpisodeRow
 
 
 class EpisodesTable(LiveTable):

@@ -7,12 +7,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
+from cycleqd.db.monitor_queries import env_scores, recent_episodes, run_config, run_summary
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.episode_screen import EpisodeScreen
 from cycleqd.monitor.episodes_table import EpisodesTable
 from cycleqd.monitor.live_screen import LiveScreen
 from cycleqd.monitor.score_table import ScoreTable
-from db.monitor_queries import env_scores, recent_episodes, run_config, run_summary
 
 
 class EvalScreen(LiveScreen):

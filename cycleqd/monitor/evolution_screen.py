@@ -9,13 +9,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
-from cycleqd.monitor import format as fmt
-from cycleqd.monitor.heatmap import Heatmap
-from cycleqd.monitor.lineage import LineageTree
-from cycleqd.monitor.live_screen import LiveScreen
-from cycleqd.monitor.qd_chart import QDChart
-from cycleqd.monitor.servers_table import ServersTable
-from db.monitor_queries import (
+from cycleqd.db.monitor_queries import (
     ArchiveView,
     archive_views,
     evolution_progress,
@@ -24,7 +18,13 @@ from db.monitor_queries import (
     run_summary,
     server_views,
 )
-from db.schema import RunStatus
+from cycleqd.db.schema import RunStatus
+from cycleqd.monitor import format as fmt
+from cycleqd.monitor.heatmap import Heatmap
+from cycleqd.monitor.lineage import LineageTree
+from cycleqd.monitor.live_screen import LiveScreen
+from cycleqd.monitor.qd_chart import QDChart
+from cycleqd.monitor.servers_table import ServersTable
 
 
 class EvolutionScreen(LiveScreen):

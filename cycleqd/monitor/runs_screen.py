@@ -5,11 +5,11 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Header, Static
 
+from cycleqd.db.monitor_queries import run_summaries
 from cycleqd.monitor.eval_screen import EvalScreen
 from cycleqd.monitor.evolution_screen import EvolutionScreen
 from cycleqd.monitor.live_screen import LiveScreen
 from cycleqd.monitor.runs_table import RunsTable
-from db.monitor_queries import run_summaries
 
 
 class RunsScreen(LiveScreen):

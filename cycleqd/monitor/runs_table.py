@@ -6,9 +6,9 @@ from datetime import tzinfo
 
 from textual.binding import Binding
 
+from cycleqd.db.monitor_queries import RunSummary
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.live_table import LiveTable
-from db.monitor_queries import RunSummary
 
 
 class RunsTable(LiveTable):

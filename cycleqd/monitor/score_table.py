@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from cycleqd.db.monitor_queries import EnvScore
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.live_table import LiveTable
-from db.monitor_queries import EnvScore
 
 # The model's own endings; environment errors have their column (env_error), as they are never scored.
 ENDINGS = ("completed", "round_limit", "invalid_action", "command_timeout")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-
-from db.schema import Base
+from cycleqd.db.schema import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)

@@ -1,0 +1,176 @@
+"""`cycleqd demo`: the whole method on a CPU. The embedded SmolLM2 is the base; one expert per environment is
+fine-tuned on the gold trajectories of its suite's train split (`cycleqd.demo.data`: AgentBench's OS training
+tasks, generated DB tasks, MBPP); `cycleqd evolve` runs on the dev splits; the final table puts base, experts,
+naive merge and the CycleQD model side by side on the test splits, with 95% intervals and paired differences.
+
+The estimate is printed first. Every stage is cached: the suites by content, the experts by budget, the SVDs by
+checkpoint, the evolution in the store (a killed demo resumes it with `cycleqd evolve --resume RUN`), and a
+completed demo with the same config prints its table again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from cycleqd.db.evolution_store import EvolutionStore
+from cycleqd.db.schema import RunStatus
+from cycleqd.db.store import open_store
+from cycleqd.demo.data import DATA_VERSION, demo_suites
+from cycleqd.envs.registry import environment, names
+from cycleqd.evolve.command import run_evolve_command
+from cycleqd.evolve.report import final_rows
+from cycleqd.evolver.config import EvolveConfig, parse_config
+from cycleqd.results.intervals import final_report_tables
+from cycleqd.serving.default_model import cache_root, default_checkpoint
+from cycleqd.sft.command import SFTRequest, run_sft
+from cycleqd.sft.train import SFTSettings
+
+ENVS = names()
+
+
+@dataclass(frozen=True)
+class DemoBudget:
+    sft_tasks: int = 30  # train tasks per environment whose gold is replayed; those that pass are the trajectories
+    sft_epochs: int = 3
+    sft_learning_rate: float = 1e-4
+    sft_max_length: int = 1536  # tokens per trajectory: OS gold ones are 830–1100 with the prompt, DB ~480
+    lora_rank: int = 0  # 0: full fine-tune
+    dev_limit: int = 8  # selection tasks per environment (every candidate of the evolution plays them)
+    test_limit: int = 25  # held-out tasks per environment (six models play them)
+    generations: int = 3
+    max_tokens: int = 128
+    rounds: int = 2  # every gold solution takes two rounds (act, then answer)
+    bins: int = 5
+    db_train: int = 200  # generated DB train tasks (the expert uses sft_tasks of them)
+
+    def describe(self) -> str:
+        tuning = f"LoRA rank {self.lora_rank}" if self.lora_rank else "full fine-tune"
+        return (f"experts: {self.sft_tasks} train tasks × {self.sft_epochs} epochs per environment ({tuning}); "
+                f"evolution: {self.generations} generations on {self.dev_limit} dev tasks per environment; "
+                f"test: {self.test_limit} tasks per environment; {self.max_tokens} tokens per reply, "
+                f"{self.rounds} rounds")  # fmt: skip
+
+    def sft_key(self) -> str:
+        gold = {env: environment(env).gold_format for env in ENVS}  # new gold replies retrain the experts
+        part = {k: v for k, v in asdict(self).items() if k.startswith(("sft_", "lora_", "db_train"))}
+        part |= {"gold": gold, "data": DATA_VERSION}
+        return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# Two presets. default: sized by estimate() to fit in 2 hours on this project's 2-core machine; night: splits that
+# resolve a 0.1 difference (≥ 50 dev, ≥ 100 test per environment) and thousands of generated DB tasks — about 17
+# hours by the 2-core estimate, a night where model serving is faster (more cores, or a GPU with vLLM).
+PRESETS = {
+    "default": DemoBudget(),
+    "night": DemoBudget(
+        sft_tasks=200,
+        sft_epochs=3,
+        dev_limit=50,
+        test_limit=100,
+        generations=12,
+        max_tokens=128,
+        rounds=3,
+        db_train=3000,
+    ),  # fmt: skip
+}
+
+# Seconds, measured on 2 shared cores (README, the demo section): one trajectory through one epoch of full
+# fine-tuning (gold replay included), and one episode's fixed cost plus its cost per token of reply per round.
+SFT_S_PER_TRAJECTORY_EPOCH = 4.6
+DB_GENERATE_S_PER_TASK = 0.55  # `suite generate db`: 100 tasks in 55 s
+EPISODE_FIXED_S = 1.5
+EPISODE_S_PER_TOKEN_ROUND = 0.030
+SWAP_S = 20.0  # materialising a genome and restarting the model server, per model
+MODELS_ON_TEST = 6  # base, three experts, the naive merge, the final model
+
+
+@dataclass(frozen=True)
+class Estimate:
+    data_s: float
+    experts_s: float
+    evolution_s: float
+    final_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.data_s + self.experts_s + self.evolution_s + self.final_s
+
+    def describe(self) -> str:
+        stages = (f"data {_minutes(self.data_s)}, experts {_minutes(self.experts_s)}, "
+                  f"evolution {_minutes(self.evolution_s)}")  # fmt: skip
+        return f"estimate on 2 cores: {stages}, final table {_minutes(self.final_s)}; total {_minutes(self.total_s)}"
+
+
+def estimate(budget: DemoBudget) -> Estimate:
+    episode = EPISODE_FIXED_S + EPISODE_S_PER_TOKEN_ROUND * budget.max_tokens * budget.rounds
+    envs = len(ENVS)
+    experts = envs * budget.sft_tasks * budget.sft_epochs * SFT_S_PER_TRAJECTORY_EPOCH
+    evolved = envs + budget.generations  # the experts are scored first, then one child per generation
+    evolution = evolved * (SWAP_S + envs * budget.dev_limit * episode)
+    final = MODELS_ON_TEST * (SWAP_S + envs * budget.test_limit * episode)
+    data = DB_GENERATE_S_PER_TASK * (budget.db_train + budget.dev_limit + budget.test_limit)
+    return Estimate(data, experts, evolution, final)
+
+
+def demo_experts(budget: DemoBudget, base: Path, suites: dict[str, Path], console: Console | None) -> dict[str, Path]:
+    folder = cache_root() / "demo" / f"experts-{budget.sft_key()}"
+    settings = SFTSettings(epochs=budget.sft_epochs, learning_rate=budget.sft_learning_rate, batch_size=2,
+                           max_length=budget.sft_max_length, lora_rank=budget.lora_rank, save_every=10)  # fmt: skip
+    experts = {}
+    for env in ENVS:
+        out = folder / env
+        if not (out / "config.json").is_file():
+            if console:
+                console.print(f"[bold]expert {env}[/]")
+            summary = run_sft(SFTRequest(base, env, str(suites[env]), "train", None, out, settings), console)
+            if console:
+                console.print(summary.describe(), highlight=False)
+        experts[env] = out
+    return experts
+
+
+def demo_config(budget: DemoBudget, base: Path, experts: dict[str, Path], suites: dict[str, Path]) -> EvolveConfig:
+    tasks = [{"name": env, "env": env, "expert": str(experts[env]), "suite": str(suites[env]),
+              "selection_split": "dev", "test_split": "test"} for env in ENVS]  # fmt: skip
+    data = {"base": str(base), "tasks": tasks, "generations": budget.generations, "bins": budget.bins,
+            "eval": {"concurrency": 8, "max_tokens": budget.max_tokens, "rounds": budget.rounds}}  # fmt: skip
+    return parse_config(data, "<demo>", Path("/"))
+
+
+def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) -> int:
+    console.print(f"cycleqd demo — {budget.describe()}", highlight=False)
+    console.print(estimate(budget).describe(), highlight=False)
+    base = default_checkpoint().path
+    started = time.monotonic()
+    suites = demo_suites(cache_root() / "demo" / "suites", budget.sft_tasks, budget.dev_limit, budget.test_limit,
+                         budget.db_train, console)  # fmt: skip
+    data_done = time.monotonic()
+    experts = demo_experts(budget, base, suites, console)
+    experts_done = time.monotonic()
+    config = demo_config(budget, base, experts, suites)
+    store = open_store(db_path)
+    for run in store.list_runs(limit=200):
+        if run.kind == "evolve" and run.status == RunStatus.COMPLETED and run.config == config.snapshot():
+            console.print(f"this demo already ran (run {run.id}); its table:", highlight=False)
+            names = list(config.task_names)
+            for table in final_report_tables(store, run.id, final_rows(EvolutionStore(store, run.id), names),
+                                             config.tasks):  # fmt: skip
+                console.print(table)
+            return 0
+    status = run_evolve_command(config, db_path, None, False, console, err)
+    console.print(f"stage times: data {_minutes(data_done - started)}, experts {_minutes(experts_done - data_done)} "
+                  f"(0 when cached), evolution and the final table {_minutes(time.monotonic() - experts_done)}",
+                  highlight=False)  # fmt: skip
+    return status
+
+
+def _minutes(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"

@@ -1,0 +1,282 @@
+"""The asyncio orchestrator of `cycleqd eval`: every (task, repeat) becomes an episode, at most `concurrency` at
+once (asyncio-pool); sandboxes are bounded by the pool's cap, model requests by the client's.
+
+An episode: acquire a sandbox (or a database) → begin → (model reply → step)* → outcome → commit → release.
+It is committed the moment it ends. Environment errors (an init that failed, a server that died under a request,
+a lost engine) are retried `retries` times, then recorded with status env_error and no score; a model that
+answers badly simply scores 0. Any other exception is a bug: it is never swallowed — the run raises it once the
+episodes in flight are done. On resume, what the store already holds is skipped.
+
+A gate (an evolution racing a child) may choose which episode starts next and stop the run early: the episodes
+still running are then cancelled (their sandboxes released by their context managers, nothing of them stored),
+and those not started never are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from asyncio_pool import AioPool
+
+from cycleqd.db.schema import Aggregate
+from cycleqd.db.store import DuplicateEpisodeError, EpisodeRecord, Store
+from cycleqd.envs.episode import EpisodeStatus, Outcome
+from cycleqd.envs.errors import EpisodeSetupError
+from cycleqd.envs.registry import EpisodeSettings, environment
+from cycleqd.eval.runtime import EnvRuntime
+from cycleqd.eval.tasks import EvalTask
+from cycleqd.sandboxes.errors import SandboxError
+from cycleqd.serving.errors import EndpointError, ServerDiedError
+from cycleqd.serving.manager import ServerManager
+
+log = logging.getLogger(__name__)
+ENV_ERRORS = (EpisodeSetupError, ServerDiedError, EndpointError, SandboxError)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How replies are drawn: greedy unless the user asked otherwise; stored with the run."""
+
+    temperature: float = 0.0
+    top_p: float | None = None
+    seed: int | None = None
+
+    def options(self) -> dict[str, float | int]:
+        """The chat-completions fields to send: the temperature always (0 = greedy), the others when set."""
+        chosen = {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        return {k: v for k, v in chosen.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    concurrency: int = 4
+    repeats: int = 1
+    retries: int = 2
+    max_tokens: int = 512
+    max_sandboxes: int = 8
+    episode: EpisodeSettings = field(default_factory=EpisodeSettings)
+    sampling: Sampling = field(default_factory=Sampling)
+
+    @classmethod
+    def sized(
+        cls, *, concurrency: int, repeats: int, max_tokens: int, rounds: int, sampling: Sampling | None = None
+    ) -> EvalSettings:
+        """The settings of a run asked for these counts (`cycleqd eval` and an evolution's eval block alike):
+        two sandboxes per concurrent episode, so a warm spare is ready while one is being torn down."""
+        return cls(concurrency=concurrency, repeats=repeats, max_tokens=max_tokens,
+                   max_sandboxes=max(2, concurrency * 2), episode=EpisodeSettings(round_limit=rounds),
+                   sampling=sampling or Sampling())  # fmt: skip
+
+
+@dataclass
+class EpisodeResult:
+    task: EvalTask
+    repeat: int
+    status: str
+    score: float | None
+    seconds: float
+
+
+@dataclass
+class EpisodeRun:
+    outcome: Outcome
+    transcript: list[dict[str, str]]
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    context_messages: int = 0  # the leading messages the environment wrote: prompt, one-shot turns
+
+
+async def play(
+    runtime: EnvRuntime, manager: ServerManager, task: EvalTask, max_tokens: int, sampling: Sampling | None = None
+) -> EpisodeRun:
+    """One attempt at one episode."""
+    tokens_in = tokens_out = 0
+    latency = 0.0
+    options = (sampling or Sampling()).options()
+    async with runtime.episode(task) as episode:
+        messages = await episode.begin()
+        context = len(messages)
+        while True:
+            reply = await manager.chat(messages, max_tokens=max_tokens, **options)
+            tokens_in += reply.usage.prompt_tokens
+            tokens_out += reply.usage.completion_tokens
+            latency += reply.latency_s
+            messages = [*messages, {"role": "assistant", "content": reply.text}]
+            observation = await episode.step(reply.text)
+            if observation is None:
+                break
+            messages.append({"role": "user", "content": observation})
+        outcome = await episode.outcome()
+    return EpisodeRun(outcome, messages, tokens_in, tokens_out, latency, context)
+
+
+class EpisodeGate(Protocol):
+    """Decides the order of a run's episodes and when the rest no longer matter."""
+
+    def pick(self, todo: list[EvalTask]) -> int:
+        """Index in `todo` (the episodes not started yet, never empty) of the one to start now."""
+        ...
+
+    def observe(self, result: EpisodeResult) -> None: ...
+
+    def settled(self) -> bool:
+        """True once no further episode can change what the caller decides: the run stops."""
+        ...
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        manager: ServerManager,
+        model_id: int,
+        settings: EvalSettings,
+        on_result: Callable[[EpisodeResult], None] = lambda _: None,
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.manager = manager
+        self.model_id = model_id
+        self.settings = settings
+        self.on_result = on_result
+
+    def plan(self, tasks: list[EvalTask]) -> list[tuple[EvalTask, int, int]]:
+        """(task, its row id, repeat) still to run: what the store already holds is skipped."""
+        done = self.store.done_keys(self.run_id)
+        todo = []
+        for task in tasks:
+            task_id = self.store.task_id(task.env, task.suite, task.split, task.key, task.content_hash)
+            for repeat in range(self.settings.repeats):
+                if (self.model_id, task_id, repeat) not in done:
+                    todo.append((task, task_id, repeat))
+        return todo
+
+    async def run(
+        self, tasks: list[EvalTask], runtime: EnvRuntime | None = None, gate: EpisodeGate | None = None
+    ) -> None:
+        """Every episode still to run (or, with a `gate`, until it is settled). An evolution passes its own
+        `runtime`, shared by all its candidates."""
+        if runtime is None:
+            async with EnvRuntime.of(
+                tasks, run_id=self.run_id, max_sandboxes=self.settings.max_sandboxes, settings=self.settings.episode
+            ) as owned:
+                await self._run_all(tasks, owned, gate)
+        else:
+            await self._run_all(tasks, runtime, gate)
+
+    async def _run_all(self, tasks: list[EvalTask], runtime: EnvRuntime, gate: EpisodeGate | None) -> None:
+        if gate is not None:
+            await self._run_gated(self.plan(tasks), runtime, gate)
+            return
+        pool = AioPool(size=self.settings.concurrency)
+        futures = []
+        try:
+            for task, task_id, repeat in self.plan(tasks):
+                futures.append(await pool.spawn(self._episode(runtime, task, task_id, repeat)))
+            await pool.join()
+        finally:
+            # Cancelled (Ctrl-C, SIGTERM): the episodes still running stop now and release their sandboxes before
+            # the runtime closes; an episode is committed only once it ended, so none is half-stored.
+            await pool.cancel()
+        # A task's exception is never swallowed: the run must not read as complete with episodes missing.
+        failures = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+        for failure in failures[1:]:
+            log.error("another episode failed too: %r", failure)
+        if failures:
+            raise failures[0]  # type: ignore[misc]
+
+    async def _run_gated(self, todo: list[tuple[EvalTask, int, int]], runtime: EnvRuntime, gate: EpisodeGate) -> None:
+        """Keep `concurrency` episodes running, each chosen by the gate when a place frees; stop once it settles."""
+        running: set[asyncio.Task[EpisodeResult | None]] = set()
+        try:
+            while not gate.settled() and (todo or running):
+                while todo and len(running) < self.settings.concurrency:
+                    task, task_id, repeat = todo.pop(gate.pick([t for t, _, _ in todo]))
+                    running.add(asyncio.create_task(self._episode(runtime, task, task_id, repeat)))
+                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for done in finished:
+                    result = done.result()
+                    if result is not None:
+                        gate.observe(result)
+        finally:
+            for episode in running:
+                episode.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _episode(self, runtime: EnvRuntime, task: EvalTask, task_id: int, repeat: int) -> EpisodeResult | None:
+        clock = time.monotonic()
+        record = await play_record(runtime, self.manager, task, (self.run_id, self.model_id, task_id, repeat),
+                                   self.settings)  # fmt: skip
+        return await self.commit(record, task, time.monotonic() - clock)
+
+    async def commit(self, record: EpisodeRecord, task: EvalTask, seconds: float) -> EpisodeResult | None:
+        """Store one finished episode (wherever it was played) and report it; a second copy is never counted."""
+        try:
+            await asyncio.to_thread(self.store.record_episode, record)
+        except DuplicateEpisodeError:
+            log.warning("%s repeat %d was already recorded; not counted twice", task.key, record.repeat)
+            return None
+        result = EpisodeResult(task, record.repeat, str(record.status), record.score, seconds)
+        self.on_result(result)
+        return result
+
+
+async def play_record(
+    runtime: EnvRuntime, manager: ServerManager, task: EvalTask, key: tuple[str, int, int, int], settings: EvalSettings
+) -> EpisodeRecord:
+    """One episode played to its record, environment errors retried, not yet stored; `key` is (run, model, task
+    row, repeat). Separate from storing so that another process can play it (the Ray backend's nodes)."""
+    run_id, model_id, task_id, repeat = key
+    started = datetime.now(UTC)
+    error = ""
+    for attempt in range(1 + settings.retries):
+        try:
+            done = await play(runtime, manager, task, settings.max_tokens, settings.sampling)
+            break
+        except ENV_ERRORS as exc:
+            error = f"attempt {attempt + 1}: {type(exc).__name__}: {exc}"
+            log.warning("%s repeat %d: environment error, %s", task.key, repeat, error)
+    else:
+        done = None
+    if done is None:
+        return EpisodeRecord(run_id, model_id, task_id, repeat, EpisodeStatus.ENV_ERROR, None, error=error[-2000:],
+                             started_at=started)  # fmt: skip
+    outcome = done.outcome
+    return EpisodeRecord(
+        run_id, model_id, task_id, repeat, outcome.status, outcome.score, rounds=outcome.rounds,
+        prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, latency_s=done.latency_s,
+        transcript=done.transcript, started_at=started, context_messages=done.context_messages,
+        verdict={"answer": outcome.answer, "expected": outcome.expected, "detail": outcome.detail},
+    )  # fmt: skip
+
+
+def summarize(store: Store, run_id: str, tasks: list[EvalTask], model_id: int, wall_s: float) -> list[Aggregate]:
+    """Per (env, split): mean score over scored episodes, episode and error counts, and the environment's own
+    metrics (DB: AgentBench's `overall_cat_accuracy`)."""
+    by_row = {store.task_id(t.env, t.suite, t.split, t.key, t.content_hash): t for t in tasks}
+    groups: dict[tuple[str, str], list] = defaultdict(list)
+    for episode in store.episodes(run_id):
+        task = by_row.get(episode.task_id)
+        if task is not None and episode.model_id == model_id:
+            groups[(task.env, task.split)].append((task, episode))
+    aggregates = []
+    for (env, split), items in sorted(groups.items()):
+        scored = [(t, e.score) for t, e in items if e.score is not None]
+        metrics = environment(env).metrics((t.task, s) for t, s in scored) if scored else {}
+        aggregate = Aggregate(
+            run_id=run_id, model_id=model_id, env=env, split=split, episodes=len(items),
+            errors=len(items) - len(scored), score=sum(s for _, s in scored) / len(scored) if scored else 0.0,
+            metrics=metrics, wall_s=wall_s,
+        )  # fmt: skip
+        store.save_aggregate(aggregate)
+        aggregates.append(aggregate)
+    return aggregates

@@ -1,0 +1,38 @@
+"""`cycleqd tasks`: the task ids `eval --task-ids` accepts, each with a one-line description."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from rich.console import Console
+from rich.table import Table
+
+from cycleqd.eval.tasks import EvalTask, load_eval_tasks
+
+WIDTH = 100
+
+
+def one_line(task: EvalTask) -> str:
+    """The task's own words, on one line: an OS or DB task's description, a coding task's first docstring line."""
+    text = getattr(task.task, "description", None)
+    if text is None:
+        prompt = getattr(task.task, "prompt", "")
+        docstring = re.search(r'("""|\'\'\')\s*(.+?)\s*(\n\s*\n|\1)', prompt, re.S)
+        text = docstring.group(2) if docstring else prompt
+    text = " ".join(str(text).split())
+    return text if len(text) <= WIDTH else text[: WIDTH - 1] + "…"
+
+
+def tasks_command(envs: list[str], suite: str, split: str, as_json: bool, console: Console) -> int:
+    tasks = load_eval_tasks(envs, suite, split, None)
+    if as_json:
+        rows = [{"id": t.key, "env": t.env, "suite": t.suite, "split": t.split, "description": one_line(t)}
+                for t in tasks]  # fmt: skip
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table("id", "env", "split", "description", title=f"{len(tasks)} task(s) in suite {suite}")
+    for task in tasks:
+        table.add_row(task.key, task.env, task.split, one_line(task))
+    console.print(table)
+    return 0

@@ -1,0 +1,52 @@
+"""Which tasks an evaluation runs: the built-in suites or a user's files, per environment and split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from cycleqd.envs.registry import environment
+from cycleqd.envs.suites import suite_tasks
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    env: str
+    suite: str
+    split: str
+    key: str  # the task's id within its suite
+    task: Any  # the environment's own task value (a frozen dataclass)
+
+    @property
+    def content_hash(self) -> str:
+        content = asdict(self.task)
+        for gold_only in (f.name for f in fields(self.task) if f.metadata.get("gold_only")):
+            del content[gold_only]
+        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def load_eval_tasks(envs: list[str], suite: str, split: str, limit: int | None) -> list[EvalTask]:
+    """Tasks of every env (at most `limit` each), in a stable order."""
+    for env in envs:
+        environment(env)  # an unknown name fails before any file is read
+    tasks: list[EvalTask] = []
+    for env in envs:
+        found = [EvalTask(env, suite, split, task.task_id, task) for task in suite_tasks(env, suite, split)]
+        tasks.extend(found[:limit] if limit else found)
+    return tasks
+
+
+def select_tasks(tasks: list[EvalTask], task_ids: list[str] | None) -> list[EvalTask]:
+    """Only the tasks named (by `EvalTask.key`, as `cycleqd tasks` prints it), in the order given."""
+    if not task_ids:
+        return tasks
+    by_key = {task.key: task for task in tasks}
+    unknown = [key for key in task_ids if key not in by_key]
+    if unknown:
+        raise ValueError(
+            f"--task-ids: no task {', '.join(map(repr, unknown))} among the {len(tasks)} selected by --tasks, --suite "
+            "and --split (list them with: cycleqd tasks)"
+        )
+    return [by_key[key] for key in dict.fromkeys(task_ids)]

@@ -1,0 +1,384 @@
+"""The CycleQD loop (../shared/ALGORITHM.md): experts seed one archive per task; each generation the active task
+cycles, parents are sampled from its archive, crossed over and mutated as genomes, evaluated on every task's
+selection split, and offered to every archive. At the end the archives' best elites are merged by softmax over
+their qualities and measured on the test splits beside the base, the experts and the naive merge.
+
+Resume is exact: a generation's insertions commit in one transaction; a child is identified by (generation, slot)
+and its row is found again on a resume (with its scores, if it had been evaluated), every random draw derives from
+(seed, generation, slot), and the archives are rebuilt from the store. In synchronous mode W children are
+proposed from the archives as they stand at the generation's start and inserted together in slot order, so a run
+is bit-identical for a seed; in asynchronous mode each child is its own generation, dispatched to whichever server
+is free and inserted when it is done.
+
+Racing (evolver/racing.py, `racing:` in the config) stops scoring a child once no archive can take it; such a child
+is recorded as rejected early, with the bounds of its scores instead of scores, and nothing downstream (archives,
+cells, QD metrics, parents, the final model) ever reads a non-inserted child's scores. A child whose genome was
+measured before in the run is not measured again: the earlier scores (or rejection) are reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
+from cycleqd.db.schema import Candidate
+from cycleqd.evolver.archive import Elite, GridArchive, Insertion, cell_key, paper_bc_range, parse_cell_key
+from cycleqd.evolver.config import EvolveConfig
+from cycleqd.evolver.genome import Genome
+from cycleqd.evolver.operators import (
+    average_merge,
+    crossover,
+    draw_omegas,
+    gaussian_mutation,
+    softmax_merge,
+    svd_mutation,
+)
+from cycleqd.evolver.qd_metrics import qd_metrics
+from cycleqd.evolver.racing import Race, early_rejection_records, rejects
+from cycleqd.evolver.sampling import sample_parents
+from cycleqd.evolver.svd_cache import SVDCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CandidateUnderTest:
+    candidate_id: int
+    kind: str
+    genome: Genome | None
+    genome_hash: str | None
+    checkpoint: Path | None = None  # served as it is (the base, the experts); otherwise materialised from the genome
+
+
+class CandidateEvaluator(Protocol):
+    """Scores a candidate on every task; one candidate per slot (model server) at a time.
+
+    An evaluator that can race (its `races` attribute is true) takes `race=` for a child's selection episodes: it
+    plans the race, starts episodes in the order `race.start_next` gives, reports each finished one (and those a
+    previous process stored) with `race.observe`, and stops cleanly once `race.rejected`; the scores it then returns
+    are not read.
+    """
+
+    slots: int
+
+    async def evaluate(self, slot: int, candidate: CandidateUnderTest, test: bool) -> tuple[int | None, dict]: ...
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A candidate's selection scores; for a child racing stopped, only the bounds that ruled it out."""
+
+    scores: dict[str, float] | None  # None: rejected early, its scores are unknown
+    bounds: list[list[float]] | None = None
+    episodes: tuple[int, int] | None = None  # (played, planned) selection episodes, when they were counted
+
+    @property
+    def rejected_early(self) -> bool:
+        return self.scores is None
+
+
+@dataclass(frozen=True)
+class EvolutionEvent:
+    kind: str  # expert, child, generation, final
+    generation: int
+    active_task: str | None = None
+    candidate_id: int | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    insertions: list[Insertion] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+    episodes: tuple[int, int] | None = None  # (played, planned) selection episodes of a child
+    rejected_early: bool = False
+
+
+@dataclass(frozen=True)
+class FinalRow:
+    label: str
+    kind: str
+    candidate_id: int
+    test_scores: dict[str, float]
+
+    @property
+    def average(self) -> float:
+        return sum(self.test_scores.values()) / len(self.test_scores) if self.test_scores else 0.0
+
+
+def active_task(generation: int, flip_interval: int, tasks: int) -> int:
+    """The task whose archive gives parents and whose expert gives mutation directions (generation ≥ 1)."""
+    return ((generation - 1) // flip_interval) % tasks
+
+
+class Evolution:
+    def __init__(
+        self,
+        config: EvolveConfig,
+        evo: EvolutionStore,
+        cache: SVDCache,
+        genomes_dir: Path,
+        evaluator: CandidateEvaluator,
+        on_event: Callable[[EvolutionEvent], None] = lambda _: None,
+    ) -> None:
+        self.config = config
+        self.evo = evo
+        self.cache = cache
+        self.genomes_dir = genomes_dir
+        self.evaluator = evaluator
+        self.on_event = on_event
+        self.names = config.task_names
+        self.archives: list[GridArchive] = []
+        self._genomes: dict[str, Genome] = {}
+        self._free_slots: asyncio.Queue[int] = asyncio.Queue()
+
+    # -- the whole run -------------------------------------------------------------------------------------------
+
+    async def run(self) -> list[FinalRow]:
+        for slot in range(self.evaluator.slots):
+            self._free_slots.put_nowait(slot)
+        await self.initialise()
+        if self.config.mode == "sync":
+            await self._run_synchronously()
+        else:
+            await self._run_asynchronously()
+        return await self.finalise()
+
+    async def initialise(self) -> None:
+        """Score the experts on all tasks, set the BC ranges from their scores, insert them (generation 0)."""
+        experts = []
+        for k, task in enumerate(self.config.tasks):
+            genome = Genome.expert(self.cache, k)
+            digest = genome.save(self.genomes_dir)
+            self._genomes[digest] = genome
+            row = self.evo.add_candidate("expert", 0, k, genome_hash=digest, mutation={"expert": task.name})
+            experts.append((row, CandidateUnderTest(row.id, "expert", genome, digest, Path(task.expert))))
+        if 0 in self.evo.committed_generations():
+            self.archives = self._rebuild_archives()
+            return
+        measured = await asyncio.gather(*(self._measure(row, under) for row, under in experts))
+        scored = [m.scores for m in measured if m.scores is not None]  # experts never race
+        for (row, _), scores in zip(experts, scored, strict=True):
+            self.on_event(EvolutionEvent("expert", 0, candidate_id=row.id, scores=scores))
+        ranges = self._bc_ranges([[s[name] for name in self.names] for s in scored])
+        specs = [
+            ArchiveSpec(k, name, self.config.bins, [n for n in self.names if n != name],
+                        [list(ranges[n]) for n in self.names if n != name])
+            for k, name in enumerate(self.names)
+        ]  # fmt: skip
+        self.evo.create_archives(specs)
+        self.archives = self._rebuild_archives()
+        self._insert_and_commit(0, 0, [(row, m) for (row, _), m in zip(experts, measured, strict=True)])
+
+    async def _run_synchronously(self) -> None:
+        done = self.evo.committed_generations()
+        for generation in range(1, self.config.generations + 1):
+            if generation in done:
+                continue
+            q = active_task(generation, self.config.flip_interval, len(self.names))
+            children = [self._child(generation, slot, q) for slot in range(self.evaluator.slots)]
+            measured = await asyncio.gather(*(self._measure(row, under) for row, under in children))
+            self._insert_and_commit(generation, q, [(row, m) for (row, _), m in zip(children, measured, strict=True)])
+
+    async def _run_asynchronously(self) -> None:
+        done = self.evo.committed_generations()
+        todo = iter([g for g in range(1, self.config.generations + 1) if g not in done])
+
+        async def worker() -> None:
+            for generation in todo:  # one shared iterator: each generation goes to exactly one worker
+                q = active_task(generation, self.config.flip_interval, len(self.names))
+                row, under = self._child(generation, 0, q)
+                self._insert_and_commit(generation, q, [(row, await self._measure(row, under))])
+
+        await asyncio.gather(*(worker() for _ in range(self.evaluator.slots)))
+
+    # -- one child -----------------------------------------------------------------------------------------------
+
+    def _child(self, generation: int, slot: int, q: int) -> tuple[Candidate, CandidateUnderTest]:
+        """The child (generation, slot): found in the store on a resume, otherwise proposed and recorded."""
+        row = self.evo.find_candidate("child", generation, slot)
+        if row is not None:
+            assert row.genome_hash is not None
+            return row, CandidateUnderTest(row.id, "child", self._genome(row.genome_hash), row.genome_hash)
+        rng = np.random.default_rng([self.config.seed, generation, slot])
+        # Experts that tie (all 0 on a small model) share one cell and only the first stays an elite; the experts
+        # themselves come last in the fallback so that parents can still be drawn.
+        experts = [self._elite(row) for row in self.evo.candidates("expert")]
+        fallback = [*(e for archive in self.archives for e in archive.ordered_elites()), *experts]
+        sampler = self.config.sampler
+        first, second = sample_parents(self.archives[q], rng, kind=sampler.kind, alpha_low=sampler.alpha_low,
+                                       alpha_high=sampler.alpha_high, fallback=fallback)  # fmt: skip
+        w1, w2 = draw_omegas(rng, self.config.crossover.mu, self.config.crossover.sigma)
+        genome = crossover(self._genome(first.genome_hash), self._genome(second.genome_hash), w1, w2)
+        mutation = {"kind": self.config.mutation.kind, "task": self.names[q]}
+        seed = int(rng.integers(2**31 - 1))
+        if self.config.mutation.kind == "svd":
+            genome = svd_mutation(genome, self.cache, q, self.config.mutation.w_max, seed)
+            mutation |= {"seed": seed, "w_max": self.config.mutation.w_max}
+        elif self.config.mutation.kind == "gaussian":
+            genome = gaussian_mutation(genome, self.config.mutation.std, seed)
+            mutation |= {"seed": seed, "std": self.config.mutation.std}
+        digest = genome.save(self.genomes_dir)
+        self._genomes[digest] = genome
+        row = self.evo.add_candidate(
+            "child", generation, slot, genome_hash=digest, active_task=q,
+            parents=[first.candidate_id, second.candidate_id], omegas=[w1, w2], mutation=mutation,
+        )  # fmt: skip
+        return row, CandidateUnderTest(row.id, "child", genome, digest)
+
+    async def _measure(self, row: Candidate, under: CandidateUnderTest) -> Measured:
+        """Selection scores of a candidate: from the store when a previous process measured it (or the same genome),
+        otherwise from the evaluator, racing the archives when it is a child."""
+        stored = self._stored(row) or self._reused(row)
+        if stored is not None:
+            return stored
+        race = None
+        slot = await self._free_slots.get()
+        try:
+            if row.kind == "child" and getattr(self.evaluator, "races", False):
+                race = Race(self.archives, self.config.racing.kind, self.config.racing.delta)  # the archives now
+                model_id, scores = await self.evaluator.evaluate(slot, under, test=False, race=race)  # type: ignore[call-arg]
+            else:
+                model_id, scores = await self.evaluator.evaluate(slot, under, test=False)
+        finally:
+            self._free_slots.put_nowait(slot)
+        episodes = (race.played, race.planned) if race is not None else None
+        if race is not None and race.rejected:
+            bounds = [list(b) for b in race.bounds()]
+            self.evo.record_early_rejection(row.id, model_id, bounds, (race.played, race.planned))
+            measured = Measured(None, bounds, episodes)
+        else:
+            self.evo.record_scores(row.id, model_id, scores, test=False, episodes=episodes)
+            measured = Measured(scores, episodes=episodes)
+        if row.kind == "child":
+            self.on_event(EvolutionEvent("child", row.generation, self.names[row.active_task or 0], row.id,
+                                         scores if measured.scores else {}, episodes=episodes,
+                                         rejected_early=measured.rejected_early))  # fmt: skip
+        return measured
+
+    def _stored(self, row: Candidate) -> Measured | None:
+        episodes = (row.episodes_played, row.episodes_planned) if row.episodes_planned is not None else None
+        if row.status == "rejected_early" and row.bounds is not None:
+            return Measured(None, row.bounds, episodes)  # type: ignore[arg-type]
+        if row.status != "pending" and set(row.scores) == set(self.names):
+            return Measured({name: float(row.scores[name]) for name in self.names}, episodes=episodes)  # type: ignore[arg-type]
+        return None
+
+    def _reused(self, row: Candidate) -> Measured | None:
+        """A genome measured before in this run is not measured again (0 episodes played for it): its scores are
+        reused, or its early rejection, which still holds since the archives have only got better."""
+        earlier = self.evo.measured_genome(row.genome_hash) if row.genome_hash else None
+        if earlier is None or earlier.id == row.id:
+            return None
+        found = self._stored(earlier)
+        if found is None:
+            return None
+        episodes = (0, found.episodes[1]) if found.episodes else None
+        if found.scores is not None:
+            self.evo.record_scores(row.id, earlier.model_id, found.scores, test=False, episodes=episodes)
+            return Measured(found.scores, episodes=episodes)
+        assert found.bounds is not None
+        if not rejects(self.archives, found.bounds):
+            return None  # e.g. a statistical rejection against other archives: race it afresh
+        self.evo.record_early_rejection(row.id, earlier.model_id, found.bounds, episodes or (0, 0))
+        return Measured(None, found.bounds, episodes)
+
+    # -- archives ------------------------------------------------------------------------------------------------
+
+    def _bc_ranges(self, expert_scores: list[list[float]]) -> dict[str, tuple[float, float]]:
+        if self.config.bc_ranges is not None:
+            return {name: tuple(self.config.bc_ranges[name]) for name in self.names}  # type: ignore[misc]
+        return {name: paper_bc_range([row[j] for row in expert_scores]) for j, name in enumerate(self.names)}
+
+    def _rebuild_archives(self) -> list[GridArchive]:
+        rows = self.evo.archives()
+        candidates = {c.id: c for c in self.evo.candidates()}
+        archives = [
+            GridArchive(row.task_index, self.names, row.bins, tuple((lo, hi) for lo, hi in row.bc_ranges))
+            for row in rows
+        ]
+        by_id = {row.id: archive for row, archive in zip(rows, archives, strict=True)}
+        for cell in self.evo.cells():
+            archive = by_id[cell.archive_id]
+            archive.elites[parse_cell_key(cell.cell)] = self._elite(candidates[cell.candidate_id])
+        return archives
+
+    def _elite(self, row: Candidate) -> Elite:
+        assert row.genome_hash is not None
+        return Elite(row.id, row.genome_hash, tuple(float(row.scores[name]) for name in self.names))
+
+    def _insert_and_commit(self, generation: int, q: int, scored: list[tuple[Candidate, Measured]]) -> None:
+        """Offer each candidate (in slot order) to every archive; commit the generation in one transaction.
+        A child rejected early is not offered: no archive could take it, whatever its unknown scores."""
+        archive_ids = [row.id for row in self.evo.archives()]
+        insertions: dict[int, list[dict]] = {}
+        updates: dict[tuple[int, str], CellUpdate] = {}
+        reports: dict[int, list[Insertion]] = {}
+        for row, measured in scored:
+            if measured.scores is None:
+                assert measured.bounds is not None
+                reports[row.id] = []
+                insertions[row.id] = early_rejection_records(self.archives, measured.bounds)
+                continue
+            scores = measured.scores
+            elite = Elite(row.id, row.genome_hash or "", tuple(scores[name] for name in self.names))
+            reports[row.id] = [archive.offer(elite) for archive in self.archives]
+            insertions[row.id] = [r.as_record() for r in reports[row.id]]
+            for archive_id, report in zip(archive_ids, reports[row.id], strict=True):
+                if report.status:
+                    key = cell_key(report.cell)
+                    updates[(archive_id, key)] = CellUpdate(archive_id, key, row.id, report.new_quality)
+        metrics = [qd_metrics(archive).as_record() for archive in self.archives]
+        self.evo.commit_generation(generation, q, insertions, list(updates.values()), metrics)
+        for row, measured in scored:
+            self.on_event(EvolutionEvent("generation", generation, self.names[q], row.id, measured.scores or {},
+                                         reports[row.id], metrics, measured.episodes,
+                                         measured.rejected_early))  # fmt: skip
+
+    def _genome(self, digest: str) -> Genome:
+        if digest not in self._genomes:
+            self._genomes[digest] = Genome.load(self.genomes_dir, digest)
+        return self._genomes[digest]
+
+    # -- the final model ----------------------------------------------------------------------------------------
+
+    async def finalise(self) -> list[FinalRow]:
+        """θ_final = θ_base + Σ_k softmax(f)_k τ_k over the archives' best elites; everything on the test splits."""
+        bests = [archive.best() for archive in self.archives]
+        elites = [b for b in bests if b is not None]
+        final = softmax_merge([self._genome(e.genome_hash) for e in elites],
+                              [e.scores[a.task_index] for e, a in zip(bests, self.archives, strict=True) if e])
+        merge = average_merge(self.cache)
+        after = self.config.generations + 1
+        entries: list[tuple[str, Candidate, CandidateUnderTest]] = []
+        base = self.evo.add_candidate("base", after, 0)
+        entries.append(("base", base, CandidateUnderTest(base.id, "base", None, None, self.cache.base)))
+        for k, row in enumerate(self.evo.candidates("expert")):
+            task = self.config.tasks[k]
+            entries.append((f"expert {task.name}", row,
+                            CandidateUnderTest(row.id, "expert", None, row.genome_hash, Path(task.expert))))
+        for label, kind, genome, extra in (
+            ("naive merge", "merge", merge, {}),
+            ("CycleQD final", "final", final, {"parents": [e.candidate_id for e in elites]}),
+        ):
+            digest = genome.save(self.genomes_dir)
+            self._genomes[digest] = genome
+            row = self.evo.add_candidate(kind, after, 0, genome_hash=digest, **extra)
+            entries.append((label, row, CandidateUnderTest(row.id, kind, genome, digest)))
+
+        async def measure(label: str, row: Candidate, under: CandidateUnderTest) -> FinalRow:
+            if set(row.test_scores) == set(self.names):
+                return FinalRow(label, row.kind, row.id, dict(row.test_scores))
+            slot = await self._free_slots.get()
+            try:
+                model_id, scores = await self.evaluator.evaluate(slot, under, test=True)
+            finally:
+                self._free_slots.put_nowait(slot)
+            self.evo.record_scores(row.id, model_id or row.model_id, scores, test=True)
+            self.on_event(EvolutionEvent("final", after, candidate_id=row.id, scores=scores))
+            return FinalRow(label, row.kind, row.id, scores)
+
+        return list(await asyncio.gather(*(measure(*entry) for entry in entries)))

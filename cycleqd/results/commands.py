@@ -1,0 +1,118 @@
+"""`cycleqd runs`, `cycleqd runs rm` and `cycleqd show`: what the store holds, read by id or unique id prefix."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cycleqd.db.evolution_store import EvolutionStore
+from cycleqd.db.schema import Aggregate, Run
+from cycleqd.db.store import Store
+from cycleqd.results.intervals import Intervals, aggregate_intervals
+from cycleqd.results.lookup import find_run, model_label, open_existing_store
+
+
+def _task_names(config: dict[str, Any]) -> str:
+    # eval runs list environments; evolution runs list task specs
+    return ",".join(t["name"] if isinstance(t, dict) else str(t) for t in config.get("tasks", []))
+
+
+def _scores(store: Store, run: Run) -> str:
+    """An eval's mean per environment; an evolution's final model on its test splits."""
+    if run.kind == "evolve":
+        final = EvolutionStore(store, run.id).candidates("final")
+        scores = final[0].test_scores if final else {}
+        return ("final " if scores else "") + " ".join(f"{k} {v:.2f}" for k, v in scores.items())
+    return " ".join(f"{a.env} {a.score:.2f}" for a in store.aggregates(run.id))
+
+
+def print_runs(db_path: Path, console: Console) -> None:
+    store = open_existing_store(db_path)
+    runs = store.list_runs()
+    models = store.run_models([r.id for r in runs])
+    table = Table("run", "kind", "status", "created", "model", "tasks", "scores")
+    for run in runs:
+        if run.kind == "evolve" or not models[run.id]:
+            model = str(run.config.get("model", run.config.get("base")))
+        else:
+            model = ", ".join(model_label(m.reference, m.identity) for m in models[run.id])
+        table.add_row(run.id, run.kind, run.status, run.created_at.strftime("%m-%d %H:%M"), model,
+                      _task_names(run.config), _scores(store, run))  # fmt: skip
+    console.print(table)
+
+
+def remove_runs(run_texts: list[str], db_path: Path, console: Console) -> int:
+    store = open_existing_store(db_path)
+    runs = [find_run(store, text, db_path) for text in run_texts]  # all found before any is removed
+    for run in runs:
+        episodes = store.delete_run(run.id)
+        console.print(f"removed run {run.id} ({run.kind}, {episodes} episode(s))", highlight=False)
+    return 0
+
+
+def _per_task(store: Store, run_id: str) -> list[dict[str, Any]]:
+    grouped: dict[tuple[int, str, str, str], list[tuple[float | None, str]]] = defaultdict(list)
+    for model_id, env, split, key, score, status in store.task_scores(run_id):
+        grouped[(model_id, env, split, key)].append((score, status))
+    rows = []
+    for (model_id, env, split, key), results in grouped.items():
+        scored = [s for s, _ in results if s is not None]
+        rows.append({
+            "model_id": model_id, "env": env, "split": split, "task": key, "episodes": len(results),
+            "score": sum(scored) / len(scored) if scored else None, "statuses": sorted({st for _, st in results}),
+        })  # fmt: skip
+    return rows
+
+
+def _aggregate_row(
+    aggregate: Aggregate, wall: dict[tuple[int, str, str], float], intervals: Intervals
+) -> dict[str, Any]:
+    interval = intervals.get((aggregate.model_id, aggregate.env, aggregate.split))
+    return {
+        "model_id": aggregate.model_id, "env": aggregate.env, "split": aggregate.split, "score": aggregate.score,
+        "ci95": interval.to_json() if interval else None,
+        "episodes": aggregate.episodes, "errors": aggregate.errors, "metrics": aggregate.metrics,
+        "wall_s": round(wall.get((aggregate.model_id, aggregate.env, aggregate.split), 0.0), 1),
+    }  # fmt: skip
+
+
+def show_run(db_path: Path, run_text: str, as_json: bool, per_task: bool, console: Console) -> int:
+    store = open_existing_store(db_path)
+    run = find_run(store, run_text, db_path)
+    wall = store.wall_times(run.id)
+    intervals = aggregate_intervals(store, run.id)
+    results = [_aggregate_row(a, wall, intervals) for a in store.aggregates(run.id)]
+    models = {m.id: m for m in store.run_models([run.id])[run.id]}
+    tasks = _per_task(store, run.id)
+    episodes = sum(r["episodes"] for r in tasks)
+    if as_json:
+        payload = {
+            "run": run.id, "kind": run.kind, "status": run.status, "config": run.config, "episodes": episodes,
+            "models": [{"id": m.id, "reference": m.reference, "identity": m.identity} for m in models.values()],
+            "results": results, "tasks": tasks,
+        }  # fmt: skip
+        print(json.dumps(payload, indent=2))
+        return 0
+    console.print(f"run {run.id}: {run.kind}, {run.status}, {episodes} episodes", highlight=False)
+    console.print(json.dumps(run.config), highlight=False, soft_wrap=True)
+    label = {m.id: model_label(m.reference, m.identity) for m in models.values()}
+    table = Table("model", "env", "split", "score", "95% interval (tasks)", "n", "errors", "wall time")
+    for r in results:
+        ci = r["ci95"]
+        span = f"[{ci['low']:.3f}, {ci['high']:.3f}] ({ci['n']})" if ci else "–"
+        table.add_row(label.get(r["model_id"], str(r["model_id"])), r["env"], r["split"], f"{r['score']:.3f}",
+                      span, str(r["episodes"]), str(r["errors"]), f"{r['wall_s']:.0f} s")  # fmt: skip
+    console.print(table)
+    if per_task:
+        rows = Table("model", "env", "task", "split", "score", "episodes", "statuses")
+        for r in tasks:
+            score = "–" if r["score"] is None else f"{r['score']:.2f}"
+            rows.add_row(label.get(r["model_id"], ""), r["env"], r["task"], r["split"], score, str(r["episodes"]),
+                         ", ".join(r["statuses"]))  # fmt: skip
+        console.print(rows)
+    return 0

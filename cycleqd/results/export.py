@@ -1,0 +1,128 @@
+"""`cycleqd export RUN`: a run's episodes out of the store, as JSONL (OpenAI chat messages + the result, ready for
+SFT or `datasets`), CSV (one row per episode) or inspect_ai logs (`inspect view` shows them).
+
+Episodes are read from the store a batch at a time and written as they come, so a large run never sits in memory
+(except for inspect logs, which inspect_ai's public API writes whole, one log per environment and model). A file
+is written beside its destination and renamed into place at the end: an interrupted export leaves no half file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cycleqd.db.schema import Episode, Model, Run, Task
+from cycleqd.db.store import EpisodeFilter, Store
+from cycleqd.results.lookup import candidate_model_ids, find_run, open_existing_store
+
+FORMATS = ("jsonl", "csv", "inspect")
+# The CSV row is the JSONL record without the conversation (kept as its length): one flat line per episode.
+CSV_FIELDS = (
+    "run", "episode", "env", "suite", "split", "task", "repeat", "model", "model_identity", "status", "score",
+    "rounds", "prompt_tokens", "completion_tokens", "latency_s", "answer", "expected", "grader_detail", "error",
+    "messages", "context_messages",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    run: str  # an id or a unique prefix
+    format: str = "jsonl"
+    out: Path | None = None  # None: standard output (jsonl, csv); a folder for inspect logs
+    candidate: str = "all"  # evolutions: all, final, or a candidate id
+    env: str | None = None
+    status: str | None = None
+    min_score: float | None = None
+
+
+def episode_record(run: Run, episode: Episode, task: Task, model: Model) -> dict[str, Any]:
+    """One episode as one JSON object: `messages` is the whole conversation in OpenAI chat form (the first
+    `context_messages` were written by the environment: its prompt and any one-shot example)."""
+    verdict = episode.verdict or {}
+    return {
+        "messages": list(episode.transcript), "context_messages": episode.context_messages,
+        "run": run.id, "episode": episode.id, "env": task.env, "suite": task.suite, "split": task.split,
+        "task": task.task_key, "repeat": episode.repeat, "model": model.reference, "model_identity": model.identity,
+        "status": episode.status, "score": episode.score, "rounds": episode.rounds,
+        "prompt_tokens": episode.prompt_tokens, "completion_tokens": episode.completion_tokens,
+        "latency_s": episode.latency_s, "answer": verdict.get("answer"), "expected": verdict.get("expected"),
+        "grader_detail": verdict.get("detail"), "error": episode.error,
+    }  # fmt: skip
+
+
+def csv_row(record: dict[str, Any]) -> dict[str, Any]:
+    return {**{k: record[k] for k in CSV_FIELDS if k != "messages"}, "messages": len(record["messages"])}
+
+
+@contextmanager
+def _destination(out: Path | None) -> Iterator[IO[str]]:
+    """Standard output, or a temporary file beside `out` renamed onto it once everything was written."""
+    if out is None or str(out) == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    partial = out.with_name(f".{out.name}.partial")
+    with open(partial, "w", encoding="utf-8", newline="") as handle:
+        yield handle
+    os.replace(partial, out)
+
+
+def _progress(total: int, err: Console) -> Progress:
+    columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    progress = Progress(*columns, console=err, transient=True, disable=total < 200)
+    progress.add_task("export", total=total)
+    return progress
+
+
+def run_export(store: Store, request: ExportRequest, db_path: Path, err: Console) -> tuple[int, list[Path]]:
+    """Write the export; how many episodes went out, and the files written (none for standard output)."""
+    run = find_run(store, request.run, db_path)
+    where = EpisodeFilter(
+        model_ids=candidate_model_ids(store, run, request.candidate), env=request.env, status=request.status,
+        min_score=request.min_score,
+    )  # fmt: skip
+    total = store.count_episodes(run.id, where)
+    records = (episode_record(run, *row) for row in store.iter_episodes(run.id, where))
+    with _progress(total, err) as progress:
+        counted = _counted(records, lambda: progress.advance(progress.task_ids[0]))
+        if request.format == "inspect":
+            from cycleqd.results.inspect_log import write_inspect_logs
+
+            folder = request.out or Path(f"inspect-{run.id}")
+            files = write_inspect_logs(run, counted, folder)
+            return total, files
+        with _destination(request.out) as handle:
+            if request.format == "csv":
+                writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+                writer.writeheader()
+                for record in counted:
+                    writer.writerow(csv_row(record))
+            else:
+                for record in counted:
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return total, [] if request.out is None or str(request.out) == "-" else [request.out]
+
+
+def _counted(records: Iterator[dict[str, Any]], tick: Callable[[], None]) -> Iterator[dict[str, Any]]:
+    for record in records:
+        yield record
+        tick()
+
+
+def export_command(request: ExportRequest, db_path: Path, err: Console) -> int:
+    store = open_existing_store(db_path)
+    total, files = run_export(store, request, db_path, err)
+    for path in files:
+        err.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    err.print(f"{total} episode(s) exported", highlight=False)
+    return 0

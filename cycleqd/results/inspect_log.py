@@ -1,0 +1,92 @@
+"""Episodes as inspect_ai logs, written through inspect_ai's own log API, so that `inspect view` (and
+`read_eval_log`) show them: one log per (environment, model), one sample per episode, the repeat as the epoch.
+
+inspect_ai is the optional extra `cycleqd[inspect]`; only this module imports it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cycleqd.db.schema import Run
+
+SCORER = "cycleqd"  # the name of our grading in the log: the environment's own scorer, as stored
+
+
+def _import_inspect() -> Any:
+    try:
+        import inspect_ai.log
+    except ImportError as exc:
+        raise RuntimeError(
+            "--format inspect needs inspect_ai: pip install 'cycleqd[inspect]' (or pip install inspect_ai)"
+        ) from exc
+    return inspect_ai
+
+
+def _messages(transcript: list[dict[str, str]]) -> list[Any]:
+    from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageUser
+
+    kinds = {"user": ChatMessageUser, "assistant": ChatMessageAssistant, "system": ChatMessageSystem}
+    return [kinds.get(m.get("role", "user"), ChatMessageUser)(content=m.get("content", "")) for m in transcript]
+
+
+def _sample(record: dict[str, Any]) -> Any:
+    from inspect_ai._util.error import EvalError
+    from inspect_ai.log import EvalSample
+    from inspect_ai.model import ModelOutput, ModelUsage
+    from inspect_ai.scorer import Score
+
+    messages = _messages(record["messages"])
+    replies = [m["content"] for m in record["messages"][record["context_messages"] :] if m.get("role") == "assistant"]
+    usage = ModelUsage(
+        input_tokens=record["prompt_tokens"], output_tokens=record["completion_tokens"],
+        total_tokens=record["prompt_tokens"] + record["completion_tokens"],
+    )  # fmt: skip
+    scores = None
+    if record["score"] is not None:
+        scores = {SCORER: Score(value=record["score"], answer=record["answer"], explanation=record["grader_detail"],
+                                metadata={"status": record["status"]})}  # fmt: skip
+    return EvalSample(
+        id=record["task"], epoch=record["repeat"] + 1, input=messages[: record["context_messages"]] or messages[:1],
+        target=record["expected"] or "", messages=messages,
+        output=ModelOutput.from_content(record["model"], replies[-1] if replies else ""),
+        scores=scores, model_usage={record["model"]: usage}, total_time=record["latency_s"],
+        metadata={k: record[k] for k in ("run", "episode", "env", "suite", "split", "status", "rounds",
+                                         "model_identity", "error")},
+        error=EvalError(message=record["error"], traceback="", traceback_ansi="") if record["score"] is None else None,
+    )  # fmt: skip
+
+
+def write_inspect_logs(run: Run, records: Iterable[dict[str, Any]], folder: Path) -> list[Path]:
+    inspect_ai = _import_inspect()
+    from inspect_ai.log import EvalConfig, EvalDataset, EvalLog, EvalMetric, EvalResults, EvalScore, EvalSpec
+
+    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    meta: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in records:
+        key = (record["env"], record["model"])
+        groups[key].append(_sample(record))
+        meta.setdefault(key, {"suite": record["suite"], "split": record["split"], "identity": record["model_identity"]})
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, ((env, model), samples) in enumerate(sorted(groups.items())):
+        scored = [s.scores[SCORER].value for s in samples if s.scores]
+        spec = EvalSpec(
+            created=run.created_at.isoformat(), task=f"cycleqd/{env}", task_id=f"{run.id}-{env}", run_id=run.id,
+            dataset=EvalDataset(name=f"{meta[(env, model)]['suite']}/{meta[(env, model)]['split']}",
+                                samples=len({s.id for s in samples})),
+            model=model, config=EvalConfig(epochs=max(s.epoch for s in samples)),
+            metadata={"cycleqd_run": run.id, "kind": run.kind, "model_identity": meta[(env, model)]["identity"]},
+        )  # fmt: skip
+        mean = EvalMetric(name="mean", value=sum(scored) / len(scored) if scored else 0.0)
+        score = EvalScore(name=SCORER, scorer=SCORER, scored_samples=len(scored),
+                          unscored_samples=len(samples) - len(scored), metrics={"mean": mean})  # fmt: skip
+        results = EvalResults(total_samples=len(samples), completed_samples=len(scored), scores=[score])
+        log = EvalLog(eval=spec, status="success", results=results, samples=samples)
+        path = folder / f"{run.id}-{env}-{index}.eval"
+        inspect_ai.log.write_eval_log(log, path, format="eval")
+        written.append(path)
+    return written

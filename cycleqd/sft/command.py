@@ -1,0 +1,87 @@
+"""`cycleqd sft`: make an expert from a base checkpoint and an environment's gold trajectories."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cycleqd.eval.runtime import images_for
+from cycleqd.sandboxes.engine import docker_client
+from cycleqd.sandboxes.images import build_images
+from cycleqd.sft.data import gold_transcripts, load_transcripts, render, save_transcripts
+from cycleqd.sft.train import SFTSettings, fine_tune
+
+
+@dataclass(frozen=True)
+class SFTRequest:
+    base: Path
+    env: str
+    suite: str
+    split: str
+    limit: int | None
+    out: Path
+    settings: SFTSettings
+
+
+@dataclass(frozen=True)
+class SFTSummary:
+    examples: int
+    trained_tokens: int
+    first_loss: float
+    last_loss: float
+    seconds: float
+    out: Path
+
+    def describe(self) -> str:
+        return (f"{self.out}: {self.examples} trajectories ({self.trained_tokens} trained tokens), loss "
+                f"{self.first_loss:.3f} → {self.last_loss:.3f}, {self.seconds:.0f} s")  # fmt: skip
+
+
+def transcripts_file(out: Path) -> Path:
+    return out.with_name(out.name + ".transcripts.jsonl")
+
+
+def run_sft(request: SFTRequest, console: Console | None) -> SFTSummary:
+    """Gold trajectories (replayed once, then read from beside the output), rendered, trained on, published."""
+    from transformers import AutoTokenizer
+
+    started = time.monotonic()
+    cached = transcripts_file(request.out)
+    if cached.is_file():
+        transcripts = load_transcripts(cached)
+    else:
+        build_images(docker_client(), images_for([request.env]))
+        transcripts = asyncio.run(gold_transcripts(request.env, request.suite, request.split, request.limit))
+        save_transcripts(cached, transcripts)
+    if not transcripts:
+        raise ValueError(f"no gold trajectory of the {request.env} {request.split} split passed its own check")
+    tokenizer = AutoTokenizer.from_pretrained(request.base)
+    examples = [render(t, tokenizer, request.settings.max_length) for t in transcripts]
+    settings = request.settings
+    total = settings.steps_per_epoch(len(examples)) * settings.epochs
+    tokens = sum(e.trained_tokens for e in examples)
+    if console:
+        console.print(f"fine-tuning {request.base} on {len(examples)} {request.env} trajectories ({tokens} trained "
+                      f"tokens): {settings.epochs} epochs, {total} steps of {settings.batch_size}, "
+                      f"{'LoRA rank ' + str(settings.lora_rank) if settings.lora_rank else 'full fine-tune'}",
+                      highlight=False)  # fmt: skip
+    losses: list[float] = []
+    progress = Progress(
+        TextColumn("sft"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=console is None,
+    )  # fmt: skip
+    bar = progress.add_task("steps", total=total, loss="–")
+
+    def on_step(step: int, _total: int, loss: float) -> None:
+        losses.append(loss)
+        progress.update(bar, completed=step, loss=f"{loss:.3f}")
+
+    with progress:
+        fine_tune(request.base, examples, request.out, settings, on_step=on_step)
+    return SFTSummary(len(examples), tokens, losses[0] if losses else float("nan"),
+                      losses[-1] if losses else float("nan"), time.monotonic() - started, request.out)  # fmt: skip
