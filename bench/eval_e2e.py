@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from cycleqd.db import open_store
-from cycleqd.envs.os_interaction import OSSettings
+from cycleqd.envs.registry import EpisodeSettings
 from cycleqd.serving.client import ClientSettings
 from cycleqd.serving.default_model import default_checkpoint
 from cycleqd.serving.transformers_serve import SERVE_PRESETS, ServeOptions, TransformersServeManager
@@ -37,7 +37,7 @@ async def play(options: ServeOptions, concurrency: int, job: dict, limit: int, d
     checkpoint = default_checkpoint()
     settings = EvalSettings(
         concurrency=concurrency, max_tokens=job["max_tokens"], max_sandboxes=max(2, 2 * concurrency),
-        os=OSSettings(round_limit=job["rounds"]),
+        episode=EpisodeSettings(round_limit=job["rounds"]),
     )  # fmt: skip
     client = ClientSettings(max_concurrency=max(concurrency, 4))
     async with TransformersServeManager(options=options, client_settings=client) as manager:

@@ -21,7 +21,7 @@ import docker
 import pytest
 from cycleqd.db import open_store
 from cycleqd.envs.mariadb_server import SOCKET_ROOT
-from cycleqd.envs.os_interaction import OSSettings
+from cycleqd.envs.registry import EpisodeSettings
 from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.sandboxes.labels import RUN
 from cycleqd.serving.client import ClientSettings
@@ -171,7 +171,8 @@ async def run_suite(server: HostileModelServer, tasks: list[EvalTask], db: Path,
     run = store.create_run("eval", {"test": "adversarial"})
     endpoint = ExternalEndpoint(server.base_url, MODEL)
     model_id = store.model_id(endpoint.identity(), endpoint.label)
-    settings = EvalSettings(concurrency=3, repeats=1, retries=retries, max_sandboxes=6, os=OSSettings(round_limit=3))
+    settings = EvalSettings(concurrency=3, repeats=1, retries=retries, max_sandboxes=6,
+                            episode=EpisodeSettings(round_limit=3))  # fmt: skip
     async with ExternalManager(endpoint, ClientSettings(retries=4, backoff_s=0.5, max_backoff_s=4)) as manager:
         await manager.serve(endpoint)
         await Orchestrator(store, run.id, manager, model_id, settings).run(tasks)
