@@ -6,8 +6,12 @@ resumed run that offers an episode again gets DuplicateEpisodeError instead of a
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
+import os
 import secrets
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -315,22 +319,30 @@ class StoreOpenError(Exception):
     """The store's file cannot be opened (or created); the message says why and what to do."""
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
 def check_store_file(path: Path) -> None:
-    """StoreOpenError unless `path` is an existing SQLite file; reads 16 bytes and creates nothing."""
+    """StoreOpenError unless `path` is an existing SQLite file; reads its header and creates nothing."""
     if not path.is_file():
         raise StoreOpenError(
             f"{path}: no such store; a run creates it (e.g. `cycleqd eval --db {path}`), or pass --db with yours"
         )
-    try:
-        with path.open("rb") as handle:
-            header = handle.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise StoreOpenError(f"{path}: cannot read the store: {exc.strerror}") from None
-    if header != SQLITE_HEADER:
+    if not os.access(path, os.R_OK):
+        raise StoreOpenError(f"{path}: cannot read the store: {os.strerror(errno.EACCES)}")
+    if path.stat().st_size == 0 or not _is_sqlite_file(path):
         raise StoreOpenError(f"{path}: not an SQLite database; pass --db with a cycleqd store, or a new file name")
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    """Asked of SQLite itself, never by opening the file in Python: closing any descriptor of a file drops every
+    POSIX lock this process holds on it, so a store still open here (an engine not yet collected) lost its
+    locks; another process then took itself for the last user, deleted the -wal and -shm files, and this
+    process's next connection read the stale shared index as "database disk image is malformed". SQLite keeps
+    its own descriptors open while the file is locked. `immutable`: no lock taken, no -wal or -shm created."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)) as probe:
+            probe.execute("PRAGMA schema_version")
+    except sqlite3.DatabaseError:
+        return False
+    return True
 
 
 def check_store_path(path: Path | str, *, create: bool = True) -> None:

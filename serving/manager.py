@@ -21,8 +21,14 @@ from cycleqd.serving.server_process import ServerProcess
 log = logging.getLogger(__name__)
 
 
+# An interrupted run (Ctrl-C, SIGTERM) ends within seconds: the server holds nothing worth a graceful shutdown,
+# and a graceful one waits for the generation in flight (5 s and more on a loaded CPU) before it exits.
+INTERRUPTED_STOP_GRACE_S = 0.5
+
+
 class ServerManager(abc.ABC):
     kind: str = "?"
+    stop_grace_s = 10.0  # how long a server process has to exit on SIGTERM before it is SIGKILLed
 
     def __init__(self, client_settings: ClientSettings | None = None) -> None:
         self.client_settings = client_settings or ClientSettings()
@@ -90,7 +96,9 @@ class ServerManager(abc.ABC):
         await self.start()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None and issubclass(exc_type, (asyncio.CancelledError, KeyboardInterrupt)):
+            self.stop_grace_s = INTERRUPTED_STOP_GRACE_S
         await self.stop()
 
 
@@ -152,7 +160,7 @@ class ProcessServerManager(ServerManager):
     async def stop(self) -> None:
         await super().stop()
         if self.process is not None:
-            await asyncio.to_thread(self.process.stop)
+            await asyncio.to_thread(self.process.stop, self.stop_grace_s)
             self.process = None
 
     def logs(self, lines: int = 200) -> str:

@@ -320,7 +320,7 @@ class VLLMManager(ProcessServerManager):
     async def _stop_process(self) -> None:
         """Stop the process group and wait for the GPU memory it held to be free."""
         assert self.process is not None
-        await asyncio.to_thread(self.process.stop)
+        await asyncio.to_thread(self.process.stop, self.stop_grace_s)
         pids = self.process.stopped_pids
         await asyncio.to_thread(wait_gpu_released, self.gpu, pids, self._gpu_baseline_mib, GPU_RELEASE_TIMEOUT_S)
 

@@ -167,8 +167,6 @@ def test_a_model_the_endpoint_does_not_serve_is_one_line(tserve, tmp_path: Path)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="open (issue 13 note): on a loaded 2-core machine the cancelled run's clean-up "
-                   "was still running 80 s after SIGINT; the cause is not found yet")  # fmt: skip
 def test_ctrl_c_interrupts_within_seconds_and_resume_completes_exactly(default_model, tmp_path: Path) -> None:  # noqa: ANN001
     db = tmp_path / "interrupted.db"
     args = ["eval", "--tasks", "coding", "--limit", "4", "--max-tokens", "48", "--concurrency", "2", "--db", str(db)]

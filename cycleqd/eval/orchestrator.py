@@ -180,8 +180,11 @@ class Orchestrator:
         pool = AioPool(size=self.settings.concurrency)
         futures = []
         try:
+            # spawn_n, not `await pool.spawn`: asyncio_pool's spawn catches the CancelledError of a caller waiting
+            # for a free place and returns it inside the future, so a Ctrl-C there was lost and the run went on to
+            # the end. Here the only await is join(), which lets the cancellation through.
             for task, task_id, repeat in self.plan(tasks):
-                futures.append(await pool.spawn(self._episode(runtime, task, task_id, repeat)))
+                futures.append(pool.spawn_n(self._episode(runtime, task, task_id, repeat)))
             await pool.join()
         finally:
             # Cancelled (Ctrl-C, SIGTERM): the episodes still running stop now and release their sandboxes before
