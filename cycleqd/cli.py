@@ -263,7 +263,7 @@ def chat(prompt: str, model_ref: str, api_key_env: str, server: str, max_tokens:
 
 @cli.group()
 def suite() -> None:
-    """Task suites: check that every task's gold solution passes."""
+    """Task suites: generate DBBench-format ones (`generate db`), check that every gold solution passes (`verify`)."""
 
 
 @suite.command("generate")
