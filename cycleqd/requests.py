@@ -30,7 +30,7 @@ class EvalRequest:
     split: str = "dev"
     limit: int | None = None  # at most N tasks per environment; None: all
     repeats: int = 1
-    concurrency: int = 4
+    concurrency: int = 8  # episodes at once: what a batching server decodes together
     rounds: int = 5
     max_tokens: int = 512
     server: str = "auto"
