@@ -23,6 +23,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # What the code reads from its own folders at run time; each must be in the wheel.
 DATA_GLOBS = ["envs/data/**/*.json*", "db/migrations/**/*.py", "db/migrations/*.mako", "cycleqd/**/*.tcss"]
+# The top-level folders install as subpackages of cycleqd (pyproject's package-dir); tui.py stays the checkout's.
+SUBPACKAGES = ("envs", "db", "sandboxes", "serving", "evolver")
+CHECKOUT_ONLY = ("tests/", "bench/", "scripts/", "tui.py")
+
+
+def installed_name(path: str) -> str:
+    """Where a file of the checkout lies in the wheel."""
+    return f"cycleqd/{path}" if path.split("/", 1)[0] in SUBPACKAGES else path
 
 
 def source_files() -> list[str]:
@@ -47,11 +55,13 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_wheel_ships_every_data_file_the_code_reads(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    needed = {str(p.relative_to(ROOT)) for pattern in DATA_GLOBS for p in ROOT.glob(pattern)}
-    assert {"envs/data/os/dev.json", "envs/data/db/dev.jsonl", "db/migrations/env.py"} <= needed
+    needed = {installed_name(str(p.relative_to(ROOT))) for pattern in DATA_GLOBS for p in ROOT.glob(pattern)}
+    assert {"cycleqd/envs/data/os/dev.json", "cycleqd/envs/data/db/dev.jsonl", "cycleqd/db/migrations/env.py"} <= needed
     assert needed - names == set()
-    modules = {name for name in source_files() if name.endswith(".py") and not name.startswith(("tests/", "bench/"))}
+    modules = {installed_name(name) for name in source_files()
+               if name.endswith(".py") and not name.startswith(CHECKOUT_ONLY)}  # fmt: skip
     assert modules - names == set()
+    assert {name.split("/", 1)[0] for name in names if not name.startswith("cycleqd-")} == {"cycleqd"}
 
 
 @pytest.fixture(scope="module")
