@@ -88,7 +88,7 @@ async def test_a_settled_gate_cancels_running_episodes_cleanly_and_a_rerun_finis
             assert 2 <= len(stored) <= 3 < planned
             assert all(e.status and e.transcript and e.finished_at for e in stored)
             await runtime.pool.wait_warm()
-            (image,) = environment(tasks[0].env).images  # coding tasks: one image
+            (image,) = environment(tasks[0].env).images()  # coding tasks: one image
             assert runtime.pool.live == runtime.pool.idle(image)  # no sandbox is still held by a stopped episode
 
             rest = StopAfter(None)
@@ -164,5 +164,5 @@ async def test_a_raced_child_stops_mid_episodes_through_the_evaluator(
         stored = [e for e in store.episodes(run.id) if e.model_id == model_id]
         assert race.played <= len(stored) <= race.played + 1 and all(e.score == 0.0 for e in stored)
         await runtime.pool.wait_warm()
-        images = {i for t in tasks for i in environment(t.env).images}
+        images = {i for t in tasks for i in environment(t.env).images()}
         assert runtime.pool.live == sum(runtime.pool.idle(i) for i in images)
