@@ -223,11 +223,11 @@ async def test_the_workdir_is_there_in_every_episode_and_probed_once_per_image(o
         _, observations, _ = await run_episode(record, read, OSSettings(workdir="/srv/made-here", command_timeout_s=3))
         assert observations[0] == "The output of the OS:\n\n/srv/made-here\n/srv/made-here\n"
     assert all(folder != "/srv/made-here" for _, folder in _WORKDIR_IN_IMAGE)
+    _, observations, _ = await run_episode(record, read)  # the default: AgentBench's /
+    assert observations[0] == "The output of the OS:\n\n/\n/\n"
+    assert any(folder == "/" for _, folder in _WORKDIR_IN_IMAGE)  # the image has it: no exec next time
     _, observations, _ = await run_episode(record, read)
-    assert observations[0] == "The output of the OS:\n\n/root\n/root\n"
-    assert any(folder == "/root" for _, folder in _WORKDIR_IN_IMAGE)  # the image has it: no exec next time
-    _, observations, _ = await run_episode(record, read)
-    assert observations[0] == "The output of the OS:\n\n/root\n/root\n"
+    assert observations[0] == "The output of the OS:\n\n/\n/\n"
 
 
 # -- gold replays ----------------------------------------------------------------------------------------------------
