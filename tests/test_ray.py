@@ -35,6 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 GENERATIONS = 4
 
 
+# The Ray evaluator plays every episode (no racing on a cluster yet), so the reference run must not race either:
+# a child rejected early keeps no scores, which the snapshot compares.
+NO_RACING = {"kind": "off"}
+
+
 @pytest.fixture(scope="module")
 def cluster() -> LocalRayCluster:
     # The nodes' workers import cycleqd (and the probe, from tests/) from this tree, as this process does.
@@ -58,7 +63,8 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def single_process(family: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     db = tmp_path_factory.mktemp("single") / "single.db"
-    run_id, _, _ = run_probe_evolution(db, family, None, (0.0, 0.0), generations=GENERATIONS, bins=4)
+    run_id, _, _ = run_probe_evolution(db, family, None, (0.0, 0.0), generations=GENERATIONS, bins=4,
+                                       racing=NO_RACING)
     return snapshot(db, run_id)
 
 
@@ -77,7 +83,8 @@ def test_a_synchronous_evolution_on_the_cluster_equals_the_single_process_run(
                      for actor in evaluator.pool.actors])  # fmt: skip
     assert len(set(nodes)) == 2  # one slot per worker node
     db = tmp_path / "ray.db"
-    run_id, rows, _ = run_probe_evolution(db, family, None, (0.0, 0.0), evaluator, generations=GENERATIONS, bins=4)
+    run_id, rows, _ = run_probe_evolution(db, family, None, (0.0, 0.0), evaluator, generations=GENERATIONS, bins=4,
+                                          racing=NO_RACING)
     assert evaluator.pool.redispatched == 0
     assert snapshot(db, run_id) == single_process
     assert {r.kind for r in rows} == {"base", "expert", "merge", "final"}
@@ -91,8 +98,8 @@ def asyncio_run_close(evaluator) -> None:  # noqa: ANN001
 
 
 # The CLI in a child process; afterwards it says whether Ray was imported (an eval without --ray must not).
-CLI = ("import sys; from cycleqd.cli import cli\n"
-       "try:\n    cli(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
+CLI = ("import sys; from cycleqd.cli import main\n"  # main: the CLI's one error boundary
+       "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
        "print('ray imported:', 'ray' in sys.modules, file=sys.stderr); sys.exit(code)")  # fmt: skip
 
 
@@ -209,7 +216,7 @@ def test_a_worker_killed_mid_run_is_redispatched_and_the_archives_are_the_same(
     def evolve() -> None:
         try:
             result["run"] = run_probe_evolution(db, family, None, (0.0, 0.0), evaluator, generations=GENERATIONS,
-                                                bins=4)[0]  # fmt: skip
+                                                bins=4, racing=NO_RACING)[0]  # fmt: skip
         except BaseException as exc:  # noqa: BLE001 - reported by the test below
             result["error"] = exc
 
