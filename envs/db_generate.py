@@ -28,6 +28,7 @@ from cycleqd.envs.db_tasks import MODIFYING, parse_db_task
 from cycleqd.envs.dbbench import DBBenchEpisode
 from cycleqd.envs.errors import EpisodeSetupError
 from cycleqd.envs.mariadb_server import MariaDBServer
+from cycleqd.envs.registry import SandboxStarter
 
 GENERATOR_VERSION = 1  # bumped when tasks change, so that cached suites are regenerated
 MAX_VALUES = 6  # a SELECT whose answer has more values is drawn again
@@ -338,10 +339,10 @@ async def generate_split(count: int, seed: int, server: MariaDBServer, taken: se
 SPLIT_SEEDS = {"test": 1, "dev": 2, "train": 3}  # test first: the held-out sets are drawn before anything else
 
 
-def generate_suite(out: Path, counts: dict[str, int], seed: int = 0,
+def generate_suite(out: Path, counts: dict[str, int], start_sandbox: SandboxStarter, seed: int = 0,
                    progress: Callable[[str, int], None] = lambda *_: None) -> Path:  # fmt: skip
     """Write `<split>.jsonl` for each split of `counts` under `out`; splits already written are kept (resumable).
-    Needs the `mariadb` image (`cycleqd images build mariadb`)."""
+    The MariaDB that answers the tasks runs in a sandbox `start_sandbox` gives (of the `mariadb` image)."""
     out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     order = sorted(counts, key=lambda s: SPLIT_SEEDS.get(s, 9))
@@ -351,13 +352,13 @@ def generate_suite(out: Path, counts: dict[str, int], seed: int = 0,
             taken.update(task_key(json.loads(line)) for line in path.read_text().splitlines() if line.strip())
     missing = [split for split in order if not (out / f"{split}.jsonl").is_file()]
     if missing:
-        asyncio.run(_generate_missing(out, missing, counts, seed, taken, progress))
+        asyncio.run(_generate_missing(out, missing, counts, seed, taken, progress, start_sandbox))
     return out
 
 
 async def _generate_missing(out: Path, splits: list[str], counts: dict[str, int], seed: int, taken: set[str],
-                            progress: Callable[[str, int], None]) -> None:  # fmt: skip
-    async with MariaDBServer() as server:
+                            progress: Callable[[str, int], None], start_sandbox: SandboxStarter) -> None:  # fmt: skip
+    async with MariaDBServer(start_sandbox) as server:
         for split in splits:
             split_seed = seed * 1000 + SPLIT_SEEDS.get(split, 9)
             tasks = await generate_split(counts[split], split_seed, server, taken,

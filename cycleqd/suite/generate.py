@@ -8,9 +8,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cycleqd.envs.db_generate import generate_suite
-from cycleqd.eval.runtime import images_for
+from cycleqd.eval.runtime import docker_starter, images_for
 from cycleqd.sandboxes.engine import docker_client
 from cycleqd.sandboxes.images import build_images
+from cycleqd.sandboxes.limits import SandboxLimits
 
 
 def generated_db_suite(out: Path, counts: dict[str, int], seed: int, console: Console | None) -> Path:
@@ -21,7 +22,8 @@ def generated_db_suite(out: Path, counts: dict[str, int], seed: int, console: Co
     columns = (TextColumn("generating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=console is None, transient=True) as progress:
         bars = {split: progress.add_task(split, total=n) for split, n in counts.items()}
-        generate_suite(out, counts, seed, progress=lambda split, done: progress.update(bars[split], completed=done))
+        generate_suite(out, counts, docker_starter(None, SandboxLimits()), seed,
+                       progress=lambda split, done: progress.update(bars[split], completed=done))
     return out
 
 
