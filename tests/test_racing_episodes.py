@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack as ExitStack
 from pathlib import Path
 
@@ -52,6 +54,16 @@ class StopAfter:
         return self.limit is not None and len(self.results) >= self.limit
 
 
+async def eventually(condition: Callable[[], bool], timeout_s: float = 60.0) -> bool:
+    """Whether `condition` holds within `timeout_s` (sandboxes are removed in the background after release)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.2)
+    return True
+
+
 @pytest.fixture
 async def fixed_server() -> ExternalEndpoint:  # type: ignore[misc]
     port = free_port()
@@ -89,7 +101,8 @@ async def test_a_settled_gate_cancels_running_episodes_cleanly_and_a_rerun_finis
             assert all(e.status and e.transcript and e.finished_at for e in stored)
             await runtime.pool.wait_warm()
             (image,) = environment(tasks[0].env).images()  # coding tasks: one image
-            assert runtime.pool.live == runtime.pool.idle(image)  # no sandbox is still held by a stopped episode
+            # no sandbox is still held by a stopped episode (removals run in the background: give them time)
+            assert await eventually(lambda: runtime.pool.live == runtime.pool.idle(image))
 
             rest = StopAfter(None)
             await Orchestrator(store, run.id, manager, model_id, settings).run(tasks, runtime, rest)
@@ -165,4 +178,4 @@ async def test_a_raced_child_stops_mid_episodes_through_the_evaluator(
         assert race.played <= len(stored) <= race.played + 1 and all(e.score == 0.0 for e in stored)
         await runtime.pool.wait_warm()
         images = {i for t in tasks for i in environment(t.env).images()}
-        assert runtime.pool.live == sum(runtime.pool.idle(i) for i in images)
+        assert await eventually(lambda: runtime.pool.live == sum(runtime.pool.idle(i) for i in images))
