@@ -71,7 +71,7 @@ SCRIPTS: dict[str, list[str]] = {
     # OS: the agent breaks its own sandbox: its failure, not an environment error
     "os_delete_bash": [bash("rm -f /bin/bash /usr/bin/bash; exit"), bash("ls")],
     # OS fault: the container is killed from outside while this sleeps; retried, then answered honestly
-    "os_killed": [bash("sleep 8; echo slept"), "Think: 42.\n\nAct: answer(42)"],
+    "os_killed": [bash("sleep 15; echo slept"), "Think: 42.\n\nAct: answer(42)"],
     # DB: a modification is scored by the table whatever the ending
     "db_modify_then_invalid": [sql("UPDATE t SET v = 'z' WHERE k = 'a'"), "no format at all"],
     "db_flood": [sql("SELECT seq, REPEAT('y', 50) FROM seq_1_to_2000000"), answer(["1"])],
@@ -186,7 +186,8 @@ def containers_of(client: docker.DockerClient, run_id: str) -> list:
 
 class FaultInjector(threading.Thread):
     """Kills the sandbox under `os_killed`'s sleep and the MariaDB under `db_slow`'s, then takes the model server
-    down for 10 s."""
+    down for 10 s. The sleep lasts 15 s so that a loaded engine still sees it and kills before it ends (the kill
+    must land under the command, or the episode simply completes)."""
 
     def __init__(self, server: HostileModelServer, db: Path) -> None:
         super().__init__(daemon=True)
@@ -209,7 +210,7 @@ class FaultInjector(threading.Thread):
         run_id = self.run_id()
         for container in containers_of(self.client, run_id) if run_id else []:
             try:
-                if any("sleep 8" in " ".join(p) for p in container.top()["Processes"]):
+                if any("sleep 15" in " ".join(p) for p in container.top()["Processes"]):
                     return container
             except docker.errors.APIError:
                 pass
