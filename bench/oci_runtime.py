@@ -22,8 +22,8 @@ from cycleqd.sandboxes.limits import SandboxLimits
 RUNTIMES = ("runc", "crun")
 
 
-async def lifecycles(client: docker.DockerClient, image: str, runtime: str, concurrency: int) -> float:
-    """Seconds per lifecycle, `concurrency` lifecycles at once."""
+async def lifecycles(client: docker.DockerClient, image: str, runtime: str | None, concurrency: int) -> float:
+    """Seconds per lifecycle, `concurrency` lifecycles at once (runtime None: the engine's default)."""
     limits = SandboxLimits(runtime=runtime)
 
     async def one() -> None:

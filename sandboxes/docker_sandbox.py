@@ -12,7 +12,9 @@ import io
 import logging
 import socket
 import tarfile
+import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 
 import docker
@@ -35,17 +37,22 @@ KILL_GRACE_S = 3.0
 ROOT = "0"  # numeric: still works after an agent has mangled /etc/passwd
 
 
-_QUOTA: dict[str, bool] = {}
+# Per client, not per URL: two engines on two unix sockets share the URL "http+docker://localhost".
+_QUOTA: weakref.WeakKeyDictionary[docker.DockerClient, bool] = weakref.WeakKeyDictionary()
+_QUOTA_LOCK = threading.Lock()  # sandboxes are created from worker threads: ask and warn once, not once per thread
 
 
 def engine_has_quota(client: docker.DockerClient) -> bool:
     """Asked once per engine (an overlay2 on xfs without pquota still refuses: then no quota, said once)."""
-    key = client.api.base_url
-    if key not in _QUOTA:
-        _QUOTA[key] = quota_supported(client.info())
-        if not _QUOTA[key]:
-            log.warning("this engine cannot limit what a sandbox writes (needs btrfs, zfs or overlay2 on xfs+pquota)")
-    return _QUOTA[key]
+    with _QUOTA_LOCK:
+        if client not in _QUOTA:
+            _QUOTA[client] = quota_supported(client.info())
+            if not _QUOTA[client]:
+                log.warning(
+                    "this engine caps each file a sandbox writes but not their sum (that needs btrfs, zfs or overlay2 "
+                    "on xfs+pquota: `cycleqd engine start --disk-quota` starts one on btrfs)"
+                )
+        return _QUOTA[client]
 
 
 def create_container(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from docker.types import Ulimit
+
 
 @dataclass(frozen=True)
 class SandboxLimits:
@@ -20,9 +22,10 @@ class SandboxLimits:
     pids: int = 256
     command_timeout_s: float = 30.0
     output_cap_bytes: int = 1 << 20
-    # What the sandbox may write (its whole writable layer). Enforced by the engine's storage driver where it can
-    # (btrfs, zfs, overlay2 on xfs with pquota: writes past it fail with EDQUOT/ENOSPC, the host is untouched);
-    # `quota_supported()` says whether this engine can; where it cannot, the limit is not enforced.
+    # What the sandbox may write. On every engine it caps each file (RLIMIT_FSIZE: a write past it fails, "File size
+    # limit exceeded"). The whole writable layer is capped only where the engine's storage driver can (btrfs, zfs,
+    # overlay2 on xfs with pquota; writes past it fail with EDQUOT/ENOSPC, the host is untouched): `quota_supported()`
+    # says whether this engine can; `cycleqd engine start --disk-quota` starts one that can, at a cost (engine.py).
     disk_bytes: int = 4 << 30
     runtime: str | None = None  # the engine's OCI runtime by name (e.g. "crun"); None: the engine's default
 
@@ -54,6 +57,8 @@ class SandboxLimits:
             "memswap_limit": self.memory_bytes,
             "nano_cpus": int(self.cpus * 1e9),
             "pids_limit": self.pids,
+            # Costs nothing on any engine, and no process in the sandbox may raise it (no CAP_SYS_RESOURCE).
+            "ulimits": [Ulimit(name="fsize", soft=self.disk_bytes, hard=self.disk_bytes)],
         }
         if disk_quota:
             kwargs["storage_opt"] = {"size": str(self.disk_bytes)}

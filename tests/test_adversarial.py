@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -335,15 +336,70 @@ def test_a_sigkilled_eval_resumes_exactly_and_a_completed_resume_writes_nothing(
         server.down()
 
 
-async def test_a_sandbox_cannot_write_past_its_disk_limit(docker_engine: docker.DockerClient) -> None:
+async def test_no_file_a_sandbox_writes_grows_past_its_disk_limit() -> None:
+    """On every engine: the per-file cap, which no process in the sandbox can raise."""
+    from cycleqd.sandboxes.docker_sandbox import DockerSandbox
+    from cycleqd.sandboxes.limits import SandboxLimits
+
+    limit = 64 << 20
+    async with await DockerSandbox.start(image_tag("os-default"), limits=SandboxLimits(disk_bytes=limit)) as box:
+        wrote = await box.exec("dd if=/dev/zero of=/root/big bs=1M count=200 2>/dev/null; echo $?")
+        size = await box.exec("stat -c %s /root/big")
+        raised = await box.exec("ulimit -f unlimited 2>/dev/null; echo $?")
+    assert wrote.stdout.split() == ["153"]  # 128 + SIGXFSZ: the write past the cap killed dd
+    assert int(size.stdout) == limit
+    assert raised.stdout.split() == ["1"]
+
+
+@pytest.fixture(scope="module")
+def quota_engine(tmp_path_factory: pytest.TempPathFactory, docker_engine: docker.DockerClient) -> Iterator[str]:
+    """A dockerd of this test's own on a `QuotaDataRoot` (what `cycleqd engine start --disk-quota` starts), holding
+    the os-default image; its socket's URL. Needs root, loop devices and btrfs in the kernel."""
+    from cycleqd.sandboxes.engine import QuotaDataRoot
+
+    if os.geteuid() != 0:
+        pytest.skip("a quota engine is started as root")
+    folder = tmp_path_factory.mktemp("quota-engine")
+    data_root = QuotaDataRoot(folder / "root", folder / "root.btrfs", max_bytes=4 << 30)
+    why_not = data_root.mount()
+    if why_not:
+        pytest.skip(f"this machine cannot mount a btrfs data root: {why_not}")
+    url = f"unix://{folder}/docker.sock"
+    argv = ["dockerd", "--iptables=false", "--bridge=none", *data_root.dockerd_args(), "-H", url,
+            "--exec-root", str(folder / "exec"), "--pidfile", str(folder / "docker.pid")]  # fmt: skip
+    with open(folder / "dockerd.log", "wb") as log:
+        dockerd = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = docker.DockerClient(base_url=url, timeout=120)  # asks the engine's API version
+                break
+            except docker.errors.DockerException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        tag = image_tag("os-default")
+        client.images.load(b"".join(docker_engine.images.get(tag).save(named=True)))
+        yield url
+    finally:
+        dockerd.terminate()
+        dockerd.wait(timeout=60)
+        subprocess.run(["umount", str(data_root.root)], check=True)
+        data_root.image.unlink()
+
+
+async def test_on_a_quota_engine_a_sandbox_cannot_write_past_its_disk_limit(quota_engine: str) -> None:
+    """The sum of many files, each under the per-file cap, stops at the sandbox's limit; the agent sees EDQUOT."""
     from cycleqd.sandboxes.docker_sandbox import DockerSandbox
     from cycleqd.sandboxes.limits import SandboxLimits, quota_supported
 
-    if not quota_supported(docker_engine.info()):
-        pytest.skip(
-            "this engine cannot limit a container's writable layer (needs btrfs, zfs or overlay2 on xfs+pquota)"
-        )
-    limits = SandboxLimits(disk_bytes=1 << 30, command_timeout_s=120)
-    async with await DockerSandbox.start(image_tag("os-default"), limits=limits) as box:
-        result = await box.exec("dd if=/dev/zero of=/root/big bs=1M count=3000 2>&1 | head -1")
-    assert "Disk quota exceeded" in result.stdout or "No space left on device" in result.stdout
+    client = docker.DockerClient(base_url=quota_engine, timeout=120)
+    assert quota_supported(client.info())
+    limits = SandboxLimits(disk_bytes=512 << 20, command_timeout_s=120)  # 100 MB per file passes the per-file cap
+    write = "for i in 1 2 3 4 5 6 7 8; do dd if=/dev/zero of=/root/f$i bs=1M count=100 2>&1 | grep -o 'quota.*'; done"
+    async with await DockerSandbox.start(image_tag("os-default"), limits=limits, client=client) as box:
+        refused = await box.exec(write)
+        written = await box.exec("sync; du -sm /root | cut -f1")
+    assert "quota exceeded" in refused.stdout
+    assert int(written.stdout) < 512  # in all: under the limit (with the image's ~350 MB), not the 800 MB asked

@@ -18,7 +18,7 @@ MIN_FREE_GIB = 5.0
 def check_engine() -> Check:
     status = engine_status()
     if status.reachable:
-        return Check("docker engine", True, f"Docker {status.version} (API {status.api_version})")
+        return Check("docker engine", True, status.describe())
     return Check(
         "docker engine",
         False,
