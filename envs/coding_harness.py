@@ -36,6 +36,7 @@ CHILD = r"""
 import json, os, sys
 rpc_in, rpc_out = int(sys.argv[1]), int(sys.argv[2])
 reader, writer = os.fdopen(rpc_in, "rb"), os.fdopen(rpc_out, "wb")
+objects = []  # instances of the solution's own classes, which the checker holds only as numbered handles
 
 
 def encode(v, depth=0):
@@ -61,6 +62,9 @@ def encode(v, depth=0):
     if isinstance(v, range) or type(v).__name__ in ("generator", "map", "filter", "zip", "dict_keys",
                                                         "dict_values", "dict_items", "reversed", "enumerate"):
         return ["g", [encode(x, depth + 1) for x in v]]
+    if type(v).__module__ == "__main__":  # a class the solution defines (MBPP's Node, Pair): it stays here
+        objects.append(v)
+        return ["r", str(len(objects) - 1)]
     raise TypeError("cannot return a " + type(v).__name__ + " to the tests")
 
 
@@ -86,6 +90,8 @@ def decode(v):
         return complex(float.fromhex(body[0]), float.fromhex(body[1]))
     if tag == "y":
         return getattr(__builtins__, body[0])
+    if tag == "r":
+        return objects[int(body[0])]
     raise ValueError("argument tag " + repr(tag))
 
 
@@ -105,7 +111,12 @@ send({"ready": True})
 for line in reader:
     request = json.loads(line)
     try:
-        result = namespace[request["name"]](*decode(request["args"]), **decode(request["kwargs"]))
+        if request["op"] == "getattr":
+            result = getattr(objects[request["ref"]], request["name"])
+        elif request["op"] == "setattr":
+            result = setattr(objects[request["ref"]], request["name"], decode(request["value"]))
+        else:
+            result = namespace[request["name"]](*decode(request["args"]), **decode(request["kwargs"]))
         send({"value": encode(result)})
     except BaseException as exc:
         send({"raise": type(exc).__name__ + ": " + str(exc)[:300]})
@@ -114,6 +125,29 @@ for line in reader:
 
 class SolutionFailed(Exception):
     """The solution raised, returned something the tests cannot receive, died or broke the protocol."""
+
+
+class Remote:
+    """An instance of one of the solution's classes (MBPP builds its trees of `Node`s this way), left in the
+    solution's process: the tests may read and set its attributes and pass it back, each a request over the pipe.
+    Its truth, equality and hash are refused, so a remote object can never be what an assert accepts."""
+
+    __slots__ = ("_solution", "_ref")
+
+    def __init__(self, solution, ref):
+        object.__setattr__(self, "_solution", solution)
+        object.__setattr__(self, "_ref", ref)
+
+    def __getattr__(self, name):
+        return self._solution.request({"op": "getattr", "ref": self._ref, "name": name})
+
+    def __setattr__(self, name, value):
+        self._solution.request({"op": "setattr", "ref": self._ref, "name": name, "value": encode_argument(value)})
+
+    def _refused(self, *_):
+        raise SolutionFailed("the tests used an object of the solution's as a value")
+
+    __bool__ = __eq__ = __ne__ = __hash__ = __lt__ = __le__ = __gt__ = __ge__ = __len__ = __iter__ = _refused
 
 
 def encode_argument(v):
@@ -136,16 +170,21 @@ def encode_argument(v):
         return ["c", float.hex(v.real), float.hex(v.imag)]
     if type(v) is type and getattr(__builtins__, v.__name__, None) is v:  # int, str, … as arguments
         return ["y", v.__name__]
+    if type(v) is Remote:
+        return ["r", v._ref]
     raise SolutionFailed("the tests pass a " + type(v).__name__ + ", which cannot cross to the solution")
 
 
-def decode_value(v):
-    """A returned value rebuilt from builtin types alone: nothing of the solution's survives."""
+def decode_value(v, solution):
+    """A returned value rebuilt from builtin types alone (and `Remote` handles): nothing of the solution's runs
+    here."""
     if v is None or type(v) is bool or type(v) is str:
         return v
     if type(v) is not list or not v or type(v[0]) is not str:
         raise SolutionFailed("malformed return value")
     tag = v[0]
+    if tag == "r":
+        return Remote(solution, int(str(v[1])))
     if tag == "i":
         return int(str(v[1]))
     if tag == "f":
@@ -155,10 +194,10 @@ def decode_value(v):
     if tag == "b":
         return bytes.fromhex(str(v[1]))
     if tag == "d":
-        return {decode_value(k): decode_value(x) for k, x in v[1]}
+        return {decode_value(k, solution): decode_value(x, solution) for k, x in v[1]}
     kinds = {"l": list, "g": list, "t": tuple, "s": set, "z": frozenset}
     if tag in kinds and type(v[1]) is list:
-        return kinds[tag](decode_value(x) for x in v[1])
+        return kinds[tag](decode_value(x, solution) for x in v[1])
     raise SolutionFailed("malformed return value")
 
 
@@ -259,13 +298,17 @@ class Solution:
             raise SolutionFailed("malformed reply")
         return reply
 
+    def request(self, message):
+        self.send(message)
+        reply = self.receive()
+        if "value" in reply:
+            return decode_value(reply["value"], self)
+        raise SolutionFailed(str(reply.get("raise", "malformed reply")))
+
     def proxy(self, name):
         def call(*args, **kwargs):
-            self.send({"name": name, "args": encode_argument(list(args)), "kwargs": encode_argument(kwargs)})
-            reply = self.receive()
-            if "value" in reply:
-                return decode_value(reply["value"])
-            raise SolutionFailed(str(reply.get("raise", "malformed reply")))
+            args, kwargs = encode_argument(list(args)), encode_argument(kwargs)
+            return self.request({"op": "call", "name": name, "args": args, "kwargs": kwargs})
 
         call.__name__ = name
         return call

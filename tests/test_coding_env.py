@@ -110,6 +110,32 @@ async def test_only_code_that_passes_every_test_scores(os_image: str, reply: str
     assert (await run(os_image, MBPP_TASK, reply)).score == score
 
 
+TREE_TASK = {  # as MBPP 927: the set-up builds its arguments from a class the solution defines
+    "task_id": 9927,
+    "text": "Write a function to find the height of a binary tree.",
+    "code": "class Node:\n    def __init__(self, data):\n        self.data, self.left, self.right = data, None, None\n"
+    "def height(n):\n    return 0 if n is None else 1 + max(height(n.left), height(n.right))",
+    "test_setup_code": "root = Node(1)\nroot.left = Node(2)\nroot.left.right = Node(3)\nroot.right = Node(4)",
+    "test_list": ["assert height(root) == 3", "assert height(root.left) == 2", "assert height(None) == 0"],
+}
+NODE = "class Node:\n    def __init__(self, data):\n        self.data, self.left, self.right = data, None, None\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "score"),
+    [
+        ("def height(n):\n    return 0 if n is None else 1 + max(height(n.left), height(n.right))", 1.0),
+        ("def height(n):\n    return 0 if n is None else 1 + height(n.left)", 0.0),
+        ("def height(n):\n    return n", 0.0),  # a handle of its own instead of a number: never equal to 3
+        ("class L:\n    __eq__ = lambda s, o: True\ndef height(n):\n    return L()", 0.0),
+    ],
+)
+async def test_arguments_built_from_the_solutions_classes_stay_in_its_process(
+    os_image: str, body: str, score: float
+) -> None:
+    assert (await run(os_image, TREE_TASK, f"```python\n{NODE}{body}\n```")).score == score
+
+
 async def test_a_hanging_solution_times_out(os_image: str) -> None:
     outcome = await run(os_image, MBPP_TASK, "```python\nwhile True:\n    pass\n```", timeout_s=2)
     assert (outcome.status, outcome.score, outcome.detail) == (EpisodeStatus.COMMAND_TIMEOUT, 0.0, "timed out")
