@@ -48,6 +48,13 @@ def greedy(folder: Path, transcript: GoldTranscript, new_tokens: int) -> str:
     return tokenizer.decode(output[0, len(prompt) :], skip_special_tokens=True)
 
 
+def test_the_learning_curve_is_the_mean_loss_of_each_epoch_counted_from_the_last_step() -> None:
+    from cycleqd.sft.command import epoch_means
+
+    assert epoch_means([4.0, 2.0, 3.0, 1.0], 2) == (3.0, 2.0)
+    assert epoch_means([2.0, 3.0, 1.0], 2) == (2.0, 2.0)  # resumed after the first step: the rest of epoch 1, epoch 2
+
+
 @pytest.mark.slow
 def test_sft_lowers_the_loss_and_moves_the_greedy_answer_toward_the_gold(docker_engine, default_model, tmp_path: Path) -> None:  # noqa: ANN001, E501
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -56,6 +63,7 @@ def test_sft_lowers_the_loss_and_moves_the_greedy_answer_toward_the_gold(docker_
     settings = SFTSettings(epochs=4, learning_rate=1e-4, batch_size=1, max_length=1024, save_every=100)
     summary = run_sft(SFTRequest(default_model.path, "coding", "builtin", "train", 2, out, settings), console=None)
     assert summary.examples == 2 and summary.last_loss < summary.first_loss
+    assert len(summary.epoch_losses) == 4 and summary.epoch_losses[-1] < summary.epoch_losses[0]  # the curve
     verify_experts(default_model.path, [out])  # same tensor names, shapes and dtypes: usable as an expert
 
     transcripts = load_transcripts(transcripts_file(out))

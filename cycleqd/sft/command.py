@@ -36,10 +36,19 @@ class SFTSummary:
     last_loss: float
     seconds: float
     out: Path
+    epoch_losses: tuple[float, ...] = ()  # the learning curve: mean loss of each epoch's steps
 
     def describe(self) -> str:
+        curve = ", ".join(f"{loss:.3f}" for loss in self.epoch_losses)
         return (f"{self.out}: {self.examples} trajectories ({self.trained_tokens} trained tokens), loss "
-                f"{self.first_loss:.3f} → {self.last_loss:.3f}, {self.seconds:.0f} s")  # fmt: skip
+                f"{self.first_loss:.3f} → {self.last_loss:.3f} (by epoch: {curve}), {self.seconds:.0f} s")  # fmt: skip
+
+
+def epoch_means(losses: list[float], steps_per_epoch: int) -> tuple[float, ...]:
+    """Mean loss per epoch. Grouped back from the last step, which always ends an epoch: after a resume, the steps
+    this process saw start mid-epoch, and that first, partial epoch is the mean of what was seen."""
+    epochs = [losses[max(0, end - steps_per_epoch) : end] for end in range(len(losses), 0, -steps_per_epoch)]
+    return tuple(sum(epoch) / len(epoch) for epoch in reversed(epochs))
 
 
 def transcripts_file(out: Path) -> Path:
@@ -83,5 +92,7 @@ def run_sft(request: SFTRequest, console: Console | None) -> SFTSummary:
 
     with progress:
         fine_tune(request.base, examples, request.out, settings, on_step=on_step)
+    per_epoch = epoch_means(losses, settings.steps_per_epoch(len(examples)))
     return SFTSummary(len(examples), tokens, losses[0] if losses else float("nan"),
-                      losses[-1] if losses else float("nan"), time.monotonic() - started, request.out)  # fmt: skip
+                      losses[-1] if losses else float("nan"), time.monotonic() - started, request.out,
+                      per_epoch)  # fmt: skip
