@@ -22,6 +22,7 @@ import os
 import resource
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,9 +67,18 @@ def engine_status() -> EngineStatus:
                         storage=str(info.get("Driver", "?")), disk_limits=quota_supported(info))  # fmt: skip
 
 
-@functools.cache
+_CLIENT_LOCK = threading.Lock()
+
+
 def docker_client() -> docker.DockerClient:
-    """A client of the engine DOCKER_HOST names (default: the local socket). One per process."""
+    """A client of the engine DOCKER_HOST names (default: the local socket). One per process, even when the first
+    sandboxes start from several worker threads at once."""
+    with _CLIENT_LOCK:
+        return _connect()
+
+
+@functools.cache
+def _connect() -> docker.DockerClient:
     try:
         client = docker.from_env(timeout=120)
         client.ping()

@@ -24,9 +24,9 @@ def test_without_an_engine_and_without_root_it_says_what_to_install(monkeypatch:
 
 def test_client_error_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    engine.docker_client.cache_clear()
+    engine._connect.cache_clear()
     try:
         with pytest.raises(EngineUnavailableError, match="cycleqd engine start"):
             engine.docker_client()
     finally:
-        engine.docker_client.cache_clear()
+        engine._connect.cache_clear()
