@@ -63,8 +63,8 @@ class DemoBudget:
         return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
 
 
-# Two presets. default: sized by estimate() to fit in 2 hours on this project's 2-core machine; night: splits that
-# resolve a 0.1 difference (≥ 50 dev, ≥ 100 test per environment) and thousands of generated DB tasks — about 17
+# Two presets. default: fits in 2 hours on this project's 2-core machine (measured: 1 h 16 min); night: splits that
+# resolve a 0.1 difference (≥ 50 dev, ≥ 100 test per environment) and thousands of generated DB tasks — about 10
 # hours by the 2-core estimate, a night where model serving is faster (more cores, or a GPU with vLLM).
 PRESETS = {
     "default": DemoBudget(),
@@ -80,12 +80,15 @@ PRESETS = {
     ),  # fmt: skip
 }
 
-# Seconds, measured on 2 shared cores (README, the demo section): one trajectory through one epoch of full
-# fine-tuning (gold replay included), and one episode's fixed cost plus its cost per token of reply per round.
-SFT_S_PER_TRAJECTORY_EPOCH = 4.6
+# Seconds, measured on 2 cores (README, the demo section): one trajectory through one epoch of full fine-tuning
+# (gold replay included; the default demo's three experts: 270 trajectory-epochs in 34 min with other work on the
+# machine, OS trajectories the slowest), and one episode's share of the time when 8 play at once against the
+# batching CPU server: its fixed cost plus its cost per token of reply per round (the default demo's 450 test
+# episodes at 128 tokens × 2 rounds took 31 min with the model swaps: 3.8 s each).
+SFT_S_PER_TRAJECTORY_EPOCH = 6.0
 DB_GENERATE_S_PER_TASK = 0.55  # `suite generate db`: 100 tasks in 55 s
-EPISODE_FIXED_S = 1.5
-EPISODE_S_PER_TOKEN_ROUND = 0.030
+EPISODE_FIXED_S = 1.0
+EPISODE_S_PER_TOKEN_ROUND = 0.011
 SWAP_S = 20.0  # materialising a genome and restarting the model server, per model
 MODELS_ON_TEST = 6  # base, three experts, the naive merge, the final model
 
