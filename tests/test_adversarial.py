@@ -72,7 +72,7 @@ SCRIPTS: dict[str, list[str]] = {
     # OS: the agent breaks its own sandbox: its failure, not an environment error
     "os_delete_bash": [bash("rm -f /bin/bash /usr/bin/bash; exit"), bash("ls")],
     # OS fault: the container is killed from outside while this sleeps; retried, then answered honestly
-    "os_killed": [bash("sleep 15; echo slept"), "Think: 42.\n\nAct: answer(42)"],
+    "os_killed": [bash("sleep 25; echo slept"), "Think: 42.\n\nAct: answer(42)"],
     # DB: a modification is scored by the table whatever the ending
     "db_modify_then_invalid": [sql("UPDATE t SET v = 'z' WHERE k = 'a'"), "no format at all"],
     "db_flood": [sql("SELECT seq, REPEAT('y', 50) FROM seq_1_to_2000000"), answer(["1"])],
@@ -187,8 +187,8 @@ def containers_of(client: docker.DockerClient, run_id: str) -> list:
 
 class FaultInjector(threading.Thread):
     """Kills the sandbox under `os_killed`'s sleep and the MariaDB under `db_slow`'s, then takes the model server
-    down for 10 s. The sleep lasts 15 s so that a loaded engine still sees it and kills before it ends (the kill
-    must land under the command, or the episode simply completes)."""
+    down for 10 s. The sleep lasts 25 s (under the 30 s command limit) so that a loaded engine still sees it and kills
+    before it ends (the kill must land under the command, or the episode simply completes)."""
 
     def __init__(self, server: HostileModelServer, db: Path) -> None:
         super().__init__(daemon=True)
@@ -211,7 +211,8 @@ class FaultInjector(threading.Thread):
         run_id = self.run_id()
         for container in containers_of(self.client, run_id) if run_id else []:
             try:
-                if any("sleep 15" in " ".join(p) for p in container.top()["Processes"]):
+                # a container that is starting or going has no process list yet (None), not an empty one
+                if any("sleep 25" in " ".join(p) for p in container.top().get("Processes") or []):
                     return container
             except docker.errors.APIError:
                 pass
@@ -274,7 +275,8 @@ async def test_every_attack_is_contained_and_every_fault_survived(clean_run: dic
     assert len(flood) == 800 + len("[TRUNCATED]") and flood.endswith("[TRUNCATED]")
     error = episodes["db_error_text"].transcript[-2]["content"]
     assert "MySQL server version" in error and "MariaDB" not in error
-    assert server.served["os_killed"] >= 3  # the killed attempt, then the retried one
+    killed = episodes["os_killed"]  # the killed attempt, then the retried one
+    assert server.served["os_killed"] >= 3, killed.transcript[-3:]
     assert time.monotonic() - started < 600
 
 

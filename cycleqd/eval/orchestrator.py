@@ -15,6 +15,7 @@ and those not started never are.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -224,13 +225,25 @@ class Orchestrator:
     async def commit(self, record: EpisodeRecord, task: EvalTask, seconds: float) -> EpisodeResult | None:
         """Store one finished episode (wherever it was played) and report it; a second copy is never counted."""
         try:
-            await asyncio.to_thread(self.store.record_episode, record)
+            await self._store(record)
         except DuplicateEpisodeError:
             log.warning("%s repeat %d was already recorded; not counted twice", task.key, record.repeat)
             return None
         result = EpisodeResult(task, record.repeat, str(record.status), record.score, seconds)
         self.on_result(result)
         return result
+
+
+    async def _store(self, record: EpisodeRecord) -> None:
+        write = asyncio.ensure_future(asyncio.to_thread(self.store.record_episode, record))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # Cancelling cannot stop the thread that writes the row: wait for it, so that a cancelled run (a settled
+            # race, Ctrl-C) returns with nothing still landing in the store behind it.
+            with contextlib.suppress(Exception):
+                await write
+            raise
 
 
 async def play_record(
