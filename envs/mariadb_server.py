@@ -77,7 +77,9 @@ class MariaDBServer:
         self._socket_dir.chmod(0o777)
         self._container = await self.start_sandbox(
             "mariadb",
-            limits=SandboxLimits(pids=2048, memory_bytes=2 << 30),
+            # No sandbox's per-file cap on the shared server: a table one episode grew past it would make mysqld
+            # fail for every episode (an environment error, retried: the attacker's failure "not counted").
+            limits=SandboxLimits(pids=2048, memory_bytes=2 << 30, disk_bytes=1 << 40),
             command=["bash", "-c", _SERVER_SCRIPT],
             mounts={str(self._socket_dir): "/run/mysqld"},
         )
