@@ -18,6 +18,8 @@ error the orchestrator retries — never "the output is empty" read by the agent
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,8 @@ from cycleqd.envs.os_tasks import OSTask
 from cycleqd.sandboxes.contract import Sandbox, SandboxHealth, ShellSession
 from cycleqd.sandboxes.errors import SandboxError
 from cycleqd.sandboxes.output import truncate_for_display
+
+HEALTH_SETTLE_S = 3.0  # how long a sandbox may still read as running after it was killed
 
 _WORKDIR_IN_IMAGE: set[tuple[str, str]] = set()  # (image id, folder): folders the image itself holds
 
@@ -134,11 +138,21 @@ class OSInteractionEpisode(Episode):
     async def _blame(self, cause: SandboxError | None) -> None:
         """Raise EpisodeSetupError unless the sandbox still stands (or died of the agent's own memory use)."""
         try:
-            health = await self.sandbox.health()
+            health = await self._settled_health()
         except SandboxError as exc:
             raise EpisodeSetupError(f"{self.task.task_id}: the engine failed during the episode: {exc}") from exc
         if health == SandboxHealth.GONE:
             raise EpisodeSetupError(f"{self.task.task_id}: the sandbox died under the agent ({cause or 'no cause'})")
+
+    async def _settled_health(self) -> SandboxHealth:
+        # A killed container's exec streams close before the engine records its exit, so a RUNNING right after the
+        # session died may be stale: ask again for a moment before blaming the agent.
+        deadline = time.monotonic() + HEALTH_SETTLE_S
+        health = await self.sandbox.health()
+        while health == SandboxHealth.RUNNING and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            health = await self.sandbox.health()
+        return health
 
     async def outcome(self) -> Outcome:
         if self.status is None:
