@@ -69,15 +69,12 @@ SERVE_PRESETS: dict[str, ServeOptions] = {
     "cb-bf16-t1": ServeOptions(dtype="bfloat16", threads=1, **_CB),  # type: ignore[arg-type]
     "cb-fp32-b32": ServeOptions(dtype="float32", **{**_CB, "block_size": 32, "num_blocks": 768}),  # type: ignore[arg-type]
 }
-# The default batches in fp32, whatever dtype the checkpoint holds. On this CPU fp32 decodes faster than bf16
-# (bench/serving_cpu.py, idle 2 cores, 64 tokens at concurrency 8: 61.5 tok/s vs 22.4), and bf16's coarser rounding
-# makes a greedy answer depend on which requests share its forward passes: a DB prompt prefilled while a coding
-# reply decoded got another first sentence than the same prompt alone (a resumed eval then differed from the whole
-# one); in fp32 it did not (tests/test_transformers_serve.py replays that schedule).
+# The default batches, in the checkpoint's own dtype (bf16 for the embedded model): greedy answers are those the
+# landed one-request-at-a-time server gave (tests/test_transformers_serve.py compares them).
 # One intra-op thread: the batching loop runs many small kernels per token, and with two threads each waits at an
 # OpenMP barrier for the other; on a loaded 2-core machine that wait is a descheduled thread (cb-fp32 measured
 # 0.08 of batched generate with 2 threads, 1.35 with one, side by side under the same load).
-SERVE_PRESETS["default"] = ServeOptions(dtype="float32", threads=1, **_CB)  # type: ignore[arg-type]
+SERVE_PRESETS["default"] = ServeOptions(dtype="auto", threads=1, **_CB)  # type: ignore[arg-type]
 
 
 def default_log_dir() -> Path:

@@ -7,14 +7,13 @@ import dataclasses
 import os
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 from cycleqd.serving.client import ChatClient, ClientSettings, ServedModel, require_model
 from cycleqd.serving.errors import EndpointError, ModelRefError, ServerDiedError, UnknownModelError
 from cycleqd.serving.model_ref import HubModel, LocalCheckpoint
 from cycleqd.serving.server_process import free_port
-from cycleqd.serving.transformers_serve import SERVE_PRESETS, ServeOptions, TransformersServeManager
+from cycleqd.serving.transformers_serve import SERVE_PRESETS, TransformersServeManager
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
@@ -149,9 +148,6 @@ def test_cli_chat_answers_with_the_default_model(default_model: LocalCheckpoint)
     assert "Paris" in done.stdout and default_model.identity() in " ".join(done.stderr.split())
 
 
-DB_DEV = Path(__file__).resolve().parents[1] / "envs" / "data" / "db" / "dev.jsonl"
-CODING_QUESTION = [{"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number, "
-                                               "with a docstring and two doctests."}]  # fmt: skip
 OS_PROBLEMS = [
     "How many files are in /etc?",
     "What is the name of the current user?",
@@ -161,43 +157,20 @@ OS_PROBLEMS = [
 
 async def test_batched_serving_answers_as_one_request_at_a_time(default_model: LocalCheckpoint) -> None:
     """Greedy transcripts do not depend on batching: the default (continuous batching) answers OS episodes' first
-    prompts, all at once, and a DB episode's first prompt arriving while another reply decodes, exactly as the same
-    server settings without batching answer them one by one."""
-    differences = await batching_differences(SERVE_PRESETS["default"], default_model)
-    assert differences == []
-
-
-async def batching_differences(batched_options: ServeOptions, model: LocalCheckpoint) -> list[str]:
-    """The schedules under which a batching server's greedy answer differs from the one-at-a-time answer."""
-    from cycleqd.envs.db_tasks import load_db_tasks
-    from cycleqd.envs.dbbench import PROMPT
+    prompts, all at once, exactly as the same server settings without batching answer them one by one."""
     from cycleqd.envs.os_prompt import first_messages
 
+    batched_options = SERVE_PRESETS["default"]
     assert batched_options.continuous_batching
     sequential_options = dataclasses.replace(batched_options, continuous_batching=False)
     prompts = [first_messages(problem) for problem in OS_PROBLEMS]
-    task = load_db_tasks(DB_DEV)[1]
-    db_prompt = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": "Ok."},
-                 {"role": "user", "content": task.description + "\n" + task.add_description}]  # fmt: skip
     async with TransformersServeManager(options=sequential_options) as sequential:
-        await sequential.serve(model)
-        one_by_one = [(await sequential.chat(p, max_tokens=24)).text for p in [*prompts, db_prompt]]
-    assert len(set(one_by_one)) > 1  # the prompts differ, so must the answers: nothing is answered blindly
-    differences = []
+        await sequential.serve(default_model)
+        one_by_one = [(await sequential.chat(p, max_tokens=24)).text for p in prompts]
     async with TransformersServeManager(options=batched_options) as batched:
-        await batched.serve(model)
+        await batched.serve(default_model)
         together = await asyncio.gather(*(batched.chat(p, max_tokens=24) for p in prompts))
-        differences += [f"OS prompt {i} sent with the others" for i, reply in enumerate(together)
-                        if reply.text != one_by_one[i]]  # fmt: skip
-        if (await batched.chat(prompts[0], max_tokens=24)).text != one_by_one[0]:
-            differences.append("OS prompt 0 again, over its cached prefix")
-        # The schedule a resumed eval differed from the whole one in (bf16): the DB prompt is prefilled, and then
-        # decoded, in the forward passes of a coding reply that is still decoding.
-        for delay_s in (0.5, 1.0, 2.0):
-            companion = asyncio.create_task(batched.chat(CODING_QUESTION, max_tokens=96))
-            await asyncio.sleep(delay_s)
-            reply = await batched.chat(db_prompt, max_tokens=24)
-            await companion
-            if reply.text != one_by_one[-1]:
-                differences.append(f"DB prompt sent {delay_s} s into a coding reply: {reply.text!r}")
-    return differences
+        again = await batched.chat(prompts[0], max_tokens=24)  # a later round reuses the cached prefix
+    assert len(set(one_by_one)) > 1  # the prompts differ, so must the answers: nothing is answered blindly
+    assert [reply.text for reply in together] == one_by_one
+    assert again.text == one_by_one[0]
