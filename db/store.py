@@ -22,6 +22,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from cycleqd.db.schema import Aggregate, Episode, Model, Run, RunStatus, Task, utcnow
 from sqlalchemy import Engine, Select, create_engine, delete, event, func, select
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
@@ -107,10 +109,22 @@ def _migration_lock(path: Path | str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def migrate(engine: Engine, path: Path | str = ":memory:") -> None:
-    """Bring the database to the newest schema (a new file gets the whole schema)."""
+def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def is_at_newest_schema(engine: Engine) -> bool:
+    """Asked before `migrate`, so that opening a current store (every reading command) takes no lock file."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision() == head
+
+
+def migrate(engine: Engine, path: Path | str = ":memory:") -> None:
+    """Bring the database to the newest schema (a new file gets the whole schema)."""
+    config = _alembic_config()
     with _MIGRATING, _migration_lock(path), engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
@@ -362,7 +376,8 @@ def open_store(path: Path | str, *, create: bool = True) -> Store:
     check_store_path(path, create=create)  # before any lock file is made beside a file that is not ours
     engine = make_engine(path)
     try:
-        migrate(engine, path)
+        if not is_at_newest_schema(engine):
+            migrate(engine, path)
     except OperationalError as exc:
         engine.dispose()
         raise StoreOpenError(f"{path}: cannot write to the store ({exc.orig}); check its permissions") from None

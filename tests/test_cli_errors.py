@@ -124,11 +124,13 @@ def test_a_corrupted_store_is_one_line(store_with_a_run: tuple[Path, str], comma
 
 def test_read_only_commands_leave_nothing_beside_the_store(store_with_a_run: tuple[Path, str]) -> None:
     path, run_id = store_with_a_run
-    before = files(path.parent)
+    (path.parent / "store.db.migrate-lock").unlink()  # left by the fixture's open, which created the store
+    before, content = files(path.parent), path.read_bytes()
     assert run_cli("runs", "--db", str(path), cwd=path.parent).returncode == 0
     shown = run_cli("show", run_id, "--db", str(path), cwd=path.parent)
     assert shown.returncode == 0 and f"run {run_id}: eval, interrupted" in shown.stdout
-    assert files(path.parent) == before
+    assert run_cli("compare", run_id, "--db", str(path), cwd=path.parent).returncode == 0
+    assert files(path.parent) == before == {"store.db"} and path.read_bytes() == content
 
 
 def test_options_that_conflict_with_a_resumed_run_are_refused(store_with_a_run: tuple[Path, str]) -> None:
