@@ -1,13 +1,15 @@
 """Whole episodes with the embedded model: the landed serving set-up against today's, side by side in one run.
 
-    python -m bench.eval_e2e [--job main|demo] [--limit N] [--new-concurrency C]
+    python -m bench.eval_e2e [--job main|demo] [--limit N] [--new-concurrency C] [--also PRESET ...]
 
 `--job main` is the README's `cycleqd eval --limit 3` (built-in os, db and coding dev tasks, 512 tokens per
 reply, 5 rounds); `--job demo` is one candidate evaluation of `cycleqd evolve` at the demo's settings (128
 tokens, 3 rounds), on the same 9 tasks. Each set-up runs the eval orchestrator over the same tasks with a real
 `transformers serve` of the embedded SmolLM2: the landed one (no batching, bf16, the landed concurrency: 4 for
 eval, 2 for the demo) and today's (the default serving preset, --new-concurrency). Prints episodes/s of each,
-their ratio, and whether every episode got the same score and transcript.
+their ratio, and whether every episode got the same score and transcript. `--also` adds serving presets
+(bench/serving_cpu.py's names) at --new-concurrency. Each line also gives the tokens the episodes prompted and
+generated, since a preset that changes greedy answers can change how much there is to generate.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from cycleqd.eval.tasks import load_eval_tasks
 JOBS = {"main": {"max_tokens": 512, "rounds": 5, "landed": 4}, "demo": {"max_tokens": 128, "rounds": 3, "landed": 2}}
 
 
-async def play(options: ServeOptions, concurrency: int, job: dict, limit: int, db: Path) -> tuple[float, dict]:
+async def play(options: ServeOptions, concurrency: int, job: dict, limit: int, db: Path) -> tuple[float, dict, str]:
     tasks = load_eval_tasks(["os", "db", "coding"], "builtin", "dev", limit)
     store = open_store(db)
     run = store.create_run("bench", {})
@@ -48,26 +50,31 @@ async def play(options: ServeOptions, concurrency: int, job: dict, limit: int, d
         elapsed = time.perf_counter() - started
     episodes = store.episodes(run.id)
     by_task = {e.task_id: (e.score, e.transcript) for e in episodes}
-    return len(episodes) / elapsed, by_task
+    prompted, generated = sum(e.prompt_tokens for e in episodes), sum(e.completion_tokens for e in episodes)
+    tokens = f"{prompted:,} prompt and {generated:,} generated tokens ({generated / elapsed:.1f} generated/s)"
+    return len(episodes) / elapsed, by_task, tokens
 
 
-async def main(job_name: str, limit: int, new_concurrency: int) -> None:
+async def main(job_name: str, limit: int, new_concurrency: int, also: list[str]) -> None:
     job = JOBS[job_name]
     setups = [
         (f"landed: no batching, bf16, concurrency {job['landed']}", SERVE_PRESETS["sequential-bf16"], job["landed"]),
         (f"today: {SERVE_PRESETS['default'].describe()}, concurrency {new_concurrency}", SERVE_PRESETS["default"],
          new_concurrency),
     ]  # fmt: skip
+    setups += [(f"{name}: {SERVE_PRESETS[name].describe()}, concurrency {new_concurrency}", SERVE_PRESETS[name],
+                new_concurrency) for name in also]  # fmt: skip
     print(f"job {job_name}: {job['max_tokens']} tokens per reply, {job['rounds']} rounds, {limit} tasks per env")
     rates, outcomes = [], []
     with tempfile.TemporaryDirectory() as folder:
         for i, (label, options, concurrency) in enumerate(setups):
-            rate, by_task = await play(options, concurrency, job, limit, Path(folder) / f"{i}.db")
+            rate, by_task, tokens = await play(options, concurrency, job, limit, Path(folder) / f"{i}.db")
             rates.append(rate)
             outcomes.append(by_task)
-            print(f"  {label}: {len(by_task)} episodes, {rate:.3f} episodes/s", flush=True)
-    same = outcomes[0] == outcomes[1]
-    print(f"  today / landed: {rates[1] / rates[0]:.2f}x; same scores and transcripts: {'yes' if same else 'NO'}")
+            print(f"  {label}: {len(by_task)} episodes, {rate:.3f} episodes/s; {tokens}", flush=True)
+    for (label, _, _), rate, by_task in list(zip(setups, rates, outcomes, strict=True))[1:]:
+        same = "yes" if by_task == outcomes[0] else "NO"
+        print(f"  {label.split(':')[0]} / landed: {rate / rates[0]:.2f}x; same scores and transcripts: {same}")
 
 
 if __name__ == "__main__":
@@ -75,5 +82,6 @@ if __name__ == "__main__":
     parser.add_argument("--job", choices=sorted(JOBS), default="main")
     parser.add_argument("--limit", type=int, default=3)
     parser.add_argument("--new-concurrency", type=int, default=9)
+    parser.add_argument("--also", nargs="*", default=[], choices=sorted(SERVE_PRESETS))
     args = parser.parse_args()
-    asyncio.run(main(args.job, args.limit, args.new_concurrency))
+    asyncio.run(main(args.job, args.limit, args.new_concurrency, args.also))
