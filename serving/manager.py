@@ -50,6 +50,10 @@ class ServerManager(abc.ABC):
     def _api_key(self) -> str | None:
         return None
 
+    def decoding(self) -> str:
+        """How this server computes (kind, dtype, batching), kept with a run: greedy answers depend on it."""
+        return self.kind
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Start the server (if we own one) and wait until it is healthy."""

@@ -8,6 +8,7 @@ holds one model at a time and its memory stays flat. Model loading never touches
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 from cycleqd.serving.client import ClientSettings, ServedModel
+from cycleqd.serving.cpu_dtype import cpu_serving_dtype
 from cycleqd.serving.errors import EndpointError, ModelRefError
 from cycleqd.serving.manager import ProcessServerManager
 from cycleqd.serving.model_ref import ExternalEndpoint, LocalCheckpoint, ModelRef
@@ -69,12 +71,25 @@ SERVE_PRESETS: dict[str, ServeOptions] = {
     "cb-bf16-t1": ServeOptions(dtype="bfloat16", threads=1, **_CB),  # type: ignore[arg-type]
     "cb-fp32-b32": ServeOptions(dtype="float32", **{**_CB, "block_size": 32, "num_blocks": 768}),  # type: ignore[arg-type]
 }
-# The default batches, in the checkpoint's own dtype (bf16 for the embedded model): greedy answers are those the
-# landed one-request-at-a-time server gave (tests/test_transformers_serve.py compares them).
+# The default batches (greedy answers are those the same settings give one request at a time:
+# tests/test_transformers_serve.py compares them), in fp32 on a CPU that has no bf16 instructions (serving.cpu_dtype).
 # One intra-op thread: the batching loop runs many small kernels per token, and with two threads each waits at an
 # OpenMP barrier for the other; on a loaded 2-core machine that wait is a descheduled thread (cb-fp32 measured
 # 0.08 of batched generate with 2 threads, 1.35 with one, side by side under the same load).
-SERVE_PRESETS["default"] = ServeOptions(dtype="auto", threads=1, **_CB)  # type: ignore[arg-type]
+SERVE_PRESETS["default"] = ServeOptions(dtype=cpu_serving_dtype(), threads=1, **_CB)  # type: ignore[arg-type]
+
+
+# glibc serves allocations below its (growing) mmap threshold from heap arenas, which a swap's freed weights leave
+# fragmented: in fp32 fifty swaps grew the server from 2.9 to 5.7 GB. Allocations of 1 MiB and more (each weight
+# matrix) are mmapped instead, so an unloaded model's memory goes back to the system.
+RETURN_FREED_WEIGHTS = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+
+def default_options(device: str) -> ServeOptions:
+    """The default preset; on an accelerator, in the checkpoint's own dtype and torch's threads (the CPU's dtype
+    and thread choices are about CPU kernels)."""
+    options = SERVE_PRESETS["default"]
+    return options if device == "cpu" else dataclasses.replace(options, dtype="auto", threads=None)
 
 
 def default_log_dir() -> Path:
@@ -97,7 +112,7 @@ class TransformersServeManager(ProcessServerManager):
         # Requests in flight are what a batching server batches: let the episodes' concurrency through.
         super().__init__(client_settings or ClientSettings(max_concurrency=32))
         self.device = device
-        self.options = options or SERVE_PRESETS["default"]
+        self.options = options or default_options(device)
         self.log_dir = log_dir or default_log_dir()
 
     def _make_process(self) -> ServerProcess:
@@ -109,8 +124,11 @@ class TransformersServeManager(ProcessServerManager):
             "--model-timeout", "-1",  # we unload explicitly, at each swap
             "--log-level", "warning",
         ]  # fmt: skip
-        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **self.options.env()}
+        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **RETURN_FREED_WEIGHTS, **self.options.env()}
         return ServerProcess(argv, env=env, log_path=self.log_dir / f"transformers-serve-{port}.log", port=port)
+
+    def decoding(self) -> str:
+        return f"{self.kind} --device {self.device} {self.options.describe()}"
 
     @property
     def root_url(self) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from cycleqd.db import open_store
 from cycleqd.envs.registry import EpisodeSettings
+from cycleqd.serving.resolve import gpu_available
+from cycleqd.serving.transformers_serve import default_options
 
 from cycleqd.eval.orchestrator import EvalSettings, Orchestrator, summarize
 from cycleqd.eval.runtime import EnvRuntime
@@ -90,7 +92,10 @@ def test_a_killed_eval_resumes_without_double_counting(default_model, tmp_path: 
     assert resumed.returncode == 0, resumed.stderr
     episodes = open_store(db).episodes(run_id)
     assert len(episodes) == 4 and len({(e.task_id, e.repeat) for e in episodes}) == 4
-    assert open_store(db).get_run(run_id).status == "completed"
+    run = open_store(db).get_run(run_id)
+    assert run.status == "completed"
+    device = "cuda" if gpu_available() else "cpu"  # the run keeps how its greedy answers were computed
+    assert run.config["decoding"] == f"transformers-serve --device {device} {default_options(device).describe()}"
     shown = subprocess.run([CYCLEQD, "show", run_id, "--db", str(db), "--json"], capture_output=True, text=True)
     assert '"episodes": 4' in shown.stdout
     # The same eval never interrupted: greedy decoding, so the same transcripts, scores and table.

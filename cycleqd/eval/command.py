@@ -143,12 +143,13 @@ class _Evaluation:
         if self.store is not None and self.run_id is not None:
             self.store.set_run_status(self.run_id, status)
 
-    def _open_run(self) -> tuple[Store, str]:
+    def _open_run(self, decoding: str) -> tuple[Store, str]:
         if self.store is None:
             self.store = open_store(self.db_path)
         if self.run_id is None:
             # planned_episodes: the monitor's progress total
-            config = {**self.request.snapshot(), "planned_episodes": len(self.tasks) * self.request.repeats}
+            config = {**self.request.snapshot(), "planned_episodes": len(self.tasks) * self.request.repeats,
+                      "decoding": decoding}  # fmt: skip
             self.run_id = self.store.create_run("eval", config).id
         self.store.set_run_status(self.run_id, RunStatus.RUNNING)
         return self.store, self.run_id
@@ -163,7 +164,7 @@ class _Evaluation:
         identity = await asyncio.to_thread(ref.identity)
         async with manager_for(ref, server=server_choice(request.model, request.server)) as manager:
             await manager.serve(ref)
-            store, run_id = await asyncio.to_thread(self._open_run)
+            store, run_id = await asyncio.to_thread(self._open_run, manager.decoding())
             model_id = store.model_id(identity, ref.label)
             started = time.monotonic()
             orchestrator = Orchestrator(store, run_id, manager, model_id, request.settings())
@@ -176,7 +177,7 @@ class _Evaluation:
     async def _run_on_cluster(self) -> list:
         """The episodes on a Ray cluster's slots, each node serving the model; the head stores them as they come."""
         request = self.request
-        store, run_id = await asyncio.to_thread(self._open_run)
+        store, run_id = await asyncio.to_thread(self._open_run, "on the cluster's nodes, each its own server")
         config = {**request.snapshot(), "ray": self.ray_address, "server": server_choice(request.model, request.server)}
         started = time.monotonic()
         with _progress_bar(self.console) as (on_result, set_total):
