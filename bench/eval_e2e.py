@@ -9,7 +9,8 @@ tokens, 3 rounds), on the same 9 tasks. Each set-up runs the eval orchestrator o
 eval, 2 for the demo) and today's (the default serving preset, --new-concurrency). Prints episodes/s of each,
 their ratio, and whether every episode got the same score and transcript. `--also` adds serving presets
 (bench/serving_cpu.py's names) at --new-concurrency. Each line also gives the tokens the episodes prompted and
-generated, since a preset that changes greedy answers can change how much there is to generate.
+generated, since a preset that changes greedy answers can change how much there is to generate, and the longest
+episode's model time: the batch thins out as episodes end, so no set-up finishes before that episode's replies do.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ import time
 from pathlib import Path
 
 from cycleqd.db import open_store
+from cycleqd.db.schema import Episode, Task
+from cycleqd.db.store import Store
 from cycleqd.envs.registry import EpisodeSettings
 from cycleqd.serving.client import ClientSettings
 from cycleqd.serving.default_model import default_checkpoint
 from cycleqd.serving.transformers_serve import SERVE_PRESETS, ServeOptions, TransformersServeManager
+from sqlalchemy import select
 
 from cycleqd.eval.orchestrator import EvalSettings, Orchestrator
 from cycleqd.eval.tasks import load_eval_tasks
@@ -52,7 +56,24 @@ async def play(options: ServeOptions, concurrency: int, job: dict, limit: int, d
     by_task = {e.task_id: (e.score, e.transcript) for e in episodes}
     prompted, generated = sum(e.prompt_tokens for e in episodes), sum(e.completion_tokens for e in episodes)
     tokens = f"{prompted:,} prompt and {generated:,} generated tokens ({generated / elapsed:.1f} generated/s)"
+    # A batch shrinks as episodes end: the job's wall time is at least its longest episode's chain of replies.
+    longest = max(episodes, key=lambda e: e.latency_s)
+    tokens += (f"; longest episode {longest.latency_s:.0f} s of model time for {longest.completion_tokens:,} "
+               f"generated tokens in {longest.rounds} rounds\n    {where_time_went(store, episodes)}")  # fmt: skip
     return len(episodes) / elapsed, by_task, tokens
+
+
+def where_time_went(store: Store, episodes: list[Episode]) -> str:
+    """Per environment: the episodes' summed wall time and the part of it spent waiting for the model."""
+    with store.session() as session:
+        env_of = {task_id: env for task_id, env in session.execute(select(Task.id, Task.env))}
+    wall: dict[str, float] = {}
+    model: dict[str, float] = {}
+    for episode in episodes:
+        env = env_of[episode.task_id]
+        wall[env] = wall.get(env, 0.0) + (episode.finished_at - episode.started_at).total_seconds()
+        model[env] = model.get(env, 0.0) + episode.latency_s
+    return "; ".join(f"{env}: episodes {wall[env]:.0f} s, model {model[env]:.0f} s" for env in sorted(wall))
 
 
 async def main(job_name: str, limit: int, new_concurrency: int, also: list[str]) -> None:
