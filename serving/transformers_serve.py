@@ -29,7 +29,9 @@ PROBE = [{"role": "user", "content": "Say OK."}]
 class ServeOptions:
     """How the server decodes. Continuous batching runs every in-flight request in one forward pass per token
     (paged KV cache); without it the server answers one request at a time. `threads` sets torch's intra-op
-    threads in the server (None: torch's default, one per core)."""
+    threads in the server (None: torch's default, one per core). `packed_attention` keeps transformers' own SDPA
+    over the whole batch instead of one sequence at a time (serving.per_sequence_attention); it only matters with
+    continuous batching."""
 
     dtype: str = "auto"
     continuous_batching: bool = False
@@ -37,6 +39,14 @@ class ServeOptions:
     num_blocks: int | None = None
     max_batch_tokens: int | None = None
     threads: int | None = None
+    packed_attention: bool = False
+
+    @property
+    def entry_module(self) -> str:
+        """The module the server process runs: `transformers serve`, with per-sequence attention unless packed."""
+        if self.continuous_batching and not self.packed_attention:
+            return "cycleqd.serving.per_sequence_attention"
+        return "transformers.cli.transformers"
 
     def argv(self) -> list[str]:
         args = ["--dtype", self.dtype]
@@ -55,7 +65,10 @@ class ServeOptions:
         return {"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}
 
     def describe(self) -> str:
-        return " ".join(self.argv()) + (f" OMP_NUM_THREADS={self.threads}" if self.threads else "")
+        attention = (" (packed attention)" if self.packed_attention else " (per-sequence attention)") * bool(
+            self.continuous_batching
+        )
+        return " ".join(self.argv()) + attention + (f" OMP_NUM_THREADS={self.threads}" if self.threads else "")
 
 
 # The batching presets cap the paged KV cache: left to itself it takes a share of *free memory* (~10 GB seen on a
@@ -70,6 +83,7 @@ SERVE_PRESETS: dict[str, ServeOptions] = {
     "cb-fp32-t1": ServeOptions(dtype="float32", threads=1, **_CB),  # type: ignore[arg-type]
     "cb-bf16-t1": ServeOptions(dtype="bfloat16", threads=1, **_CB),  # type: ignore[arg-type]
     "cb-fp32-b32": ServeOptions(dtype="float32", **{**_CB, "block_size": 32, "num_blocks": 768}),  # type: ignore[arg-type]
+    "cb-fp32-t1-packed": ServeOptions(dtype="float32", threads=1, packed_attention=True, **_CB),  # type: ignore[arg-type]
 }
 # The default batches (greedy answers are those the same settings give one request at a time:
 # tests/test_transformers_serve.py compares them), in fp32 on a CPU that has no bf16 instructions (serving.cpu_dtype).
@@ -118,7 +132,7 @@ class TransformersServeManager(ProcessServerManager):
     def _make_process(self) -> ServerProcess:
         port = free_port()
         argv = [
-            sys.executable, "-m", "transformers.cli.transformers", "serve",
+            sys.executable, "-m", self.options.entry_module, "serve",
             "--host", "127.0.0.1", "--port", str(port),
             "--device", self.device, *self.options.argv(),
             "--model-timeout", "-1",  # we unload explicitly, at each swap

@@ -1,0 +1,62 @@
+"""SDPA attention that, under continuous batching, attends one sequence at a time.
+
+transformers' continuous batching packs every scheduled request into one sequence and, for SDPA (all a CPU has),
+masks the cross-request pairs out of a single attention over the whole pack: each query is scored against the keys
+of every request in the batch. Agent episodes carry long, growing contexts, so a round's prefill chunk of 2,048
+tokens beside seven other episodes' 1,500-token contexts scores 2,048 × 12,000 pairs of which 1/8 count. Here the
+pack is cut at the batch's cumulative sequence lengths and SDPA runs on each request's own block of queries, keys
+and mask: the same masked-out pairs are skipped, never computed.
+
+Registered over transformers' "sdpa" through its public `AttentionInterface` in the server process (`python -m
+cycleqd.serving.per_sequence_attention serve ...`); outside continuous batching (no sequence lengths) it is
+transformers' SDPA unchanged.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+
+def per_sequence_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    starts_q, starts_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if isinstance(starts_k, dict):  # one entry per layer type; with several, which one is this layer's is unknown
+        starts_k = next(iter(starts_k.values())) if len(starts_k) == 1 else None
+    if starts_q is None or starts_k is None or attention_mask is None or query.shape[0] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    bounds_q, bounds_k = starts_q.tolist(), starts_k.tolist()
+    pieces = []
+    for (q0, q1), (k0, k1) in zip(pairwise(bounds_q), pairwise(bounds_k), strict=True):
+        if q1 > q0:
+            block = attention_mask[..., q0:q1, k0:k1]
+            out, _ = sdpa_attention_forward(
+                module, query[:, :, q0:q1], key[:, :, k0:k1], value[:, :, k0:k1], block, **kwargs
+            )
+            pieces.append(out)
+    padding = query.shape[2] - bounds_q[-1]  # rows past the last sequence are padding: nothing reads them
+    if padding:
+        pieces.append(query.new_zeros(1, padding, query.shape[1], value.shape[-1]))
+    return torch.cat(pieces, dim=1), None
+
+
+def serve() -> None:
+    """`transformers serve` with this attention registered first; takes the same arguments."""
+    AttentionInterface.register("sdpa", per_sequence_sdpa)
+    from transformers.cli.transformers import main
+
+    main()
+
+
+if __name__ == "__main__":
+    serve()
