@@ -65,10 +65,12 @@ class ServeOptions:
         return {"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}
 
     def describe(self) -> str:
-        attention = (" (packed attention)" if self.packed_attention else " (per-sequence attention)") * bool(
-            self.continuous_batching
-        )
-        return " ".join(self.argv()) + attention + (f" OMP_NUM_THREADS={self.threads}" if self.threads else "")
+        words = self.argv()
+        if self.continuous_batching:
+            words.append("(packed attention)" if self.packed_attention else "(per-sequence attention)")
+        if self.threads:
+            words.append(f"OMP_NUM_THREADS={self.threads}")
+        return " ".join(words)
 
 
 # The batching presets cap the paged KV cache: left to itself it takes a share of *free memory* (~10 GB seen on a
