@@ -48,6 +48,8 @@ def test_a_mixed_batch_of_prefill_and_decode_gets_the_packed_result() -> None:
 
 def test_decode_only_batch_and_padding_rows() -> None:
     batch = packed_batch(lengths_q=[1, 1, 1], lengths_k=[6, 2, 11], padding=2)
+    # Inside a layer the paged cache has already picked the layer type's lengths: a tensor, not a dict.
+    batch["cu_seq_lens_k"] = batch["cu_seq_lens_k"]["full_attention"]
     packed, _ = sdpa_attention_forward(Attention(), **batch)
     ours, _ = per_sequence_sdpa(Attention(), **batch)
     torch.testing.assert_close(ours[:, :3], packed[:, :3], rtol=1e-5, atol=1e-6)
