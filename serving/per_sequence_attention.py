@@ -18,6 +18,7 @@ from itertools import pairwise
 from typing import Any
 
 import torch
+from cycleqd.serving.step_threads import with_step_threads_from_env
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -39,10 +40,11 @@ def per_sequence_sdpa(
     pieces = []
     for (q0, q1), (k0, k1) in zip(pairwise(bounds_q), pairwise(bounds_k), strict=True):
         if q1 > q0:
-            block = attention_mask[..., q0:q1, k0:k1]
+            block, causal = as_sdpa_flags(attention_mask[..., q0:q1, k0:k1])
             out, _ = sdpa_attention_forward(
-                module, query[:, :, q0:q1], key[:, :, k0:k1], value[:, :, k0:k1], block, **kwargs
-            )
+                module, query[:, :, q0:q1], key[:, :, k0:k1], value[:, :, k0:k1], block,
+                **{**kwargs, "is_causal": causal if block is None else kwargs.get("is_causal")},
+            )  # fmt: skip
             pieces.append(out)
     padding = query.shape[2] - bounds_q[-1]  # rows past the last sequence are padding: nothing reads them
     if padding:
@@ -50,9 +52,24 @@ def per_sequence_sdpa(
     return torch.cat(pieces, dim=1), None
 
 
+def as_sdpa_flags(block: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
+    """(None, is_causal) where SDPA's own flag says what the mask says (a lone query that sees every key, a square
+    causal block), so that SDPA runs its unmasked kernels; (the mask, False) otherwise (a sliding window, a prefill
+    chunk after earlier tokens)."""
+    if block.shape[:2] == (1, 1):
+        allowed = block[0, 0] if block.dtype == torch.bool else block[0, 0] == 0
+        rows, cols = allowed.shape
+        if rows == 1 and bool(allowed.all()):
+            return None, False
+        if rows == cols and torch.equal(allowed, torch.ones_like(allowed).tril()):
+            return None, True
+    return block, False
+
+
 def serve() -> None:
-    """`transformers serve` with this attention registered first; takes the same arguments."""
-    AttentionInterface.register("sdpa", per_sequence_sdpa)
+    """`transformers serve` with this attention registered first (and, where the environment asks, with wide steps
+    on more threads: serving.step_threads); takes the same arguments."""
+    AttentionInterface.register("sdpa", with_step_threads_from_env(per_sequence_sdpa))
     from transformers.cli.transformers import main
 
     main()

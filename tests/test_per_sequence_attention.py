@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import accumulate
 
 import torch
-from cycleqd.serving.per_sequence_attention import per_sequence_sdpa
+from cycleqd.serving.per_sequence_attention import as_sdpa_flags, per_sequence_sdpa
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 HEADS, KV_HEADS, DIM = 4, 2, 8
@@ -76,3 +76,18 @@ def test_outside_continuous_batching_it_is_sdpa_unchanged() -> None:
     expected, _ = sdpa_attention_forward(Attention(), query, key, value, None)
     ours, _ = per_sequence_sdpa(Attention(), query, key, value, None)
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+def test_only_plain_blocks_drop_their_mask() -> None:
+    """SDPA's unmasked kernels are used only where its flags say what the mask says: a lone query seeing every key
+    (no mask), a square causal block (is_causal); a sliding window keeps its mask, a row and a block alike."""
+    low = torch.finfo(torch.float32).min
+    causal = torch.zeros(1, 1, 4, 4).masked_fill(torch.ones(4, 4, dtype=torch.bool).triu(1), low)
+    assert as_sdpa_flags(torch.zeros(1, 1, 1, 6)) == (None, False)
+    assert as_sdpa_flags(causal) == (None, True)
+    windowed = causal.clone()
+    windowed[0, 0, 3, 0] = low  # the last query no longer sees the first key
+    row = torch.zeros(1, 1, 1, 6)
+    row[..., 0] = low
+    assert as_sdpa_flags(windowed)[0] is windowed and as_sdpa_flags(row)[0] is row
+    assert as_sdpa_flags(causal[..., 1:, :])[0] is not None  # a chunk of 3 after 1 earlier token: not square
