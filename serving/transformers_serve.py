@@ -21,7 +21,16 @@ from cycleqd.serving.errors import EndpointError, ModelRefError
 from cycleqd.serving.manager import ProcessServerManager
 from cycleqd.serving.model_ref import ExternalEndpoint, LocalCheckpoint, ModelRef
 from cycleqd.serving.server_process import ServerProcess, free_port
+from cycleqd.serving.step_threads import WIDE_STEP_THREADS_ENV, wide_threads_here
 
+PER_SEQUENCE_ENTRY = "cycleqd.serving.per_sequence_attention"
+
+# OpenMP threads that spin at a barrier burn their core: on a loaded 2-core machine the spinning thread is then
+# descheduled, and its partner waits a whole time slice at the next barrier (two threads throughout, with one busy
+# process beside: 1.8 tokens/s at concurrency 8 against 54 unloaded). Threads that sleep wake promptly instead
+# (33 under the same load); waking costs too much for decode's small kernels (25 unloaded), so only prefill
+# steps go wide (serving.step_threads).
+SLEEP_AT_BARRIERS = {"OMP_WAIT_POLICY": "PASSIVE"}
 PROBE = [{"role": "user", "content": "Say OK."}]
 
 
@@ -31,7 +40,8 @@ class ServeOptions:
     (paged KV cache); without it the server answers one request at a time. `threads` sets torch's intra-op
     threads in the server (None: torch's default, one per core). `packed_attention` keeps transformers' own SDPA
     over the whole batch instead of one sequence at a time (serving.per_sequence_attention); it only matters with
-    continuous batching."""
+    continuous batching. `wide_step_threads` runs the forward steps that carry prefill on that many threads and
+    decode steps on `threads` (serving.step_threads; per-sequence attention only)."""
 
     dtype: str = "auto"
     continuous_batching: bool = False
@@ -40,12 +50,13 @@ class ServeOptions:
     max_batch_tokens: int | None = None
     threads: int | None = None
     packed_attention: bool = False
+    wide_step_threads: int | None = None
 
     @property
     def entry_module(self) -> str:
         """The module the server process runs: `transformers serve`, with per-sequence attention unless packed."""
         if self.continuous_batching and not self.packed_attention:
-            return "cycleqd.serving.per_sequence_attention"
+            return PER_SEQUENCE_ENTRY
         return "transformers.cli.transformers"
 
     def argv(self) -> list[str]:
@@ -62,7 +73,10 @@ class ServeOptions:
         return args
 
     def env(self) -> dict[str, str]:
-        return {"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}
+        env = {"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}
+        if self.wide_step_threads and self.entry_module == PER_SEQUENCE_ENTRY:
+            env |= {WIDE_STEP_THREADS_ENV: str(self.wide_step_threads), **SLEEP_AT_BARRIERS}
+        return env
 
     def describe(self) -> str:
         words = self.argv()
@@ -70,6 +84,8 @@ class ServeOptions:
             words.append("(packed attention)" if self.packed_attention else "(per-sequence attention)")
         if self.threads:
             words.append(f"OMP_NUM_THREADS={self.threads}")
+        if WIDE_STEP_THREADS_ENV in self.env():
+            words.append(f"(prefill steps on {self.wide_step_threads} threads, OMP_WAIT_POLICY=PASSIVE)")
         return " ".join(words)
 
 
@@ -86,13 +102,21 @@ SERVE_PRESETS: dict[str, ServeOptions] = {
     "cb-bf16-t1": ServeOptions(dtype="bfloat16", threads=1, **_CB),  # type: ignore[arg-type]
     "cb-fp32-b32": ServeOptions(dtype="float32", **{**_CB, "block_size": 32, "num_blocks": 768}),  # type: ignore[arg-type]
     "cb-fp32-t1-packed": ServeOptions(dtype="float32", threads=1, packed_attention=True, **_CB),  # type: ignore[arg-type]
+    "cb-fp32-t1-wide2": ServeOptions(dtype="float32", threads=1, wide_step_threads=2, **_CB),  # type: ignore[arg-type]
 }
 # The default batches (greedy answers are those the same settings give one request at a time:
 # tests/test_transformers_serve.py compares them), in fp32 on a CPU that has no bf16 instructions (serving.cpu_dtype).
-# One intra-op thread: the batching loop runs many small kernels per token, and with two threads each waits at an
-# OpenMP barrier for the other; on a loaded 2-core machine that wait is a descheduled thread (cb-fp32 measured
-# 0.08 of batched generate with 2 threads, 1.35 with one, side by side under the same load).
-SERVE_PRESETS["default"] = ServeOptions(dtype=cpu_serving_dtype(), threads=1, **_CB)  # type: ignore[arg-type]
+# Decode steps on one intra-op thread: they run many small kernels per token, and with two threads each waits at
+# an OpenMP barrier for the other (cb-fp32 measured 0.08 of batched generate with 2 threads, 1.35 with one, side by
+# side under the same load). Steps that carry prefill on every usable core, threads sleeping at barriers
+# (serving.step_threads, SLEEP_AT_BARRIERS): a round's re-prefill of the grown conversation is a large share of an
+# agent job (bench/eval_e2e.py --job demo: 0.112 -> 0.147 episodes/s).
+SERVE_PRESETS["default"] = ServeOptions(
+    dtype=cpu_serving_dtype(),
+    threads=1,
+    wide_step_threads=wide_threads_here(),
+    **_CB,  # type: ignore[arg-type]
+)
 
 
 # glibc serves allocations below its (growing) mmap threshold from heap arenas, which a swap's freed weights leave
@@ -105,7 +129,9 @@ def default_options(device: str) -> ServeOptions:
     """The default preset; on an accelerator, in the checkpoint's own dtype and torch's threads (the CPU's dtype
     and thread choices are about CPU kernels)."""
     options = SERVE_PRESETS["default"]
-    return options if device == "cpu" else dataclasses.replace(options, dtype="auto", threads=None)
+    if device == "cpu":
+        return options
+    return dataclasses.replace(options, dtype="auto", threads=None, wide_step_threads=None)
 
 
 def default_log_dir() -> Path:
