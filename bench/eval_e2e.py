@@ -1,6 +1,6 @@
 """Whole episodes with the embedded model: the landed serving set-up against today's, side by side in one run.
 
-    python -m bench.eval_e2e [--job main|demo] [--limit N] [--new-concurrency C] [--also PRESET ...]
+    python -m bench.eval_e2e [--job main|demo] [--limit N] [--new-concurrency C ...] [--also PRESET ...]
 
 `--job main` is the README's `cycleqd eval --limit 3` (built-in os, db and coding dev tasks, 512 tokens per
 reply, 5 rounds); `--job demo` is one candidate evaluation of `cycleqd evolve` at the demo's settings (128
@@ -8,7 +8,7 @@ tokens, 3 rounds), on the same 9 tasks. Each set-up runs the eval orchestrator o
 `transformers serve` of the embedded SmolLM2: the landed one (no batching, bf16, the landed concurrency: 4 for
 eval, 2 for the demo) and today's (the default serving preset, --new-concurrency). Prints episodes/s of each,
 their ratio, and whether every episode got the same score and transcript. `--also` adds serving presets
-(bench/serving_cpu.py's names) at --new-concurrency. Each line also gives the tokens the episodes prompted and
+(bench/serving_cpu.py's names) at each --new-concurrency. Each line also gives the tokens the episodes prompted and
 generated, since a preset that changes greedy answers can change how much there is to generate, and the longest
 episode's model time: the batch thins out as episodes end, so no set-up finishes before that episode's replies do.
 """
@@ -76,15 +76,13 @@ def where_time_went(store: Store, episodes: list[Episode]) -> str:
     return "; ".join(f"{env}: episodes {wall[env]:.0f} s, model {model[env]:.0f} s" for env in sorted(wall))
 
 
-async def main(job_name: str, limit: int, new_concurrency: int, also: list[str]) -> None:
+async def main(job_name: str, limit: int, new_concurrency: list[int], also: list[str]) -> None:
     job = JOBS[job_name]
-    setups = [
-        (f"landed: no batching, bf16, concurrency {job['landed']}", SERVE_PRESETS["sequential-bf16"], job["landed"]),
-        (f"today: {SERVE_PRESETS['default'].describe()}, concurrency {new_concurrency}", SERVE_PRESETS["default"],
-         new_concurrency),
-    ]  # fmt: skip
-    setups += [(f"{name}: {SERVE_PRESETS[name].describe()}, concurrency {new_concurrency}", SERVE_PRESETS[name],
-                new_concurrency) for name in also]  # fmt: skip
+    setups = [(f"landed: no batching, bf16, concurrency {job['landed']}", SERVE_PRESETS["sequential-bf16"],
+               job["landed"])]  # fmt: skip
+    for concurrency in new_concurrency:
+        setups += [(f"{'today' if name == 'default' else name}: {SERVE_PRESETS[name].describe()}, concurrency "
+                    f"{concurrency}", SERVE_PRESETS[name], concurrency) for name in ["default", *also]]  # fmt: skip
     print(f"job {job_name}: {job['max_tokens']} tokens per reply, {job['rounds']} rounds, {limit} tasks per env")
     rates, outcomes = [], []
     with tempfile.TemporaryDirectory() as folder:
@@ -93,16 +91,18 @@ async def main(job_name: str, limit: int, new_concurrency: int, also: list[str])
             rates.append(rate)
             outcomes.append(by_task)
             print(f"  {label}: {len(by_task)} episodes, {rate:.3f} episodes/s; {tokens}", flush=True)
-    for (label, _, _), rate, by_task in list(zip(setups, rates, outcomes, strict=True))[1:]:
+    for (label, _, concurrency), rate, by_task in list(zip(setups, rates, outcomes, strict=True))[1:]:
         same = "yes" if by_task == outcomes[0] else "NO"
-        print(f"  {label.split(':')[0]} / landed: {rate / rates[0]:.2f}x; same scores and transcripts: {same}")
+        name = f"{label.split(':')[0]}, concurrency {concurrency}"
+        print(f"  {name} / landed: {rate / rates[0]:.2f}x; same scores and transcripts: {same}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job", choices=sorted(JOBS), default="main")
     parser.add_argument("--limit", type=int, default=3)
-    parser.add_argument("--new-concurrency", type=int, default=9)
+    parser.add_argument("--new-concurrency", type=int, nargs="+", default=[9], help="one or more: each plays today's "
+                        "set-up (and every --also) at that concurrency")  # fmt: skip
     parser.add_argument("--also", nargs="*", default=[], choices=sorted(SERVE_PRESETS))
     args = parser.parse_args()
     asyncio.run(main(args.job, args.limit, args.new_concurrency, args.also))
