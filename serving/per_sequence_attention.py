@@ -43,7 +43,7 @@ def per_sequence_sdpa(
             block, causal = as_sdpa_flags(attention_mask[..., q0:q1, k0:k1])
             out, _ = sdpa_attention_forward(
                 module, query[:, :, q0:q1], key[:, :, k0:k1], value[:, :, k0:k1], block,
-                **{**kwargs, "is_causal": causal if block is None else kwargs.get("is_causal")},
+                **({**kwargs, "is_causal": True} if causal else kwargs),
             )  # fmt: skip
             pieces.append(out)
     padding = query.shape[2] - bounds_q[-1]  # rows past the last sequence are padding: nothing reads them
@@ -53,15 +53,13 @@ def per_sequence_sdpa(
 
 
 def as_sdpa_flags(block: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
-    """(None, is_causal) where SDPA's own flag says what the mask says (a lone query that sees every key, a square
-    causal block), so that SDPA runs its unmasked kernels; (the mask, False) otherwise (a sliding window, a prefill
-    chunk after earlier tokens)."""
-    if block.shape[:2] == (1, 1):
+    """(None, True) for a square causal block (a prefill with nothing before it), so that SDPA runs its causal
+    kernel instead of reading a mask (30 layers of a 1,600-token prefill: 2.0 s against 3.5 s); (the mask, False)
+    otherwise. A lone decoding query keeps its mask too: with one, transformers folds the grouped query heads onto
+    their key/value heads, which at 3,500 keys beats SDPA's own grouped path (15.5 against 19.4 ms a step)."""
+    if block.shape[:2] == (1, 1) and block.shape[2] == block.shape[3] > 1:
         allowed = block[0, 0] if block.dtype == torch.bool else block[0, 0] == 0
-        rows, cols = allowed.shape
-        if rows == 1 and bool(allowed.all()):
-            return None, False
-        if rows == cols and torch.equal(allowed, torch.ones_like(allowed).tril()):
+        if torch.equal(allowed, torch.ones_like(allowed).tril()):
             return None, True
     return block, False
 

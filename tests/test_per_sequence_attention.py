@@ -78,16 +78,16 @@ def test_outside_continuous_batching_it_is_sdpa_unchanged() -> None:
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
 
 
-def test_only_plain_blocks_drop_their_mask() -> None:
-    """SDPA's unmasked kernels are used only where its flags say what the mask says: a lone query seeing every key
-    (no mask), a square causal block (is_causal); a sliding window keeps its mask, a row and a block alike."""
+def test_only_square_causal_blocks_drop_their_mask() -> None:
+    """SDPA's causal kernel is used only where its flag says what the mask says: a square causal block; a sliding
+    window keeps its mask, and so does a lone decoding query (transformers' grouped-head folding needs one)."""
     low = torch.finfo(torch.float32).min
     causal = torch.zeros(1, 1, 4, 4).masked_fill(torch.ones(4, 4, dtype=torch.bool).triu(1), low)
-    assert as_sdpa_flags(torch.zeros(1, 1, 1, 6)) == (None, False)
     assert as_sdpa_flags(causal) == (None, True)
     windowed = causal.clone()
     windowed[0, 0, 3, 0] = low  # the last query no longer sees the first key
+    assert as_sdpa_flags(windowed) == (windowed, False)
     row = torch.zeros(1, 1, 1, 6)
-    row[..., 0] = low
-    assert as_sdpa_flags(windowed)[0] is windowed and as_sdpa_flags(row)[0] is row
-    assert as_sdpa_flags(causal[..., 1:, :])[0] is not None  # a chunk of 3 after 1 earlier token: not square
+    assert as_sdpa_flags(row) == (row, False)
+    chunk = causal[..., 1:, :]  # a chunk of 3 queries after 1 earlier token: not square
+    assert as_sdpa_flags(chunk) == (chunk, False)
