@@ -18,6 +18,7 @@ from itertools import pairwise
 from typing import Any
 
 import torch
+from cycleqd.serving.heap_trim import start_heap_trimmer
 from cycleqd.serving.step_threads import with_step_threads_from_env
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -66,8 +67,10 @@ def as_sdpa_flags(block: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
 
 def serve() -> None:
     """`transformers serve` with this attention registered first (and, where the environment asks, with wide steps
-    on more threads: serving.step_threads); takes the same arguments."""
+    on more threads: serving.step_threads), its heap trimmed as it runs (serving.heap_trim); takes the same
+    arguments."""
     AttentionInterface.register("sdpa", with_step_threads_from_env(per_sequence_sdpa))
+    start_heap_trimmer()
     from transformers.cli.transformers import main
 
     main()

@@ -120,8 +120,9 @@ SERVE_PRESETS["default"] = ServeOptions(
 
 
 # glibc serves allocations below its (growing) mmap threshold from heap arenas, which a swap's freed weights leave
-# fragmented: in fp32 fifty swaps grew the server from 2.9 to 5.7 GB. Allocations of 1 MiB and more (each weight
-# matrix) are mmapped instead, so an unloaded model's memory goes back to the system.
+# fragmented: in fp32 fifty swaps grew the server from 2.9 to 5.7 GB. Our own server entry trims the heap as it
+# runs (serving.heap_trim); transformers' own entry (the sequential and packed presets) maps every allocation of
+# 1 MiB and more instead, at a price in speed (each large temporary is mapped and faulted in anew).
 RETURN_FREED_WEIGHTS = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
@@ -166,7 +167,9 @@ class TransformersServeManager(ProcessServerManager):
             "--model-timeout", "-1",  # we unload explicitly, at each swap
             "--log-level", "warning",
         ]  # fmt: skip
-        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **RETURN_FREED_WEIGHTS, **self.options.env()}
+        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **self.options.env()}
+        if self.options.entry_module != PER_SEQUENCE_ENTRY:
+            env |= RETURN_FREED_WEIGHTS
         return ServerProcess(argv, env=env, log_path=self.log_dir / f"transformers-serve-{port}.log", port=port)
 
     def decoding(self) -> str:
