@@ -37,6 +37,13 @@ KILL_GRACE_S = 3.0
 ROOT = "0"  # numeric: still works after an agent has mangled /etc/passwd
 
 
+# PID 1 of an idle sandbox: a bash that outlives whatever the agent does. The kernel drops every signal that a
+# namespace's init has no handler for, so neither `kill 1` nor `kill -9 -1` stops it, and bash reaps the orphans it
+# adopts. Its child shell is what blocks on the open, never-written stdin (AgentBench's idle `bash`); killed, it is
+# started again. Under tini the agent could stop its own container (tini forwards `kill 1` to its child and exits
+# with it), and a container gone is an environment error, retried: a failure turned into "not counted".
+IDLE_MAIN = ["bash", "-c", "while :; do bash --noprofile --norc || sleep 1; done"]
+
 # Per client, not per URL: two engines on two unix sockets share the URL "http+docker://localhost".
 _QUOTA: weakref.WeakKeyDictionary[docker.DockerClient, bool] = weakref.WeakKeyDictionary()
 _QUOTA_LOCK = threading.Lock()  # sandboxes are created from worker threads: ask and warn once, not once per thread
@@ -67,11 +74,10 @@ def create_container(
     try:
         container = client.containers.create(
             image,
-            # By default bash blocks on its open, never-written stdin: the idle main process AgentBench images have.
-            command or ["bash"],
+            command or IDLE_MAIN,
             stdin_open=True,
             volumes={host: {"bind": inside, "mode": "rw"} for host, inside in (mounts or {}).items()},
-            init=True,  # reaps zombies the agent leaves behind
+            init=command is not None,  # a service gets tini to reap its zombies; IDLE_MAIN reaps its own
             labels=owner_labels(run_id),
             working_dir=workdir or "/",
             hostname="sandbox",

@@ -71,6 +71,8 @@ SCRIPTS: dict[str, list[str]] = {
     "os_finish_match": ["Think: done.\n\nAct: finish"],
     # OS: the agent breaks its own sandbox: its failure, not an environment error
     "os_delete_bash": [bash("rm -f /bin/bash /usr/bin/bash; exit"), bash("ls")],
+    # OS: the agent tries to stop its own container, which would make its wrong answer an environment error
+    "os_kill_all": [bash("kill 1; kill -9 -1"), "Think: 41.\n\nAct: answer(41)"],
     # OS fault: the container is killed from outside while this sleeps; retried, then answered honestly
     "os_killed": [bash("sleep 25; echo slept"), "Think: 42.\n\nAct: answer(42)"],
     # DB: a modification is scored by the table whatever the ending
@@ -100,7 +102,7 @@ EXPECTED = {
     "os_honest": ("completed", 1.0), "db_honest": ("completed", 1.0), "code_honest": ("completed", 1.0),
     "os_state_then_invalid": ("invalid_action", 0.0), "os_state_then_rounds": ("round_limit", 0.0),
     "os_finish_none": ("completed", 1.0), "os_finish_match": ("completed", 0.0),
-    "os_delete_bash": ("sandbox_broken", 0.0), "os_killed": ("completed", 1.0),
+    "os_delete_bash": ("sandbox_broken", 0.0), "os_killed": ("completed", 1.0), "os_kill_all": ("completed", 0.0),
     "db_modify_then_invalid": ("invalid_action", 1.0), "db_flood": ("completed", 1.0),
     "db_error_text": ("completed", 1.0), "db_slow": ("completed", 1.0),
     "code_eq": ("completed", 0.0), "code_token": ("completed", 0.0), "code_exit": ("completed", 0.0),
@@ -132,6 +134,7 @@ def write_suite(root: Path, names: set[str]) -> dict[str, Path]:
         "os_state_then_invalid": {"check": {"code": FLAG}}, "os_state_then_rounds": {"check": {"code": FLAG}},
         "os_finish_none": {"check": {"code": '[ "$1" = None ]'}},
         "os_finish_match": {"match": {"regex": ".*", "strip": True}}, "os_delete_bash": {"check": {"code": "true"}},
+        "os_kill_all": {"match": "42"},
     }  # fmt: skip
     db_tasks = {
         "db_honest": db_task("db_honest", "counting", label=["3"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -177,6 +178,24 @@ async def test_tampering_with_the_container_does_not_change_the_score(os_image: 
     _, _, wrong = await run_episode(COUNT_TASK, [tamper, "Act: answer(9)"])
     assert (right.score, wrong.score) == (1.0, 0.0)
 
+
+async def test_killing_every_process_and_signalling_pid_1_is_scored_not_retried(os_image: str) -> None:
+    """Stopping its own container would make a failing agent's episode an environment error, retried and then
+    not counted: every signal the agent can send leaves the container standing, the checks run, the score holds."""
+    signal_all = "for s in $(seq 1 31); do kill -$s 1; done 2>/dev/null; kill -9 -1"
+    replies = [f"Act: bash\n```bash\n{signal_all}\n```", "Act: bash\n```bash\nls /data | wc -l\n```"]
+    _, observations, right = await run_episode(COUNT_TASK, [*replies, "Act: answer(3)"])
+    _, _, wrong = await run_episode(COUNT_TASK, [*replies, "Act: answer(4)"])
+    assert observations[1].strip().endswith("3")  # a fresh shell answered after the agent killed its own
+    assert (right.status, right.score, wrong.status, wrong.score) == ("completed", 1.0, "completed", 0.0)
+
+
+async def test_orphans_of_the_agent_are_reaped(os_image: str) -> None:
+    async with await DockerSandbox.start(image_tag("os-default"), limits=TEST_LIMITS) as sandbox:
+        await sandbox.exec("for i in 1 2 3; do (sleep 0.1 &); done")
+        await asyncio.sleep(1)
+        states = await sandbox.exec(["ps", "-eo", "stat="])
+    assert "Z" not in states.stdout, states.stdout
 
 async def test_long_output_is_cut_for_display(os_image: str) -> None:
     _, observations, _ = await run_episode(COUNT_TASK, ["Act: bash\n```bash\nseq 1 1000\n```", "Act: finish"])
