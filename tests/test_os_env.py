@@ -197,6 +197,7 @@ async def test_orphans_of_the_agent_are_reaped(os_image: str) -> None:
         states = await sandbox.exec(["ps", "-eo", "stat="])
     assert "Z" not in states.stdout, states.stdout
 
+
 async def test_long_output_is_cut_for_display(os_image: str) -> None:
     _, observations, _ = await run_episode(COUNT_TASK, ["Act: bash\n```bash\nseq 1 1000\n```", "Act: finish"])
     shown = observations[0].removeprefix("The output of the OS:\n\n")
