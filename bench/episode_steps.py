@@ -2,10 +2,11 @@
 
     python -m bench.episode_steps [--rounds N]
 
-The steps are those of envs/os_interaction.py on the os-default image: create, start, the workdir exec, one init
-exec, opening the persistent shell, the `start` command and two agent commands typed into it, one check exec,
-closing the shell, and removal. Each is timed on its own (wall clock; on a 2-core machine the engine's CPU is
-most of it), and the share of the episode each takes is printed beside it.
+The steps are those of envs/os_interaction.py on the os-default image: create, start, one init script in a shell
+of its own, opening the persistent shell, the `start` command and two agent commands typed into it, closing the
+shell, one check exec, and removal. The shells are the main process's, reached by attaching (no exec); the workdir
+probe runs once per image, not per episode, so it is not here. Each is timed on its own (wall clock; on a 2-core
+machine the engine's CPU is most of it), and the share of the episode each takes is printed beside it.
 """
 
 from __future__ import annotations
@@ -32,14 +33,19 @@ async def one_episode(client, image: str, times: dict[str, list[float]]) -> None
 
     limits = SandboxLimits()
     container = await step("create + start", asyncio.to_thread(create_container, client, image, limits, None, "/root"))
-    box = DockerSandbox(client, container, limits)  # type: ignore[arg-type]
-    await step("exec: mkdir workdir", box.exec(["mkdir", "-p", "/root"]))
-    await step("exec: one init script", box.exec(["bash", "-c", "echo hi > /root/x"], workdir="/root"))
+    box = DockerSandbox(client, container, limits, idle_main=True)  # type: ignore[arg-type]
+
+    async def init_in_own_shell() -> None:  # as envs/os_interaction.py runs an init script
+        shell = await box.open_session(workdir="/root")
+        await shell.run("set -o pipefail; bash -c 'echo hi > /root/x' </dev/null 2>&1 | cat")
+        await shell.close()
+
+    await step("init script (own shell)", init_in_own_shell())
     session = await step("open shell session", box.open_session(workdir="/root"))
     await step("session: start command", session.run("sleep 0 &"))  # type: ignore[attr-defined]
     await step("session: 2 agent commands", session.run("ls; cat x"))  # type: ignore[attr-defined]
-    await step("exec: one check script", box.exec(["bash", "-c", "test -f /root/x"], workdir="/root"))
     await step("close session", session.close())  # type: ignore[attr-defined]
+    await step("exec: one check script", box.exec(["bash", "-c", "test -f /root/x"], workdir="/root"))
     await step("remove (force)", box.stop())
 
 

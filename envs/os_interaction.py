@@ -1,10 +1,11 @@
 """The AgentBench OS-interaction episode on a sandbox.
 
-Set-up: each `init` script runs as its own exec; `start` is typed into the agent's persistent shell (so what it
-leaves running, or sets, is there for the agent); init, the shell and the checks share one working directory, `/`,
-as AgentBench's containers (no WORKDIR) and its execs have it. Then up to `round_limit` model replies, each parsed
-as AgentBench does (envs.os_actions); a bash action's output is cut for display at 800 characters (first 780 + a
-note). The episode ends on answer/finish, an invalid action or the round limit.
+Set-up: each `init` script runs as its own process (stdin empty, as an exec runs it), typed into a shell of its
+own; `start` is typed into the agent's persistent shell (so what it leaves running, or sets, is there for the
+agent); init, the shell and the checks share one working directory, `/`, as AgentBench's containers (no WORKDIR)
+and its execs have it. Then up to `round_limit` model replies, each parsed as AgentBench does (envs.os_actions); a
+bash action's output is cut for display at 800 characters (first 780 + a note). The episode ends on
+answer/finish, an invalid action or the round limit.
 
 Scoring follows AgentBench v0.2: only an episode the agent ended by answering or finishing is judged (an invalid
 reply or the round limit scores 0, whatever state the machine is in); after `finish` the answer is None — `match`
@@ -19,6 +20,7 @@ error the orchestrator retries — never "the output is empty" read by the agent
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from cycleqd.envs.os_actions import parse_os_action
 from cycleqd.envs.os_checks import expected_of, match_answer, run_checks, script_argv, script_source
 from cycleqd.envs.os_prompt import first_messages, observation
 from cycleqd.envs.os_tasks import OSTask
-from cycleqd.sandboxes.contract import Sandbox, SandboxHealth, ShellSession
+from cycleqd.sandboxes.contract import CommandResult, Sandbox, SandboxHealth, ShellSession
 from cycleqd.sandboxes.errors import SandboxError
 from cycleqd.sandboxes.output import truncate_for_display
 
@@ -65,14 +67,11 @@ class OSInteractionEpisode(Episode):
         try:
             await self._ensure_workdir()
             for position, script in enumerate(self.task.init):
-                source = script_source(script, settings.scripts_dir)
-                result = await self.sandbox.exec(
-                    script_argv(script, source, []), workdir=settings.workdir, timeout=settings.check_timeout_s
-                )
+                result = await self._run_init(script_argv(script, script_source(script, settings.scripts_dir), []))
                 if result.exit_code != 0:
                     raise EpisodeSetupError(
                         f"{self.task.task_id}: init script {position} exited {result.exit_code}: "
-                        f"{(result.stderr or result.stdout)[-300:]}"
+                        f"{result.output[-300:]}"
                     )
             self._session = await self.sandbox.open_session(workdir=settings.workdir)
             if self.task.start is not None:
@@ -82,6 +81,18 @@ class OSInteractionEpisode(Episode):
             raise EpisodeSetupError(f"{self.task.task_id}: {exc}") from exc
         self.messages = first_messages(self.task.description)
         return list(self.messages)
+
+    async def _run_init(self, argv: list[str]) -> CommandResult:
+        """One init script as its own process, as an exec would run it (stdin empty, a pipe of its own for output,
+        so a daemon it leaves cannot write into the agent's shell later), typed into a shell of its own: on Docker
+        that shell is the sandbox's main one, reached without an exec. Nothing of the agent runs yet, so its output
+        and status can be trusted."""
+        session = await self.sandbox.open_session(workdir=self.settings.workdir)
+        try:
+            typed = f"set -o pipefail; {shlex.join(argv)} </dev/null 2>&1 | cat"
+            return await session.run(typed, timeout=self.settings.check_timeout_s)
+        finally:
+            await session.close()
 
     async def _ensure_workdir(self) -> None:
         # A fresh container of an image has that image's filesystem, so once a folder is seen in an image it is

@@ -28,21 +28,16 @@ from cycleqd.sandboxes.errors import ImageMissingError, SandboxError, SandboxSto
 from cycleqd.sandboxes.exec_wrapper import WrappedExec
 from cycleqd.sandboxes.labels import owner_labels
 from cycleqd.sandboxes.limits import SandboxLimits, quota_supported
+from cycleqd.sandboxes.main_shell import IDLE_MAIN, MainShellSession
 from cycleqd.sandboxes.reaper import OWNED, reap_orphans_once
 from cycleqd.sandboxes.shell_session import BashSession
 from docker.models.containers import Container
+from docker.types import LogConfig
 
 log = logging.getLogger(__name__)
 KILL_GRACE_S = 3.0
 ROOT = "0"  # numeric: still works after an agent has mangled /etc/passwd
 
-
-# PID 1 of an idle sandbox: a bash that outlives whatever the agent does. The kernel drops every signal that a
-# namespace's init has no handler for, so neither `kill 1` nor `kill -9 -1` stops it, and bash reaps the orphans it
-# adopts. Its child shell is what blocks on the open, never-written stdin (AgentBench's idle `bash`); killed, it is
-# started again. Under tini the agent could stop its own container (tini forwards `kill 1` to its child and exits
-# with it), and a container gone is an environment error, retried: a failure turned into "not counted".
-IDLE_MAIN = ["bash", "-c", "while :; do bash --noprofile --norc || sleep 1; done"]
 
 # Per client, not per URL: two engines on two unix sockets share the URL "http+docker://localhost".
 _QUOTA: weakref.WeakKeyDictionary[docker.DockerClient, bool] = weakref.WeakKeyDictionary()
@@ -71,20 +66,32 @@ def create_container(
     command: list[str] | None = None,
     mounts: dict[str, str] | None = None,
 ) -> Container:
+    api = client.api
+    host_config = api.create_host_config(
+        binds={host: {"bind": inside, "mode": "rw"} for host, inside in (mounts or {}).items()},
+        init=command is not None,  # a service gets tini to reap its zombies; IDLE_MAIN reaps its own
+        # What the idle main shell prints is a session's, read through an attach: the engine need not log it.
+        log_config=LogConfig(type=LogConfig.types.NONE) if command is None else None,
+        **limits.docker_run_kwargs(disk_quota=engine_has_quota(client)),
+    )
+    config = api.create_container_config(
+        image,
+        command or IDLE_MAIN,
+        stdin_open=True,
+        volumes=list((mounts or {}).values()) or None,
+        labels=owner_labels(run_id),
+        working_dir=workdir or "/",
+        hostname="sandbox",
+        host_config=host_config,
+    )
+    # docker-py ties StdinOnce to stdin_open: the engine would close stdin when the first attached client leaves,
+    # and every later shell of IDLE_MAIN would read end-of-file. Each main-shell session attaches anew.
+    config["StdinOnce"] = False
     try:
-        container = client.containers.create(
-            image,
-            command or IDLE_MAIN,
-            stdin_open=True,
-            volumes={host: {"bind": inside, "mode": "rw"} for host, inside in (mounts or {}).items()},
-            init=command is not None,  # a service gets tini to reap its zombies; IDLE_MAIN reaps its own
-            labels=owner_labels(run_id),
-            working_dir=workdir or "/",
-            hostname="sandbox",
-            **limits.docker_run_kwargs(disk_quota=engine_has_quota(client)),
-        )
+        created = api.create_container_from_config(config, None)
     except docker.errors.ImageNotFound as exc:
         raise ImageMissingError(f"image {image!r} is not on this engine; run `cycleqd images build`") from exc
+    container = client.containers.get(created["Id"])
     OWNED.add(container)
     try:
         container.start()
@@ -96,7 +103,9 @@ def create_container(
 
 
 class DockerSandbox(Sandbox):
-    def __init__(self, client: docker.DockerClient, container: Container, limits: SandboxLimits) -> None:
+    def __init__(
+        self, client: docker.DockerClient, container: Container, limits: SandboxLimits, *, idle_main: bool = False
+    ) -> None:
         self.limits = limits
         self.image = container.attrs.get("Config", {}).get("Image", "")
         self.image_id = container.attrs.get("Image", "")  # sha256 of the image's content: stable, unlike a tag
@@ -104,6 +113,7 @@ class DockerSandbox(Sandbox):
         self._container = container
         self._stopped = False
         self._oom_seen = 0
+        self._main_shell_free = idle_main  # IDLE_MAIN runs and no session holds its shell
 
     @property
     def id(self) -> str:
@@ -132,7 +142,7 @@ class DockerSandbox(Sandbox):
         limits = limits or SandboxLimits()
         await asyncio.to_thread(reap_orphans_once, client)
         container = await asyncio.to_thread(create_container, client, image, limits, run_id, workdir, command, mounts)
-        return cls(client, container, limits)
+        return cls(client, container, limits, idle_main=command is None)
 
     # -- exec plumbing ---------------------------------------------------------------------------------------
 
@@ -171,6 +181,19 @@ class DockerSandbox(Sandbox):
             return api.exec_start(created["Id"], socket=True), created["Id"]
 
         handle, exec_id = await asyncio.to_thread(create_and_start)
+        return await self._stream_of(handle), exec_id
+
+    async def _attach_main(self) -> ExecStream:
+        """The main process's stdin and output: where IDLE_MAIN's shell reads and writes."""
+        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+        try:
+            handle = await asyncio.to_thread(self._client.api.attach_socket, self._container.id, params)
+        except docker.errors.NotFound as exc:
+            raise SandboxStoppedError(f"the container of sandbox {self.name} is gone") from exc
+        return await self._stream_of(handle)
+
+    @staticmethod
+    async def _stream_of(handle: object) -> ExecStream:
         raw = getattr(handle, "_sock", handle)
         if not isinstance(raw, socket.socket):
             raise SandboxError(
@@ -179,7 +202,7 @@ class DockerSandbox(Sandbox):
             )
         stream = await ExecStream.attach(raw)
         stream.keepalive = handle  # the SDK's wrapper closes the socket when collected
-        return stream, exec_id
+        return stream
 
     async def exit_code_of(self, exec_id: str) -> int | None:
         info = await asyncio.to_thread(self._client.api.exec_inspect, exec_id)
@@ -286,6 +309,8 @@ class DockerSandbox(Sandbox):
     async def open_session(
         self, *, user: str | None = None, workdir: str | None = None, env: Mapping[str, str] | None = None
     ) -> BashSession:
+        if self._main_shell_free and user is None and env is None:
+            return await self._open_main_session(workdir)
         stream, exec_id = await self._attach(
             ["bash", "--noprofile", "--norc"], stdin=True, user=user, workdir=workdir, env=env
         )
@@ -297,6 +322,26 @@ class DockerSandbox(Sandbox):
             cap=self.limits.output_cap_bytes,
             workdir=workdir,
         )
+
+    async def _open_main_session(self, workdir: str | None) -> BashSession:
+        """A session on the main process's shell: no exec (see main_shell.py). One at a time; the main shell is
+        retired for good if a session could not hand it back clean."""
+        if self._stopped:
+            raise SandboxStoppedError(f"sandbox {self.name} was stopped")
+        self._main_shell_free = False
+
+        def release(clean: bool) -> None:
+            self._main_shell_free = clean
+
+        try:
+            stream = await self._attach_main()
+        except BaseException:
+            release(True)
+            raise
+        session = MainShellSession(
+            self, stream, timeout_s=self.limits.command_timeout_s, cap=self.limits.output_cap_bytes, release=release
+        )
+        return await session.set_up(workdir)
 
     async def write_file(self, path: str, data: bytes | str, *, mode: int = 0o644) -> None:
         if not path.startswith("/"):

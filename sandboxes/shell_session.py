@@ -19,7 +19,7 @@ import asyncio
 import re
 import secrets
 import time
-from typing import Protocol
+from typing import Protocol, Self
 
 from cycleqd.sandboxes.contract import CommandResult, ShellSession
 from cycleqd.sandboxes.docker_stream import ExecStream, Frame
@@ -76,15 +76,17 @@ class BashSession(ShellSession):
     async def start(
         cls, host: ProcessHost, stream: ExecStream, exec_id: str, *, timeout_s: float, cap: int, workdir: str | None
     ) -> BashSession:
-        session = cls(host, stream, exec_id, timeout_s=timeout_s, cap=cap)
+        return await cls(host, stream, exec_id, timeout_s=timeout_s, cap=cap).set_up(workdir)
+
+    async def set_up(self, workdir: str | None) -> Self:
         setup = "exec 2>&1; shopt -s expand_aliases"
         if workdir:
             setup += f"; cd {ansi_c_quote(workdir)}"
-        result = await session.run(setup)
+        result = await self.run(setup)
         if result.exit_code != 0:
-            await session.close()
+            await self.close()
             raise SessionClosedError(f"the session's shell failed to start: {result.output.strip()!r}")
-        return session
+        return self
 
     def _sentinel_line(self) -> str:
         return f'printf \'\\n%s%s:%s:%s\\n\' {self._mark_a} {self._mark_b} "$?" "$$"\n'
@@ -112,7 +114,7 @@ class BashSession(ShellSession):
                 status = await self._interrupt(out)
             exit_code = status
             if self._ended and exit_code is None:
-                exit_code = await self._host.exit_code_of(self._exec_id)
+                exit_code = await self._status_of_ended_shell()
             oom = exit_code == 137 and not timed_out and not overflowed and await self._oom_happened()
             return CommandResult(
                 exit_code=exit_code,
@@ -129,7 +131,14 @@ class BashSession(ShellSession):
         keep = len(self._mark_a) + len(self._mark_b) + 48  # bytes that may hold the start of a split sentinel
         while True:
             # Match on a copy: groups of a match on a bytearray read the buffer lazily, and we cut it below.
-            match = self._done.search(bytes(self._pending))
+            pending = bytes(self._pending)
+            match = self._done.search(pending)
+            ended = self._shell_end_in(pending)
+            if ended and (match is None or ended.start() < match.start()):
+                out.write(pending[: ended.start()])
+                del self._pending[: ended.end()]
+                self._shell_exited(int(ended["rc"]))
+                return None
             if match:
                 out.write(bytes(self._pending[: match.start()]))
                 del self._pending[: match.end()]
@@ -175,6 +184,9 @@ class BashSession(ShellSession):
             pending = bytes(self._pending)
             head, _, tail = pending.partition(resync.search(pending)[0])
             self._pending = bytearray(tail)
+            if ended := self._shell_end_in(head):
+                self._shell_exited(int(ended["rc"]))
+                head = head[: ended.start()]
             match = self._done.search(head)
             if match:
                 self._shell_pid = int(match["pid"])
@@ -187,6 +199,16 @@ class BashSession(ShellSession):
             self._ended = True
             await self.close()
             return None
+
+    def _shell_end_in(self, pending: bytes) -> re.Match[bytes] | None:
+        """Where the output itself says that the shell has exited (here never: the end of the stream says it)."""
+        return None
+
+    def _shell_exited(self, status: int) -> None:
+        self._ended = True
+
+    async def _status_of_ended_shell(self) -> int | None:
+        return await self._host.exit_code_of(self._exec_id)
 
     def _without_echo(self, output: str, typed: str) -> str:
         """Under `set -v` bash echoes the lines we type; the command's own echo stays, our wrapping goes."""
