@@ -26,6 +26,7 @@ from pathlib import Path
 from cycleqd.db import EpisodeRecord, open_store
 from cycleqd.sandboxes.engine import docker_client, ensure_engine
 from cycleqd.sandboxes.images import build_images, image_tag
+from cycleqd.serving.client import ClientSettings
 from cycleqd.serving.external import ExternalManager
 from cycleqd.serving.model_ref import ExternalEndpoint
 from cycleqd.serving.server_process import free_port
@@ -48,7 +49,7 @@ async def throughput(latency_s: float, per_slot: int, folder: Path, concurrencie
             run = store.create_run("bench", {})
             repeats = max(1, concurrency * per_slot // len(tasks))
             settings = EvalSettings(concurrency=concurrency, repeats=repeats, max_tokens=16, max_sandboxes=concurrency)
-            async with ExternalManager(endpoint) as manager:
+            async with ExternalManager(endpoint, ClientSettings(max_concurrency=concurrency)) as manager:
                 await manager.serve(endpoint)
                 model_id = store.model_id(endpoint.identity(), endpoint.label)
                 orchestrator = Orchestrator(store, run.id, manager, model_id, settings)

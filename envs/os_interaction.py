@@ -38,6 +38,7 @@ from cycleqd.sandboxes.output import truncate_for_display
 HEALTH_SETTLE_S = 3.0  # how long a sandbox may still read as running after it was killed
 
 _WORKDIR_IN_IMAGE: set[tuple[str, str]] = set()  # (image id, folder): folders the image itself holds
+_WORKDIR_PROBES: dict[tuple[str, str], asyncio.Future[bool]] = {}  # probes under way, by the same key
 
 
 @dataclass(frozen=True)
@@ -96,15 +97,37 @@ class OSInteractionEpisode(Episode):
 
     async def _ensure_workdir(self) -> None:
         # A fresh container of an image has that image's filesystem, so once a folder is seen in an image it is
-        # in every later container of it: one exec per image and run instead of one per episode.
+        # in every later container of it: one exec per image and run instead of one per episode. Episodes that
+        # start together wait for the first one's probe rather than each probing (a herd of execs at a run's start).
         image = getattr(self.sandbox, "image_id", "")
         key = (image, self.settings.workdir)
-        if image and key in _WORKDIR_IN_IMAGE:
+        if not image:
+            await self._make_workdir()
             return
-        if (await self.sandbox.exec(["test", "-d", self.settings.workdir])).exit_code != 0:
-            await self.sandbox.exec(["mkdir", "-p", self.settings.workdir])
-        elif image:
-            _WORKDIR_IN_IMAGE.add(key)
+        while key not in _WORKDIR_IN_IMAGE:
+            probe = _WORKDIR_PROBES.get(key)
+            if probe is None or probe.done() or probe.get_loop() is not asyncio.get_running_loop():
+                probe = _WORKDIR_PROBES[key] = asyncio.ensure_future(self._make_workdir())
+                try:
+                    if await probe:
+                        _WORKDIR_IN_IMAGE.add(key)
+                finally:
+                    _WORKDIR_PROBES.pop(key, None)
+                return
+            try:
+                in_image = await asyncio.shield(probe)
+            except SandboxError:
+                continue  # that episode's sandbox failed, not the image: probe again, maybe in ours
+            if not in_image:  # each sandbox makes its own
+                await self._make_workdir()
+                return
+
+    async def _make_workdir(self) -> bool:
+        """Whether the image already had the workdir (if not, it is made in this sandbox)."""
+        if (await self.sandbox.exec(["test", "-d", self.settings.workdir])).exit_code == 0:
+            return True
+        await self.sandbox.exec(["mkdir", "-p", self.settings.workdir])
+        return False
 
     async def step(self, reply: str) -> str | None:
         if self.status is not None:

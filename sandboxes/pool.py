@@ -40,6 +40,7 @@ class SandboxPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._pace: dict[str, StartAhead] = {image: StartAhead() for image in warm}
+        self._expected: dict[str, int] = {}  # acquires still to come, per image, where the caller said
 
     @property
     def live(self) -> int:
@@ -48,6 +49,15 @@ class SandboxPool:
 
     def idle(self, image: str) -> int:
         return len(self._idle.get(image, []))
+
+    def expect(self, image: str, acquires: int) -> None:
+        """`acquires` more acquires of `image` are coming (a run's episodes): spares beyond those still to come
+        would be started only to be removed, a whole container lifecycle each."""
+        self._expected[image] = self._expected.get(image, 0) + acquires
+
+    def _spares_wanted(self, image: str) -> int:
+        wanted = max(self._warm_target[image], self._pace[image].spares(self.max_live // 2))
+        return min(wanted, self._expected[image]) if image in self._expected else wanted
 
     async def start(self) -> None:
         """Begin filling the warm spares; returns at once."""
@@ -59,18 +69,20 @@ class SandboxPool:
         async with self._changed:
             await self._changed.wait_for(
                 lambda: (
-                    all(self.idle(i) >= n for i, n in self._warm_target.items())
+                    all(self.idle(i) >= self._spares_wanted(i) for i in self._warm_target)
                     or (self._live >= self.max_live and not any(self._starting.values()))
                 )
             )
 
     async def acquire(self, image: str) -> Sandbox:
         async with self._changed:
+            if image in self._pace:  # once per acquire, however long it then waits for a slot
+                self._pace[image].acquired()
+            if image in self._expected:
+                self._expected[image] = max(0, self._expected[image] - 1)
             while True:
                 if self._closed:
                     raise PoolClosedError("the sandbox pool is closed")
-                if image in self._pace:
-                    self._pace[image].acquired()
                 spares = self._idle.get(image)
                 if spares:
                     sandbox = spares.pop()
@@ -163,8 +175,7 @@ class SandboxPool:
     async def _refill(self, image: str) -> None:
         while True:
             async with self._changed:
-                wanted = max(self._warm_target[image], self._pace[image].spares(self.max_live // 2))
-                missing = wanted - self.idle(image) - self._starting[image]
+                missing = self._spares_wanted(image) - self.idle(image) - self._starting[image]
                 # Spares never take a slot that real work could need.
                 if self._closed or missing <= 0 or self._live >= self.max_live:
                     return

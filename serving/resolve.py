@@ -50,13 +50,22 @@ def gpu_available() -> bool:
 
 
 def manager_for(
-    ref: ModelRef, *, server: str = "auto", client_settings: ClientSettings | None = None, slot: int = 0
+    ref: ModelRef,
+    *,
+    server: str = "auto",
+    client_settings: ClientSettings | None = None,
+    slot: int = 0,
+    episodes_at_once: int | None = None,
 ) -> ServerManager:
     """`server`: auto (vLLM on a GPU machine that has it, else transformers serve), vllm, transformers.
-    `slot` picks the GPU when an evolution runs one server per GPU."""
+    `slot` picks the GPU when an evolution runs one server per GPU. `episodes_at_once`: an endpoint's client lets
+    that many requests fly (each episode waits on one reply at a time), or a run's --concurrency above the client's
+    default would queue on the client instead of reaching the endpoint."""
     if isinstance(ref, ExternalEndpoint):
         from cycleqd.serving.external import ExternalManager
 
+        if client_settings is None and episodes_at_once is not None:
+            client_settings = ClientSettings(max_concurrency=max(episodes_at_once, ClientSettings.max_concurrency))
         return ExternalManager(ref, client_settings)
     use_vllm = server == "vllm" or (
         server == "auto" and gpu_available() and importlib.util.find_spec("vllm") is not None

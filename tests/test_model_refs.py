@@ -108,3 +108,11 @@ def test_default_checkpoint_is_converted_once(default_model: LocalCheckpoint) ->
     mtime = (default_model.path / "model.safetensors").stat().st_mtime_ns
     assert default_checkpoint() == default_model
     assert (default_model.path / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_an_endpoints_client_lets_every_episode_of_a_run_wait_on_a_reply() -> None:
+    from cycleqd.serving.resolve import manager_for
+
+    endpoint = ExternalEndpoint("http://127.0.0.1:9/v1", "m")
+    assert manager_for(endpoint, episodes_at_once=64).client_settings.max_concurrency == 64
+    assert manager_for(endpoint, episodes_at_once=2).client_settings.max_concurrency == 8  # the client's floor

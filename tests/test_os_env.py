@@ -250,6 +250,28 @@ async def test_the_workdir_is_there_in_every_episode_and_probed_once_per_image(o
     assert observations[0] == "The output of the OS:\n\n/\n/\n"
 
 
+async def test_episodes_that_start_together_probe_the_workdir_once(os_image: str) -> None:
+    task = parse_task({"description": "d", "evaluation": {"match": "x"}}, "inline.json", 0)
+    probes: list[object] = []
+    sandboxes = [await DockerSandbox.start(image_tag(task.image), limits=TEST_LIMITS) for _ in range(4)]
+    try:
+        for sandbox in sandboxes:
+            sandbox.exec = counted_exec(sandbox.exec, probes)  # type: ignore[method-assign]
+        episodes = [OSInteractionEpisode(task, s, OSSettings(workdir="/usr/share")) for s in sandboxes]
+        await asyncio.gather(*(episode.begin() for episode in episodes))
+    finally:
+        await asyncio.gather(*(sandbox.stop() for sandbox in sandboxes))
+    assert probes == [["test", "-d", "/usr/share"]]
+
+
+def counted_exec(exec_, calls: list[object]):  # noqa: ANN001, ANN201
+    async def counted(command: object, **options: object) -> object:
+        calls.append(command)
+        return await exec_(command, **options)
+
+    return counted
+
+
 # -- gold replays ----------------------------------------------------------------------------------------------------
 
 

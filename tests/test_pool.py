@@ -106,3 +106,21 @@ def test_start_ahead_follows_the_observed_rate(monkeypatch: pytest.MonkeyPatch) 
     assert pace.spares(2) == 2  # never more than the ceiling
     clock[0] += StartAhead.WINDOW_S + 1  # the stream stopped: no spares beyond the floor
     assert pace.spares(32) == 0
+
+
+async def test_a_pool_told_the_acquires_to_come_starts_no_spare_beyond_them(os_image: str) -> None:
+    started: list[str] = []
+
+    async def factory(image: str) -> DockerSandbox:
+        box = await DockerSandbox.start(image, limits=TEST_LIMITS)
+        started.append(box.id)
+        return box
+
+    pool = SandboxPool(factory, warm={os_image: 2}, max_live=4)
+    pool.expect(os_image, 3)
+    async with pool:
+        for _ in range(3):
+            async with pool.sandbox(os_image) as box:
+                assert (await box.exec(["echo", "ok"])).stdout == "ok\n"
+            await asyncio.sleep(0.5)  # time for refills that should not come
+    assert len(started) == 3

@@ -162,7 +162,8 @@ class _Evaluation:
             resolve_model, request.model, key_env=request.api_key_env, allow_download=request.allow_download
         )
         identity = await asyncio.to_thread(ref.identity)
-        async with manager_for(ref, server=server_choice(request.model, request.server)) as manager:
+        server = server_choice(request.model, request.server)
+        async with manager_for(ref, server=server, episodes_at_once=request.concurrency) as manager:
             await manager.serve(ref)
             store, run_id = await asyncio.to_thread(self._open_run, manager.decoding())
             model_id = store.model_id(identity, ref.label)

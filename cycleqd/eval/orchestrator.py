@@ -175,8 +175,10 @@ class Orchestrator:
             await self._run_all(tasks, runtime, gate)
 
     async def _run_all(self, tasks: list[EvalTask], runtime: EnvRuntime, gate: EpisodeGate | None) -> None:
+        todo = self.plan(tasks)
+        runtime.expect(task for task, _, _ in todo)  # a gate may stop early: then this is an upper bound
         if gate is not None:
-            await self._run_gated(self.plan(tasks), runtime, gate)
+            await self._run_gated(todo, runtime, gate)
             return
         pool = AioPool(size=self.settings.concurrency)
         futures = []
@@ -184,7 +186,7 @@ class Orchestrator:
             # spawn_n, not `await pool.spawn`: asyncio_pool's spawn catches the CancelledError of a caller waiting
             # for a free place and returns it inside the future, so a Ctrl-C there was lost and the run went on to
             # the end. Here the only await is join(), which lets the cancellation through.
-            for task, task_id, repeat in self.plan(tasks):
+            for task, task_id, repeat in todo:
                 futures.append(pool.spawn_n(self._episode(runtime, task, task_id, repeat)))
             await pool.join()
         finally:

@@ -85,6 +85,15 @@ class EnvRuntime:
         await self._stack.aclose()
         self._services.clear()
 
+    def expect(self, tasks: Iterable[EvalTask]) -> None:
+        """These episodes are coming, one sandbox each: the pool keeps no spare beyond them."""
+        counts: dict[str, int] = defaultdict(int)
+        for task in tasks:
+            for image in environment(task.env).episode_images([task.task]):
+                counts[image] += 1
+        for image, count in counts.items():
+            self.pool.expect(image, count)
+
     def sandbox(self, image: str) -> contextlib.AbstractAsyncContextManager[Sandbox]:
         return self.pool.sandbox(image)
 
