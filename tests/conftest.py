@@ -52,13 +52,17 @@ async def sandbox(os_image: str) -> AsyncIterator[DockerSandbox]:
         await box.stop()
 
 
-@pytest.fixture
-async def session(sandbox: DockerSandbox):  # noqa: ANN201 - a BashSession
+@pytest.fixture(params=["main shell", "exec"])
+async def session(sandbox: DockerSandbox, request: pytest.FixtureRequest):  # noqa: ANN201 - a BashSession
+    """Both kinds a sandbox gives: its main process's shell (attached), and, while that one is taken, an exec."""
+    holder = await sandbox.open_session() if request.param == "exec" else None
     shell = await sandbox.open_session()
     try:
         yield shell
     finally:
         await shell.close()
+        if holder is not None:
+            await holder.close()
 
 
 # -- models and servers --------------------------------------------------------------------------------------------

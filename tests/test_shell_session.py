@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
+import docker
 import pytest
+from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.errors import SessionClosedError
 from cycleqd.sandboxes.shell_session import BashSession, ansi_c_quote
 
@@ -91,3 +95,40 @@ def test_ansi_c_quote_round_trips_through_bash() -> None:
     text = 'it\'s a \\ test\n\ttab $HOME `x` "q" é\x01'
     out = subprocess.run(["bash", "-c", f"printf %s {ansi_c_quote(text)}"], capture_output=True, text=True)
     assert out.stdout == text
+
+
+async def test_sessions_on_an_idle_sandbox_cost_no_exec(sandbox: DockerSandbox, docker_engine: docker.DockerClient):
+    since = time.time() - 1
+    for _ in range(3):
+        shell = await sandbox.open_session(workdir="/tmp")
+        assert (await shell.run("pwd")).output == "/tmp\n"
+        await shell.close()
+    events = docker_engine.events(since=since, until=time.time() + 1, decode=True,
+                                  filters={"container": sandbox.id, "event": "exec_create"})  # fmt: skip
+    assert [e["Action"] for e in events] == []
+
+
+async def test_each_session_gets_a_fresh_shell(sandbox: DockerSandbox) -> None:
+    first = await sandbox.open_session()
+    await first.run("cd /etc; X=1; alias l=true")
+    pid = (await first.run("echo $$")).output
+    await first.close()
+    second = await sandbox.open_session()
+    assert (await second.run("pwd; echo ${X:-unset}; type l >/dev/null 2>&1 || echo no-alias")).output == (
+        "/\nunset\nno-alias\n"
+    )
+    assert (await second.run("echo $$")).output != pid
+    assert (await second.run("exit 3")).exit_code == 3
+    await second.close()
+    third = await sandbox.open_session()
+    assert (await third.run("echo again")).output == "again\n"
+    await third.close()
+
+
+async def test_two_sessions_at_once_are_two_shells(sandbox: DockerSandbox) -> None:
+    one, two = await sandbox.open_session(), await sandbox.open_session()
+    await one.run("X=one")
+    await two.run("X=two")
+    assert [(await s.run("echo $X")).output for s in (one, two)] == ["one\n", "two\n"]
+    await one.close()
+    await two.close()
