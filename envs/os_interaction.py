@@ -99,6 +99,8 @@ class OSInteractionEpisode(Episode):
         # A fresh container of an image has that image's filesystem, so once a folder is seen in an image it is
         # in every later container of it: one exec per image and run instead of one per episode. Episodes that
         # start together wait for the first one's probe rather than each probing (a herd of execs at a run's start).
+        if self.settings.workdir == "/":  # AgentBench's, and every filesystem's
+            return
         image = getattr(self.sandbox, "image_id", "")
         key = (image, self.settings.workdir)
         if not image:

@@ -243,11 +243,13 @@ async def test_the_workdir_is_there_in_every_episode_and_probed_once_per_image(o
         _, observations, _ = await run_episode(record, read, OSSettings(workdir="/srv/made-here", command_timeout_s=3))
         assert observations[0] == "The output of the OS:\n\n/srv/made-here\n/srv/made-here\n"
     assert all(folder != "/srv/made-here" for _, folder in _WORKDIR_IN_IMAGE)
-    _, observations, _ = await run_episode(record, read)  # the default: AgentBench's /
+    _, observations, _ = await run_episode(record, read)  # the default: AgentBench's /, never probed
     assert observations[0] == "The output of the OS:\n\n/\n/\n"
-    assert any(folder == "/" for _, folder in _WORKDIR_IN_IMAGE)  # the image has it: no exec next time
-    _, observations, _ = await run_episode(record, read)
-    assert observations[0] == "The output of the OS:\n\n/\n/\n"
+    assert all(folder != "/" for _, folder in _WORKDIR_IN_IMAGE)
+    for _ in range(2):
+        _, observations, _ = await run_episode(record, read, OSSettings(workdir="/usr", command_timeout_s=3))
+        assert observations[0] == "The output of the OS:\n\n/usr\n/usr\n"
+        assert any(folder == "/usr" for _, folder in _WORKDIR_IN_IMAGE)  # the image has it: no exec next time
 
 
 async def test_episodes_that_start_together_probe_the_workdir_once(os_image: str) -> None:
