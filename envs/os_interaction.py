@@ -71,8 +71,7 @@ class OSInteractionEpisode(Episode):
                 result = await self._run_init(script_argv(script, script_source(script, settings.scripts_dir), []))
                 if result.exit_code != 0:
                     raise EpisodeSetupError(
-                        f"{self.task.task_id}: init script {position} exited {result.exit_code}: "
-                        f"{result.output[-300:]}"
+                        f"{self.task.task_id}: init script {position} exited {result.exit_code}: {result.output[-300:]}"
                     )
             self._session = await self.sandbox.open_session(workdir=settings.workdir)
             if self.task.start is not None:

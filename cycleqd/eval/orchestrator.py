@@ -235,7 +235,6 @@ class Orchestrator:
         self.on_result(result)
         return result
 
-
     async def _store(self, record: EpisodeRecord) -> None:
         write = asyncio.ensure_future(asyncio.to_thread(self.store.record_episode, record))
         try:
