@@ -171,7 +171,8 @@ class OSInteractionEpisode(Episode):
         return result.output
 
     async def _blame(self, cause: SandboxError | None) -> None:
-        """Raise EpisodeSetupError unless the sandbox still stands (or died of the agent's own memory use)."""
+        """Raise EpisodeSetupError unless the sandbox still stands, or its end was the agent's doing (its memory
+        use, or its main process ended from inside: ptrace lets a root agent end it)."""
         try:
             health = await self._settled_health()
         except SandboxError as exc:

@@ -57,6 +57,9 @@ class SandboxHealth(StrEnum):
 
     RUNNING = "running"
     OOM_KILLED = "oom_killed"  # the kernel killed its main process for memory: what ran inside caused it
+    # Its main process ended with no stop or kill from the engine: something inside ended it (as root, an agent
+    # can, through ptrace).
+    ENDED_INSIDE = "ended_inside"
     GONE = "gone"  # stopped, killed or removed from outside
 
 

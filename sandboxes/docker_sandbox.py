@@ -26,6 +26,7 @@ from cycleqd.sandboxes.docker_stream import STDERR, ExecStream
 from cycleqd.sandboxes.engine import docker_client
 from cycleqd.sandboxes.errors import ImageMissingError, SandboxError, SandboxStoppedError
 from cycleqd.sandboxes.exec_wrapper import WrappedExec
+from cycleqd.sandboxes.exit_witness import exit_witness
 from cycleqd.sandboxes.labels import owner_labels
 from cycleqd.sandboxes.limits import SandboxLimits, quota_supported
 from cycleqd.sandboxes.main_shell import IDLE_MAIN, MainShellSession
@@ -87,6 +88,7 @@ def create_container(
     # docker-py ties StdinOnce to stdin_open: the engine would close stdin when the first attached client leaves,
     # and every later shell of IDLE_MAIN would read end-of-file. Each main-shell session attaches anew.
     config["StdinOnce"] = False
+    exit_witness(client)  # following the engine's events before this container can end
     try:
         created = api.create_container_from_config(config, None)
     except docker.errors.ImageNotFound as exc:
@@ -392,7 +394,11 @@ class DockerSandbox(Sandbox):
         state = self._container.attrs.get("State", {})
         if state.get("Running"):
             return SandboxHealth.RUNNING
-        return SandboxHealth.OOM_KILLED if state.get("OOMKilled") else SandboxHealth.GONE
+        if state.get("OOMKilled"):
+            return SandboxHealth.OOM_KILLED
+        if await exit_witness(self._client).ended_inside(self.id):
+            return SandboxHealth.ENDED_INSIDE
+        return SandboxHealth.GONE
 
     def _check_running(self) -> None:
         if self._stopped:

@@ -31,6 +31,7 @@ from cycleqd.serving.model_ref import ExternalEndpoint
 
 from cycleqd.eval.orchestrator import EvalSettings, Orchestrator
 from cycleqd.eval.tasks import EvalTask, load_eval_tasks
+from tests.conftest import PTRACE_KILL_PID1
 from tests.hostile_model import MODEL, HostileModelServer
 
 pytestmark = pytest.mark.usefixtures("images")
@@ -73,6 +74,8 @@ SCRIPTS: dict[str, list[str]] = {
     "os_delete_bash": [bash("rm -f /bin/bash /usr/bin/bash; exit"), bash("ls")],
     # OS: the agent tries to stop its own container, which would make its wrong answer an environment error
     "os_kill_all": [bash("kill 1; kill -9 -1"), "Think: 41.\n\nAct: answer(41)"],
+    # OS: ... or to end its main process through ptrace, which no signal from inside can
+    "os_ptrace_pid1": [bash(PTRACE_KILL_PID1), "Think: 42.\n\nAct: answer(42)"],
     # OS fault: the container is killed from outside while this sleeps; retried, then answered honestly
     "os_killed": [bash("sleep 25; echo slept"), "Think: 42.\n\nAct: answer(42)"],
     # DB: a modification is scored by the table whatever the ending
@@ -103,6 +106,7 @@ EXPECTED = {
     "os_state_then_invalid": ("invalid_action", 0.0), "os_state_then_rounds": ("round_limit", 0.0),
     "os_finish_none": ("completed", 1.0), "os_finish_match": ("completed", 0.0),
     "os_delete_bash": ("sandbox_broken", 0.0), "os_killed": ("completed", 1.0), "os_kill_all": ("completed", 0.0),
+    "os_ptrace_pid1": ("sandbox_broken", 0.0),
     "db_modify_then_invalid": ("invalid_action", 1.0), "db_flood": ("completed", 1.0),
     "db_error_text": ("completed", 1.0), "db_slow": ("completed", 1.0),
     "code_eq": ("completed", 0.0), "code_token": ("completed", 0.0), "code_exit": ("completed", 0.0),
@@ -134,7 +138,7 @@ def write_suite(root: Path, names: set[str]) -> dict[str, Path]:
         "os_state_then_invalid": {"check": {"code": FLAG}}, "os_state_then_rounds": {"check": {"code": FLAG}},
         "os_finish_none": {"check": {"code": '[ "$1" = None ]'}},
         "os_finish_match": {"match": {"regex": ".*", "strip": True}}, "os_delete_bash": {"check": {"code": "true"}},
-        "os_kill_all": {"match": "42"},
+        "os_kill_all": {"match": "42"}, "os_ptrace_pid1": {"check": {"code": "true"}},
     }  # fmt: skip
     db_tasks = {
         "db_honest": db_task("db_honest", "counting", label=["3"]),

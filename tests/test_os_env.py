@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import docker
 import pytest
 from cycleqd.envs.episode import EpisodeStatus
 from cycleqd.envs.errors import EpisodeSetupError, TaskFormatError
@@ -19,7 +20,7 @@ from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.sandboxes.output import AGENTBENCH_TRUNCATION_NOTE
 
 from cycleqd.suite.verify import verify_suite
-from tests.conftest import TEST_LIMITS
+from tests.conftest import PTRACE_KILL_PID1, TEST_LIMITS
 
 SHARED_OS = Path(__file__).resolve().parents[2] / "shared" / "data" / "agentbench" / "AgentBench" / "os_interaction"
 needs_shared = pytest.mark.skipif(not SHARED_OS.exists(), reason=f"the shared AgentBench data is not at {SHARED_OS}")
@@ -188,6 +189,26 @@ async def test_killing_every_process_and_signalling_pid_1_is_scored_not_retried(
     _, _, wrong = await run_episode(COUNT_TASK, [*replies, "Act: answer(4)"])
     assert observations[1].strip().endswith("3")  # a fresh shell answered after the agent killed its own
     assert (right.status, right.score, wrong.status, wrong.score) == ("completed", 1.0, "completed", 0.0)
+
+
+async def test_an_agent_that_ends_its_sandbox_through_ptrace_fails_and_an_engine_kill_is_retried(
+    os_image: str,
+) -> None:
+    """Both end as "exited 137"; only the engine's events tell them apart. The agent's end is its failure (its
+    right answer cannot be checked in a sandbox it ended); the engine's is an environment error, retried."""
+    ptrace = f"Act: bash\n```bash\n{PTRACE_KILL_PID1}\n```"
+    _, observations, outcome = await run_episode(COUNT_TASK, [ptrace, "Act: answer(3)"])
+    assert observations[0] is not None  # the command's end was reported to the agent, which went on
+    assert (outcome.status, outcome.score) == (EpisodeStatus.SANDBOX_BROKEN, 0.0), outcome.detail
+    task = parse_task(COUNT_TASK, "inline.json", 0)
+    async with await DockerSandbox.start(image_tag(task.image), limits=TEST_LIMITS) as sandbox:
+        episode = OSInteractionEpisode(task, sandbox, OSSettings(command_timeout_s=30))
+        await episode.begin()
+        step = asyncio.ensure_future(episode.step("Act: bash\n```bash\nsleep 20\n```"))
+        await asyncio.sleep(1)
+        await asyncio.to_thread(lambda: docker.from_env().containers.get(sandbox.id).kill())
+        with pytest.raises(EpisodeSetupError, match="died under the agent"):
+            await step
 
 
 async def test_orphans_of_the_agent_are_reaped(os_image: str) -> None:
