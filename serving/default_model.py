@@ -8,12 +8,15 @@ then proves the result by loading it back and generating; only then is it publis
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib.util
+import io
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cycleqd.serving.errors import ModelRefError
@@ -62,16 +65,39 @@ def default_checkpoint(
             staging = Path(tempfile.mkdtemp(prefix=f"{CHECKPOINT_NAME}-", dir=models))
             staging.chmod(0o755)  # servers may run as another user
             try:
-                progress(f"converting {GGUF_FILE} into a safetensors checkpoint")
-                convert_gguf(gguf_path(), staging)
-                progress("checking the converted checkpoint generates")
-                check_generates(staging)
+                with transformers_quiet():  # the caller shows `progress`
+                    progress(f"converting {GGUF_FILE} into a safetensors checkpoint")
+                    convert_gguf(gguf_path(), staging)
+                    progress("checking the converted checkpoint generates")
+                    check_generates(staging)
                 (staging / DONE_MARKER).write_text("ok\n")
                 shutil.rmtree(target, ignore_errors=True)
                 staging.rename(target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     return validate_checkpoint(target)
+
+
+@contextlib.contextmanager
+def transformers_quiet() -> Iterator[None]:
+    """No progress bars or warnings of transformers (its own bars, the GGUF reader's plain tqdm, its logger) while
+    the caller reports progress its own way; what they wrote is shown if the block fails."""
+    from transformers.utils import logging as transformers_logging
+
+    bars_were_on, verbosity = transformers_logging.is_progress_bar_enabled(), transformers_logging.get_verbosity()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    written = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(written):
+            yield
+    except BaseException:
+        sys.stderr.write(written.getvalue())
+        raise
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars_were_on:
+            transformers_logging.enable_progress_bar()
 
 
 def convert_gguf(gguf: Path, out: Path) -> None:
