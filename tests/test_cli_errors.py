@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cycleqd.db import open_store
@@ -168,28 +170,49 @@ def test_a_model_the_endpoint_does_not_serve_is_one_line(tserve, tmp_path: Path)
     assert files(tmp_path) == set()
 
 
-@pytest.mark.slow
-def test_ctrl_c_interrupts_within_seconds_and_resume_completes_exactly(default_model, tmp_path: Path) -> None:  # noqa: ANN001
-    db = tmp_path / "interrupted.db"
+def start_eval(db: Path, cwd: Path, sigint: Any) -> subprocess.Popen[str]:
+    """`cycleqd eval` of four coding tasks as a child whose SIGINT disposition is `sigint`."""
     args = ["eval", "--tasks", "coding", "--limit", "4", "--max-tokens", "48", "--concurrency", "2", "--db", str(db)]
-    # A child started from a background shell inherits SIGINT ignored; a terminal's Ctrl-C reaches a default one.
-    child = subprocess.Popen([*CLI, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    return subprocess.Popen([*CLI, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))  # fmt: skip
+
+
+def send_signals(
+    child: subprocess.Popen[str], ready: Callable[[], bool], signum: int, again_after_s: float | None = None
+) -> tuple[str, str, float]:
+    """Send `signum` once `ready()` (and again `again_after_s` later, as an impatient person would); the child's
+    output and how long it took to end after the first signal."""
     try:
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and child.poll() is None:
-            if db.exists() and any(len(open_store(db).episodes(r.id)) for r in open_store(db).list_runs()):
-                break
+        while time.monotonic() < deadline and child.poll() is None and not ready():
             time.sleep(0.5)
         assert child.poll() is None, child.communicate()
         sent = time.monotonic()
-        os.kill(child.pid, signal.SIGINT)
+        os.kill(child.pid, signum)
+        if again_after_s is not None:
+            time.sleep(again_after_s)
+            os.kill(child.pid, signum)
         out, err = child.communicate(timeout=60)
-        took = time.monotonic() - sent
+        return out, err, time.monotonic() - sent
     finally:
         if child.poll() is None:
             child.kill()
-    assert child.returncode == 130 and "Traceback" not in out + err, err
+
+
+def episodes_stored(db: Path) -> bool:
+    return db.exists() and any(len(open_store(db).episodes(r.id)) for r in open_store(db).list_runs())
+
+
+@pytest.mark.slow
+def test_ctrl_c_interrupts_within_seconds_and_resume_completes_exactly(default_model, tmp_path: Path) -> None:  # noqa: ANN001
+    db = tmp_path / "interrupted.db"
+    # A child started from a background shell inherits SIGINT ignored; a terminal's Ctrl-C reaches a default one.
+    child = start_eval(db, tmp_path, signal.SIG_DFL)
+    # Pressed twice: the second press, while the episodes release their sandboxes, is answered with a line (it
+    # raised a KeyboardInterrupt inside a running task: tracebacks under the resume line).
+    out, err, took = send_signals(child, lambda: episodes_stored(db), signal.SIGINT, again_after_s=0.1)
+    assert child.returncode == 130 and "Traceback" not in out + err and "never retrieved" not in err, err
+    assert "stopping: the running episodes are releasing" in err
     assert took < 5, f"Ctrl-C took {took:.1f} s to end the run"
     (run,) = open_store(db).list_runs()
     assert run.status == RunStatus.INTERRUPTED and f"cycleqd eval --resume {run.id}" in err
@@ -201,3 +224,16 @@ def test_ctrl_c_interrupts_within_seconds_and_resume_completes_exactly(default_m
     episodes = open_store(db).episodes(run.id)
     assert len(episodes) == 4 and len({(e.task_id, e.repeat) for e in episodes}) == 4
     assert open_store(db).get_run(run.id).status == RunStatus.COMPLETED
+
+
+@pytest.mark.slow
+def test_sigterm_ends_an_eval_whose_sigint_is_ignored(default_model, tmp_path: Path) -> None:  # noqa: ANN001
+    """`cycleqd eval … &` in a script: the child inherits SIGINT ignored. SIGTERM was turned into a SIGINT to
+    ourselves, which then did nothing, and the run went on. It must end as Ctrl-C ends it."""
+    db = tmp_path / "terminated.db"
+    child = start_eval(db, tmp_path, signal.SIG_IGN)
+    out, err, took = send_signals(child, lambda: db.exists() and bool(open_store(db).list_runs()), signal.SIGTERM)
+    assert child.returncode == 130 and "Traceback" not in out + err, err
+    assert took < 10, f"SIGTERM took {took:.1f} s to end the run"
+    (run,) = open_store(db).list_runs()
+    assert run.status == RunStatus.INTERRUPTED and f"cycleqd eval --resume {run.id}" in err

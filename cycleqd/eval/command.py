@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -30,6 +29,8 @@ from cycleqd.sandboxes.engine import docker_client
 from cycleqd.sandboxes.images import build_images
 from cycleqd.serving.model_ref import parse_model_ref, server_prefix
 from cycleqd.serving.resolve import manager_for, resolve_model, server_choice
+
+T = TypeVar("T")
 
 
 def run_eval_command(
@@ -62,8 +63,7 @@ def run_eval_command(
     evaluation = _Evaluation(request, tasks, db_path, store, resumed, None if as_json else console, ray_address)
     started = time.monotonic()
     try:
-        with _sigterm_as_interrupt():
-            aggregates = asyncio.run(evaluation.run())
+        aggregates = asyncio.run(_stopped_by_ctrl_c_or_sigterm(evaluation.run(), err))
     except KeyboardInterrupt:
         evaluation.finish(RunStatus.INTERRUPTED)
         if evaluation.run_id:
@@ -118,15 +118,40 @@ def _check_model(request: EvalRequest) -> None:
     server_choice(request.model, request.server)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM goes the way of Ctrl-C: asyncio cancels the run, sandboxes and servers are released, the run is
-    marked interrupted."""
-    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+async def _stopped_by_ctrl_c_or_sigterm(run: Awaitable[T], err: Console) -> T:
+    """`run`, which Ctrl-C or SIGTERM cancels (the episodes still running stop and release their sandboxes and
+    servers; committed episodes stay): KeyboardInterrupt once the cancellation is through. A second signal while
+    that takes its seconds is answered with a line: asyncio's own second Ctrl-C raised KeyboardInterrupt inside
+    whatever task ran, which left tracebacks under the resume line and could skip the release. SIGTERM goes
+    through the loop too, not by sending ourselves SIGINT: a child of a background shell inherits SIGINT ignored
+    (and keeps it so here), and SIGTERM was then lost while the run went on."""
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    signals = [signal.SIGTERM] + ([] if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else [signal.SIGINT])
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+    stops = 0
+
+    def stop() -> None:
+        nonlocal stops
+        stops += 1
+        if stops == 1:
+            main.cancel()
+        elif stops == 2:
+            err.print("stopping: the running episodes are releasing their sandboxes and the model server")
+
+    for signum in signals:
+        loop.add_signal_handler(signum, stop)
     try:
-        yield
+        return await run
+    except asyncio.CancelledError:
+        if stops:
+            raise KeyboardInterrupt from None
+        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, previous[signum])  # SIGTERM: the CLI's exit, which still removes our containers
 
 
 class _Evaluation:
