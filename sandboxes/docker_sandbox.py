@@ -8,14 +8,18 @@ Exec goes through the SDK's low-level API (`exec_create`/`exec_start`/`exec_insp
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
+import os
 import socket
 import tarfile
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -37,6 +41,7 @@ from docker.types import LogConfig
 
 log = logging.getLogger(__name__)
 KILL_GRACE_S = 3.0
+T = TypeVar("T")
 ROOT = "0"  # numeric: still works after an agent has mangled /etc/passwd
 
 
@@ -56,6 +61,20 @@ def engine_has_quota(client: docker.DockerClient) -> bool:
                     "on xfs+pquota: `cycleqd engine start --disk-quota` starts one on btrfs)"
                 )
         return _QUOTA[client]
+
+
+# An episode's own engine calls (exec, attach, inspect) run on asyncio's default executor; starting and removing
+# sandboxes have executors of their own. On one shared queue, a run's first 64 starts stood ahead of the first
+# episode's next call, so no episode went on before nearly every container had started (concurrency 64, a 2 s
+# model: the first of 120 episodes ended after 13 s, and the engine idled through the model's replies); and a
+# burst of removals stood ahead of running episodes' checks.
+ENGINE_LANE_WIDTH = max(4, os.cpu_count() or 1)
+STARTS = ThreadPoolExecutor(ENGINE_LANE_WIDTH, thread_name_prefix="cycleqd-sandbox-start")
+REMOVALS = ThreadPoolExecutor(ENGINE_LANE_WIDTH, thread_name_prefix="cycleqd-sandbox-remove")
+
+
+async def in_lane(lane: ThreadPoolExecutor, call: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(lane, functools.partial(call, *args))
 
 
 def create_container(
@@ -142,8 +161,8 @@ class DockerSandbox(Sandbox):
         must run on this host)."""
         client = client or await asyncio.to_thread(docker_client)
         limits = limits or SandboxLimits()
-        await asyncio.to_thread(reap_orphans_once, client)
-        container = await asyncio.to_thread(create_container, client, image, limits, run_id, workdir, command, mounts)
+        await in_lane(STARTS, reap_orphans_once, client)
+        container = await in_lane(STARTS, create_container, client, image, limits, run_id, workdir, command, mounts)
         return cls(client, container, limits, idle_main=command is None)
 
     # -- exec plumbing ---------------------------------------------------------------------------------------
@@ -416,4 +435,4 @@ class DockerSandbox(Sandbox):
                 pass
             OWNED.discard(self._container)
 
-        await asyncio.to_thread(remove)
+        await in_lane(REMOVALS, remove)
