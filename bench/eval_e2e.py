@@ -27,7 +27,6 @@ from pathlib import Path
 from cycleqd.db import open_store
 from cycleqd.db.schema import Episode, Task
 from cycleqd.db.store import Store
-from cycleqd.envs.registry import EpisodeSettings
 from cycleqd.serving.client import ClientSettings
 from cycleqd.serving.default_model import default_checkpoint
 from cycleqd.serving.transformers_serve import SERVE_PRESETS, ServeOptions, TransformersServeManager
@@ -48,10 +47,9 @@ async def play(options: ServeOptions, concurrency: int, job: dict, limit: int, d
     store = open_store(db)
     run = store.create_run("bench", {})
     checkpoint = default_checkpoint()
-    settings = EvalSettings(
-        concurrency=concurrency, max_tokens=job["max_tokens"], max_sandboxes=max(2, 2 * concurrency),
-        episode=EpisodeSettings(round_limit=job["rounds"]),
-    )  # fmt: skip
+    settings = EvalSettings.sized(
+        concurrency=concurrency, repeats=1, max_tokens=job["max_tokens"], rounds=job["rounds"]
+    )  # as `eval` sizes a run
     client = ClientSettings(max_concurrency=max(concurrency, 4))
     async with TransformersServeManager(options=options, client_settings=client) as manager:
         await manager.serve(checkpoint)

@@ -36,6 +36,8 @@ from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.sandboxes.pool import SandboxPool
 from cycleqd.serving.default_model import cache_root
 
+from cycleqd.eval.orchestrator import EvalSettings
+
 COMMANDS = [["echo", "hello"], ["ls", "/"], ["cat", "/etc/hostname"]]
 CONCURRENCY = (1, 8)
 DRIVER = Path(__file__).parent / "peer" / "inspect_driver.py"
@@ -75,7 +77,9 @@ def run_inspect(python: Path, docker_config: Path, compose: Path, samples: int) 
 async def ours_as_episodes(image: str, samples: int, concurrency: int) -> float:
     gate = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
-    async with SandboxPool(DockerSandbox.start, warm={image: 0}, max_live=2 * concurrency) as pool:
+    cap = EvalSettings.sized(concurrency=concurrency, repeats=1, max_tokens=1, rounds=1).max_sandboxes  # eval's
+    async with SandboxPool(DockerSandbox.start, warm={image: 0}, max_live=cap) as pool:
+        pool.expect(image, samples)  # as the orchestrator tells it the episodes to come
 
         async def one() -> None:
             async with gate, pool.sandbox(image) as box:

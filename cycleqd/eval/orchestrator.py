@@ -70,9 +70,10 @@ class EvalSettings:
         cls, *, concurrency: int, repeats: int, max_tokens: int, rounds: int, sampling: Sampling | None = None
     ) -> EvalSettings:
         """The settings of a run asked for these counts (`cycleqd eval` and an evolution's eval block alike):
-        two sandboxes per concurrent episode, so a warm spare is ready while one is being torn down."""
+        two sandboxes per concurrent episode, so a warm spare is ready while one is being torn down, and two more,
+        so that one episode at a time too has starts in flight while the last sandbox goes away."""
         return cls(concurrency=concurrency, repeats=repeats, max_tokens=max_tokens,
-                   max_sandboxes=max(2, concurrency * 2), episode=EpisodeSettings(round_limit=rounds),
+                   max_sandboxes=concurrency * 2 + 2, episode=EpisodeSettings(round_limit=rounds),
                    sampling=sampling or Sampling())  # fmt: skip
 
 
