@@ -78,8 +78,8 @@ async def ours_as_episodes(image: str, samples: int, concurrency: int) -> float:
     gate = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
     cap = EvalSettings.sized(concurrency=concurrency, repeats=1, max_tokens=1, rounds=1).max_sandboxes  # eval's
-    async with SandboxPool(DockerSandbox.start, warm={image: 0}, max_live=cap) as pool:
-        pool.expect(image, samples)  # as the orchestrator tells it the episodes to come
+    async with SandboxPool(DockerSandbox.start, warm={image: min(2, cap)}, max_live=cap) as pool:
+        pool.expect(image, samples)  # sized, warmed and told the episodes to come as a run's runtime does
 
         async def one() -> None:
             async with gate, pool.sandbox(image) as box:

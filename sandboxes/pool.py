@@ -97,14 +97,11 @@ class SandboxPool:
                     self._spawn(self._stop_quietly(victim))
                     break
                 await self._changed.wait()
-        started = time.monotonic()
         try:
             sandbox = await self._factory(image)
         except BaseException:
             await self._free_slot()
             raise
-        if image in self._pace:  # learnt from every start: a pool with no warm floor starts its spares only so
-            self._pace[image].started(time.monotonic() - started)
         self._schedule_refill(image)
         return sandbox
 
@@ -239,9 +236,4 @@ class StartAhead:
         return len(self._acquires) / self.WINDOW_S
 
     def spares(self, ceiling: int) -> int:
-        """The starts Little's law asks for, and one more while acquires come: when they wait on starts, the rate
-        observed is the rate supplied, and the estimate alone never grows past it (one episode at a time kept one
-        start in flight: 0.27 s a sandbox, 0.17 with two, bench/peer_inspect.py). A caller's `expect()` still
-        bounds the spares by the acquires to come, so a run's end starts none in vain."""
-        needed = math.ceil(self.rate_per_s * self.start_s)
-        return min(needed + 1, ceiling) if needed else 0
+        return min(math.ceil(self.rate_per_s * self.start_s), ceiling)
