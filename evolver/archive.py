@@ -8,6 +8,7 @@ Insertion reports what happened, so the loop can log it and the TUI show it: a n
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -122,11 +123,30 @@ class GridArchive:
             return Insertion(self.name, cell, AddStatus.IMPROVED, old, quality)
         return Insertion(self.name, cell, AddStatus.REJECTED, old, quality)
 
-    def best(self) -> Elite | None:
-        """The elite of highest quality; ties go to the earliest candidate, so the choice is reproducible."""
+    def best(self, expert: Elite | None = None, seed: int = 0) -> Elite | None:
+        """The elite of highest quality. Ties (equal quality, common with few selection tasks) are broken by a
+        stated rule, not by candidate order, which once handed a tied archive to another task's expert:
+        1. this archive's own expert (`expert`), so a task whose children all tie with it keeps its skill; it counts
+           even when it holds no cell (an expert that tied an earlier elite's quality in its cell was not inserted);
+        2. the higher mean score over the other tasks (the elite that costs the final merge least elsewhere);
+        3. a draw seeded by (`seed`, archive name, the tied ids): reproducible, and independent of id order.
+        """
         if not self.elites:
             return None
-        return max(self.elites.values(), key=lambda e: (self.quality(e.scores), -e.candidate_id))
+        top = max(self.quality(e.scores) for e in self.elites.values())
+        if expert is not None and self.quality(expert.scores) == top:
+            return expert
+        tied = sorted((e for e in self.elites.values() if self.quality(e.scores) == top), key=lambda e: e.candidate_id)
+        elsewhere = max(self._mean_elsewhere(e) for e in tied)
+        tied = [e for e in tied if self._mean_elsewhere(e) == elsewhere]
+        if len(tied) == 1:
+            return tied[0]
+        words = [str(seed), self.name, *(str(e.candidate_id) for e in tied)]
+        draw = int.from_bytes(hashlib.sha256("\0".join(words).encode()).digest()[:8], "big")
+        return tied[draw % len(tied)]
+
+    def _mean_elsewhere(self, elite: Elite) -> float:
+        return math.fsum(elite.scores[i] for i in self.bc_indices) / max(1, len(self.bc_indices))
 
     def ordered_elites(self) -> list[Elite]:
         """Elites in cell order: sampling over this list is reproducible whatever the insertion history."""

@@ -89,6 +89,40 @@ def test_qd_metrics_and_the_papers_bc_ranges() -> None:
     assert paper_bc_range([0.0, 0.0]) == (0.0, 1.0)
 
 
+def test_ties_for_best_keep_the_archives_own_expert_then_the_better_elsewhere_then_a_seeded_draw() -> None:
+    # The coding archive of the issue: every coding score 0, the OS expert (id 1) first in id order.
+    grid = archive(task_index=2, bins=5)
+    os_expert, db_expert, coding_expert = elite(1, 0.25, 0.0, 0.0), elite(2, 0.0, 0.4, 0.0), elite(3, 0.0, 0.0, 0.0)
+    for e in (os_expert, db_expert, coding_expert):
+        grid.offer(e)
+    assert grid.best(coding_expert).candidate_id == 3  # type: ignore[union-attr]
+    # An expert that tied an earlier elite in its own cell holds no cell, and still wins the tie.
+    crowded = archive(task_index=2, bins=5)
+    crowded.offer(elite(9, 0.0, 0.0, 0.0))
+    assert not crowded.offer(coding_expert).status
+    assert crowded.best(coding_expert) == coding_expert
+    # An expert below the top is not preferred: the tie rule never overrides a higher quality.
+    grid.offer(elite(4, 0.1, 0.1, 0.3))
+    assert grid.best(coding_expert).candidate_id == 4  # type: ignore[union-attr]
+    # Without the expert, among the three tied at 0: the higher mean over the other tasks (db 0.2 over os 0.125).
+    plain = archive(task_index=2, bins=5)
+    for e in (os_expert, db_expert, coding_expert):
+        plain.offer(e)
+    assert plain.best().candidate_id == 2  # type: ignore[union-attr]
+
+
+def test_a_full_tie_is_a_seeded_draw_independent_of_id_order() -> None:
+    picks = set()
+    for seed in range(40):
+        grid = archive(task_index=0, bins=4)
+        for i in (5, 6, 7):  # equal quality, equal mean elsewhere, different cells
+            grid.offer(elite(i, 0.5, 0.1 * (i - 4) * 2, 0.6 - 0.1 * (i - 4) * 2))
+        best = grid.best(seed=seed)
+        assert best == grid.best(seed=seed)  # reproducible
+        picks.add(best.candidate_id)  # type: ignore[union-attr]
+    assert picks == {5, 6, 7}  # the lowest id does not always win
+
+
 def write_config(tmp_path: Path, text: str) -> Path:
     for name in ("base", "e1", "e2"):
         (tmp_path / name).mkdir(exist_ok=True)

@@ -347,7 +347,8 @@ class Evolution:
 
     async def finalise(self) -> list[FinalRow]:
         """θ_final = θ_base + Σ_k softmax(f)_k τ_k over the archives' best elites; everything on the test splits."""
-        bests = [archive.best() for archive in self.archives]
+        experts = {row.slot: self._elite(row) for row in self.evo.candidates("expert")}
+        bests = [a.best(experts.get(a.task_index), self.config.seed) for a in self.archives]  # ties: archive.best
         elites = [b for b in bests if b is not None]
         final = softmax_merge([self._genome(e.genome_hash) for e in elites],
                               [e.scores[a.task_index] for e, a in zip(bests, self.archives, strict=True) if e])
