@@ -55,6 +55,10 @@ def test_final_intervals_cells_and_paired_differences(tmp_path: Path) -> None:
     os_expert = result.cells[(by_label["expert os"].candidate_id, "os")]
     assert os_expert.n == N and os_expert.estimate == pytest.approx(0.5)
     assert 0.3 < os_expert.low < 0.5 < os_expert.high < 0.7
+    assert os_expert.method == "clopper-pearson"  # pass/fail scores: the exact interval, not a bootstrap
+    base = result.cells[(by_label["base"].candidate_id, "os")]
+    assert base.estimate == 0 and base.high == pytest.approx(0.1157, abs=1e-3)  # 0 of 30 is not [0, 0]
+    assert result.averages[by_label["base"].candidate_id].method == "mover(clopper-pearson)"
     final_avg = result.averages[by_label["CycleQD final"].candidate_id]
     assert final_avg.estimate == pytest.approx((0.5 + 10 / 30) / 2) and final_avg.n == 2 * N
     diffs = dict(result.differences)
@@ -65,6 +69,7 @@ def test_final_intervals_cells_and_paired_differences(tmp_path: Path) -> None:
     assert diffs["expert os − base on os"].estimate == pytest.approx(0.5)
     assert diffs["expert db − base on db"].estimate == pytest.approx(1 / 3)
     assert diffs["expert db − base on db"].n == N  # paired on the 30 scored tasks, the error left out
+    assert merge.method == "mover(newcombe-paired)" and diffs["expert os − base on os"].method == "newcombe-paired"
     rendered = final_report_tables(store, run.id, rows, TASKS)
     assert len(rendered) == 2 and rendered[1].row_count == 4
     payload = final_intervals_json(result, rows)

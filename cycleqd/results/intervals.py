@@ -1,6 +1,8 @@
 """Scores as the store holds them, turned into 95% intervals: one per (model, environment, split) for `eval` and
 `show`, and for an evolution's final table one per cell plus the paired differences the method is judged by
-(final − naive merge, final − best expert, each expert − base on its own task)."""
+(final − naive merge, final − best expert, each expert − base on its own task). The methods are
+`cycleqd.results.stats`'s: exact-based for pass/fail scores (Clopper–Pearson, Newcombe's paired interval, MOVER
+over environments), the bootstrap over tasks for any other."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from rich.table import Table
 
 from cycleqd.db.store import Store
 from cycleqd.evolve.loop import FinalRow
-from cycleqd.results.stats import Interval, bootstrap_ci, mean_ci, paired_ci, per_task_means
+from cycleqd.results.stats import Interval, mean_ci, paired_ci, per_task_means, strata_ci
 
 TaskScores = dict[str, float]  # task key → mean score over its repeats
 
@@ -29,7 +31,7 @@ Intervals = dict[tuple[int, str, str], Interval]  # (model, env, split) → its 
 
 
 def aggregate_intervals(store: Store, run_id: str) -> Intervals:
-    """A 95% bootstrap interval over tasks for each (model, env, split) of the run."""
+    """A 95% interval over tasks for each (model, env, split) of the run."""
     return {group: mean_ci(list(scores.values())) for group, scores in run_task_scores(store, run_id).items()}
 
 
@@ -62,9 +64,9 @@ def final_intervals(store: Store, run_id: str, rows: list[FinalRow], specs: Sequ
         per_task = of(row)
         for spec, values in zip(specs, per_task, strict=True):
             if values:
-                cells[(row.candidate_id, spec.name)] = bootstrap_ci([list(values.values())])
+                cells[(row.candidate_id, spec.name)] = mean_ci(list(values.values()))
         if all(per_task):
-            averages[row.candidate_id] = bootstrap_ci([list(v.values()) for v in per_task])
+            averages[row.candidate_id] = strata_ci([list(v.values()) for v in per_task])
     return FinalIntervals(cells, averages, _differences(rows, specs, of))
 
 
@@ -94,19 +96,27 @@ def _differences(rows: list[FinalRow], specs: Sequence[HeldOutSpec], of) -> list
 
 def final_tables(rows: list[FinalRow], names: list[str], intervals: FinalIntervals | None) -> list[Table]:
     """The final table (each cell with its 95% interval when known) and the paired differences."""
-    table = Table("model", *names, "average", title="held-out test splits (95% bootstrap intervals over tasks)")
+    title = "held-out test splits (95% intervals over tasks: " + _methods(intervals) + ")"
+    table = Table("model", *names, "average", title=title)
     for row in rows:
         cells = [_cell(row.test_scores.get(n, 0.0), intervals and intervals.cells.get((row.candidate_id, n)))
                  for n in names]  # fmt: skip
         table.add_row(row.label, *cells, _cell(row.average, intervals and intervals.averages.get(row.candidate_id)))
     tables = [table]
     if intervals and intervals.differences:
-        paired = Table("paired difference", "mean [95% interval]", "tasks", "above 0", title="paired over tasks")
+        paired = Table("paired difference", "mean [95% interval]", "tasks", "above 0", "method",
+                       title="paired over tasks")  # fmt: skip
         for label, interval in intervals.differences:
             paired.add_row(label, interval.describe(signed=True), str(interval.n),
-                           "yes" if interval.low > 0 else "no")  # fmt: skip
+                           "yes" if interval.low > 0 else "no", interval.method)  # fmt: skip
         tables.append(paired)
     return tables
+
+
+def _methods(intervals: FinalIntervals | None) -> str:
+    """The methods behind the table's cells: a cell is pass/fail-exact or bootstrapped, and the reader is told."""
+    used = sorted({i.method for i in (*intervals.cells.values(), *intervals.averages.values())}) if intervals else []
+    return ", ".join(used) or "none"
 
 
 def _cell(score: float, interval: Interval | None) -> str:
