@@ -1,1 +1,52 @@
-"""cycleqd"""
+"""cycleqd: benchmark LLMs on multi-turn agent tasks in Docker sandboxes, and evolve merged models with CycleQD.
+
+The Python API (the CLI is a thin layer over it)::
+
+    import cycleqd
+
+    result = cycleqd.evaluate(cycleqd.EvalRequest(tasks=("db",), limit=2), db="runs.db")
+    print(result.run_id, result.score("db").score)
+    config = cycleqd.load_config("evolve.yaml")
+    evolved = cycleqd.evolve(config, db="runs.db")
+
+Mistakes the caller can fix raise `cycleqd.UserError` (or one of `cycleqd.errors.USER_ERRORS`). Importing this
+package is light: each name loads its module on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cycleqd.errors import UserError
+    from cycleqd.eval.evaluate import evaluate
+    from cycleqd.evolve.run import evolve  # at run time: the package cycleqd.evolve, callable
+    from cycleqd.evolver.config import EvolveConfig, load_config
+    from cycleqd.requests import EvalRequest
+    from cycleqd.results.values import EnvScore, EvalResult, EvolveResult
+
+_EXPORTS = {
+    "evaluate": "cycleqd.eval.evaluate",
+    "evolve": "cycleqd.evolve",  # the package itself, which is callable (see its __init__)
+    "EvalRequest": "cycleqd.requests",
+    "EvolveConfig": "cycleqd.evolver.config",
+    "load_config": "cycleqd.evolver.config",
+    "EvalResult": "cycleqd.results.values",
+    "EvolveResult": "cycleqd.results.values",
+    "EnvScore": "cycleqd.results.values",
+    "UserError": "cycleqd.errors",
+}
+__all__ = ["EnvScore", "EvalRequest", "EvalResult", "EvolveConfig", "EvolveResult", "UserError", "evaluate",
+           "evolve", "load_config"]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cycleqd' has no attribute {name!r}")
+    module = import_module(_EXPORTS[name])
+    return module if name == "evolve" else getattr(module, name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

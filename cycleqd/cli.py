@@ -11,13 +11,11 @@ from pathlib import Path
 
 import click
 from click.core import ParameterSource
-from rich.console import Console
 
 from cycleqd.diagnostics.checks import print_checks
+from cycleqd.display import console, err_console, error_boundary
 from cycleqd.envs.registry import names as environment_names
-
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however long
+from cycleqd.errors import UserError
 
 
 def _exit_on_sigterm() -> None:
@@ -40,20 +38,9 @@ def cli(verbose: bool) -> None:
 
 
 def main() -> None:
-    """The one error boundary: a user error (`cycleqd.errors.USER_ERRORS`) is one line on stderr and exit status 2,
-    its traceback only with -v; anything else is a bug and keeps its traceback."""
-    from cycleqd.errors import USER_ERRORS, one_line
-
-    try:
+    """Every command inside the one error boundary (`cycleqd.display.error_boundary`)."""
+    with error_boundary():
         cli(standalone_mode=True)
-    except USER_ERRORS as exc:
-        if logging.getLogger().isEnabledFor(logging.INFO):  # -v
-            err_console.print_exception()
-        err_console.print(f"[red]error:[/] {one_line(exc)}", highlight=False, markup=True, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:  # Ctrl-C outside a run's own handling (an image build, a model conversion)
-        err_console.print("interrupted")
-        sys.exit(130)
 
 
 # -- engine ------------------------------------------------------------------------------------------------------
@@ -243,6 +230,7 @@ _key_env_option = click.option(
 @_download_option
 def chat(prompt: str, model_ref: str, api_key_env: str, server: str, max_tokens: int, allow_download: bool) -> None:
     """Ask MODEL one question, greedily, and print the answer with the identity of the model that gave it."""
+    from cycleqd.errors import explained
     from cycleqd.serving.errors import ServingError
     from cycleqd.serving.resolve import manager_for, resolve_model, server_choice
 
@@ -261,9 +249,8 @@ def chat(prompt: str, model_ref: str, api_key_env: str, server: str, max_tokens:
 
     try:
         asyncio.run(ask())
-    except ServingError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    except ServingError as exc:  # whatever stops the one question is the user's to fix (a server, a key, a model)
+        raise UserError(str(explained(exc, api_key_env))) from exc
 
 
 # -- suites ------------------------------------------------------------------------------------------------------
@@ -411,7 +398,7 @@ def eval_cmd(
     """Benchmark MODEL on the agent tasks and keep every episode in the store. With no argument: the embedded
     SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN (with no other run option: the
     run goes on as it was asked)."""
-    from cycleqd.eval.command import run_eval_command
+    from cycleqd.display import show_eval
     from cycleqd.requests import EvalRequest
 
     values = {
@@ -424,7 +411,7 @@ def eval_cmd(
     param = {"model": "model_ref"}
     given = {k: v for k, v in values.items() if ctx.get_parameter_source(param.get(k, k)) != ParameterSource.DEFAULT}
     request = EvalRequest(**values)  # validated here, even with --resume (which then reads the run's own)
-    sys.exit(run_eval_command(request, given, db_path, resume_id, as_json, console, err_console, ray_address))
+    show_eval(request, given, db_path, resume_id, as_json, ray_address)
 
 
 @cli.group("runs", invoke_without_command=True)
@@ -463,8 +450,14 @@ def show_cmd(run_id: str, db_path: Path, per_task: bool, as_json: bool) -> None:
 
 @cli.command("export")
 @click.argument("run_id", metavar="RUN")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "inspect"]), default="jsonl", show_default=True,
-              help="jsonl: OpenAI chat messages + result per line; csv: a row per episode; inspect: inspect_ai logs.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv", "inspect"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: OpenAI chat messages + result per line; csv: a row per episode; inspect: inspect_ai logs.",
+)
 @click.option("--out", type=click.Path(path_type=Path), help="File (jsonl, csv; default stdout) or folder (inspect).")
 @click.option("--candidate", default="all", show_default=True, help="Evolutions: all, final, or a candidate id.")
 @click.option("--env", help="Only this environment's episodes.")
@@ -503,11 +496,7 @@ def tasks_cmd(envs: str, suite: str, split: str, as_json: bool) -> None:
     """List task ids (what `eval --task-ids` takes) with a one-line description each."""
     from cycleqd.eval.task_list import tasks_command
 
-    try:
-        sys.exit(tasks_command(envs.split(","), suite, split, as_json, console))
-    except ValueError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    sys.exit(tasks_command(envs.split(","), suite, split, as_json, console))
 
 
 # -- evolve, report, tui -----------------------------------------------------------------------------------------
@@ -527,18 +516,13 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
 
     The config (YAML) names the base checkpoint, one task per expert (env, suite, selection and test splits) and
     the method's settings; defaults are the paper's (preset: paper). A killed run resumes with --resume RUN."""
-    from cycleqd.evolve.command import run_evolve_command
-    from cycleqd.evolver.config import ConfigError, load_config
+    from cycleqd.display import show_evolve
+    from cycleqd.evolver.config import load_config
 
     if (config_path is None) == (resume_id is None):
-        err_console.print("[red]error:[/] give --config FILE for a new run, or --resume RUN")
-        sys.exit(2)
-    try:
-        config = load_config(config_path) if config_path else None
-        sys.exit(run_evolve_command(config, db_path, resume_id, as_json, console, err_console, ray_address))
-    except (ConfigError, ValueError) as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        raise UserError("give --config FILE for a new run, or --resume RUN")
+    config = load_config(config_path) if config_path else None
+    sys.exit(show_evolve(config, db_path, resume_id, as_json, ray_address))
 
 
 @cli.command("report")
@@ -553,11 +537,14 @@ def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
     from cycleqd.errors import UnknownRunError
     from cycleqd.evolve.report import final_rows, saving_line, write_episode_table, write_heatmaps, write_qd_metrics
     from cycleqd.results.intervals import final_report_tables
+    from cycleqd.results.lookup import find_run
 
     store = open_monitor_store(db_path)
-    run = store.get_run(run_id)
-    if run is None or run.kind != "evolve":
-        raise UnknownRunError(f"no evolution run {run_id!r} in {db_path}; `cycleqd runs --db {db_path}` lists them")
+    run = find_run(store, run_id, db_path)
+    if run.kind != "evolve":
+        raise UnknownRunError(f"run {run.id} is an {run.kind} run, not an evolution; `cycleqd runs --db {db_path}` "
+                              "lists them")  # fmt: skip
+    run_id = run.id
     evo = EvolutionStore(store, run_id)
     names = [t["name"] for t in run.config["tasks"]]
     for table in final_report_tables(store, run_id, final_rows(evo, names), run.config["tasks"]):
@@ -602,15 +589,13 @@ def sft_cmd(
 
     ref = resolve_model(base_ref)
     if not isinstance(ref, LocalCheckpoint):
-        err_console.print(f"[red]error:[/] --base must be a local checkpoint folder or 'default', not {base_ref!r}")
-        sys.exit(2)
+        raise UserError(f"--base must be a local checkpoint folder or 'default', not {base_ref!r}")
     settings = SFTSettings(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
                            lora_rank=lora_rank, save_every=save_every)  # fmt: skip
     try:
         summary = run_sft(SFTRequest(ref.path, env_name, suite, split, limit, out, settings), console)
-    except ValueError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+    except ValueError as exc:  # sft's own checks (no gold trajectory passed, a fine-tune with other settings)
+        raise UserError(str(exc)) from exc
     console.print(summary.describe(), highlight=False)
 
 
@@ -646,8 +631,7 @@ def demo_cmd(db_path: Path, preset: str, sft_tasks: int | None, sft_epochs: int 
              "generations": generations, "max_tokens": max_tokens, "rounds": rounds, "db_train": db_train}  # fmt: skip
     bad = [k for k, v in given.items() if v is not None and (v < 0 if k == "lora_rank" else v <= 0)]
     if bad:
-        err_console.print(f"[red]error:[/] the demo's {bad[0]} is {given[bad[0]]}; it must be positive")
-        sys.exit(2)
+        raise UserError(f"the demo's {bad[0]} is {given[bad[0]]}; it must be positive")
     budget = replace(PRESETS[preset], **{k: v for k, v in given.items() if v is not None})
     sys.exit(run_demo(budget, db_path, console, err_console))
 

@@ -10,18 +10,23 @@ user's to fix, so the boundary in `cli.main` is the only place that decides how 
 
 from __future__ import annotations
 
+import os
+
 from sqlalchemy.exc import DatabaseError
 
 from cycleqd.db.store import StoreOpenError
 from cycleqd.envs.errors import TaskFormatError, UnknownEnvironmentError
 from cycleqd.envs.registry import UnknownSplitError
+from cycleqd.evolver.checkpoint_files import CheckpointError
 from cycleqd.evolver.config import ConfigError
 from cycleqd.sandboxes.errors import SandboxError
-from cycleqd.serving.errors import EndpointError, ModelRefError, UnknownModelError
+from cycleqd.serving.errors import EndpointError, ModelRefError, ServerDiedError, UnknownModelError
 
 
 class UserError(Exception):
     """A mistake the user can fix; the message names the thing and the fix."""
+
+    exit_status = 2
 
 
 class BadOptionError(UserError):
@@ -40,6 +45,35 @@ class ResumeConflictError(UserError):
     """An option given with --resume differs from what the run was started with."""
 
 
+class IncompleteRunError(UserError):
+    """The run ended with planned episodes missing from the store; resuming it plays them."""
+
+    exit_status = 1
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run; the run (if one was created) is marked interrupted and resumable."""
+
+    def __init__(self, run_id: str | None) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
+def explained(exc: BaseException, key_env: str) -> BaseException:
+    """A serving failure the user can fix, with the fix: vLLM that is not installed, an endpoint that refuses us
+    while the API key's variable is unset. Anything else comes back unchanged."""
+    text = str(exc)
+    if isinstance(exc, ServerDiedError) and "No module named 'vllm" in text:
+        return UserError(
+            "vLLM is not installed for this Python: pip install 'cycleqd[vllm]' (a GPU machine), or serve the model "
+            "with --server transformers"
+        )
+    if isinstance(exc, EndpointError) and "HTTP 401" in text and not os.environ.get(key_env):
+        return EndpointError(f"{text} — ${key_env} is not set: export it with the endpoint's API key, or name "
+                             "another variable with --api-key-env")  # fmt: skip
+    return exc
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError,
     StoreOpenError,
@@ -47,6 +81,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     UnknownEnvironmentError,
     UnknownSplitError,
     ConfigError,
+    CheckpointError,  # an expert or base folder that is not a complete safetensors checkpoint
     ModelRefError,
     EndpointError,
     UnknownModelError,

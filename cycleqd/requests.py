@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from cycleqd.envs.registry import environment, names
 from cycleqd.errors import BadOptionError, ResumeConflictError
 from cycleqd.eval.orchestrator import EvalSettings, Sampling
+from cycleqd.serving.model_ref import server_prefix
 
 SERVERS = ("auto", "transformers", "vllm")
 # Upper bounds no machine gets past (every concurrent episode is a container; rounds and repeats multiply
@@ -19,6 +21,18 @@ MAXIMA = {"limit": 10**7, "repeats": 1000, "concurrency": 1024, "rounds": 1000, 
 
 def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
+
+
+def absolute_model(text: str) -> str:
+    """A checkpoint folder given relative to where the user stood, made absolute: the run stores where the model
+    is, so `--resume` works from any folder. Anything else (default, hub names, endpoints) stays as typed."""
+    named, ref = server_prefix(text)
+    if ref == "default" or ref.startswith(("openai/", "hf/", "http://", "https://")):
+        return text
+    path = Path(ref).expanduser()
+    if not path.is_dir():
+        return text
+    return f"{named}/{path.resolve()}" if named else str(path.resolve())
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,7 @@ class EvalRequest:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model", absolute_model(self.model))
         object.__setattr__(self, "tasks", tuple(self.tasks))
         if self.task_ids is not None:
             object.__setattr__(self, "task_ids", tuple(self.task_ids))
@@ -76,6 +91,8 @@ class EvalRequest:
         error, since a resumed run must finish what it started."""
         for name, value in given.items():
             stored = getattr(self, name)
+            if name == "model":
+                value = absolute_model(value)
             if (tuple(value) if name in ("tasks", "task_ids") and value is not None else value) != stored:
                 shown = ",".join(stored) if name == "tasks" else stored
                 raise ResumeConflictError(

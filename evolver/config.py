@@ -82,6 +82,9 @@ class RacingSpec:
 
     kind: str = "exact"
     delta: float = 0.05
+
+
+@dataclass(frozen=True)
 class RaySpec:
     """Run the evaluation slots on a Ray cluster: its head's address ('auto': the cluster this machine joined),
     and whether each slot takes one GPU (else one `cycleqd_slot` of a CPU node)."""
@@ -122,13 +125,40 @@ class EvolveConfig:
 
 
 def load_config(path: Path) -> EvolveConfig:
+    """The config in the YAML file `path`, with every task's files and splits checked."""
+    path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"{path}: no such config file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(data, str(path), path.resolve().parent)
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(problem.split())}") from None
+    config = parse_config(data, str(path), path.resolve().parent)
+    check_task_sources(config, str(path))
+    return config
+
+
+def check_task_sources(config: EvolveConfig, source: str) -> None:
+    """Every task's suite exists and holds its selection and test splits: read now, so that a typo fails before
+    the run is created instead of after its images and SVD cache."""
+    from cycleqd.envs.errors import TaskFormatError
+    from cycleqd.envs.registry import UnknownSplitError
+    from cycleqd.envs.suites import suite_tasks
+
+    for index, task in enumerate(config.tasks):
+        where = f"{source}: field 'tasks[{index}]"
+        if task.suite != "builtin" and not Path(task.suite).exists():
+            raise ConfigError(f"{where}.suite' (task {task.name}): no task file or folder {task.suite}")
+        for name in ("selection_split", "test_split"):
+            try:
+                suite_tasks(task.env, task.suite, getattr(task, name))
+            except UnknownSplitError as exc:
+                raise ConfigError(f"{where}.{name}' (task {task.name}): {exc}") from None
+            except TaskFormatError as exc:
+                raise ConfigError(f"{where}.suite' (task {task.name}): {exc}") from None
 
 
 def parse_config(data: Any, source: str, folder: Path) -> EvolveConfig:
@@ -149,10 +179,8 @@ def parse_config(data: Any, source: str, folder: Path) -> EvolveConfig:
     config = EvolveConfig(
         base=reader.checkpoint("base", data.get("base"), folder),
         tasks=tasks,
-        generations=reader.integer("generations", data.get("generations", 1200), minimum=0,
-                                   maximum=MAX_GENERATIONS),
-        flip_interval=reader.integer("flip_interval", data.get("flip_interval", 1), minimum=1,
-                                     maximum=MAX_GENERATIONS),
+        generations=reader.integer("generations", data.get("generations", 1200), minimum=0, maximum=MAX_GENERATIONS),
+        flip_interval=reader.integer("flip_interval", data.get("flip_interval", 1), minimum=1, maximum=MAX_GENERATIONS),
         bins=reader.bins(data.get("bins", 15), len(tasks)),
         bc_ranges=reader.bc_ranges(data.get("bc_ranges", "paper"), names),
         sampler=reader.sampler(data.get("sampler", {})),

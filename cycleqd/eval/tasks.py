@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cycleqd.envs.registry import environment
 from cycleqd.envs.suites import suite_tasks
+from cycleqd.errors import UserError
+
+if TYPE_CHECKING:
+    from cycleqd.requests import EvalRequest
+
+
+class UnknownTaskError(UserError):
+    """`--task-ids` names a task the selected suites do not hold."""
 
 
 @dataclass(frozen=True)
@@ -38,15 +47,30 @@ def load_eval_tasks(envs: list[str], suite: str, split: str, limit: int | None) 
     return tasks
 
 
-def select_tasks(tasks: list[EvalTask], task_ids: list[str] | None) -> list[EvalTask]:
+def select_tasks(tasks: list[EvalTask], task_ids: Sequence[str] | None) -> list[EvalTask]:
     """Only the tasks named (by `EvalTask.key`, as `cycleqd tasks` prints it), in the order given."""
     if not task_ids:
         return tasks
     by_key = {task.key: task for task in tasks}
     unknown = [key for key in task_ids if key not in by_key]
     if unknown:
-        raise ValueError(
+        raise UnknownTaskError(
             f"--task-ids: no task {', '.join(map(repr, unknown))} among the {len(tasks)} selected by --tasks, --suite "
             "and --split (list them with: cycleqd tasks)"
         )
     return [by_key[key] for key in dict.fromkeys(task_ids)]
+
+
+def planned_tasks(request: EvalRequest) -> list[EvalTask]:
+    """The tasks a request plays: those `--task-ids` names (all when unset), then at most `--limit` per environment,
+    so that a limit never hides a task the user named."""
+    chosen = select_tasks(load_eval_tasks(list(request.tasks), request.suite, request.split, None), request.task_ids)
+    if request.limit is None:
+        return chosen
+    kept: dict[str, int] = {}
+    limited = []
+    for task in chosen:
+        kept[task.env] = kept.get(task.env, 0) + 1
+        if kept[task.env] <= request.limit:
+            limited.append(task)
+    return limited

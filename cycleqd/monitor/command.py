@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from rich.console import Console
-
-from cycleqd.db.monitor_queries import StoreOpenError, open_monitor_store
+from cycleqd.db.monitor_queries import open_monitor_store
 
 
 def run_tui(db_path: Path, refresh_s: float = 2.0) -> None:
     """Watch the store at `db_path`, re-reading it every `refresh_s` seconds. A missing or foreign file is an error
     (exit status 2, message on stderr), never a new empty store: a typo in --db must not look like "no runs yet"."""
-    try:
+    from cycleqd.display import error_boundary
+
+    with error_boundary():  # `python tui.py` reaches here without the CLI's boundary
         store = open_monitor_store(db_path)
-    except StoreOpenError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
     # Textual loads only when there is something to show.
     from cycleqd.monitor.app import MonitorApp
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.schema import Aggregate, Run
@@ -35,7 +35,9 @@ def print_runs(db_path: Path, console: Console) -> None:
     store = open_existing_store(db_path)
     runs = store.list_runs()
     models = store.run_models([r.id for r in runs])
-    table = Table("run", "kind", "status", "created", "model", "tasks", "scores")
+    # Ids are what the other commands take: the narrowest terminal still shows each whole.
+    run_column = Column("run", no_wrap=True, min_width=max((len(r.id) for r in runs), default=3))
+    table = Table(run_column, "kind", "status", "created", "model", "tasks", "scores")
     for run in runs:
         if run.kind == "evolve" or not models[run.id]:
             model = str(run.config.get("model", run.config.get("base")))

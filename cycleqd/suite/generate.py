@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cycleqd.envs.db_generate import generate_suite
+from cycleqd.errors import UserError
 from cycleqd.eval.runtime import docker_starter, images_for
 from cycleqd.sandboxes.engine import docker_client
 from cycleqd.sandboxes.images import build_images
@@ -22,15 +23,19 @@ def generated_db_suite(out: Path, counts: dict[str, int], seed: int, console: Co
     columns = (TextColumn("generating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=console is None, transient=True) as progress:
         bars = {split: progress.add_task(split, total=n) for split, n in counts.items()}
-        generate_suite(out, counts, docker_starter(None, SandboxLimits()), seed,
-                       progress=lambda split, done: progress.update(bars[split], completed=done))
+        generate_suite(
+            out,
+            counts,
+            docker_starter(None, SandboxLimits()),
+            seed,
+            progress=lambda split, done: progress.update(bars[split], completed=done),
+        )
     return out
 
 
 def run_generate(out: Path, counts: dict[str, int], seed: int, console: Console) -> int:
     if any(n < 0 for n in counts.values()):
-        console.print("[red]error:[/] --train, --dev and --test must be 0 or more", highlight=False)
-        return 2
+        raise UserError("--train, --dev and --test must be 0 or more")
     generated_db_suite(out, {k: v for k, v in counts.items() if v}, seed, console)
     for split in counts:
         path = out / f"{split}.jsonl"

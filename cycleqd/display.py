@@ -1,0 +1,233 @@
+"""What the terminal shows: the one error boundary (a user error is one line on stderr and its exit status, a bug
+keeps its traceback), the live views of `eval` and `evolve`, and their final tables or JSON. The features under it
+(`cycleqd.evaluate`, `cycleqd.evolve`, …) raise `UserError`s and return values; only this module and `cycleqd.cli`
+hold a Console."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cycleqd.events import EpisodesPlanned, RunOpened, Stage, Stopping
+
+if TYPE_CHECKING:
+    from cycleqd.evolve.loop import EvolutionEvent
+    from cycleqd.evolver.config import EvolveConfig
+    from cycleqd.requests import EvalRequest
+    from cycleqd.results.values import EvalResult, EvolveResult
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however long
+
+
+@contextlib.contextmanager
+def error_boundary(err: Console = err_console) -> Iterator[None]:
+    """A user error (`cycleqd.errors.USER_ERRORS`) is one line on stderr and its exit status (2; 1 for a run left
+    incomplete), its traceback only with -v; anything else is a bug and keeps its traceback."""
+    from cycleqd.errors import USER_ERRORS, one_line
+
+    try:
+        yield
+    except USER_ERRORS as exc:
+        if logging.getLogger().isEnabledFor(logging.INFO):  # -v
+            err.print_exception()
+        err.print(f"[red]error:[/] {one_line(exc)}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(getattr(exc, "exit_status", 2))
+    except KeyboardInterrupt:  # Ctrl-C outside a run's own handling (an image build, a model conversion)
+        err.print("interrupted")
+        sys.exit(130)
+
+
+class _RunWatch:
+    """The run id once the run exists, for the line that says how to resume it."""
+
+    def __init__(self, command: str, db: Path, err: Console) -> None:
+        self.command, self.db, self.err = command, db, err
+        self.run_id: str | None = None
+
+    def opened(self, event: RunOpened) -> None:
+        self.run_id = event.run_id
+
+    def resume_line(self) -> str:
+        return f"cycleqd {self.command} --resume {self.run_id} --db {self.db}"
+
+    @contextlib.contextmanager
+    def stops(self) -> Iterator[None]:
+        """Ctrl-C: the resume line and exit status 130; a failure after the run exists: the resume line, then the
+        error as the boundary shows it."""
+        from cycleqd.errors import RunInterrupted
+
+        try:
+            yield
+        except RunInterrupted as stopped:
+            if stopped.run_id:
+                self.err.print(f"interrupted; resume with: cycleqd {self.command} --resume {stopped.run_id} "
+                               f"--db {self.db}", highlight=False)  # fmt: skip
+            else:
+                self.err.print("interrupted before the run started; nothing was stored")
+            sys.exit(130)
+        except Exception as exc:
+            from cycleqd.errors import IncompleteRunError
+
+            if self.run_id and not isinstance(exc, IncompleteRunError):
+                self.err.print(f"the run failed; after a fix, resume with: {self.resume_line()}", highlight=False)
+            raise
+
+
+# -- eval --------------------------------------------------------------------------------------------------------
+
+
+class EvalView:
+    """Episodes done, episodes per second and the running score per environment; the total is set once known."""
+
+    def __init__(self, console: Console | None, watch: _RunWatch) -> None:
+        self.watch = watch
+        self.totals: dict[str, list[float]] = defaultdict(list)
+        self.started = time.monotonic()
+        self.err = watch.err
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), console=console, disable=console is None,
+        )  # fmt: skip
+        self.bar = self.progress.add_task("episodes", total=None, rate="")
+
+    def close(self) -> None:
+        if self.progress.live.is_started:
+            self.progress.stop()
+
+    def __call__(self, event: object) -> None:
+        from cycleqd.eval.orchestrator import EpisodeResult
+
+        if isinstance(event, RunOpened):
+            self.watch.opened(event)
+        elif isinstance(event, EpisodesPlanned):  # the bar shows once the model answers and the run exists
+            self.progress.update(self.bar, total=event.episodes)
+            self.progress.start()
+        elif isinstance(event, Stopping):
+            self.err.print("stopping: the running episodes are releasing their sandboxes and the model server")
+        elif isinstance(event, EpisodeResult):
+            if event.score is not None:
+                self.totals[event.task.env].append(event.score)
+            done = self.progress.tasks[0].completed + 1
+            scores = "  ".join(f"{env} {sum(v) / len(v):.2f}" for env, v in sorted(self.totals.items()))
+            rate = f"{done / max(time.monotonic() - self.started, 1e-9):.2f} ep/s  {scores}"
+            self.progress.update(self.bar, advance=1, rate=rate)
+
+
+def show_eval(request: EvalRequest, given: dict[str, Any], db: Path, resume: str | None, as_json: bool,
+              ray: str | None) -> None:  # fmt: skip
+    """`cycleqd eval`: the progress bar while it runs, then the scores (a table, or JSON)."""
+    from cycleqd.eval.evaluate import evaluate
+
+    watch = _RunWatch("eval", db, err_console)
+    view = EvalView(None if as_json else console, watch)
+    with watch.stops(), contextlib.closing(view):
+        result = evaluate(request, db=db, on_event=view, resume=resume, given=given, ray=ray)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+        return
+    console.print(eval_table(result))
+    console.print(f"run {result.run_id} (cycleqd show {result.run_id} --db {db})", highlight=False)
+
+
+def eval_table(result: EvalResult) -> Table:
+    table = Table("env", "split", "score", "95% interval (tasks)", "n", "errors", "wall time")
+    for s in result.scores:
+        span = f"[{s.interval.low:.3f}, {s.interval.high:.3f}] ({s.interval.n})" if s.interval else "–"
+        table.add_row(s.env, s.split, f"{s.score:.3f}", span, str(s.episodes), str(s.errors),
+                      f"{result.wall_s or s.wall_s:.0f} s")  # fmt: skip
+    return table
+
+
+# -- evolve ------------------------------------------------------------------------------------------------------
+
+
+class EvolutionView:
+    """The live view: a bar over generations, the active task, archive fill and the last child's scores."""
+
+    def __init__(self, generations: int | None, console: Console, enabled: bool, watch: _RunWatch) -> None:
+        self.console, self.enabled, self.watch = console, enabled, watch
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console)  # fmt: skip
+        self.bar = self.progress.add_task("generations", total=generations)
+        self.lines: dict[str, str] = {}
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+
+    def _render(self) -> Group:
+        return Group(self.progress, *self.lines.values())
+
+    def __call__(self, event: object) -> None:
+        from cycleqd.evolve.loop import EvolutionEvent
+
+        if isinstance(event, RunOpened):
+            self.watch.opened(event)
+            self.progress.update(self.bar, total=event.planned, completed=max(0, event.done - 1))  # 0: the experts
+        elif isinstance(event, Stage):
+            if self.enabled and event.text:
+                self.console.print(f"run {self.watch.run_id}: {event.text}…", highlight=False)
+        elif isinstance(event, Stopping):
+            self.watch.err.print("stopping: the running episodes are releasing their sandboxes and the model servers")
+        elif isinstance(event, EvolutionEvent):
+            self._update(event)
+
+    def _update(self, event: EvolutionEvent) -> None:
+        scores = "  ".join(f"{k} {v:.2f}" for k, v in event.scores.items())
+        if event.kind == "expert":
+            self.lines["experts"] = f"expert {event.candidate_id}: {scores}"
+        elif event.kind == "child":
+            played = f" ({event.episodes[0]}/{event.episodes[1]} episodes)" if event.episodes else ""
+            outcome = "rejected early, no archive could take it" if event.rejected_early else scores
+            self.lines["child"] = f"generation {event.generation} (active {event.active_task}): child {outcome}{played}"
+        elif event.kind == "generation":
+            fill = "  ".join(f"{m['archive']} {m['elites']} elites, best {m['best']:.2f}" for m in event.metrics)
+            self.lines["archives"] = f"archives: {fill}"
+            taken = [f"{i.archive} {i.status.name.lower()}" for i in event.insertions if i.status]
+            rejected = "rejected early" if event.rejected_early else "rejected everywhere"
+            self.lines["insert"] = f"last child: {', '.join(taken) or rejected}"
+            if event.generation >= 1:
+                self.progress.update(self.bar, completed=event.generation)
+        elif event.kind == "final":
+            self.lines["final"] = f"test split, candidate {event.candidate_id}: {scores}"
+        if self.enabled:
+            self.live.update(self._render())
+
+    @contextlib.contextmanager
+    def shown(self) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        with self.live:
+            yield
+
+
+def show_evolve(config: EvolveConfig | None, db: Path, resume: str | None, as_json: bool, ray: str | None,
+                out: Console | None = None, err: Console | None = None) -> int:  # fmt: skip
+    """`cycleqd evolve` (and the demo's evolution): the live view while it runs, then the final table or JSON."""
+    from cycleqd.evolve.run import evolve
+    from cycleqd.results.intervals import final_tables
+
+    out, err = out or console, err or err_console
+    watch = _RunWatch("evolve", db, err)
+    view = EvolutionView(config.generations if config is not None else None, out, enabled=not as_json, watch=watch)
+    with watch.stops(), view.shown():
+        result: EvolveResult = evolve(config, db=db, on_event=view, resume=resume, ray=ray)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    for table in final_tables(list(result.table), [t.name for t in result.tasks], result.intervals):
+        out.print(table)
+    out.print(f"final model: {result.final_model}\nrun {result.run_id} (cycleqd report {result.run_id} --db {db})",
+              highlight=False)  # fmt: skip
+    return 0

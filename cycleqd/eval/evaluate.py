@@ -1,0 +1,182 @@
+"""`cycleqd.evaluate`: benchmark a model on the agent tasks and keep every episode in the store. Raises user errors
+(`cycleqd.errors`) and returns an `EvalResult`; what the terminal shows is `cycleqd.display`'s."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from cycleqd.db.schema import Run, RunStatus
+from cycleqd.db.store import Store, check_store_path, open_store
+from cycleqd.errors import IncompleteRunError, RunInterrupted, UnknownRunError, explained
+from cycleqd.eval.orchestrator import Orchestrator, summarize
+from cycleqd.eval.runtime import images_for
+from cycleqd.eval.tasks import EvalTask, planned_tasks
+from cycleqd.events import EpisodesPlanned, OnEvent, RunOpened, Stopping, ignore
+from cycleqd.ray.support import ray_backend
+from cycleqd.requests import EvalRequest
+from cycleqd.results.intervals import aggregate_intervals
+from cycleqd.results.lookup import find_run, model_label
+from cycleqd.results.values import EnvScore, EvalResult
+from cycleqd.sandboxes.engine import docker_client
+from cycleqd.sandboxes.images import build_images
+from cycleqd.serving.errors import ServingError
+from cycleqd.serving.model_ref import parse_model_ref, server_prefix
+from cycleqd.serving.resolve import manager_for, resolve_model, server_choice
+from cycleqd.stopping import stopped_by_ctrl_c_or_sigterm
+
+
+def evaluate(
+    request: EvalRequest, *, db: Path | str, on_event: OnEvent | None = None, resume: str | None = None,
+    given: dict[str, Any] | None = None, ray: str | None = None,
+) -> EvalResult:  # fmt: skip
+    """Run `request` and store every episode in the SQLite store at `db` (created if missing). The store is opened
+    (and the run row created) only once the model answers and the tasks load, so a typo leaves nothing behind.
+
+    `resume`: a run id (or a unique prefix) to finish; its stored request is used, and `given` (options the caller
+    set explicitly) must agree with it. `ray`: play the episodes on a Ray cluster's slots. `on_event` receives
+    `RunOpened`, `EpisodesPlanned`, an `EpisodeResult` per episode and `Stopping` (see cycleqd.events).
+
+    Raises a `UserError` (or one of `cycleqd.errors.USER_ERRORS`) for what the caller can fix, `IncompleteRunError`
+    when planned episodes are missing at the end, `RunInterrupted` on Ctrl-C or SIGTERM (the run resumable)."""
+    db = Path(db)
+    notify = on_event or ignore
+    store, resumed = None, None
+    if resume:
+        store = open_store(db, create=False)
+        resumed = find_run(store, resume, db)
+        if resumed.kind != "eval":
+            raise UnknownRunError(f"run {resumed.id} is an {resumed.kind} run, not an eval; `cycleqd runs --db {db}` "
+                                  "lists them")  # fmt: skip
+        request = EvalRequest.from_snapshot(resumed.config).resumed_with(given or {}, resumed.id)
+        if resumed.status == RunStatus.COMPLETED:  # every planned episode is stored: resuming changes nothing
+            return eval_result(store, resumed.id, db)
+    else:
+        check_store_path(db)  # a wrong --db fails now, not after the model has loaded
+    _check_model(request)
+    tasks = planned_tasks(request)
+    if ray:  # before any run row: an unreachable cluster is one line
+        ray_backend().connect(ray)
+    build_images(docker_client(), images_for(request.tasks))
+    evaluation = _Evaluation(request, tasks, db, store, resumed, notify, ray)
+    started = time.monotonic()
+    try:
+        asyncio.run(stopped_by_ctrl_c_or_sigterm(evaluation.run(), lambda: notify(Stopping())))
+    except KeyboardInterrupt:
+        evaluation.finish(RunStatus.INTERRUPTED)
+        raise RunInterrupted(evaluation.run_id) from None
+    except ServingError as exc:
+        evaluation.finish(RunStatus.FAILED)
+        raise explained(exc, request.api_key_env) from exc
+    except BaseException:
+        evaluation.finish(RunStatus.FAILED)
+        raise
+    store, run_id = evaluation.store, evaluation.run_id
+    assert store is not None and run_id is not None
+    missing = _missing_episodes(store, run_id, request.repeats, tasks)
+    if missing:
+        evaluation.finish(RunStatus.FAILED)
+        raise IncompleteRunError(f"{missing} planned episodes of run {run_id} are not stored; resume with: "
+                                 f"cycleqd eval --resume {run_id} --db {db}")  # fmt: skip
+    evaluation.finish(RunStatus.COMPLETED)
+    return eval_result(store, run_id, db, time.monotonic() - started)
+
+
+def eval_result(store: Store, run_id: str, db: Path, wall_s: float | None = None) -> EvalResult:
+    """The run's scores as the store holds them, each with its 95% interval over tasks."""
+    intervals = aggregate_intervals(store, run_id)
+    labels = {m.id: model_label(m.reference, m.identity) for m in store.run_models([run_id])[run_id]}
+    scores = tuple(
+        EnvScore(
+            model=labels.get(a.model_id, str(a.model_id)),
+            env=a.env,
+            split=a.split,
+            score=a.score,
+            episodes=a.episodes,
+            errors=a.errors,
+            wall_s=a.wall_s,
+            metrics=a.metrics,
+            interval=intervals.get((a.model_id, a.env, a.split)),
+        )  # fmt: skip
+        for a in store.aggregates(run_id)
+    )
+    return EvalResult(run_id=run_id, db=db, scores=scores, wall_s=wall_s)
+
+
+def _missing_episodes(store: Store, run_id: str, repeats: int, tasks: list[EvalTask]) -> int:
+    """Planned (task, repeat) pairs with no stored episode, for any model of this run."""
+    done = {(task_id, repeat) for _model, task_id, repeat in store.done_keys(run_id)}
+    planned = {(store.task_id(t.env, t.suite, t.split, t.key, t.content_hash), r) for t in tasks
+               for r in range(repeats)}  # fmt: skip
+    return len(planned - done)
+
+
+def _check_model(request: EvalRequest) -> None:
+    """Parse the reference before anything is created or started: a typo costs one line, no run, no network."""
+    if server_prefix(request.model)[1] != "default":
+        parse_model_ref(request.model, key_env=request.api_key_env, allow_download=request.allow_download)
+    server_choice(request.model, request.server)
+
+
+class _Evaluation:
+    """One evaluation: the model is resolved and served first, then the store and the run row are made."""
+
+    def __init__(self, request: EvalRequest, tasks: list[EvalTask], db: Path, store: Store | None,
+                 resumed: Run | None, notify: OnEvent, ray_address: str | None = None) -> None:  # fmt: skip
+        self.request, self.tasks, self.db, self.notify = request, tasks, db, notify
+        self.store = store
+        self.resumed = resumed is not None
+        self.run_id = resumed.id if resumed else None
+        self.ray_address = ray_address
+
+    def finish(self, status: RunStatus) -> None:
+        if self.store is not None and self.run_id is not None:
+            self.store.set_run_status(self.run_id, status)
+
+    def _open_run(self, decoding: str) -> tuple[Store, str]:
+        if self.store is None:
+            self.store = open_store(self.db)
+        if self.run_id is None:
+            # planned_episodes: the monitor's progress total
+            config = {**self.request.snapshot(), "planned_episodes": len(self.tasks) * self.request.repeats,
+                      "decoding": decoding}  # fmt: skip
+            self.run_id = self.store.create_run("eval", config).id
+        self.store.set_run_status(self.run_id, RunStatus.RUNNING)
+        self.notify(RunOpened(self.run_id, self.resumed))
+        return self.store, self.run_id
+
+    async def run(self) -> None:
+        if self.ray_address:
+            return await self._run_on_cluster()
+        request = self.request
+        ref = await asyncio.to_thread(
+            resolve_model, request.model, key_env=request.api_key_env, allow_download=request.allow_download
+        )
+        identity = await asyncio.to_thread(ref.identity)
+        server = server_choice(request.model, request.server)
+        async with manager_for(ref, server=server, episodes_at_once=request.concurrency) as manager:
+            await manager.serve(ref)
+            store, run_id = await asyncio.to_thread(self._open_run, manager.decoding())
+            model_id = store.model_id(identity, ref.label)
+            started = time.monotonic()
+            orchestrator = Orchestrator(store, run_id, manager, model_id, request.settings())
+            self.notify(EpisodesPlanned(len(orchestrator.plan(self.tasks))))
+            orchestrator.on_result = self.notify
+            await orchestrator.run(self.tasks)
+        summarize(store, run_id, self.tasks, model_id, time.monotonic() - started)
+
+    async def _run_on_cluster(self) -> None:
+        """The episodes on a Ray cluster's slots, each node serving the model; the head stores them as they come."""
+        request = self.request
+        store, run_id = await asyncio.to_thread(self._open_run, "on the cluster's nodes, each its own server")
+        config = {**request.snapshot(), "ray": self.ray_address, "server": server_choice(request.model, request.server)}
+        started = time.monotonic()
+
+        def planned(episodes: int) -> None:
+            self.notify(EpisodesPlanned(episodes))
+
+        model_id = await ray_backend().eval_on_cluster(store, run_id, config, self.tasks, request.settings(),
+                                                       planned, self.notify)  # fmt: skip
+        summarize(store, run_id, self.tasks, model_id, time.monotonic() - started)
