@@ -4,7 +4,8 @@ Each check script gets the answer and the outputs of the previous scripts as arg
 fails the task. AgentBench's five comparators (integer-match, string-match, size-match, containing, in) are
 implemented here natively and run on the host: a model that deletes python or rewrites PATH inside its
 container cannot change how its answer is compared. Scripts that inspect the container (a null check runs the
-task's `example`, inline code, other files) run in the container, in a fresh non-interactive shell.
+task's `example`, inline code, other files) run in the container, in a fresh non-interactive shell, with python's
+working-folder and user-site imports off (os_tamper.CHECK_ENV); what they run there is watched by envs.os_tamper.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cycleqd.envs.errors import ScriptUnavailableError
+from cycleqd.envs.os_tamper import CHECK_ENV
 from cycleqd.envs.os_tasks import MatchSpec, OSTask, Script
 from cycleqd.sandboxes.contract import Sandbox
 
@@ -94,6 +96,12 @@ def match_answer(spec: MatchSpec, answer: str) -> bool:
     return re.search(spec.regex or "", answer) is not None
 
 
+def checks_in_container(task: OSTask) -> bool:
+    """Whether scoring runs anything inside the agent's container (a script that is not a native comparator)."""
+    scripts = [check or task.example for check in task.checks]
+    return task.match is None and any(s is not None and native_comparator(s) is None for s in scripts)
+
+
 def check_scripts_available(task: OSTask, scripts_dir: Path | None) -> None:
     """ScriptUnavailableError naming the first script this task needs that we cannot run."""
     scripts = [*task.init, *([task.start] if task.start else []), *(c or task.example for c in task.checks)]
@@ -123,7 +131,7 @@ async def run_checks(
         # AgentBench reads a script's output with stderr merged in, in the order written (docker exec_run's
         # default), so an example that warns on stderr passes its warning on too.
         argv = ["sh", "-c", 'exec "$@" 2>&1', "sh", *script_argv(script, script_source(script, scripts_dir), params)]
-        result = await sandbox.exec(argv, workdir=workdir, timeout=timeout_s)
+        result = await sandbox.exec(argv, workdir=workdir, timeout=timeout_s, env=CHECK_ENV)
         if result.exit_code != 0:
             return False, f"check {position} exited {result.exit_code}: {(result.stderr or result.stdout)[-300:]}"
         params.append(result.stdout)

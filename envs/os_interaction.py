@@ -28,10 +28,18 @@ from pathlib import Path
 from cycleqd.envs.episode import Episode, EpisodeStatus, Message, Outcome
 from cycleqd.envs.errors import EpisodeSetupError, ScriptUnavailableError
 from cycleqd.envs.os_actions import parse_os_action
-from cycleqd.envs.os_checks import expected_of, match_answer, run_checks, script_argv, script_source
+from cycleqd.envs.os_checks import (
+    checks_in_container,
+    expected_of,
+    match_answer,
+    run_checks,
+    script_argv,
+    script_source,
+)
 from cycleqd.envs.os_prompt import first_messages, observation
+from cycleqd.envs.os_tamper import tampered_paths, toolchain_state, verdict
 from cycleqd.envs.os_tasks import OSTask
-from cycleqd.sandboxes.contract import CommandResult, Sandbox, SandboxHealth, ShellSession
+from cycleqd.sandboxes.contract import CommandResult, FileChange, Sandbox, SandboxHealth, ShellSession
 from cycleqd.sandboxes.errors import SandboxError
 from cycleqd.sandboxes.output import truncate_for_display
 
@@ -62,6 +70,7 @@ class OSInteractionEpisode(Episode):
         self._session: ShellSession | None = None
         self._last_timed_out = False
         self.last_output = ""  # the raw output of the last bash action, before display truncation
+        self._toolchain: dict[str, FileChange] | None = None  # what the set-up changed under os_tamper.TOOLCHAIN
 
     async def begin(self) -> list[Message]:
         settings = self.settings
@@ -77,6 +86,8 @@ class OSInteractionEpisode(Episode):
             if self.task.start is not None:
                 start = script_source(self.task.start, settings.scripts_dir)
                 await self._session.run(start, timeout=settings.command_timeout_s)
+            if checks_in_container(self.task):
+                self._toolchain = await toolchain_state(self.sandbox)
         except (SandboxError, ScriptUnavailableError) as exc:
             raise EpisodeSetupError(f"{self.task.task_id}: {exc}") from exc
         self.messages = first_messages(self.task.description)
@@ -213,6 +224,15 @@ class OSInteractionEpisode(Episode):
                     workdir=self.settings.workdir,
                     timeout_s=self.settings.check_timeout_s,
                 )
+                # Looked for after the checks ran, so that a change made while they ran is seen too; only a pass
+                # needs it (a failed check scores 0 whatever the agent changed).
+                if (
+                    passed
+                    and self._toolchain is not None
+                    and (changed := await tampered_paths(self.sandbox, self._toolchain))
+                ):
+                    return Outcome(EpisodeStatus.TAMPERED, 0.0, self.rounds, self.answer, verdict(changed),
+                                   expected_of(self.task))  # fmt: skip
             except ScriptUnavailableError as exc:
                 raise EpisodeSetupError(f"{self.task.task_id}: checking failed: {exc}") from exc
             except SandboxError as exc:

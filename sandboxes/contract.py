@@ -52,6 +52,26 @@ class CommandResult:
     session_ended: bool = False
 
 
+MAX_DIGEST_BYTES = 256 << 20  # a changed file bigger than this is fingerprinted by its size and first bytes
+
+
+class ChangeKind(StrEnum):
+    ADDED = "added"
+    MODIFIED = "modified"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One path that differs from the image. `digest` says what it holds now, mode and owner left out: a file's
+    sha256 (of at most MAX_DIGEST_BYTES, with its size), a symlink's target, "dir", or "" when deleted."""
+
+    path: str
+    kind: ChangeKind
+    digest: str
+    is_dir: bool = False
+
+
 class SandboxHealth(StrEnum):
     """Whether a sandbox still stands, asked of the engine (not of anything inside the sandbox)."""
 
@@ -108,6 +128,14 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes:
         """The content of `path`; at most `max_bytes` (default: the output cap). FileNotFoundError if absent."""
+
+    @abc.abstractmethod
+    async def changes(self, patterns: Sequence[str], *, limit: int | None = None) -> list[FileChange]:
+        """The paths that differ from the image's filesystem (added, modified, deleted), only those covered by
+        `patterns` (absolute paths or fnmatch patterns such as `/etc/python3*`; a pattern covers what lies below
+        it), parents before children, at most `limit`. A path once written stays listed even when its content is
+        put back; one added then removed leaves its folder listed as modified. Read from outside: nothing runs in
+        the sandbox, whose programs the agent may have replaced. SandboxError if the engine cannot say."""
 
     @abc.abstractmethod
     async def health(self) -> SandboxHealth:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -17,7 +18,7 @@ import tarfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -25,13 +26,14 @@ import docker
 import docker.errors
 import requests
 from cycleqd.sandboxes import process_tree
-from cycleqd.sandboxes.contract import ExecResult, Sandbox, SandboxHealth
+from cycleqd.sandboxes.contract import MAX_DIGEST_BYTES, ChangeKind, ExecResult, FileChange, Sandbox, SandboxHealth
 from cycleqd.sandboxes.docker_stream import STDERR, ExecStream
 from cycleqd.sandboxes.engine import docker_client
 from cycleqd.sandboxes.errors import ImageMissingError, SandboxError, SandboxStoppedError
 from cycleqd.sandboxes.exec_wrapper import WrappedExec
 from cycleqd.sandboxes.exit_witness import exit_witness
 from cycleqd.sandboxes.labels import owner_labels
+from cycleqd.sandboxes.layer_changes import PathPatterns, upper_changes
 from cycleqd.sandboxes.limits import SandboxLimits, quota_supported
 from cycleqd.sandboxes.main_shell import IDLE_MAIN, MainShellSession
 from cycleqd.sandboxes.reaper import OWNED, reap_orphans_once
@@ -121,6 +123,25 @@ def create_container(
         container.remove(force=True)
         raise
     return container
+
+
+class _ChunkReader(io.RawIOBase):
+    """The engine's archive stream as a file, read as far as asked (tarfile's streaming mode)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self._pending = chunks, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            self._pending = next(self._chunks, b"")
+            if not self._pending:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size], self._pending = self._pending[:size], self._pending[size:]
+        return size
 
 
 class DockerSandbox(Sandbox):
@@ -400,6 +421,59 @@ class DockerSandbox(Sandbox):
                 return handle.read(limit) if handle else b""
 
         return await asyncio.to_thread(fetch)
+
+    async def changes(self, patterns: Sequence[str], *, limit: int | None = None) -> list[FileChange]:
+        """From the container's overlay2 upper layer where this host can read it (layer_changes.py: a few system
+        calls per change), else from the engine's changes list (a walk of the whole filesystem)."""
+        self._check_running()
+        wanted = PathPatterns(patterns)
+        graph = self._container.attrs.get("GraphDriver") or {}
+        upper = (graph.get("Data") or {}).get("UpperDir", "")
+        if graph.get("Name") == "overlay2" and upper and os.access(upper, os.R_OK | os.X_OK):
+            lower = [d for d in (graph["Data"].get("LowerDir") or "").split(":") if d]
+            return await asyncio.to_thread(lambda: list(upper_changes(upper, lower, wanted, limit=limit)))
+        return await asyncio.to_thread(self._engine_changes, wanted, limit)
+
+    def _engine_changes(self, wanted: PathPatterns, limit: int | None) -> list[FileChange]:
+        kinds = {0: ChangeKind.MODIFIED, 1: ChangeKind.ADDED, 2: ChangeKind.DELETED}
+        try:
+            listed = self._client.api.diff(self._container.id) or []
+        except docker.errors.NotFound as exc:
+            raise SandboxStoppedError(f"the container of sandbox {self.name} is gone") from exc
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise SandboxError(f"the engine did not list the changes of sandbox {self.name}: {exc}") from exc
+        covered = sorted(c["Path"] for c in listed if wanted.covers(c["Path"]))
+        kind_of = {c["Path"]: kinds[c["Kind"]] for c in listed}
+        found = []
+        for path in covered[:limit]:
+            kind = kind_of[path]
+            digest, is_dir = ("", False) if kind == ChangeKind.DELETED else self._archived_digest(path)
+            found.append(FileChange(path, kind, digest, is_dir))
+        return found
+
+    def _archived_digest(self, path: str) -> tuple[str, bool]:
+        """What `path` holds, read through the engine's archive of it (a folder's content is not read)."""
+        try:
+            chunks, info = self._container.get_archive(path)
+        except docker.errors.NotFound:
+            return "", False
+        mode = int(info.get("mode", 0))
+        if mode & (1 << 31):  # Go's os.ModeDir
+            chunks.close()
+            return "dir", True
+        if mode & (1 << 27):  # os.ModeSymlink
+            chunks.close()
+            return f"-> {info.get('linkTarget', '')}", False
+        with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|") as tar:
+            member = tar.next()
+            handle = tar.extractfile(member) if member is not None and member.isfile() else None
+            if handle is None:
+                return f"special {mode:o}", False
+            digest, left = hashlib.sha256(), MAX_DIGEST_BYTES
+            while left > 0 and (chunk := handle.read(min(left, 1 << 20))):
+                digest.update(chunk)
+                left -= len(chunk)
+            return f"{member.size}:{digest.hexdigest()}", False
 
     async def health(self) -> SandboxHealth:
         if self._stopped:
