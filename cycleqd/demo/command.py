@@ -47,7 +47,10 @@ class DemoBudget:
     # ≥ 95% of every split's gold replies fit (cycleqd.demo.gold_lengths; tests/test_demo_budget.py): AgentBench's
     # OS benchmark needs 288 SmolLM2 tokens, everything else 256 or fewer. 128 cut 16 of 25 OS test golds.
     max_tokens: int = 288
-    rounds: int = 3  # the gold takes two (act, answer); AgentBench's OS one-shot shows three (two bash, answer)
+    # Every gold takes at most two (act, answer; gold_lengths.GOLD_ROUNDS), which the experts learn. AgentBench's OS
+    # one-shot shows three (two bash turns, then the answer): the base model imitating it is cut at round 2, the
+    # price of the 2-hour default (3 rounds: 2 h 17 min by the estimate); the night preset has the paper's 5.
+    rounds: int = 2
     bins: int = 5
     db_train: int = 200  # generated DB train tasks (the expert uses sft_tasks of them)
 
@@ -84,8 +87,8 @@ class DemoBudget:
 
 
 # Two presets. default: meant to fit in 2 hours on this project's 2-core machine (measured at 128 tokens × 2 rounds:
-# 1 h 16 min; the 288 × 3 reply budget is not measured yet, and the estimate, which charges every round its whole
-# budget, says more); night: splits that resolve a 0.1 difference (≥ 50 dev, ≥ 100 test per environment), the
+# 1 h 16 min; 288 tokens is not measured yet, the estimate, which charges every round its whole budget, says
+# 1 h 46 min); night: splits that resolve a 0.1 difference (≥ 50 dev, ≥ 100 test per environment), the
 # paper's 5 rounds and thousands of generated DB tasks, a night where model serving is faster (more cores, vLLM).
 PRESETS = {
     "default": DemoBudget(),

@@ -43,6 +43,7 @@ def coding_gold(task: Any) -> list[str]:
 
 
 GOLD_REPLIES: dict[str, Callable[[Any], list[str]]] = {"os": os_gold, "db": db_gold, "coding": coding_gold}
+GOLD_ROUNDS = {"os": 2, "db": 2, "coding": 1}  # OS: the bash action, then the answer its output gives
 
 
 def reply_tokens(tokenizer: Any, reply: str) -> int:
