@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -43,7 +44,8 @@ def error_boundary(err: Console = err_console) -> Iterator[None]:
     except USER_ERRORS as exc:
         if logging.getLogger().isEnabledFor(logging.INFO):  # -v
             err.print_exception()
-        err.print(f"[red]error:[/] {one_line(exc)}", highlight=False, markup=True, soft_wrap=True)
+        # escaped: a message may hold brackets (`cycleqd[vllm]`, a list) that rich would take for markup
+        err.print(f"[red]error:[/] {escape(one_line(exc))}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(getattr(exc, "exit_status", 2))
     except KeyboardInterrupt:  # Ctrl-C outside a run's own handling (an image build, a model conversion)
         err.print("interrupted")
@@ -171,9 +173,11 @@ class EvolutionView:
     def __call__(self, event: object) -> None:
         from cycleqd.evolve.loop import EvolutionEvent
 
-        if isinstance(event, RunOpened):
+        if isinstance(event, RunOpened):  # the view shows once every input was checked and the run exists
             self.watch.opened(event)
             self.progress.update(self.bar, total=event.planned, completed=max(0, event.done - 1))  # 0: the experts
+            if self.enabled:
+                self.live.start()
         elif isinstance(event, Stage):
             if self.enabled and event.text:
                 self.console.print(f"run {self.watch.run_id}: {event.text}…", highlight=False)
@@ -203,13 +207,9 @@ class EvolutionView:
         if self.enabled:
             self.live.update(self._render())
 
-    @contextlib.contextmanager
-    def shown(self) -> Iterator[None]:
-        if not self.enabled:
-            yield
-            return
-        with self.live:
-            yield
+    def close(self) -> None:
+        if self.live.is_started:
+            self.live.stop()
 
 
 def show_evolve(config: EvolveConfig | None, db: Path, resume: str | None, as_json: bool, ray: str | None,
@@ -221,7 +221,7 @@ def show_evolve(config: EvolveConfig | None, db: Path, resume: str | None, as_js
     out, err = out or console, err or err_console
     watch = _RunWatch("evolve", db, err)
     view = EvolutionView(config.generations if config is not None else None, out, enabled=not as_json, watch=watch)
-    with watch.stops(), view.shown():
+    with watch.stops(), contextlib.closing(view):
         result: EvolveResult = evolve(config, db=db, on_event=view, resume=resume, ray=ray)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))

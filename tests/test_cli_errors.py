@@ -237,3 +237,113 @@ def test_sigterm_ends_an_eval_whose_sigint_is_ignored(default_model, tmp_path: P
     assert took < 10, f"SIGTERM took {took:.1f} s to end the run"
     (run,) = open_store(db).list_runs()
     assert run.status == RunStatus.INTERRUPTED and f"cycleqd eval --resume {run.id}" in err
+
+
+# -- what a new user met on a fresh clone: each was a traceback or a silent wrong answer -----------------------------
+
+
+def test_an_unknown_task_id_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    done = run_cli("eval", "--tasks", "db", "--task-ids", "nope", "--db", str(tmp_path / "x.db"), cwd=tmp_path)
+    assert_one_line_error(done, "--task-ids: no task 'nope'", "cycleqd tasks")
+    assert files(tmp_path) == set()
+
+
+def test_the_limit_applies_after_the_task_ids() -> None:
+    from cycleqd.eval.tasks import load_eval_tasks, planned_tasks
+
+    third = load_eval_tasks(["db"], "builtin", "dev", None)[2].key
+    # --limit 1 kept the first task only, and then the third was reported missing
+    chosen = planned_tasks(EvalRequest(tasks=("db",), task_ids=(third,), limit=1))
+    assert [t.key for t in chosen] == [third]
+    both = planned_tasks(EvalRequest(tasks=("db", "os"), limit=1))
+    assert [t.env for t in both] == ["db", "os"]
+
+
+def test_vllm_that_is_not_installed_says_how_to_install_it(tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed in this Python")
+    # The vLLM Python is this one (without vLLM): the server cannot start, whichever way serving launches it.
+    env = {**os.environ, "CYCLEQD_VLLM_PYTHON": sys.executable}
+    args = ["eval", "--model", "vllm/default", "--tasks", "db", "--limit", "1", "--db", str(tmp_path / "x.db")]
+    done = subprocess.run([*CLI, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert_one_line_error(done, "pip install 'cycleqd[vllm]'", "--server transformers")
+    assert files(tmp_path) == set()
+
+
+def test_a_dead_vllm_server_for_a_missing_module_becomes_the_install_line() -> None:
+    from cycleqd.serving.errors import ServerDiedError
+
+    from cycleqd.errors import UserError, explained
+
+    died = ServerDiedError("the model server exited (code 1) while starting; its log x.log:\n"
+                           "ModuleNotFoundError: No module named 'vllm'")  # fmt: skip
+    assert isinstance(explained(died, "OPENAI_API_KEY"), UserError)
+    assert "pip install 'cycleqd[vllm]'" in str(explained(died, "OPENAI_API_KEY"))
+    other = ServerDiedError("the model server exited (code 1) while starting; its log x.log:\nOut of memory")
+    assert explained(other, "OPENAI_API_KEY") is other
+
+
+@pytest.fixture
+def refusing_endpoint() -> Any:
+    """A real HTTP server that answers every request 401, as an OpenAI-compatible API does without a key."""
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = b'{"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_a_401_with_the_key_unset_says_which_variable(refusing_endpoint: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    args = ["eval", "--model", f"{refusing_endpoint}#gpt-4o-mini", "--tasks", "db", "--limit", "1", "--db",
+            str(tmp_path / "x.db")]  # fmt: skip
+    done = subprocess.run([*CLI, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert_one_line_error(done, "HTTP 401", "$OPENAI_API_KEY is not set")
+    assert files(tmp_path) == set()
+    # With a key set (a wrong one), the 401 is the endpoint's word alone.
+    done = subprocess.run([*CLI, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**env, "OPENAI_API_KEY": "sk-wrong"})  # fmt: skip
+    assert_one_line_error(done, "HTTP 401")
+    assert "is not set" not in done.stderr
+
+
+def test_export_refuses_a_missing_folder_and_an_unknown_environment(store_with_a_run: tuple[Path, str]) -> None:
+    path, run_id = store_with_a_run
+    done = run_cli("export", run_id, "--out", "/nonexistent/x.jsonl", "--db", str(path), cwd=path.parent)
+    assert_one_line_error(done, "--out /nonexistent/x.jsonl", "/nonexistent does not exist")
+    done = run_cli("export", run_id, "--env", "dbx", "--db", str(path), cwd=path.parent)
+    assert_one_line_error(done, "unknown environment 'dbx'")
+
+
+def test_runs_shows_whole_ids_on_a_narrow_terminal(store_with_a_run: tuple[Path, str]) -> None:
+    path, run_id = store_with_a_run
+    done = subprocess.run([*CLI, "runs", "--db", str(path)], cwd=path.parent, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "60"})  # fmt: skip
+    assert done.returncode == 0 and run_id in done.stdout, done.stdout
+
+
+def test_report_and_evolve_resume_take_an_id_prefix(store_with_a_run: tuple[Path, str]) -> None:
+    path, run_id = store_with_a_run
+    for command in (["report", run_id[:5]], ["evolve", "--resume", run_id[:5]]):
+        done = run_cli(*command, "--db", str(path), cwd=path.parent)
+        # found by its prefix: refused for its kind, not as a run that is not there
+        assert_one_line_error(done, f"run {run_id} is an eval run, not an evolution")

@@ -83,14 +83,31 @@ def _aggregate_row(
     }  # fmt: skip
 
 
+def _episode_aggregates(store: Store, run_id: str) -> list[Aggregate]:
+    """Per (model, env, split), the mean over scored episodes, from the episodes themselves: an evolution stores
+    no aggregates (its candidates' scores live with the candidates), yet its episodes are all in the store."""
+    groups: dict[tuple[int, str, str], list[float | None]] = defaultdict(list)
+    for model_id, env, split, _key, score, _status in store.task_scores(run_id):
+        groups[(model_id, env, split)].append(score)
+    aggregates = []
+    for (model_id, env, split), scores in sorted(groups.items()):
+        scored = [s for s in scores if s is not None]
+        mean = sum(scored) / len(scored) if scored else 0.0
+        aggregates.append(Aggregate(run_id=run_id, model_id=model_id, env=env, split=split, episodes=len(scores),
+                                    errors=len(scores) - len(scored), score=mean, metrics={}))  # fmt: skip
+    return aggregates
+
+
 def show_run(db_path: Path, run_text: str, as_json: bool, per_task: bool, console: Console) -> int:
     store = open_existing_store(db_path)
     run = find_run(store, run_text, db_path)
     wall = store.wall_times(run.id)
     intervals = aggregate_intervals(store, run.id)
-    results = [_aggregate_row(a, wall, intervals) for a in store.aggregates(run.id)]
     models = {m.id: m for m in store.run_models([run.id])[run.id]}
     tasks = _per_task(store, run.id)
+    results = [
+        _aggregate_row(a, wall, intervals) for a in store.aggregates(run.id) or _episode_aggregates(store, run.id)
+    ]
     episodes = sum(r["episodes"] for r in tasks)
     if as_json:
         payload = {

@@ -23,6 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cycleqd.db.schema import Episode, Model, Run, Task
 from cycleqd.db.store import EpisodeFilter, Store
+from cycleqd.envs.registry import environment
+from cycleqd.errors import UserError
 from cycleqd.results.lookup import candidate_model_ids, find_run, open_existing_store
 
 FORMATS = ("jsonl", "csv", "inspect")
@@ -43,6 +45,18 @@ class ExportRequest:
     env: str | None = None
     status: str | None = None
     min_score: float | None = None
+
+    def __post_init__(self) -> None:
+        """A filter that names nothing would export nothing and look like success; a file that cannot be written
+        would fail only after the store was read."""
+        if self.env is not None:
+            environment(self.env)  # UnknownEnvironmentError names the known ones
+        if self.format != "inspect" and self.out is not None and str(self.out) != "-":
+            folder = Path(self.out).expanduser().parent
+            if not folder.is_dir():
+                raise UserError(f"--out {self.out}: the folder {folder} does not exist")
+            if Path(self.out).is_dir():
+                raise UserError(f"--out {self.out}: a folder; give a file name for the {self.format} export")
 
 
 def episode_record(run: Run, episode: Episode, task: Task, model: Model) -> dict[str, Any]:
