@@ -7,16 +7,21 @@ checks run are read from outside the container (`Sandbox.changes`, the storage l
 after the task's own set-up and again after the checks ran: a change the agent made there is scored as its
 failure, `tampered`, with the paths in the verdict.
 
-What the set-up itself changed there (AgentBench's "remove the setuid bit that init put on find") stays the
-task's: the agent may change such a path's mode and owner, not its content. Everything else in the container —
-homes, /tmp, /etc/passwd, sudoers, crontabs, a ~/.bashrc a check sources on purpose — is the task's state.
+Two kinds of change there stay the task's. What the set-up itself changed (AgentBench's "remove the setuid bit
+that init put on find"): the agent may change such a path's mode and owner, not its content. And a new name on
+PATH ("create a command `hello`", "link /usr/local/bin/greet to ..."): a name that no PATH folder of the image
+holds runs only where a check calls it by that name, which only a task about it does; one that shadows an image
+program (a `grep` in /usr/local/bin) is tampering. Everything else in the container — homes, /tmp, /etc/passwd,
+sudoers, crontabs, a ~/.bashrc a check sources on purpose — is the task's state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import posixpath
+from collections.abc import Callable, Iterable
 
 from cycleqd.sandboxes.contract import ChangeKind, FileChange, Sandbox
+from cycleqd.sandboxes.images import IMAGE_ENV
 
 TOOLCHAIN = (
     # Programs, libraries, interpreters and their modules (every PATH entry the image's environment names is
@@ -36,6 +41,7 @@ TOOLCHAIN = (
 # turn both off for every python the checks start, and nothing in the container can take them off a process.
 CHECK_ENV = {"PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1"}
 
+PATH_DIRS = tuple(IMAGE_ENV["PATH"].split(":"))  # the checks' PATH: every exec gets the image's environment
 BASELINE_LIMIT = 4096  # paths the set-up may change under TOOLCHAIN (AgentBench's change one: a chmod)
 MORE_THAN_BASELINE = 64  # listed beyond the baseline's count: enough to name what changed
 SHOWN = 6  # paths named in a verdict
@@ -46,12 +52,17 @@ async def toolchain_state(sandbox: Sandbox, *, limit: int = BASELINE_LIMIT) -> d
     return {change.path: change for change in await sandbox.changes(TOOLCHAIN, limit=limit)}
 
 
-def tampering(baseline: dict[str, FileChange], now: Iterable[FileChange]) -> list[str]:
-    """What changed under TOOLCHAIN since `baseline` ("modified /usr/bin/bash", ...), each path once."""
+def tampering(
+    baseline: dict[str, FileChange], now: Iterable[FileChange], free: Callable[[str], bool] = lambda path: False
+) -> list[str]:
+    """What changed under TOOLCHAIN since `baseline` ("modified /usr/bin/bash", ...), each path once; paths for
+    which `free` says yes (new names on PATH) are the task's."""
     current = {change.path: change for change in now}
     found = []
     for path, change in current.items():
         before = baseline.get(path)
+        if free(path):
+            continue
         if before is not None:
             if change.digest != before.digest:  # "" once deleted; mode and owner are not in it
                 found.append(
@@ -61,7 +72,7 @@ def tampering(baseline: dict[str, FileChange], now: Iterable[FileChange]) -> lis
             # A folder is listed once anything below it changed: named only when nothing below it is (an entry
             # added and removed again, which leaves just its folder behind).
             found.append(f"{change.kind} {path}")
-    found += [f"{ChangeKind.DELETED} {path}" for path in baseline if path not in current]
+    found += [f"{ChangeKind.DELETED} {path}" for path in baseline if path not in current and not free(path)]
     return sorted(found, key=lambda line: line.split(" ", 1)[1])
 
 
@@ -70,9 +81,17 @@ def _has_listed_child(folder: str, current: dict[str, FileChange]) -> bool:
     return any(path.startswith(prefix) for path in current)
 
 
+async def new_names_on_path(sandbox: Sandbox, paths: Iterable[str]) -> Callable[[str], bool]:
+    """Says which of `paths` sit in a PATH folder under a name that no PATH folder of the image holds."""
+    names = {posixpath.basename(p) for p in paths if posixpath.dirname(p) in PATH_DIRS}
+    taken = {posixpath.basename(p) for p in await sandbox.in_image([f"{d}/{n}" for d in PATH_DIRS for n in names])}
+    return lambda path: posixpath.dirname(path) in PATH_DIRS and posixpath.basename(path) not in taken
+
+
 async def tampered_paths(sandbox: Sandbox, baseline: dict[str, FileChange]) -> list[str]:
     now = await sandbox.changes(TOOLCHAIN, limit=len(baseline) + MORE_THAN_BASELINE)
-    return tampering(baseline, now)
+    free = await new_names_on_path(sandbox, [*baseline, *(change.path for change in now)])
+    return tampering(baseline, now, free)
 
 
 def verdict(lines: list[str]) -> str:

@@ -138,6 +138,10 @@ class Sandbox(abc.ABC):
         the sandbox, whose programs the agent may have replaced. SandboxError if the engine cannot say."""
 
     @abc.abstractmethod
+    async def in_image(self, paths: Sequence[str]) -> set[str]:
+        """Which of `paths` the sandbox's image holds, as it was built, whatever was done in the sandbox since."""
+
+    @abc.abstractmethod
     async def health(self) -> SandboxHealth:
         """The sandbox's state as the engine reports it. SandboxError if the engine does not answer."""
 

@@ -26,6 +26,7 @@ import docker
 import docker.errors
 import requests
 from cycleqd.sandboxes import process_tree
+from cycleqd.sandboxes.agent_caps import CHECK_ONLY_CAP, agent_side
 from cycleqd.sandboxes.contract import MAX_DIGEST_BYTES, ChangeKind, ExecResult, FileChange, Sandbox, SandboxHealth
 from cycleqd.sandboxes.docker_stream import STDERR, ExecStream
 from cycleqd.sandboxes.engine import docker_client
@@ -33,7 +34,7 @@ from cycleqd.sandboxes.errors import ImageMissingError, SandboxError, SandboxSto
 from cycleqd.sandboxes.exec_wrapper import WrappedExec
 from cycleqd.sandboxes.exit_witness import exit_witness
 from cycleqd.sandboxes.labels import owner_labels
-from cycleqd.sandboxes.layer_changes import PathPatterns, upper_changes
+from cycleqd.sandboxes.layer_changes import PathPatterns, in_lower, upper_changes
 from cycleqd.sandboxes.limits import SandboxLimits, quota_supported
 from cycleqd.sandboxes.main_shell import IDLE_MAIN, MainShellSession
 from cycleqd.sandboxes.reaper import OWNED, reap_orphans_once
@@ -91,6 +92,7 @@ def create_container(
     api = client.api
     host_config = api.create_host_config(
         binds={host: {"bind": inside, "mode": "rw"} for host, inside in (mounts or {}).items()},
+        cap_add=[CHECK_ONLY_CAP] if command is None else None,  # agent_caps.py: what no agent process holds
         init=command is not None,  # a service gets tini to reap its zombies; IDLE_MAIN reaps its own
         # What the idle main shell prints is a session's, read through an attach: the engine need not log it.
         log_config=LogConfig(type=LogConfig.types.NONE) if command is None else None,
@@ -98,7 +100,7 @@ def create_container(
     )
     config = api.create_container_config(
         image,
-        command or IDLE_MAIN,
+        command or agent_side(IDLE_MAIN),
         stdin_open=True,
         volumes=list((mounts or {}).values()) or None,
         labels=owner_labels(run_id),
@@ -354,7 +356,7 @@ class DockerSandbox(Sandbox):
         if self._main_shell_free and user is None and env is None:
             return await self._open_main_session(workdir)
         stream, exec_id = await self._attach(
-            ["bash", "--noprofile", "--norc"], stdin=True, user=user, workdir=workdir, env=env
+            agent_side(["bash", "--noprofile", "--norc"], user), stdin=True, user=ROOT, workdir=workdir, env=env
         )
         return await BashSession.start(
             self,
@@ -422,17 +424,47 @@ class DockerSandbox(Sandbox):
 
         return await asyncio.to_thread(fetch)
 
+    def _layers(self) -> tuple[str, list[str]] | None:
+        """The overlay2 upper layer and the image's layers, where this host can read them."""
+        graph = self._container.attrs.get("GraphDriver") or {}
+        data = graph.get("Data") or {}
+        upper = data.get("UpperDir", "")
+        if graph.get("Name") != "overlay2" or not upper or not os.access(upper, os.R_OK | os.X_OK):
+            return None
+        return upper, [d for d in (data.get("LowerDir") or "").split(":") if d]
+
     async def changes(self, patterns: Sequence[str], *, limit: int | None = None) -> list[FileChange]:
         """From the container's overlay2 upper layer where this host can read it (layer_changes.py: a few system
         calls per change), else from the engine's changes list (a walk of the whole filesystem)."""
         self._check_running()
         wanted = PathPatterns(patterns)
-        graph = self._container.attrs.get("GraphDriver") or {}
-        upper = (graph.get("Data") or {}).get("UpperDir", "")
-        if graph.get("Name") == "overlay2" and upper and os.access(upper, os.R_OK | os.X_OK):
-            lower = [d for d in (graph["Data"].get("LowerDir") or "").split(":") if d]
+        if layers := self._layers():
+            upper, lower = layers
             return await asyncio.to_thread(lambda: list(upper_changes(upper, lower, wanted, limit=limit)))
         return await asyncio.to_thread(self._engine_changes, wanted, limit)
+
+    async def in_image(self, paths: Sequence[str]) -> set[str]:
+        """From the image's layers where this host can read them, else from a container of the image that is
+        created, asked through the engine's archive call, and removed without ever starting."""
+        if layers := self._layers():
+            return {path for path in paths if in_lower(layers[1], path)}
+        return await asyncio.to_thread(self._archived_in_image, list(paths)) if paths else set()
+
+    def _archived_in_image(self, paths: list[str]) -> set[str]:
+        blank = self._client.api.create_container(
+            self.image_id or self.image, "true", network_disabled=True, labels=owner_labels(None, "image-probe")
+        )
+        try:
+            found = set()
+            for path in paths:
+                try:
+                    self._client.api.get_archive(blank["Id"], path)[0].close()
+                except docker.errors.NotFound:
+                    continue
+                found.add(path)
+            return found
+        finally:
+            self._client.api.remove_container(blank["Id"], force=True)
 
     def _engine_changes(self, wanted: PathPatterns, limit: int | None) -> list[FileChange]:
         kinds = {0: ChangeKind.MODIFIED, 1: ChangeKind.ADDED, 2: ChangeKind.DELETED}

@@ -43,7 +43,9 @@ def _is_whiteout(info: os.stat_result) -> bool:
     return stat.S_ISCHR(info.st_mode) and info.st_rdev == 0
 
 
-def _in_lower(lower_dirs: Sequence[str], path: str) -> bool:
+def in_lower(lower_dirs: Sequence[str], path: str) -> bool:
+    """Whether the image's layers hold `path` (the layers' own relative symlinks, such as merged-usr's /bin, are
+    followed on this host)."""
     return any(os.path.lexists(os.path.join(lower, path.lstrip("/"))) for lower in lower_dirs)
 
 
@@ -105,7 +107,7 @@ def upper_changes(
                 if _is_whiteout(info):
                     yield FileChange(path, ChangeKind.DELETED, "")
                 else:
-                    kind = ChangeKind.MODIFIED if _in_lower(lower_dirs, path) else ChangeKind.ADDED
+                    kind = ChangeKind.MODIFIED if in_lower(lower_dirs, path) else ChangeKind.ADDED
                     yield FileChange(path, kind, digest_of(host_path, info), is_dir)
                 found += 1
                 if limit is not None and found >= limit:
