@@ -1,8 +1,10 @@
 """Coding data for an expert and an evolution: MBPP's own splits (google-research's `mbpp.jsonl`, task ids 1–10
-prompt, 11–510 test, 511–600 validation, 601–974 train) plus HumanEval's train share, as a suite folder.
+prompt, 11–510 test, 511–600 validation, 601–974 train) as a suite folder, with HumanEval as its transfer split.
 
-train: MBPP train and prompt, and the HumanEval problems the built-in coding suite deals to train; dev: MBPP's
-validation split; test: MBPP's test split. HumanEval's dev and test problems stay out of it entirely.
+train: MBPP train and prompt; dev: MBPP's validation split; test: MBPP's test split (in-family: held out of the
+family the expert trained on); transfer: all of HumanEval, none of which is trained on (another family of problems,
+written apart from MBPP). Without MBPP the suite is HumanEval alone, dealt as the built-in coding suite deals it,
+and has no transfer split.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from cycleqd.envs.coding import humaneval_path
 MBPP_FILE = Path("mbpp/mbpp.jsonl")
 MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511), "dev": range(511, 601), "train": range(601, 975)}
 HUMANEVAL_TRAIN = (2, 3)  # the built-in suite's round-robin shares for train (see cycleqd.eval.tasks)
+SUITE_VERSION = 2  # 2: HumanEval moved from train to a transfer split
 
 
 def build_coding_suite(data_root: Path | None, out: Path) -> Path:
-    """Write train.jsonl, dev.jsonl and test.jsonl under `out` (once: an existing suite is kept). Without MBPP
-    (`data_root` None) the suite is HumanEval alone, dealt as the built-in coding suite deals it."""
-    if all((out / f"{split}.jsonl").is_file() for split in ("train", "dev", "test")):
+    """Write train.jsonl, dev.jsonl, test.jsonl (and transfer.jsonl with MBPP) under `out` (once: an existing suite
+    is kept)."""
+    if (out / "test.jsonl").is_file() and all((out / f"{split}.jsonl").is_file() for split in ("train", "dev")):
         return out
     with gzip.open(humaneval_path(), "rt", encoding="utf-8") as f:
         humaneval = [json.loads(line) for line in f if line.strip()]
@@ -37,11 +40,7 @@ def build_coding_suite(data_root: Path | None, out: Path) -> Path:
         def ids(split: str) -> list[dict]:
             return [r for r in mbpp if r["task_id"] in MBPP_SPLITS[split]]
 
-        splits = {
-            "train": ids("train") + ids("prompt") + share(*HUMANEVAL_TRAIN),
-            "dev": ids("dev"),
-            "test": ids("test"),
-        }
+        splits = {"train": ids("train") + ids("prompt"), "dev": ids("dev"), "test": ids("test"), "transfer": humaneval}
     out.mkdir(parents=True, exist_ok=True)
     for split, records in splits.items():
         temporary = out / f".{split}.tmp"  # not matched by the split glob if left behind

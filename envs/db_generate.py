@@ -10,7 +10,10 @@ came back, a modification's `answer_md5` the table's hash afterwards. Nothing is
 scorer could disagree with. Tasks whose answer would be ambiguous (ties, empty results, too many values) are
 drawn again.
 
-Splits are disjoint: every task's (table, description) appears in one split only.
+Splits are disjoint: every task's (table, description) appears in one split only, and no task is a
+near-duplicate (envs/near_duplicates.py: word-set Jaccard ≥ 0.7 of its description and table header line) of a
+task of a split drawn before it (test, then dev, then train). The splits still share the generator's themes and
+sentence templates: its test split is an in-family test, not a transfer one (DBBench's own tasks are that).
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from cycleqd.envs.db_tasks import MODIFYING, parse_db_task
 from cycleqd.envs.dbbench import DBBenchEpisode
 from cycleqd.envs.errors import EpisodeSetupError
 from cycleqd.envs.mariadb_server import MariaDBServer
+from cycleqd.envs.near_duplicates import WordSetIndex
 from cycleqd.envs.registry import SandboxStarter
 
-GENERATOR_VERSION = 1  # bumped when tasks change, so that cached suites are regenerated
+GENERATOR_VERSION = 2  # bumped when tasks change, so that cached suites are regenerated
 MAX_VALUES = 6  # a SELECT whose answer has more values is drawn again
 
 
@@ -311,9 +315,16 @@ def task_key(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps([record["description"], record["table"]], sort_keys=True).encode()).hexdigest()
 
 
+def task_text(record: dict[str, Any]) -> str:
+    """What near-duplicates are judged on: the question and the table's name and headers (not its rows)."""
+    return f"{record['description']} {record.get('add_description', '')}"
+
+
 async def generate_split(count: int, seed: int, server: MariaDBServer, taken: set[str], concurrency: int = 4,
-                         progress: Callable[[int], None] = lambda _: None) -> list[dict[str, Any]]:  # fmt: skip
-    """`count` solved tasks drawn from `seed`, none whose key is in `taken` (which gains theirs)."""
+                         progress: Callable[[int], None] = lambda _: None,
+                         held_out: WordSetIndex | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """`count` solved tasks drawn from `seed`, none whose key is in `taken` (which gains theirs) nor a near-duplicate
+    of a `held_out` task."""
     rng = random.Random(seed)
     tasks: list[dict[str, Any]] = []
     gate = asyncio.Semaphore(concurrency)
@@ -326,6 +337,8 @@ async def generate_split(count: int, seed: int, server: MariaDBServer, taken: se
         drafts = []
         while len(drafts) < (count - len(tasks)) * 5 // 4 + 1:
             record = draft_record(rng)
+            if held_out is not None and held_out.near(task_text(record)):
+                continue
             if task_key(record) not in taken:
                 taken.add(task_key(record))
                 drafts.append(record)
@@ -345,24 +358,31 @@ def generate_suite(out: Path, counts: dict[str, int], start_sandbox: SandboxStar
     The MariaDB that answers the tasks runs in a sandbox `start_sandbox` gives (of the `mariadb` image)."""
     out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
+    held_out = WordSetIndex()
     order = sorted(counts, key=lambda s: SPLIT_SEEDS.get(s, 9))
-    for split in order:  # the keys of finished splits keep later ones disjoint from them
+    missing = [split for split in order if not (out / f"{split}.jsonl").is_file()]
+    for split in order:  # finished splits keep later ones disjoint from them and clear of their near-duplicates
         path = out / f"{split}.jsonl"
         if path.is_file():
-            taken.update(task_key(json.loads(line)) for line in path.read_text().splitlines() if line.strip())
-    missing = [split for split in order if not (out / f"{split}.jsonl").is_file()]
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            taken.update(task_key(r) for r in records)
+            for record in records:  # near-duplication is symmetric: whichever split came first, they stay apart
+                held_out.add(task_text(record))
     if missing:
-        asyncio.run(_generate_missing(out, missing, counts, seed, taken, progress, start_sandbox))
+        asyncio.run(_generate_missing(out, missing, counts, seed, taken, held_out, progress, start_sandbox))
     return out
 
 
 async def _generate_missing(out: Path, splits: list[str], counts: dict[str, int], seed: int, taken: set[str],
-                            progress: Callable[[str, int], None], start_sandbox: SandboxStarter) -> None:  # fmt: skip
+                            held_out: WordSetIndex, progress: Callable[[str, int], None],
+                            start_sandbox: SandboxStarter) -> None:  # fmt: skip
     async with MariaDBServer(start_sandbox) as server:
         for split in splits:
             split_seed = seed * 1000 + SPLIT_SEEDS.get(split, 9)
             tasks = await generate_split(counts[split], split_seed, server, taken,
-                                         progress=lambda n, s=split: progress(s, n))  # fmt: skip
+                                         progress=lambda n, s=split: progress(s, n), held_out=held_out)  # fmt: skip
+            for task in tasks:  # the splits drawn after this one stay clear of it
+                held_out.add(task_text(task))
             await asyncio.to_thread(_write_jsonl, out / f"{split}.jsonl", tasks)
 
 

@@ -7,9 +7,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from cycleqd.envs.near_duplicates import NEAR, WordSetIndex
 from cycleqd.envs.os_env import gold_replies
-from cycleqd.envs.os_training import TRAINING_FILE, build_os_suite, explanation_thought, shared_data_root
+from cycleqd.envs.os_training import SPLITS, TRAINING_FILE, build_os_suite, explanation_thought, shared_data_root
 from cycleqd.envs.registry import environment
+from cycleqd.envs.task_files import read_task_records
 
 from cycleqd.eval.tasks import load_eval_tasks
 from cycleqd.suite.verify import replay_runtime
@@ -29,12 +31,19 @@ def test_explanation_becomes_a_first_person_thought_without_code() -> None:
 @needs_os_training
 def test_os_training_suite_splits_are_disjoint_and_load(tmp_path: Path) -> None:
     suite = build_os_suite(DATA, tmp_path / "os")
-    splits = {s: load_eval_tasks(["os"], str(suite), s, None) for s in ("train", "dev", "test")}
-    assert (len(splits["train"]), len(splits["dev"])) == (940, 60)
-    assert len(splits["test"]) >= 100  # AgentBench's own benchmark tasks that run here
+    splits = {s: load_eval_tasks(["os"], str(suite), s, None) for s in SPLITS}
+    # 60 + 60 held out of the 1,000; train loses its near-duplicates of every held-out task, dev those of test
+    assert {s: len(t) for s, t in splits.items()} == {"train": 798, "dev": 54, "test": 60, "transfer": 128}
     descriptions = {s: {t.task.description for t in tasks} for s, tasks in splits.items()}  # type: ignore[union-attr]
-    assert not descriptions["dev"] & descriptions["train"]
-    assert not descriptions["test"] & (descriptions["train"] | descriptions["dev"])
+    assert not descriptions["dev"] & descriptions["train"] and not descriptions["test"] & descriptions["train"]
+    assert not descriptions["transfer"] & (descriptions["train"] | descriptions["dev"] | descriptions["test"])
+    closest = {held: WordSetIndex(descriptions[held]) for held in ("dev", "test", "transfer")}
+    worst = max(index.closest(d) for index in closest.values() for d in descriptions["train"])
+    assert 0.5 < worst < NEAR  # no pair at or above the threshold, and the check is not vacuous
+    assert max(closest["test"].closest(d) for d in descriptions["dev"]) < NEAR
+    # the threshold did work: the training family paraphrases its held-out tasks
+    every = [r["description"] for r in read_task_records(DATA / TRAINING_FILE)]
+    assert sum(1 for d in every if closest["dev"].closest(d) >= NEAR) > len(descriptions["dev"])
     first = splits["train"][0].task
     reply = gold_replies(first, None)[0]  # type: ignore[arg-type]
     assert reply.startswith("Think: To solve this problem") and reply.count("```") == 2
@@ -64,7 +73,7 @@ def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_en
     import subprocess
     import sys
 
-    from cycleqd.envs.db_generate import task_key
+    from cycleqd.envs.db_generate import task_key, task_text
 
     from cycleqd.suite.verify import verify_suite
 
@@ -80,6 +89,9 @@ def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_en
     }
     keys = {s: {task_key(r) for r in rs} for s, rs in records.items()}
     assert not keys["train"] & keys["dev"] and not keys["train"] & keys["test"] and not keys["dev"] & keys["test"]
+    for held, later in (("test", "dev"), ("test", "train"), ("dev", "train")):  # no near-duplicate across splits
+        index = WordSetIndex(task_text(r) for r in records[held])
+        assert max(index.closest(task_text(r)) for r in records[later]) < NEAR, (held, later)
     families = {r["type"][0].split("-")[0] for rs in records.values() for r in rs}
     assert {"INSERT", "UPDATE", "aggregation", "counting"} <= families
     reports = asyncio.run(verify_suite(out, "db", concurrency=4))
@@ -94,12 +106,14 @@ def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_en
 @pytest.mark.skipif(not (DATA / "mbpp" / "mbpp.jsonl").is_file(), reason=f"MBPP is not at {DATA / 'mbpp'}")
 async def test_coding_suite_has_mbpp_splits_and_its_gold_passes(os_image: str, tmp_path: Path) -> None:
     from cycleqd.envs.coding_training import build_coding_suite
+
     suite = build_coding_suite(DATA, tmp_path / "coding")
-    splits = {s: load_eval_tasks(["coding"], str(suite), s, None) for s in ("train", "dev", "test")}
-    assert {s: len(t) for s, t in splits.items()} == {"train": 374 + 10 + 82, "dev": 90, "test": 500}
+    splits = {s: load_eval_tasks(["coding"], str(suite), s, None) for s in ("train", "dev", "test", "transfer")}
+    assert {s: len(t) for s, t in splits.items()} == {"train": 374 + 10, "dev": 90, "test": 500, "transfer": 164}
     ids = {s: {t.task.task_id for t in tasks} for s, tasks in splits.items()}  # type: ignore[union-attr]
     assert not ids["train"] & ids["test"] and not ids["dev"] & ids["test"] and not ids["train"] & ids["dev"]
-    assert any(i.startswith("HumanEval/") for i in ids["train"]) and "11" in ids["test"] and "601" in ids["train"]
+    assert not any(i.startswith("HumanEval/") for i in ids["train"])  # HumanEval is the transfer split, untrained
+    assert all(i.startswith("HumanEval/") for i in ids["transfer"]) and "11" in ids["test"] and "601" in ids["train"]
     # 367, 601 and 927 build their arguments from classes the solution defines (trees of Node, lists of Pair): the
     # checker holds those objects as handles into the solution's process.
     by_id = {t.task.task_id: t.task for t in splits["train"] + splits["test"]}
@@ -112,15 +126,21 @@ async def test_coding_suite_has_mbpp_splits_and_its_gold_passes(os_image: str, t
 
 def test_demo_suites_are_sized_cached_and_train_where_they_should(docker_engine: object, tmp_path: Path) -> None:
     from cycleqd.demo.command import PRESETS, estimate
-    from cycleqd.demo.data import demo_suites
+    from cycleqd.demo.data import IN_FAMILY, TRANSFER, demo_suites, near_duplicate_pairs
 
     suites = demo_suites(tmp_path, train=6, dev=4, test=5, db_train=8)
+    outside = (DATA / TRAINING_FILE).is_file()
     for env, suite in suites.items():
-        sizes = {s: len(load_eval_tasks([env], str(suite), s, None)) for s in ("train", "dev", "test")}
-        assert sizes == {"train": 6, "dev": 4, "test": 5}, (env, sizes)
-    if (DATA / TRAINING_FILE).is_file():  # OS trains on AgentBench's training family, is tested on its benchmark
+        kinds = (IN_FAMILY, TRANSFER) if outside else (IN_FAMILY,)
+        sizes = {s: len(load_eval_tasks([env], str(suite), s, None)) for s in ("train", "dev", *kinds)}
+        assert sizes == {"train": 6, "dev": 4, IN_FAMILY: 5} | ({TRANSFER: 5} if outside else {}), (env, sizes)
+        assert not list(suite.glob("test.json*"))  # each test split is named for its kind
+        assert near_duplicate_pairs(env, suite) == [] or env == "coding", env  # MBPP's own splits are kept as is
+    if outside:  # OS trains on AgentBench's training family; its transfer split is AgentBench's benchmark
         train = load_eval_tasks(["os"], str(suites["os"]), "train", None)
         assert all(t.task.explanation for t in train)  # type: ignore[union-attr]
+        db_transfer = load_eval_tasks(["db"], str(suites["db"]), TRANSFER, None)
+        assert all(t.task.table_name for t in db_transfer)  # type: ignore[union-attr]  # DBBench's standard tasks
     again = demo_suites(tmp_path, train=6, dev=4, test=5, db_train=8)
     assert again == suites  # cached: the same folders, nothing regenerated
     assert estimate(PRESETS["default"]).total_s <= 2 * 3600  # the default is sized for two hours on 2 cores

@@ -94,10 +94,12 @@ def _differences(rows: list[FinalRow], specs: Sequence[HeldOutSpec], of) -> list
     return out
 
 
-def final_tables(rows: list[FinalRow], names: list[str], intervals: FinalIntervals | None) -> list[Table]:
-    """The final table (each cell with its 95% interval when known) and the paired differences."""
+def final_tables(rows: list[FinalRow], names: list[str], intervals: FinalIntervals | None,
+                 headers: list[str] | None = None) -> list[Table]:  # fmt: skip
+    """The final table (each cell with its 95% interval when known) and the paired differences; `headers` label
+    the tasks' columns (default: their names)."""
     title = "held-out test splits (95% intervals over tasks: " + _methods(intervals) + ")"
-    table = Table("model", *names, "average", title=title)
+    table = Table("model", *(headers or names), "average", title=title)
     for row in rows:
         cells = [_cell(row.test_scores.get(n, 0.0), intervals and intervals.cells.get((row.candidate_id, n)))
                  for n in names]  # fmt: skip
@@ -141,8 +143,9 @@ def run_final_intervals(store: Store, run_id: str, rows: list[FinalRow], tasks: 
 
 def final_report_tables(store: Store, run_id: str, rows: list[FinalRow], tasks: Sequence[object]) -> list[Table]:
     """What `evolve`, `report` and `demo` print at the end: the final table with intervals, then the differences."""
-    names = [s.name for s in held_out_specs(tasks)]
-    return final_tables(rows, names, run_final_intervals(store, run_id, rows, tasks))
+    specs = held_out_specs(tasks)
+    headers = [s.name if s.split == "test" else f"{s.name} ({s.split})" for s in specs]  # e.g. "os (transfer)"
+    return final_tables(rows, [s.name for s in specs], run_final_intervals(store, run_id, rows, tasks), headers)
 
 
 def final_intervals_json(intervals: FinalIntervals, rows: list[FinalRow]) -> dict[str, object]:
