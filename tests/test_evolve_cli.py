@@ -4,11 +4,15 @@ episodes through `transformers serve` and real sandboxes on a few built-in tasks
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from cycleqd.db.evolution_store import EvolutionStore
+from cycleqd.db.schema import RunStatus
 from cycleqd.db.store import open_store
 
 from tests.conftest import perturbed_checkpoint
@@ -85,3 +89,122 @@ def test_evolve_refuses_bad_input_clearly(tmp_path: Path) -> None:
     assert done.returncode == 2 and "field 'tasks': expected a list of at least two tasks" in done.stderr
     neither = subprocess.run([CYCLEQD, "evolve"], capture_output=True, text=True)
     assert neither.returncode == 2 and "give --config FILE" in neither.stderr
+
+
+def fake_experts(folder: Path) -> None:
+    """Folders the config accepts (a config.json); every test below fails before their weights are read."""
+    for expert in ("e1", "e2"):
+        (folder / expert).mkdir()
+        (folder / expert / "config.json").write_text("{}")
+
+
+TWO_TASKS = "base: default\ntasks:\n  - {name: os, env: os, expert: e1}\n  - {name: db, env: db, expert: e2}\n"
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], *expected: str) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr and not done.stdout.strip(), done.stdout
+    for part in expected:
+        assert part in lines[0], (part, lines[0])
+    return lines[0]
+
+
+def test_the_ray_key_and_evolve_ray_reach_the_cluster_check(tmp_path: Path) -> None:
+    # RaySpec had lost its @dataclass: both raised "TypeError: RaySpec() takes no arguments"
+    fake_experts(tmp_path)
+    config = tmp_path / "ray.yaml"
+    config.write_text(TWO_TASKS + "ray: {address: '127.0.0.1:1', gpus: false}\n")
+    db = tmp_path / "x.db"
+    done = subprocess.run([CYCLEQD, "evolve", "--config", str(config), "--db", str(db)], capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    one_line_error(done, "127.0.0.1:1", "ray start")
+    (tmp_path / "plain.yaml").write_text(TWO_TASKS)
+    done = subprocess.run([CYCLEQD, "evolve", "--config", "plain.yaml", "--ray", "127.0.0.1:1", "--db", str(db)],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    one_line_error(done, "127.0.0.1:1", "ray start")
+    assert not db.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("expert: e2}", "expert: e2, selection_split: dve}"),
+         ["bad.yaml: field 'tasks[1].selection_split' (task db)", "no split 'dve'", "it has: dev, test, train"]),
+        (("expert: e1}", "expert: e1, suite: nowhere}"),
+         ["bad.yaml: field 'tasks[0].suite' (task os)", "no task file or folder", "nowhere"]),
+        (("tasks:\n", "tasks:\n  - {name: [\n"), ["bad.yaml, line 4, column", "not valid YAML"]),
+    ],
+    ids=["split", "suite", "yaml"],
+)  # fmt: skip
+def test_config_mistakes_name_the_file_and_task_before_any_run(
+    tmp_path: Path, change: tuple[str, str], expected: list[str]
+) -> None:
+    fake_experts(tmp_path)
+    config = tmp_path / "bad.yaml"
+    config.write_text(TWO_TASKS.replace(*change))
+    db = tmp_path / "x.db"
+    done = subprocess.run([CYCLEQD, "evolve", "--config", str(config), "--db", str(db)], capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    line = one_line_error(done, *expected)
+    assert "<unicode string>" not in line
+    assert not db.exists()  # found before the run was created (it stayed `running` forever)
+
+
+def test_the_api_checks_a_config_that_did_not_come_from_a_file(tmp_path: Path) -> None:
+    from cycleqd.evolver.config import ConfigError, parse_config
+
+    import cycleqd
+
+    fake_experts(tmp_path)
+    tasks = [{"name": "os", "env": "os", "expert": "e1"}, {"name": "db", "env": "db", "expert": "e2",
+                                                             "test_split": "tset"}]  # fmt: skip
+    config = parse_config({"base": "default", "tasks": tasks}, "mine", tmp_path)
+    with pytest.raises(ConfigError, match=r"the config: field 'tasks\[1\].test_split' \(task db\)"):
+        cycleqd.evolve(config, db=tmp_path / "x.db")
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_show_prints_an_evolutions_scores(tmp_path: Path) -> None:
+    from cycleqd.db.store import EpisodeRecord
+
+    db = tmp_path / "evo.db"
+    store = open_store(db)
+    run = store.create_run("evolve", {"tasks": [{"name": "db", "env": "db"}], "base": "default"})
+    model = store.model_id("sha256:" + "ab" * 32, "/models/child-1")
+    for key, score in (("t1", 1.0), ("t2", 0.0), ("t3", 1.0), ("t4", None)):
+        task = store.task_id("db", "builtin", "dev", key, key * 8)
+        store.record_episode(EpisodeRecord(run.id, model, task, 0, "completed" if score is not None else "env_error",
+                                           score))  # fmt: skip
+    store.engine.dispose()
+    done = subprocess.run([CYCLEQD, "show", run.id[:6], "--db", str(db), "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (result,) = json.loads(done.stdout)["results"]  # it was empty: an evolution stores no aggregates
+    assert (result["env"], result["split"], result["episodes"], result["errors"]) == ("db", "dev", 4, 1)
+    assert result["score"] == pytest.approx(2 / 3) and result["ci95"]["n"] == 3
+    table = subprocess.run([CYCLEQD, "show", run.id, "--db", str(db)], capture_output=True, text=True,
+                           env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    assert "0.667" in table.stdout and "child-1@abababab" in table.stdout
+
+
+def test_sigterm_leaves_the_evolution_resumable_not_running(docker_engine, default_model, smollm_experts,
+                                                            tmp_path: Path) -> None:  # noqa: ANN001  # fmt: skip
+    config = tmp_path / "evolve.yaml"
+    experts = {f"e{k}": str(path) for k, path in enumerate(smollm_experts)}
+    config.write_text(CONFIG.format(base=default_model.path, **experts))
+    db = tmp_path / "evolve.db"
+    child = subprocess.Popen([CYCLEQD, "evolve", "--config", str(config), "--db", str(db)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (db.exists() and open_store(db).list_runs()):
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.2)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode in (130, 128 + signal.SIGTERM) and "Traceback" not in err, err
+    (run,) = open_store(db).list_runs()
+    assert run.status == RunStatus.INTERRUPTED  # it stayed `running` forever

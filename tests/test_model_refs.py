@@ -116,3 +116,25 @@ def test_an_endpoints_client_lets_every_episode_of_a_run_wait_on_a_reply() -> No
     endpoint = ExternalEndpoint("http://127.0.0.1:9/v1", "m")
     assert manager_for(endpoint, episodes_at_once=64).client_settings.max_concurrency == 64
     assert manager_for(endpoint, episodes_at_once=2).client_settings.max_concurrency == 8  # the client's floor
+
+
+def test_a_relative_checkpoint_folder_is_stored_as_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cycleqd.errors import ResumeConflictError
+    from cycleqd.requests import EvalRequest
+
+    make_checkpoint(tmp_path / "experts" / "db", config=GOOD_CONFIG)
+    monkeypatch.chdir(tmp_path)
+    where = str(tmp_path / "experts" / "db")
+    request = EvalRequest(model="experts/db", tasks=("db",))
+    # stored as typed, `eval --resume` from another folder did not find it
+    assert request.model == where and EvalRequest.from_snapshot(request.snapshot()).model == where
+    assert EvalRequest(model="vllm/experts/db").model == f"vllm/{where}"
+    assert EvalRequest(model="default").model == "default" and EvalRequest(model="hf/org/name").model == "hf/org/name"
+    # the same folder, typed either way, is the same option on resume; another folder is not
+    request.resumed_with({"model": where}, "r1")
+    request.resumed_with({"model": "./experts/db"}, "r1")
+    make_checkpoint(tmp_path / "experts" / "os", config=GOOD_CONFIG)
+    with pytest.raises(ResumeConflictError, match="experts/os conflicts with run r1"):
+        request.resumed_with({"model": "experts/os"}, "r1")
