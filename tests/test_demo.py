@@ -32,3 +32,56 @@ def test_the_demo_runs_end_to_end_and_reuses_its_cache(docker_engine, default_mo
     assert second.returncode == 0, second.stderr[-3000:]
     assert "this demo already ran" in second.stdout and "CycleQD final" in second.stdout
     assert "fine-tuning" not in second.stdout  # the experts came from the cache
+
+
+def demo_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list, object]:
+    """run_demo with its heavy stages replaced (the store, the config and the resume decision stay real)."""
+    from types import SimpleNamespace
+
+    from cycleqd.demo import command
+
+    folders = {}
+    for name in ("base", "os", "db", "coding"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        folders[name] = tmp_path / name
+    for env in ("os", "db", "coding"):
+        (tmp_path / f"suite-{env}").mkdir()
+        (tmp_path / f"suite-{env}" / "in-family.json").write_text("[]")
+    calls: list[tuple] = []
+    monkeypatch.setattr(command, "default_checkpoint", lambda: SimpleNamespace(path=folders["base"]))
+    monkeypatch.setattr(command, "demo_suites", lambda *a: {e: tmp_path / f"suite-{e}" for e in ("os", "db", "coding")})
+    monkeypatch.setattr(command, "demo_experts", lambda *a: {e: folders[e] for e in ("os", "db", "coding")})
+    monkeypatch.setattr(
+        command, "run_evolve_command", lambda config, db, resume, *a: calls.append((config, resume)) or 0
+    )
+    return calls, command
+
+
+def test_a_rerun_of_an_interrupted_demo_continues_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cycleqd.db.schema import RunStatus
+    from cycleqd.db.store import open_store
+    from rich.console import Console
+
+    from cycleqd.errors import UserError
+
+    calls, command = demo_parts(tmp_path, monkeypatch)
+    db = tmp_path / "demo.db"
+    quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115
+    budget = command.DemoBudget()
+    assert command.run_demo(budget, db, quiet, quiet) == 0
+    assert calls[-1][1] is None  # nothing earlier: a new run with the config
+    config = calls[-1][0]
+    store = open_store(db)
+    other = store.create_run("evolve", {**config.snapshot(), "generations": 99})  # another config: never resumed
+    store.set_run_status(other.id, RunStatus.INTERRUPTED)
+    mine = store.create_run("evolve", config.snapshot())
+    store.set_run_status(mine.id, RunStatus.INTERRUPTED)
+    assert command.run_demo(budget, db, quiet, quiet) == 0
+    assert calls[-1] == (None, mine.id)  # the interrupted run with this config is continued, not a new one
+    store.set_run_status(mine.id, RunStatus.RUNNING)
+    with pytest.raises(UserError, match=f"run {mine.id} of this demo is marked running"):
+        command.run_demo(budget, db, quiet, quiet)
+    store.set_run_status(mine.id, RunStatus.COMPLETED)
+    assert command.earlier_run(store, config).id == mine.id  # type: ignore[union-attr]
+    assert command.earlier_run(store, type(config)(**{**config.__dict__, "bins": 7})) is None

@@ -1,11 +1,13 @@
 """`cycleqd demo`: the whole method on a CPU. The embedded SmolLM2 is the base; one expert per environment is
 fine-tuned on the gold trajectories of its suite's train split (`cycleqd.demo.data`: AgentBench's OS training
 tasks, generated DB tasks, MBPP); `cycleqd evolve` runs on the dev splits; the final table puts base, experts,
-naive merge and the CycleQD model side by side on the test splits, with 95% intervals and paired differences.
+naive merge and the CycleQD model side by side on one kind of test split (in-family or transfer, named in the
+table), with 95% intervals and paired differences.
 
-The estimate is printed first. Every stage is cached: the suites by content, the experts by budget, the SVDs by
-checkpoint, the evolution in the store (a killed demo resumes it with `cycleqd evolve --resume RUN`), and a
-completed demo with the same config prints its table again.
+The budget, every way it departs from the paper's setting, and the estimate are printed first. Every stage is
+cached: the suites by content, the experts by budget, the SVDs by checkpoint, the evolution in the store (running
+the same demo again continues its interrupted or failed run), and a completed demo with the same config prints its
+table again.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 from rich.console import Console
 
 from cycleqd.db.evolution_store import EvolutionStore
-from cycleqd.db.schema import RunStatus
-from cycleqd.db.store import open_store
+from cycleqd.db.schema import Run, RunStatus
+from cycleqd.db.store import Store, open_store
 from cycleqd.demo.data import DATA_VERSION, IN_FAMILY, TEST_KINDS, TRANSFER, demo_suites
 from cycleqd.envs.os_training import shared_data_root
 from cycleqd.envs.registry import environment, names
@@ -179,6 +181,12 @@ def demo_config(budget: DemoBudget, base: Path, experts: dict[str, Path], suites
     return parse_config(data, "<demo>", Path("/"))
 
 
+def earlier_run(store: Store, config: EvolveConfig) -> Run | None:
+    """The newest evolution of this store with exactly this config (a completed one before any other)."""
+    same = [run for run in store.list_runs(limit=200) if run.kind == "evolve" and run.config == config.snapshot()]
+    return next((r for r in same if r.status == RunStatus.COMPLETED), same[0] if same else None)
+
+
 def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) -> int:
     console.print(f"cycleqd demo — {budget.describe()}", highlight=False)
     console.print("not the paper's setting: " + "; ".join(budget.deviations()), highlight=False)
@@ -192,15 +200,23 @@ def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) 
     experts_done = time.monotonic()
     config = demo_config(budget, base, experts, suites)
     store = open_store(db_path)
-    for run in store.list_runs(limit=200):
-        if run.kind == "evolve" and run.status == RunStatus.COMPLETED and run.config == config.snapshot():
-            console.print(f"this demo already ran (run {run.id}); its table:", highlight=False)
-            names = list(config.task_names)
-            for table in final_report_tables(store, run.id, final_rows(EvolutionStore(store, run.id), names),
-                                             config.tasks):  # fmt: skip
-                console.print(table)
-            return 0
-    status = run_evolve_command(config, db_path, None, False, console, err)
+    earlier = earlier_run(store, config)
+    if earlier is not None and earlier.status == RunStatus.COMPLETED:
+        console.print(f"this demo already ran (run {earlier.id}); its table:", highlight=False)
+        names = list(config.task_names)
+        for table in final_report_tables(store, earlier.id, final_rows(EvolutionStore(store, earlier.id), names),
+                                         config.tasks):  # fmt: skip
+            console.print(table)
+        return 0
+    if earlier is not None and earlier.status == RunStatus.RUNNING:
+        resume = f"cycleqd evolve --resume {earlier.id} --db {db_path}"
+        raise UserError(f"run {earlier.id} of this demo is marked running in {db_path}: wait for it, or, if its "
+                        f"process is gone, continue it with `{resume}`")  # fmt: skip
+    if earlier is not None:  # interrupted or failed: continue it, its children and episodes kept
+        console.print(f"continuing this demo's {earlier.status} run {earlier.id}", highlight=False)
+        status = run_evolve_command(None, db_path, earlier.id, False, console, err)
+    else:
+        status = run_evolve_command(config, db_path, None, False, console, err)
     console.print(f"stage times: data {_minutes(data_done - started)}, experts {_minutes(experts_done - data_done)} "
                   f"(0 when cached), evolution and the final table {_minutes(time.monotonic() - experts_done)}",
                   highlight=False)  # fmt: skip
