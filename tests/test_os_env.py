@@ -170,14 +170,25 @@ async def test_a_wrong_answer_scores_zero(os_image: str) -> None:
     assert "rejected" in outcome.detail
 
 
-async def test_tampering_with_the_container_does_not_change_the_score(os_image: str) -> None:
+async def test_tampering_with_the_agents_shell_does_not_change_the_score(os_image: str) -> None:
     tamper = (
-        "Act: bash\n\n```bash\nrm -f /usr/bin/python3*; alias ls='echo 9'; export PATH=/nowhere\n"
-        "echo 'alias wc=\"echo 9\"' >> ~/.bashrc\n```"
+        "Act: bash\n\n```bash\nalias ls='echo 9'; export PATH=/nowhere\necho 'alias wc=\"echo 9\"' >> ~/.bashrc\n```"
     )
     _, _, right = await run_episode(COUNT_TASK, [tamper, "Act: answer(3)"])
     _, _, wrong = await run_episode(COUNT_TASK, [tamper, "Act: answer(9)"])
     assert (right.score, wrong.score) == (1.0, 0.0)
+
+
+async def test_deleting_a_program_the_checks_may_run_is_tampering_even_with_the_right_answer(os_image: str) -> None:
+    """envs/os_tamper.py: the example runs in the container, so its programs are watched; a match task's are not."""
+    delete = "Act: bash\n\n```bash\nrm -f /usr/bin/python3*\n```"
+    _, _, right = await run_episode(COUNT_TASK, [delete, "Act: answer(3)"])
+    assert (right.status, right.score) == (EpisodeStatus.TAMPERED, 0.0)
+    assert "deleted /usr/bin/python3" in right.detail
+    _, _, matched = await run_episode(
+        {"description": "Say 3.", "evaluation": {"match": "3"}}, [delete, "Act: answer(3)"]
+    )
+    assert (matched.status, matched.score) == (EpisodeStatus.COMPLETED, 1.0)
 
 
 async def test_killing_every_process_and_signalling_pid_1_is_scored_not_retried(os_image: str) -> None:
