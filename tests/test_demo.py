@@ -27,6 +27,7 @@ def test_the_demo_runs_end_to_end_and_reuses_its_cache(docker_engine, default_mo
     for row in ("base", "expert os", "expert db", "expert coding", "naive merge", "CycleQD final"):
         assert row in first.stdout
     assert "stage times: data" in first.stdout and "evolution and the final table" in first.stdout
+    assert "the table's test splits: in-family" in first.stdout and "not the paper's setting: " in first.stdout
     second = subprocess.run([CYCLEQD, "demo", *TINY, "--db", str(db)], capture_output=True, text=True, timeout=300,
                             env=wide)  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]

@@ -217,6 +217,8 @@ def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) 
         status = run_evolve_command(None, db_path, earlier.id, False, console, err)
     else:
         status = run_evolve_command(config, db_path, None, False, console, err)
+    # the evolution's own table names its columns by task; which kind of test split they hold is said here
+    console.print(f"the table's test splits: {budget.test_kind} ({TEST_KINDS[budget.test_kind]})", highlight=False)
     console.print(f"stage times: data {_minutes(data_done - started)}, experts {_minutes(experts_done - data_done)} "
                   f"(0 when cached), evolution and the final table {_minutes(time.monotonic() - experts_done)}",
                   highlight=False)  # fmt: skip
