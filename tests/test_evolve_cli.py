@@ -208,3 +208,17 @@ def test_sigterm_leaves_the_evolution_resumable_not_running(docker_engine, defau
     assert child.returncode in (130, 128 + signal.SIGTERM) and "Traceback" not in err, err
     (run,) = open_store(db).list_runs()
     assert run.status == RunStatus.INTERRUPTED  # it stayed `running` forever
+
+
+def test_every_candidate_evaluator_says_whether_it_races_and_takes_a_race() -> None:
+    """The loop hands `race=` to an evaluator that races and `race=None` to one that does not. `evolve --ray`'s
+    evaluator inherited `races = True` with an `evaluate` that took no race: its first child was a TypeError."""
+    import inspect
+
+    from cycleqd.evolve.evaluator import EpisodeEvaluator
+    from cycleqd.ray.backend import RayCandidateEvaluator, RayEpisodeEvaluator
+
+    for evaluator, races in ((EpisodeEvaluator, True), (RayEpisodeEvaluator, False), (RayCandidateEvaluator, False)):
+        assert evaluator.races is races, evaluator
+        race = inspect.signature(evaluator.evaluate).parameters.get("race")
+        assert race is not None and race.default is None, evaluator

@@ -60,15 +60,18 @@ class CandidateUnderTest:
 class CandidateEvaluator(Protocol):
     """Scores a candidate on every task; one candidate per slot (model server) at a time.
 
-    An evaluator that can race (its `races` attribute is true) takes `race=` for a child's selection episodes: it
-    plans the race, starts episodes in the order `race.start_next` gives, reports each finished one (and those a
-    previous process stored) with `race.observe`, and stops cleanly once `race.rejected`; the scores it then returns
-    are not read.
+    An evaluator that races (`races` true) is given a `Race` for a child's selection episodes: it plans the race,
+    starts episodes in the order `race.start_next` gives, reports each finished one (and those a previous process
+    stored) with `race.observe`, and stops cleanly once `race.rejected`; the scores it then returns are not read.
+    One that does not race is always given `race=None` and plays every episode.
     """
 
     slots: int
+    races: bool
 
-    async def evaluate(self, slot: int, candidate: CandidateUnderTest, test: bool) -> tuple[int | None, dict]: ...
+    async def evaluate(
+        self, slot: int, candidate: CandidateUnderTest, test: bool, race: Race | None = None
+    ) -> tuple[int | None, dict]: ...
 
 
 @dataclass(frozen=True)
@@ -235,14 +238,12 @@ class Evolution:
         stored = self._stored(row) or self._reused(row)
         if stored is not None:
             return stored
-        race = None
         slot = await self._free_slots.get()
         try:
-            if row.kind == "child" and getattr(self.evaluator, "races", False):
+            race = None
+            if row.kind == "child" and self.evaluator.races:
                 race = Race(self.archives, self.config.racing.kind, self.config.racing.delta)  # the archives now
-                model_id, scores = await self.evaluator.evaluate(slot, under, test=False, race=race)  # type: ignore[call-arg]
-            else:
-                model_id, scores = await self.evaluator.evaluate(slot, under, test=False)
+            model_id, scores = await self.evaluator.evaluate(slot, under, test=False, race=race)
         finally:
             self._free_slots.put_nowait(slot)
         episodes = (race.played, race.planned) if race is not None else None

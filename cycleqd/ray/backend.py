@@ -34,6 +34,7 @@ from cycleqd.eval.tasks import EvalTask
 from cycleqd.evolve.evaluator import EpisodeEvaluator
 from cycleqd.evolve.loop import CandidateUnderTest
 from cycleqd.evolver.config import EvolveConfig
+from cycleqd.evolver.racing import Race
 from cycleqd.ray.node import ModelSpec, NodeSlot
 from cycleqd.ray.support import RayClusterError
 
@@ -167,11 +168,16 @@ class RayCandidateEvaluator:
     """A `CandidateEvaluator` whose slots are actors of a node-side evaluator class (any class with the
     evaluator's `evaluate(slot, candidate, test)`, built on its node from `args`)."""
 
+    races = False  # a race's state lives in this process; the actors play whole candidates
+
     def __init__(self, node_evaluator: type, args: tuple, slots: int, gpus: bool = False) -> None:
         self.pool = SlotPool(node_evaluator, args, slots, gpus)
         self.slots = slots
 
-    async def evaluate(self, slot: int, candidate: CandidateUnderTest, test: bool) -> tuple[int | None, dict]:
+    async def evaluate(
+        self, slot: int, candidate: CandidateUnderTest, test: bool, race: Race | None = None
+    ) -> tuple[int | None, dict]:
+        assert race is None, "RayCandidateEvaluator does not race"
         genome = ray.put(candidate)  # into the object store once, however often it is dispatched
         return await self.pool.run(slot, lambda actor: actor.evaluate.remote(0, genome, test), exclusive=True)
 
@@ -254,7 +260,11 @@ async def eval_on_cluster(
 class RayEpisodeEvaluator(EpisodeEvaluator):
     """The evolution's candidate evaluator on a cluster: a candidate is served by one slot (its genome sent
     through the object store and materialised on that node), its episodes are played there and stored here. When
-    the slot dies mid-candidate the candidate goes to another slot, which plays only what was not stored."""
+    the slot dies mid-candidate the candidate goes to another slot, which plays only what was not stored. It does
+    not race (a child plays every selection episode): it inherited `races` from the single-machine evaluator while
+    its `evaluate` took no race, so every child of `evolve --ray` raised a TypeError."""
+
+    races = False
 
     def __init__(self, store: Store, run_id: str, config: EvolveConfig, base: Path, cache_root: Path,
                  checkpoints: Path, gpus: bool = False) -> None:  # fmt: skip
@@ -264,7 +274,10 @@ class RayEpisodeEvaluator(EpisodeEvaluator):
         self.slots = config.servers
         self.pool = SlotPool(NodeSlot, (model, self.all_tasks(), run_id, self.settings), self.slots, gpus)
 
-    async def evaluate(self, slot: int, candidate: CandidateUnderTest, test: bool) -> tuple[int | None, dict]:
+    async def evaluate(
+        self, slot: int, candidate: CandidateUnderTest, test: bool, race: Race | None = None
+    ) -> tuple[int | None, dict]:
+        assert race is None, "RayEpisodeEvaluator does not race"
         genome = ray.put(candidate)
         tasks = [task for spec in self.config.tasks for task in self.tasks[(spec.name, test)]]
         while True:
