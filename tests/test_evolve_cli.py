@@ -222,3 +222,18 @@ def test_every_candidate_evaluator_says_whether_it_races_and_takes_a_race() -> N
         assert evaluator.races is races, evaluator
         race = inspect.signature(evaluator.evaluate).parameters.get("race")
         assert race is not None and race.default is None, evaluator
+
+
+def test_runs_rm_says_where_an_evolutions_files_stay(tmp_path: Path) -> None:
+    db = tmp_path / "evo.db"
+    store = open_store(db)
+    run = store.create_run("evolve", {"tasks": [], "base": "default"})
+    store.engine.dispose()
+    final = tmp_path / "cache" / "evolve" / "runs" / run.id / "final-model"
+    final.mkdir(parents=True)
+    (final / "model.safetensors").write_bytes(bytes(3_000_000))
+    done = subprocess.run([CYCLEQD, "runs", "rm", run.id[:6], "--db", str(db)], capture_output=True, text=True,
+                          env={**os.environ, "CYCLEQD_CACHE": str(tmp_path / "cache"), "COLUMNS": "300"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"removed run {run.id}" in done.stdout and f"{final.parent} (3 MB" in done.stdout, done.stdout
+    assert (final / "model.safetensors").is_file() and open_store(db).get_run(run.id) is None

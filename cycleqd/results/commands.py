@@ -54,7 +54,21 @@ def remove_runs(run_texts: list[str], db_path: Path, console: Console) -> int:
     for run in runs:
         episodes = store.delete_run(run.id)
         console.print(f"removed run {run.id} ({run.kind}, {episodes} episode(s))", highlight=False)
+        if run.kind == "evolve":
+            _say_what_stays(run.id, console)
     return 0
+
+
+def _say_what_stays(run_id: str, console: Console) -> None:
+    """An evolution's files (its final model, its children's checkpoints) are outside the store: they may be in
+    use, so they stay, but the user learns where and how large they are instead of finding hundreds of MB later."""
+    from cycleqd.evolve.run import run_dir
+
+    folder = run_dir(run_id)
+    if folder.is_dir():
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+        console.print(f"  its files stay in {folder} ({size / 1e6:.0f} MB: the final model, the children's "
+                      f"checkpoints); free them with: rm -r {folder}", highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def _per_task(store: Store, run_id: str) -> list[dict[str, Any]]:
