@@ -107,9 +107,13 @@ def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_en
 async def test_coding_suite_has_mbpp_splits_and_its_gold_passes(os_image: str, tmp_path: Path) -> None:
     from cycleqd.envs.coding_training import build_coding_suite
 
+    from cycleqd.demo.data import near_duplicate_pairs
+
     suite = build_coding_suite(DATA, tmp_path / "coding")
     splits = {s: load_eval_tasks(["coding"], str(suite), s, None) for s in ("train", "dev", "test", "transfer")}
-    assert {s: len(t) for s, t in splits.items()} == {"train": 374 + 10, "dev": 90, "test": 500, "transfer": 164}
+    # MBPP's 374 + 10 train and 90 dev problems less their near-duplicates of held-out ones (all 500 test are kept)
+    assert {s: len(t) for s, t in splits.items()} == {"train": 261, "dev": 60, "test": 500, "transfer": 164}
+    assert near_duplicate_pairs("coding", suite) == []
     ids = {s: {t.task.task_id for t in tasks} for s, tasks in splits.items()}  # type: ignore[union-attr]
     assert not ids["train"] & ids["test"] and not ids["dev"] & ids["test"] and not ids["train"] & ids["dev"]
     assert not any(i.startswith("HumanEval/") for i in ids["train"])  # HumanEval is the transfer split, untrained
@@ -135,7 +139,7 @@ def test_demo_suites_are_sized_cached_and_train_where_they_should(docker_engine:
         sizes = {s: len(load_eval_tasks([env], str(suite), s, None)) for s in ("train", "dev", *kinds)}
         assert sizes == {"train": 6, "dev": 4, IN_FAMILY: 5} | ({TRANSFER: 5} if outside else {}), (env, sizes)
         assert not list(suite.glob("test.json*"))  # each test split is named for its kind
-        assert near_duplicate_pairs(env, suite) == [] or env == "coding", env  # MBPP's own splits are kept as is
+        assert near_duplicate_pairs(env, suite) == [], env
     if outside:  # OS trains on AgentBench's training family; its transfer split is AgentBench's benchmark
         train = load_eval_tasks(["os"], str(suites["os"]), "train", None)
         assert all(t.task.explanation for t in train)  # type: ignore[union-attr]

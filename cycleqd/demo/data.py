@@ -6,7 +6,8 @@ Every suite has train, dev (selection during the evolution) and two kinds of tes
 - `transfer`: a benchmark written apart from the training data (OS: AgentBench's own OS benchmark; DB: DBBench's
   `standard.jsonl`; coding: HumanEval), where `../shared/data` (or $CYCLEQD_DATA) has it.
 No train task is a near-duplicate of a dev or test task (envs/near_duplicates.py; word-set Jaccard ≥ 0.7), which
-the builders (envs/os_training.py, envs/db_generate.py) ensure and `near_duplicate_pairs` checks.
+the builders (envs/os_training.py, envs/db_generate.py, envs/coding_training.py) ensure and `near_duplicate_pairs`
+checks.
 Without the outside data: the built-in OS suite, HumanEval alone, and no transfer split. Each suite is copied
 with dev and test cut to the budget's sizes (an evenly spread subset, so every group of a file keeps its share),
 and cached by content: a second demo finds it all in place.
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cycleqd.envs import coding_training, os_training
-from cycleqd.envs.coding_training import MBPP_FILE, build_coding_suite
+from cycleqd.envs.coding_training import MBPP_FILE, build_coding_suite, problem_text
 from cycleqd.envs.db_generate import suite_folder, task_text
 from cycleqd.envs.near_duplicates import NEAR, WordSetIndex
 from cycleqd.envs.os_training import TRAINING_FILE, build_os_suite, shared_data_root
@@ -39,7 +40,7 @@ SOURCE_SPLITS = {"train": "train", "dev": "dev", "test": IN_FAMILY, "transfer": 
 TASK_TEXT: dict[str, Callable[[dict], str]] = {
     "os": lambda r: str(r.get("description", "")),
     "db": task_text,
-    "coding": lambda r: str(r.get("text") or r.get("prompt") or ""),
+    "coding": problem_text,
 }
 
 
