@@ -24,9 +24,12 @@ from cycleqd.sandboxes.contract import ChangeKind, FileChange, Sandbox
 from cycleqd.sandboxes.images import IMAGE_ENV
 
 TOOLCHAIN = (
-    # Programs, libraries, interpreters and their modules (every PATH entry the image's environment names is
-    # here; /bin, /sbin and /lib* are symlinks into /usr on merged-usr images, and replacing a link counts too).
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    # Programs, libraries, interpreters and their modules: every PATH entry the image's environment names, the
+    # library folders (python's, perl's: /usr/share/perl5, /usr/local/share/perl), and the data programs read
+    # (locales, terminfo, magic). /bin, /sbin and /lib* are symlinks into /usr on merged-usr images; replacing a
+    # link counts too. Not /usr itself: AgentBench's tasks use it as a scratch folder (/usr/k, /usr/OSbench).
+    "/usr/bin", "/usr/sbin", "/usr/lib*", "/usr/share", "/usr/local/bin", "/usr/local/sbin", "/usr/local/lib*",
+    "/usr/local/share", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
     # The dynamic loader's configuration: a preload or a library path reaches every dynamically linked program.
     "/etc/ld.so.preload", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/ld.so.cache",
     "/etc/alternatives",  # where /usr/bin/awk, editor, pager... point
