@@ -532,28 +532,9 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
 def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
     """An evolution's final table (test splits: base, experts, naive merge, CycleQD final), a heatmap PNG per
     archive and its QD metrics over generations (coverage, QD score, best quality)."""
-    from cycleqd.db.evolution_store import EvolutionStore
-    from cycleqd.db.monitor_queries import open_monitor_store
-    from cycleqd.errors import UnknownRunError
-    from cycleqd.evolve.report import final_rows, saving_line, write_episode_table, write_heatmaps, write_qd_metrics
-    from cycleqd.results.intervals import final_report_tables
-    from cycleqd.results.lookup import find_run
+    from cycleqd.display import show_report
 
-    store = open_monitor_store(db_path)
-    run = find_run(store, run_id, db_path)
-    if run.kind != "evolve":
-        raise UnknownRunError(f"run {run.id} is an {run.kind} run, not an evolution; `cycleqd runs --db {db_path}` "
-                              "lists them")  # fmt: skip
-    run_id = run.id
-    evo = EvolutionStore(store, run_id)
-    names = [t["name"] for t in run.config["tasks"]]
-    for table in final_report_tables(store, run_id, final_rows(evo, names), run.config["tasks"]):
-        console.print(table)
-    if (saving := saving_line(evo)) is not None:
-        console.print(saving, highlight=False)
-    out = out or Path(f"report-{run_id}")
-    for path in [*write_heatmaps(evo, out), write_qd_metrics(evo, out), write_episode_table(evo, out)]:
-        console.print(f"wrote {path}", highlight=False)
+    show_report(run_id, db_path, out)
 
 
 # -- sft, demo ---------------------------------------------------------------------------------------------------

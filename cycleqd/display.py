@@ -231,3 +231,28 @@ def show_evolve(config: EvolveConfig | None, db: Path, resume: str | None, as_js
     out.print(f"final model: {result.final_model}\nrun {result.run_id} (cycleqd report {result.run_id} --db {db})",
               highlight=False)  # fmt: skip
     return 0
+
+
+# -- report ------------------------------------------------------------------------------------------------------
+
+
+def show_report(run_text: str, db: Path, out: Path | None) -> None:
+    """`cycleqd report`: the final table with its intervals, then a heatmap PNG per archive, the QD metrics and the
+    children's episode table written under `out` (default: report-RUN)."""
+    from cycleqd.db.evolution_store import EvolutionStore
+    from cycleqd.db.monitor_queries import open_monitor_store
+    from cycleqd.evolve.report import final_rows, saving_line, write_episode_table, write_heatmaps, write_qd_metrics
+    from cycleqd.results.intervals import final_report_tables
+    from cycleqd.results.lookup import find_run
+
+    store = open_monitor_store(db)
+    run = find_run(store, run_text, db, kind="evolve")
+    evo = EvolutionStore(store, run.id)
+    names = [t["name"] for t in run.config["tasks"]]
+    for table in final_report_tables(store, run.id, final_rows(evo, names), run.config["tasks"]):
+        console.print(table)
+    if (saving := saving_line(evo)) is not None:
+        console.print(saving, highlight=False)
+    out = out or Path(f"report-{run.id}")
+    for path in [*write_heatmaps(evo, out), write_qd_metrics(evo, out), write_episode_table(evo, out)]:
+        console.print(f"wrote {path}", highlight=False)

@@ -10,7 +10,7 @@ from typing import Any
 
 from cycleqd.db.schema import Run, RunStatus
 from cycleqd.db.store import Store, check_store_path, open_store
-from cycleqd.errors import IncompleteRunError, RunInterrupted, UnknownRunError, explained
+from cycleqd.errors import IncompleteRunError, RunInterrupted, explained
 from cycleqd.eval.orchestrator import Orchestrator, summarize
 from cycleqd.eval.runtime import images_for
 from cycleqd.eval.tasks import EvalTask, planned_tasks
@@ -46,10 +46,7 @@ def evaluate(
     store, resumed = None, None
     if resume:
         store = open_store(db, create=False)
-        resumed = find_run(store, resume, db)
-        if resumed.kind != "eval":
-            raise UnknownRunError(f"run {resumed.id} is an {resumed.kind} run, not an eval; `cycleqd runs --db {db}` "
-                                  "lists them")  # fmt: skip
+        resumed = find_run(store, resume, db, kind="eval")
         request = EvalRequest.from_snapshot(resumed.config).resumed_with(given or {}, resumed.id)
         if resumed.status == RunStatus.COMPLETED:  # every planned episode is stored: resuming changes nothing
             return eval_result(store, resumed.id, db)

@@ -12,7 +12,7 @@ from pathlib import Path
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.schema import RunStatus
 from cycleqd.db.store import Store, check_store_path, open_store
-from cycleqd.errors import RunInterrupted, UnknownRunError, UserError
+from cycleqd.errors import RunInterrupted, UserError
 from cycleqd.eval.runtime import EnvRuntime, images_for
 from cycleqd.events import OnEvent, RunOpened, Stage, Stopping, ignore
 from cycleqd.evolve.evaluator import EpisodeEvaluator
@@ -70,10 +70,7 @@ def evolve(
     store = open_store(db, create=False) if resume else None
     if resume:
         assert store is not None
-        found = find_run(store, resume, db)
-        if found.kind != "evolve":
-            raise UnknownRunError(f"run {found.id} is an {found.kind} run, not an evolution; `cycleqd runs --db {db}` "
-                                  "lists them")  # fmt: skip
+        found = find_run(store, resume, db, kind="evolve")
         resume = found.id
         config = EvolveConfig.from_snapshot(found.config)
     assert config is not None

@@ -21,8 +21,8 @@ def open_existing_store(db_path: Path) -> Store:
     return open_store(db_path)
 
 
-def find_run(store: Store, text: str, db_path: Path | str) -> Run:
-    """The run whose id is `text` or starts with it (git-style prefixes)."""
+def find_run(store: Store, text: str, db_path: Path | str, kind: str | None = None) -> Run:
+    """The run whose id is `text` or starts with it (git-style prefixes); with `kind`, only a run of that kind."""
     matches = store.runs_matching(text)
     if not matches:
         raise RunLookupError(f"no run {text!r} in {db_path} (list them with: cycleqd runs --db {db_path})")
@@ -31,6 +31,10 @@ def find_run(store: Store, text: str, db_path: Path | str) -> Run:
         raise RunLookupError(f"{text!r} matches {len(matches)} runs ({shown}…); give more of the id")
     run = store.get_run(text if text in matches else matches[0])
     assert run is not None
+    if kind is not None and run.kind != kind:
+        wanted = {"evolve": "an evolution"}.get(kind, f"an {kind} run")
+        raise RunLookupError(f"run {run.id} is an {run.kind} run, not {wanted}; `cycleqd runs --db {db_path}` lists "
+                             "them")  # fmt: skip
     return run
 
 
