@@ -187,14 +187,16 @@ class EvolutionView:
             self._update(event)
 
     def _update(self, event: EvolutionEvent) -> None:
+        from cycleqd.evolve.loop import EventKind
+
         scores = "  ".join(f"{k} {v:.2f}" for k, v in event.scores.items())
-        if event.kind == "expert":
+        if event.kind is EventKind.EXPERT:
             self.lines["experts"] = f"expert {event.candidate_id}: {scores}"
-        elif event.kind == "child":
+        elif event.kind is EventKind.CHILD:
             played = f" ({event.episodes[0]}/{event.episodes[1]} episodes)" if event.episodes else ""
             outcome = "rejected early, no archive could take it" if event.rejected_early else scores
             self.lines["child"] = f"generation {event.generation} (active {event.active_task}): child {outcome}{played}"
-        elif event.kind == "generation":
+        elif event.kind is EventKind.GENERATION:
             fill = "  ".join(f"{m['archive']} {m['elites']} elites, best {m['best']:.2f}" for m in event.metrics)
             self.lines["archives"] = f"archives: {fill}"
             taken = [f"{i.archive} {i.status.name.lower()}" for i in event.insertions if i.status]
@@ -202,7 +204,7 @@ class EvolutionView:
             self.lines["insert"] = f"last child: {', '.join(taken) or rejected}"
             if event.generation >= 1:
                 self.progress.update(self.bar, completed=event.generation)
-        elif event.kind == "final":
+        elif event.kind is EventKind.FINAL:
             self.lines["final"] = f"test split, candidate {event.candidate_id}: {scores}"
         if self.enabled:
             self.live.update(self._render())

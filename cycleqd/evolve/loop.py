@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -87,9 +88,16 @@ class Measured:
         return self.scores is None
 
 
+class EventKind(StrEnum):
+    EXPERT = "expert"  # an expert measured on the selection splits (generation 0)
+    CHILD = "child"  # a child measured, or rejected early by racing
+    GENERATION = "generation"  # a generation committed: its insertions and the archives' metrics
+    FINAL = "final"  # a row of the final table measured on the test splits
+
+
 @dataclass(frozen=True)
 class EvolutionEvent:
-    kind: str  # expert, child, generation, final
+    kind: EventKind
     generation: int
     active_task: str | None = None
     candidate_id: int | None = None
@@ -165,7 +173,7 @@ class Evolution:
         measured = await asyncio.gather(*(self._measure(row, under) for row, under in experts))
         scored = [m.scores for m in measured if m.scores is not None]  # experts never race
         for (row, _), scores in zip(experts, scored, strict=True):
-            self.on_event(EvolutionEvent("expert", 0, candidate_id=row.id, scores=scores))
+            self.on_event(EvolutionEvent(EventKind.EXPERT, 0, candidate_id=row.id, scores=scores))
         ranges = self._bc_ranges([[s[name] for name in self.names] for s in scored])
         specs = [
             ArchiveSpec(k, name, self.config.bins, [n for n in self.names if n != name],
@@ -255,7 +263,7 @@ class Evolution:
             self.evo.record_scores(row.id, model_id, scores, test=False, episodes=episodes)
             measured = Measured(scores, episodes=episodes)
         if row.kind == "child":
-            self.on_event(EvolutionEvent("child", row.generation, self.names[row.active_task or 0], row.id,
+            self.on_event(EvolutionEvent(EventKind.CHILD, row.generation, self.names[row.active_task or 0], row.id,
                                          scores if measured.scores else {}, episodes=episodes,
                                          rejected_early=measured.rejected_early))  # fmt: skip
         return measured
@@ -335,7 +343,7 @@ class Evolution:
         metrics = [qd_metrics(archive).as_record() for archive in self.archives]
         self.evo.commit_generation(generation, q, insertions, list(updates.values()), metrics)
         for row, measured in scored:
-            self.on_event(EvolutionEvent("generation", generation, self.names[q], row.id, measured.scores or {},
+            self.on_event(EvolutionEvent(EventKind.GENERATION, generation, self.names[q], row.id, measured.scores or {},
                                          reports[row.id], metrics, measured.episodes,
                                          measured.rejected_early))  # fmt: skip
 
@@ -380,7 +388,7 @@ class Evolution:
             finally:
                 self._free_slots.put_nowait(slot)
             self.evo.record_scores(row.id, model_id or row.model_id, scores, test=True)
-            self.on_event(EvolutionEvent("final", after, candidate_id=row.id, scores=scores))
+            self.on_event(EvolutionEvent(EventKind.FINAL, after, candidate_id=row.id, scores=scores))
             return FinalRow(label, row.kind, row.id, scores)
 
         return list(await asyncio.gather(*(measure(*entry) for entry in entries)))
