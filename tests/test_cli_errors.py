@@ -347,3 +347,14 @@ def test_report_and_evolve_resume_take_an_id_prefix(store_with_a_run: tuple[Path
         done = run_cli(*command, "--db", str(path), cwd=path.parent)
         # found by its prefix: refused for its kind, not as a run that is not there
         assert_one_line_error(done, f"run {run_id} is an eval run, not an evolution")
+
+
+def test_sfts_own_checks_are_user_errors_not_any_value_error(tmp_path: Path) -> None:
+    """`cycleqd sft` turned every ValueError into a one-line user error, bugs included; its checks are typed now."""
+    from cycleqd.errors import UserError
+    from cycleqd.sft.data import load_transcripts
+
+    bad = tmp_path / "gold.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n')
+    with pytest.raises(UserError, match="gold.jsonl:2: not JSON"):
+        load_transcripts(bad)

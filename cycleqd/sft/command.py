@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cycleqd.eval.runtime import images_for
 from cycleqd.sandboxes.engine import docker_client
 from cycleqd.sandboxes.images import build_images
-from cycleqd.sft.data import gold_transcripts, load_transcripts, render, save_transcripts
+from cycleqd.sft.data import TrainingDataError, gold_transcripts, load_transcripts, render, save_transcripts
 from cycleqd.sft.train import SFTSettings, fine_tune
 
 
@@ -68,7 +68,7 @@ def run_sft(request: SFTRequest, console: Console | None) -> SFTSummary:
         transcripts = asyncio.run(gold_transcripts(request.env, request.suite, request.split, request.limit))
         save_transcripts(cached, transcripts)
     if not transcripts:
-        raise ValueError(f"no gold trajectory of the {request.env} {request.split} split passed its own check")
+        raise TrainingDataError(f"no gold trajectory of the {request.env} {request.split} split passed its own check")
     tokenizer = AutoTokenizer.from_pretrained(request.base)
     examples = [render(t, tokenizer, request.settings.max_length) for t in transcripts]
     settings = request.settings

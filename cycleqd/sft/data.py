@@ -16,13 +16,19 @@ from cycleqd.envs.episode import Message
 from cycleqd.envs.registry import environment
 from cycleqd.envs.replay import TaskVerdict
 from cycleqd.envs.suite_verify import replay_gold_all
+from cycleqd.errors import UserError
 from cycleqd.eval.tasks import load_eval_tasks
 from cycleqd.suite.verify import replay_runtime
 
 IGNORE = -100  # the label value torch's cross-entropy skips
 
 
-class TemplateError(ValueError):
+class TrainingDataError(UserError, ValueError):
+    """What a fine-tune needs is not there or not usable: no passing gold trajectory, a transcript file in the wrong
+    format, no weights, an output folder holding another fine-tune. The message names the file and the fix."""
+
+
+class TemplateError(TrainingDataError):
     """The chat template does not render a conversation as a prefix of its continuation."""
 
 
@@ -67,11 +73,11 @@ def load_transcripts(path: Path) -> list[GoldTranscript]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{line_no}: not JSON: {exc}") from None
+            raise TrainingDataError(f"{path}:{line_no}: not JSON: {exc}") from None
         messages = record.get("messages") if isinstance(record, dict) else None
         if not (isinstance(messages, list) and all(isinstance(m, dict) and {"role", "content"} <= set(m)
                                                    for m in messages)):  # fmt: skip
-            raise ValueError(f"{path}:{line_no}: expected 'messages': a list of {{role, content}}")
+            raise TrainingDataError(f"{path}:{line_no}: expected 'messages': a list of {{role, content}}")
         transcripts.append(GoldTranscript(messages, int(record.get("prompt_messages", 0))))
     return transcripts
 
@@ -81,6 +87,7 @@ def render(transcript: GoldTranscript, tokenizer: object, max_length: int) -> Tr
 
     Each assistant turn's tokens are found as the difference between the conversation up to it (with the
     generation prompt) and the conversation including it, which is exactly what the model generated."""
+
     def template(part: list[Message], **options: object) -> list[int]:
         return list(tokenizer.apply_chat_template(part, tokenize=True, return_dict=False, **options))  # type: ignore[attr-defined]
 

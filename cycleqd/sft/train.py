@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from cycleqd.sft.data import TrainingExample
+from cycleqd.sft.data import TrainingDataError, TrainingExample
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def fine_tune(
     from transformers import AutoModelForCausalLM
 
     if not examples:
-        raise ValueError("no training examples: nothing to fine-tune on")
+        raise TrainingDataError("no training examples: nothing to fine-tune on")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
     base_dtype = _checkpoint_dtype(base)
@@ -142,7 +142,7 @@ def _checkpoint_dtype(folder: Path) -> torch.dtype:
     for weights in sorted(folder.glob("*.safetensors")):
         with safe_open(weights, "pt") as handle:
             return handle.get_tensor(next(iter(handle.keys()))).dtype
-    raise ValueError(f"{folder}: no *.safetensors weights")
+    raise TrainingDataError(f"{folder}: no *.safetensors weights")
 
 
 def _save_state(
@@ -164,7 +164,9 @@ def _resume(folder: Path, settings: SFTSettings, model: nn.Module, optimizer: to
         return 0
     state = torch.load(folder / "state.pt", weights_only=False)
     if state["settings"] != asdict(settings):
-        raise ValueError(f"{folder} holds a fine-tune with other settings ({state['settings']}); delete it to restart")
+        raise TrainingDataError(
+            f"{folder} holds a fine-tune with other settings ({state['settings']}); delete it to restart"
+        )
     weights = load_file(folder / "trainable.safetensors")
     parameters = dict(model.named_parameters())
     with torch.no_grad():
