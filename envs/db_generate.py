@@ -29,13 +29,14 @@ from typing import Any
 
 from cycleqd.envs.db_tasks import MODIFYING, parse_db_task
 from cycleqd.envs.dbbench import DBBenchEpisode
-from cycleqd.envs.errors import EpisodeSetupError
+from cycleqd.envs.errors import EpisodeSetupError, TaskFormatError
 from cycleqd.envs.mariadb_server import MariaDBServer
 from cycleqd.envs.near_duplicates import WordSetIndex
 from cycleqd.envs.registry import SandboxStarter
 
 GENERATOR_VERSION = 2  # bumped when tasks change, so that cached suites are regenerated
 MAX_VALUES = 6  # a SELECT whose answer has more values is drawn again
+MAX_NEAR_DRAWS_PER_TASK = 200  # drafts near a held-out task, per task asked for, before the split is refused
 
 
 @dataclass(frozen=True)
@@ -333,11 +334,15 @@ async def generate_split(count: int, seed: int, server: MariaDBServer, taken: se
         async with gate:
             return await solve(record, server)
 
+    near = 0
     while len(tasks) < count:
         drafts = []
         while len(drafts) < (count - len(tasks)) * 5 // 4 + 1:
             record = draft_record(rng)
             if held_out is not None and held_out.near(task_text(record)):
+                near += 1
+                if near > MAX_NEAR_DRAWS_PER_TASK * count:  # the held-out splits cover what the generator can draw
+                    raise _crowded(count, near, len(tasks) + len(drafts))
                 continue
             if task_key(record) not in taken:
                 taken.add(task_key(record))
@@ -347,6 +352,12 @@ async def generate_split(count: int, seed: int, server: MariaDBServer, taken: se
                 tasks.append(solved)
                 progress(len(tasks))
     return tasks
+
+
+def _crowded(count: int, near: int, found: int) -> TaskFormatError:
+    return TaskFormatError(f"a split of {count} generated DB tasks", None, "(count)",
+                           f"fewer: after {near:,} drafts too near the splits drawn before it, it has {found}; "
+                           "ask for smaller held-out splits")  # fmt: skip
 
 
 SPLIT_SEEDS = {"test": 1, "dev": 2, "train": 3}  # test first: the held-out sets are drawn before anything else

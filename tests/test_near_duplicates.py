@@ -25,3 +25,18 @@ def test_the_index_finds_the_closest_held_out_task_and_drops_at_the_threshold() 
     assert not WordSetIndex([seven + " h i j k"]).near(seven)
     train = ["count all the files in the etc folder", "list the open ports", "print the current user name!"]
     assert drop_near(train, held, str) == ["list the open ports"]
+
+
+def test_a_db_split_the_held_out_ones_crowd_out_is_refused_in_one_line() -> None:
+    import asyncio
+
+    from cycleqd.envs.db_generate import generate_split
+    from cycleqd.envs.errors import TaskFormatError
+
+    class Everything(WordSetIndex):
+        def near(self, text: str) -> bool:
+            return True
+
+    # no draft gets past the held-out check, so MariaDB is never asked (no server needed)
+    with pytest.raises(TaskFormatError, match=r"a split of 3 generated DB tasks: field '\(count\)': expected fewer"):
+        asyncio.run(generate_split(3, 0, None, set(), held_out=Everything()))  # type: ignore[arg-type]
