@@ -1,11 +1,24 @@
-"""What the rest of cycleqd needs to know about the Ray backend without importing Ray: its user error, and how
-to load it (only when a run asks for a cluster; Ray is the optional extra `cycleqd[ray]`)."""
+"""What the rest of cycleqd needs to know about the Ray backend without importing Ray: its user error, what the
+backend offers (`RayBackend`), and how to load it (only when a run asks for a cluster; Ray is the optional extra
+`cycleqd[ray]`)."""
 
 from __future__ import annotations
 
-from types import ModuleType
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from cycleqd.errors import UserError
+
+if TYPE_CHECKING:
+    from cycleqd.db.store import Store
+    from cycleqd.eval.orchestrator import EpisodeResult, EvalSettings
+    from cycleqd.eval.tasks import EvalTask
+    from cycleqd.evolve.loop import CandidateEvaluator
+    from cycleqd.evolver.config import EvolveConfig
+
+    class ClusterEvaluator(CandidateEvaluator, Protocol):
+        async def close(self) -> None: ...
 
 
 class RayClusterError(UserError):
@@ -13,7 +26,23 @@ class RayClusterError(UserError):
     what to do."""
 
 
-def ray_backend() -> ModuleType:
+class RayBackend(Protocol):
+    """What `cycleqd.ray.backend` offers the features (the module itself satisfies it)."""
+
+    def connect(self, address: str) -> None: ...
+
+    async def eval_on_cluster(
+        self, store: Store, run_id: str, config: dict[str, Any], tasks: list[EvalTask], settings: EvalSettings,
+        on_plan: Callable[[int], None], on_result: Callable[[EpisodeResult], None],
+    ) -> int: ...  # fmt: skip
+
+    def RayEpisodeEvaluator(  # noqa: N802 - the backend's class, called as a constructor
+        self, store: Store, run_id: str, config: EvolveConfig, base: Path, cache_root: Path, checkpoints: Path,
+        gpus: bool = False,
+    ) -> ClusterEvaluator: ...  # fmt: skip
+
+
+def ray_backend() -> RayBackend:
     """`cycleqd.ray.backend`, or a RayClusterError saying how to install Ray."""
     try:
         import cycleqd.ray.backend as backend
@@ -21,4 +50,4 @@ def ray_backend() -> ModuleType:
         if exc.name != "ray":
             raise
         raise RayClusterError("running on a Ray cluster needs Ray: pip install 'cycleqd[ray]'") from None
-    return backend
+    return cast(RayBackend, backend)
