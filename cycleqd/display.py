@@ -173,11 +173,9 @@ class EvolutionView:
     def __call__(self, event: object) -> None:
         from cycleqd.evolve.loop import EvolutionEvent
 
-        if isinstance(event, RunOpened):  # the view shows once every input was checked and the run exists
+        if isinstance(event, RunOpened):
             self.watch.opened(event)
             self.progress.update(self.bar, total=event.planned, completed=max(0, event.done - 1))  # 0: the experts
-            if self.enabled:
-                self.live.start()
         elif isinstance(event, Stage):
             if self.enabled and event.text:
                 self.console.print(f"run {self.watch.run_id}: {event.text}…", highlight=False)
@@ -207,6 +205,8 @@ class EvolutionView:
         elif event.kind is EventKind.FINAL:
             self.lines["final"] = f"test split, candidate {event.candidate_id}: {scores}"
         if self.enabled:
+            if not self.live.is_started:  # from the loop's first event: the SVD cache's own bars come before
+                self.live.start()
             self.live.update(self._render())
 
     def close(self) -> None:
@@ -224,7 +224,7 @@ def show_evolve(config: EvolveConfig | None, db: Path, resume: str | None, as_js
     watch = _RunWatch("evolve", db, err)
     view = EvolutionView(config.generations if config is not None else None, out, enabled=not as_json, watch=watch)
     with watch.stops(), contextlib.closing(view):
-        result: EvolveResult = evolve(config, db=db, on_event=view, resume=resume, ray=ray)
+        result: EvolveResult = evolve(config, db=db, on_event=view, resume=resume, ray=ray, progress=not as_json)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return 0

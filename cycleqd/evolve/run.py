@@ -53,12 +53,13 @@ def resolve_base(config: EvolveConfig) -> Path:
 
 def evolve(
     config: EvolveConfig | None, *, db: Path | str, on_event: OnEvent | None = None, resume: str | None = None,
-    ray: str | None = None,
+    ray: str | None = None, progress: bool = False,
 ) -> EvolveResult:  # fmt: skip
     """Run the evolution `config` (`cycleqd.evolver.config.load_config(path)` reads one) and keep everything in the
     store at `db`; or, with `resume` (a run id or unique prefix) and no config, continue that run where it stopped.
     `ray`: this invocation's Ray cluster address (overrides the config's `ray.address`). `on_event` receives
-    `RunOpened`, `Stage`, each `EvolutionEvent` of the loop and `Stopping` (see cycleqd.events).
+    `RunOpened`, `Stage`, each `EvolutionEvent` of the loop and `Stopping` (see cycleqd.events). `progress`: draw
+    the SVD cache's bars on the terminal (minutes for large experts), before the first event of the loop.
 
     Every input is checked before the run row is created, so a mistake leaves no run behind. Raises a `UserError`
     (or one of `cycleqd.errors.USER_ERRORS`), or `RunInterrupted` on Ctrl-C or SIGTERM; a run stopped either way
@@ -88,7 +89,7 @@ def evolve(
     done = len(EvolutionStore(store, run_id).committed_generations())
     notify(RunOpened(run_id, resume is not None, done=done, planned=config.generations))
     try:
-        cache = _prepare(store, run_id, config, base, experts, notify)
+        cache = _prepare(store, run_id, config, base, experts, notify, progress)
         rows = asyncio.run(stopped_by_ctrl_c_or_sigterm(_evolve(store, run_id, config, cache, notify),
                                                         lambda: notify(Stopping())))  # fmt: skip
         out = _final_model(store, run_id, rows, cache)
@@ -138,7 +139,7 @@ def refuse_identical(base: Path, experts: list[Path], names: list[str]) -> None:
 
 
 def _prepare(store: Store, run_id: str, config: EvolveConfig, base: Path, experts: list[Path],
-             notify: OnEvent) -> SVDCache:  # fmt: skip
+             notify: OnEvent, progress: bool) -> SVDCache:  # fmt: skip
     """Images, then the SVD cache (minutes for large experts, once per expert), each announced as the run's stage
     in the store (the monitor shows it) and to the caller."""
 
@@ -149,7 +150,7 @@ def _prepare(store: Store, run_id: str, config: EvolveConfig, base: Path, expert
     stage("building sandbox images")
     build_images(docker_client(), images_for([t.env for t in config.tasks]))
     stage(f"building the SVD cache of {len(experts)} expert(s)")
-    cache = build_svd_cache(base, experts, evolve_cache(), progress=False)
+    cache = build_svd_cache(base, experts, evolve_cache(), progress=progress)
     stage(None)
     return cache
 
