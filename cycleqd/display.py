@@ -75,11 +75,15 @@ class _RunWatch:
             yield
         except RunInterrupted as stopped:
             if stopped.run_id:
-                self.err.print(f"interrupted; resume with: cycleqd {self.command} --resume {stopped.run_id} "
-                               f"--db {self.db}", highlight=False)  # fmt: skip
+                self.run_id = stopped.run_id
+                self.err.print(f"interrupted; resume with: {self.resume_line()}", highlight=False)
             else:
                 self.err.print("interrupted before the run started; nothing was stored")
             sys.exit(130)
+        except SystemExit:  # SIGTERM outside the run's loop (an image build, the SVD cache): the run is interrupted
+            if self.run_id:
+                self.err.print(f"interrupted; resume with: {self.resume_line()}", highlight=False)
+            raise
         except Exception as exc:
             from cycleqd.errors import IncompleteRunError
 

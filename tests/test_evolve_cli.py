@@ -208,6 +208,7 @@ def test_sigterm_leaves_the_evolution_resumable_not_running(docker_engine, defau
     assert child.returncode in (130, 128 + signal.SIGTERM) and "Traceback" not in err, err
     (run,) = open_store(db).list_runs()
     assert run.status == RunStatus.INTERRUPTED  # it stayed `running` forever
+    assert f"cycleqd evolve --resume {run.id} --db {db}" in err
 
 
 def test_every_candidate_evaluator_says_whether_it_races_and_takes_a_race() -> None:
