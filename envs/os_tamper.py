@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 
 from cycleqd.sandboxes.contract import ChangeKind, FileChange, Sandbox
 from cycleqd.sandboxes.images import IMAGE_ENV
+from cycleqd.sandboxes.layer_changes import PathPatterns
 
 TOOLCHAIN = (
     # Programs, libraries, interpreters and their modules: every PATH entry the image's environment names, the
@@ -38,9 +39,13 @@ TOOLCHAIN = (
     # do), and what configures su itself. Not root's ~/.bashrc: AgentBench's checks `source` it on purpose, after
     # tasks that ask the agent to write it (environment.json, Q30); a non-login root shell reads none of these.
     "/etc/profile", "/etc/profile.d", "/etc/bash.bashrc", "/etc/environment", "/etc/login.defs", "/etc/pam.d",
-    "/etc/security", "/home/*/.profile", "/home/*/.bash_profile", "/home/*/.bash_login", "/home/*/.bash_logout",
-    "/home/*/.bashrc", "/root/.profile", "/root/.bash_profile", "/root/.bash_login", "/root/.bash_logout",
+    "/etc/security", "/etc/skel",
+    *(f"{home}/{name}" for home in ("/home/*", "/root") for name in (".profile", ".bash_profile", ".bash_login")),
+    "/home/*/.bash_logout", "/root/.bash_logout", "/home/*/.bashrc",
 )  # fmt: skip
+# A user's start-up files are the task's as `useradd -m` makes them (a copy of the image's /etc/skel, which is
+# watched) and as the set-up leaves them; the agent may remove them (`userdel -r`), not write its own.
+HOME_STARTUP = PathPatterns([p for p in TOOLCHAIN if p.startswith(("/home/", "/root/"))])
 # Users are the task's state, but the program a login runs for one is its shell: each must be a program of the
 # image (watched above), not one the agent wrote (`usermod -s /tmp/ok jack` passes any `runuser -l jack` check).
 PASSWD = "/etc/passwd"
@@ -62,26 +67,26 @@ async def toolchain_state(sandbox: Sandbox, *, limit: int = BASELINE_LIMIT) -> d
 
 
 def tampering(
-    baseline: dict[str, FileChange], now: Iterable[FileChange], free: Callable[[str], bool] = lambda path: False
+    baseline: dict[str, FileChange], now: Iterable[FileChange], free: Callable[[FileChange], bool] = lambda c: False
 ) -> list[str]:
-    """What changed under TOOLCHAIN since `baseline` ("modified /usr/bin/bash", ...), each path once; paths for
-    which `free` says yes (new names on PATH) are the task's."""
+    """What changed under TOOLCHAIN since `baseline` ("modified /usr/bin/bash", ...), each path once; changes for
+    which `free` says yes (a new name on PATH, a user's start-up file as /etc/skel has it) are the task's."""
     current = {change.path: change for change in now}
     found = []
     for path, change in current.items():
         before = baseline.get(path)
-        if free(path):
+        if before is not None and change.digest == before.digest:  # "" once deleted; mode and owner are not in it
+            continue
+        if free(change):
             continue
         if before is not None:
-            if change.digest != before.digest:  # "" once deleted; mode and owner are not in it
-                found.append(
-                    f"{ChangeKind.DELETED if change.kind == ChangeKind.DELETED else ChangeKind.MODIFIED} {path}"
-                )
+            found.append(f"{ChangeKind.DELETED if change.kind == ChangeKind.DELETED else ChangeKind.MODIFIED} {path}")
         elif not (change.is_dir and change.kind != ChangeKind.DELETED and _has_listed_child(path, current)):
             # A folder is listed once anything below it changed: named only when nothing below it is (an entry
             # added and removed again, which leaves just its folder behind).
             found.append(f"{change.kind} {path}")
-    found += [f"{ChangeKind.DELETED} {path}" for path in baseline if path not in current and not free(path)]
+    gone = [FileChange(path, ChangeKind.DELETED, "") for path in baseline if path not in current]
+    found += [f"{ChangeKind.DELETED} {change.path}" for change in gone if not free(change)]
     return sorted(found, key=lambda line: line.split(" ", 1)[1])
 
 
@@ -90,18 +95,31 @@ def _has_listed_child(folder: str, current: dict[str, FileChange]) -> bool:
     return any(path.startswith(prefix) for path in current)
 
 
-async def new_names_on_path(sandbox: Sandbox, paths: Iterable[str]) -> Callable[[str], bool]:
-    """Says which of `paths` sit in a PATH folder under a name that no PATH folder of the image holds."""
-    names = {posixpath.basename(p) for p in paths if posixpath.dirname(p) in PATH_DIRS}
-    taken = {posixpath.basename(p) for p in await sandbox.in_image([f"{d}/{n}" for d in PATH_DIRS for n in names])}
-    return lambda path: posixpath.dirname(path) in PATH_DIRS and posixpath.basename(path) not in taken
+async def the_tasks_own(sandbox: Sandbox, changes: Iterable[FileChange]) -> Callable[[FileChange], bool]:
+    """Says which changes are the task's: a new name in a PATH folder that no PATH folder of the image holds, a
+    user's start-up file removed or as the image's /etc/skel holds it."""
+    changes = list(changes)
+    names = {posixpath.basename(c.path) for c in changes if posixpath.dirname(c.path) in PATH_DIRS}
+    skel = {f"/etc/skel/{posixpath.basename(c.path)}" for c in changes if HOME_STARTUP.covers(c.path)}
+    image = await sandbox.image_files([*(f"{d}/{n}" for d in PATH_DIRS for n in names), *skel])
+    taken = {posixpath.basename(path) for path in image if not path.startswith("/etc/skel/")}
+
+    def free(change: FileChange) -> bool:
+        folder, name = posixpath.split(change.path)
+        if folder in PATH_DIRS:
+            return name not in taken
+        if HOME_STARTUP.covers(change.path):
+            return change.kind == ChangeKind.DELETED or change.digest == image.get(f"/etc/skel/{name}")
+        return False
+
+    return free
 
 
 async def tampered_paths(sandbox: Sandbox, baseline: dict[str, FileChange]) -> list[str]:
     now = await sandbox.changes((*TOOLCHAIN, PASSWD), limit=len(baseline) + MORE_THAN_BASELINE)
     users_changed = any(change.path == PASSWD for change in now)
     now = [change for change in now if change.path != PASSWD]
-    free = await new_names_on_path(sandbox, [*baseline, *(change.path for change in now)])
+    free = await the_tasks_own(sandbox, [*baseline.values(), *now])
     return tampering(baseline, now, free) + (await foreign_login_shells(sandbox) if users_changed else [])
 
 
@@ -116,7 +134,7 @@ async def foreign_login_shells(sandbox: Sandbox) -> list[str]:
         fields = line.split(":")
         if len(fields) >= 7 and fields[6]:
             shells.setdefault(fields[6], fields[0])
-    known = await sandbox.in_image(list(shells))
+    known = await sandbox.image_files(list(shells))
     return [f"login shell {shell} of {user}" for shell, user in sorted(shells.items()) if shell not in known]
 
 

@@ -138,8 +138,9 @@ class Sandbox(abc.ABC):
         the sandbox, whose programs the agent may have replaced. SandboxError if the engine cannot say."""
 
     @abc.abstractmethod
-    async def in_image(self, paths: Sequence[str]) -> set[str]:
-        """Which of `paths` the sandbox's image holds, as it was built, whatever was done in the sandbox since."""
+    async def image_files(self, paths: Sequence[str]) -> dict[str, str]:
+        """What the sandbox's image holds at those of `paths` it holds (each one's digest, as `FileChange.digest`),
+        as it was built, whatever was done in the sandbox since."""
 
     @abc.abstractmethod
     async def health(self) -> SandboxHealth:

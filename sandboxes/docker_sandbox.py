@@ -34,7 +34,7 @@ from cycleqd.sandboxes.errors import ImageMissingError, SandboxError, SandboxSto
 from cycleqd.sandboxes.exec_wrapper import WrappedExec
 from cycleqd.sandboxes.exit_witness import exit_witness
 from cycleqd.sandboxes.labels import owner_labels
-from cycleqd.sandboxes.layer_changes import PathPatterns, in_lower, upper_changes
+from cycleqd.sandboxes.layer_changes import PathPatterns, digest_of, lower_entry, upper_changes
 from cycleqd.sandboxes.limits import SandboxLimits, quota_supported
 from cycleqd.sandboxes.main_shell import IDLE_MAIN, MainShellSession
 from cycleqd.sandboxes.reaper import OWNED, reap_orphans_once
@@ -125,6 +125,14 @@ def create_container(
         container.remove(force=True)
         raise
     return container
+
+
+def _layer_files(lower_dirs: list[str], paths: list[str]) -> dict[str, str]:
+    found = {}
+    for path in paths:
+        if (host_path := lower_entry(lower_dirs, path)) is not None:
+            found[path] = digest_of(host_path, os.lstat(host_path))
+    return found
 
 
 class _ChunkReader(io.RawIOBase):
@@ -443,26 +451,20 @@ class DockerSandbox(Sandbox):
             return await asyncio.to_thread(lambda: list(upper_changes(upper, lower, wanted, limit=limit)))
         return await asyncio.to_thread(self._engine_changes, wanted, limit)
 
-    async def in_image(self, paths: Sequence[str]) -> set[str]:
+    async def image_files(self, paths: Sequence[str]) -> dict[str, str]:
         """From the image's layers where this host can read them, else from a container of the image that is
         created, asked through the engine's archive call, and removed without ever starting."""
         if layers := self._layers():
-            return {path for path in paths if in_lower(layers[1], path)}
-        return await asyncio.to_thread(self._archived_in_image, list(paths)) if paths else set()
+            return await asyncio.to_thread(_layer_files, layers[1], list(paths))
+        return await asyncio.to_thread(self._archived_image_files, list(paths)) if paths else {}
 
-    def _archived_in_image(self, paths: list[str]) -> set[str]:
+    def _archived_image_files(self, paths: list[str]) -> dict[str, str]:
         blank = self._client.api.create_container(
             self.image_id or self.image, "true", network_disabled=True, labels=owner_labels(None, "image-probe")
         )
         try:
-            found = set()
-            for path in paths:
-                try:
-                    self._client.api.get_archive(blank["Id"], path)[0].close()
-                except docker.errors.NotFound:
-                    continue
-                found.add(path)
-            return found
+            found = {path: self._archived_digest(path, blank["Id"]) for path in paths}
+            return {path: digest for path, (digest, _) in found.items() if digest}
         finally:
             self._client.api.remove_container(blank["Id"], force=True)
 
@@ -483,10 +485,11 @@ class DockerSandbox(Sandbox):
             found.append(FileChange(path, kind, digest, is_dir))
         return found
 
-    def _archived_digest(self, path: str) -> tuple[str, bool]:
-        """What `path` holds, read through the engine's archive of it (a folder's content is not read)."""
+    def _archived_digest(self, path: str, container_id: str | None = None) -> tuple[str, bool]:
+        """What `path` holds, read through the engine's archive of it (a folder's content is not read); ("",
+        False) where nothing is."""
         try:
-            chunks, info = self._container.get_archive(path)
+            chunks, info = self._client.api.get_archive(container_id or self._container.id, path)
         except docker.errors.NotFound:
             return "", False
         mode = int(info.get("mode", 0))

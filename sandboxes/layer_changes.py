@@ -43,10 +43,21 @@ def _is_whiteout(info: os.stat_result) -> bool:
     return stat.S_ISCHR(info.st_mode) and info.st_rdev == 0
 
 
+def lower_entry(lower_dirs: Sequence[str], path: str) -> str | None:
+    """Where on this host the image's layers (topmost first) hold `path`, or None (absent, or deleted by a layer
+    above). A layer's own relative symlinks, such as merged-usr's /bin, are followed within that layer."""
+    for lower in lower_dirs:
+        host_path = os.path.join(lower, path.lstrip("/"))
+        try:
+            info = os.lstat(host_path)
+        except OSError:
+            continue
+        return None if _is_whiteout(info) else host_path
+    return None
+
+
 def in_lower(lower_dirs: Sequence[str], path: str) -> bool:
-    """Whether the image's layers hold `path` (the layers' own relative symlinks, such as merged-usr's /bin, are
-    followed on this host)."""
-    return any(os.path.lexists(os.path.join(lower, path.lstrip("/"))) for lower in lower_dirs)
+    return lower_entry(lower_dirs, path) is not None
 
 
 def file_digest(host_path: str, max_bytes: int = MAX_DIGEST_BYTES) -> str:

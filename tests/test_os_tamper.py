@@ -4,8 +4,10 @@ container, which must agree."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
-from cycleqd.envs.os_tamper import TOOLCHAIN, new_names_on_path, tampering
+from cycleqd.envs.os_tamper import TOOLCHAIN, foreign_login_shells, tampered_paths, tampering, the_tasks_own
 from cycleqd.sandboxes.contract import ChangeKind, FileChange
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.layer_changes import PathPatterns
@@ -42,8 +44,8 @@ def test_a_folder_is_named_only_when_nothing_below_it_is() -> None:
 
 
 def test_new_names_on_path_are_the_tasks_and_a_removed_one_of_the_set_up_too() -> None:
-    def free(path: str) -> bool:
-        return path in ("/usr/local/bin/hello", "/usr/local/bin/tool")
+    def free(change: FileChange) -> bool:
+        return change.path in ("/usr/local/bin/hello", "/usr/local/bin/tool")
 
     folders = [change("/usr", is_dir=True), change("/usr/local", is_dir=True), change("/usr/local/bin", is_dir=True)]
     baseline = {c.path: c for c in [*folders, change("/usr/local/bin/tool", ADDED)]}
@@ -90,12 +92,35 @@ async def test_the_upper_layer_and_the_engine_list_the_same_changes(box: DockerS
 
 
 async def test_the_image_is_asked_as_built_whatever_the_agent_did(box: DockerSandbox) -> None:
-    await box.exec("rm /usr/bin/wc; touch /usr/local/bin/hello")
-    paths = ["/usr/bin/wc", "/bin/wc", "/usr/local/bin/hello", "/usr/bin/grep", "/usr/bin/no-such"]
-    assert await box.in_image(paths) == {"/usr/bin/wc", "/bin/wc", "/usr/bin/grep"}
-    assert box._archived_in_image(paths) == {"/usr/bin/wc", "/bin/wc", "/usr/bin/grep"}
-    free = await new_names_on_path(box, ["/usr/local/bin/hello", "/usr/local/bin/grep"])
-    assert free("/usr/local/bin/hello") and not free("/usr/local/bin/grep") and not free("/usr/lib/hello")
+    await box.exec("rm /usr/bin/wc; touch /usr/local/bin/hello; echo changed > /etc/skel/.profile")
+    paths = [
+        "/usr/bin/wc",
+        "/bin/wc",
+        "/usr/local/bin/hello",
+        "/usr/bin/grep",
+        "/usr/bin/no-such",
+        "/etc/skel/.profile",
+    ]
+    from_layers = await box.image_files(paths)
+    assert set(from_layers) == {"/usr/bin/wc", "/bin/wc", "/usr/bin/grep", "/etc/skel/.profile"}
+    assert from_layers == box._archived_image_files(paths)
+    changed = "8:" + hashlib.sha256(b"changed\n").hexdigest()  # what the agent wrote, not what the image holds
+    assert from_layers["/etc/skel/.profile"] != changed and from_layers["/usr/bin/wc"] == from_layers["/bin/wc"]
+    assert (await box.changes(["/etc/skel"]))[-1].digest == changed
+
+
+async def test_new_names_on_path_and_skeleton_start_up_files_are_the_tasks(box: DockerSandbox) -> None:
+    await box.exec(
+        "useradd -m jack && useradd -m jill && echo 'exit 0' >> /home/jill/.profile && rm /home/jack/.bashrc"
+    )
+    changes = await box.changes(TOOLCHAIN)
+    free = await the_tasks_own(box, changes)
+    assert [c.path for c in changes if not free(c) and not c.is_dir] == ["/home/jill/.profile"]
+    assert tampering({}, changes, free) == ["added /home/jill/.profile"]
+    hello = FileChange("/usr/local/bin/hello", ADDED, "1:aa")
+    shadow = FileChange("/usr/local/bin/grep", ADDED, "1:aa")
+    free = await the_tasks_own(box, [hello, shadow])
+    assert free(hello) and not free(shadow) and not free(FileChange("/usr/lib/hello", ADDED, "1:aa"))
 
 
 async def test_agent_processes_lack_the_capability_checks_hold(box: DockerSandbox) -> None:
@@ -111,3 +136,13 @@ async def test_agent_processes_lack_the_capability_checks_hold(box: DockerSandbo
         assert not bounding((await session.run("cat /proc/self/status")).output) & lease
     assert (await nobody.run("id -u; echo $HOME")).output.split() == ["65534", "/nonexistent"]
     assert bounding((await box.exec(["cat", "/proc/self/status"])).stdout) & lease
+
+
+async def test_a_login_shell_must_be_a_program_of_the_image(box: DockerSandbox) -> None:
+    await box.exec("useradd -m jack && useradd -m -s /bin/sh jill && cp /bin/true /tmp/ok")
+    assert await foreign_login_shells(box) == []
+    await box.exec("usermod -s /tmp/ok jack")
+    assert await foreign_login_shells(box) == ["login shell /tmp/ok of jack"]
+    assert await tampered_paths(box, {}) == ["login shell /tmp/ok of jack"]  # /etc/passwd changed: read
+    await box.exec("rm /etc/passwd && ln -s /tmp/passwd /etc/passwd")
+    assert await foreign_login_shells(box) == ["modified /etc/passwd (not a regular file)"]
