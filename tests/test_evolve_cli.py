@@ -171,7 +171,7 @@ def test_show_prints_an_evolutions_scores(tmp_path: Path) -> None:
     db = tmp_path / "evo.db"
     store = open_store(db)
     run = store.create_run("evolve", {"tasks": [{"name": "db", "env": "db"}], "base": "default"})
-    model = store.model_id("sha256:" + "ab" * 32, "/models/child-1")
+    model = store.model_id("genome:" + "ab" * 32, "/models/child-1")  # a child's label showed "@genome:a"
     for key, score in (("t1", 1.0), ("t2", 0.0), ("t3", 1.0), ("t4", None)):
         task = store.task_id("db", "builtin", "dev", key, key * 8)
         store.record_episode(EpisodeRecord(run.id, model, task, 0, "completed" if score is not None else "env_error",

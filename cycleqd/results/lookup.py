@@ -69,4 +69,4 @@ def model_label(reference: str, identity: str) -> str:
     name = Path(reference).name if reference.startswith(("/", ".", "~")) else reference
     if identity.startswith(("hub:", "endpoint:")):
         return name
-    return f"{name}@{identity.removeprefix('sha256:')[:8]}"
+    return f"{name}@{identity.split(':', 1)[-1][:8]}"  # sha256:… (a checkpoint), genome:… (an evolution's child)
