@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import stat
 from collections.abc import Iterator, Sequence
 from fnmatch import fnmatchcase
@@ -60,10 +61,10 @@ def in_lower(lower_dirs: Sequence[str], path: str) -> bool:
     return lower_entry(lower_dirs, path) is not None
 
 
-def file_digest(host_path: str, max_bytes: int = MAX_DIGEST_BYTES) -> str:
+def file_digest(name: str, max_bytes: int = MAX_DIGEST_BYTES, *, dir_fd: int | None = None) -> str:
     """sha256 of a regular file's content, never following a link nor waiting on a FIFO; "" if it is not one."""
     try:
-        fd = os.open(host_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return ""
     try:
@@ -80,14 +81,29 @@ def file_digest(host_path: str, max_bytes: int = MAX_DIGEST_BYTES) -> str:
         os.close(fd)
 
 
-def digest_of(host_path: str, info: os.stat_result) -> str:
+def digest_of(name: str, info: os.stat_result, *, dir_fd: int | None = None) -> str:
     if stat.S_ISLNK(info.st_mode):
-        return "-> " + os.readlink(host_path)
+        return "-> " + os.readlink(name, dir_fd=dir_fd)
     if stat.S_ISDIR(info.st_mode):
         return "dir"
     if stat.S_ISREG(info.st_mode):
-        return file_digest(host_path)
+        return file_digest(name, dir_fd=dir_fd)
     return "special"  # a FIFO, socket or device: nothing a program runs
+
+
+def _open_folder(root_fd: int, path: str) -> int | None:
+    """`path`'s folder in the layer, opened one component at a time without following a link (a folder the agent
+    swaps for a symlink to the host's / while we walk is refused, not read); None if it is not there."""
+    fd = os.dup(root_fd)
+    for part in [p for p in path.split("/") if p]:
+        try:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError:
+            os.close(fd)
+            return None
+        os.close(fd)
+        fd = inner
+    return fd
 
 
 def upper_changes(
@@ -95,33 +111,36 @@ def upper_changes(
 ) -> Iterator[FileChange]:
     """The changed paths covered by `patterns`, parents before children, at most `limit` of them. An opaque
     directory (removed and made again) reads as modified, its new entries as added."""
-    stack = ["/"]
-    found = 0
-    while stack:
-        folder = stack.pop()
-        try:
-            names = sorted(os.listdir(os.path.join(upper, folder.lstrip("/"))), reverse=True)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for name in names:
-            path = os.path.join(folder, name)
-            covered, leads = patterns.covers(path), patterns.leads_to(path)
-            if not (covered or leads):
+    root = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
+    stack, found = ["/"], 0
+    try:
+        while stack:
+            folder = stack.pop()
+            if (fd := _open_folder(root, folder)) is None:
                 continue
-            host_path = os.path.join(upper, path.lstrip("/"))
             try:
-                info = os.lstat(host_path)
-            except FileNotFoundError:
-                continue
-            is_dir = stat.S_ISDIR(info.st_mode)
-            if covered:
-                if _is_whiteout(info):
-                    yield FileChange(path, ChangeKind.DELETED, "")
-                else:
-                    kind = ChangeKind.MODIFIED if in_lower(lower_dirs, path) else ChangeKind.ADDED
-                    yield FileChange(path, kind, digest_of(host_path, info), is_dir)
-                found += 1
-                if limit is not None and found >= limit:
-                    return
-            if is_dir:
-                stack.append(path)
+                for name in sorted(os.listdir(fd), reverse=True):
+                    path = posixpath.join(folder, name)
+                    covered = patterns.covers(path)
+                    if not (covered or patterns.leads_to(path)):
+                        continue
+                    try:
+                        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    is_dir = stat.S_ISDIR(info.st_mode)
+                    if covered:
+                        if _is_whiteout(info):
+                            yield FileChange(path, ChangeKind.DELETED, "")
+                        else:
+                            kind = ChangeKind.MODIFIED if in_lower(lower_dirs, path) else ChangeKind.ADDED
+                            yield FileChange(path, kind, digest_of(name, info, dir_fd=fd), is_dir)
+                        found += 1
+                        if limit is not None and found >= limit:
+                            return
+                    if is_dir:
+                        stack.append(path)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root)
