@@ -359,8 +359,10 @@ class Evolution:
         experts = {row.slot: self._elite(row) for row in self.evo.candidates("expert")}
         bests = [a.best(experts.get(a.task_index), self.config.seed) for a in self.archives]  # ties: archive.best
         elites = [b for b in bests if b is not None]
-        final = softmax_merge([self._genome(e.genome_hash) for e in elites],
-                              [e.scores[a.task_index] for e, a in zip(bests, self.archives, strict=True) if e])
+        final = softmax_merge(
+            [self._genome(e.genome_hash) for e in elites],
+            [e.scores[a.task_index] for e, a in zip(bests, self.archives, strict=True) if e],
+        )
         merge = average_merge(self.cache)
         after = self.config.generations + 1
         entries: list[tuple[str, Candidate, CandidateUnderTest]] = []
@@ -368,8 +370,13 @@ class Evolution:
         entries.append(("base", base, CandidateUnderTest(base.id, "base", None, None, self.cache.base)))
         for k, row in enumerate(self.evo.candidates("expert")):
             task = self.config.tasks[k]
-            entries.append((f"expert {task.name}", row,
-                            CandidateUnderTest(row.id, "expert", None, row.genome_hash, Path(task.expert))))
+            entries.append(
+                (
+                    f"expert {task.name}",
+                    row,
+                    CandidateUnderTest(row.id, "expert", None, row.genome_hash, Path(task.expert)),
+                )
+            )
         for label, kind, genome, extra in (
             ("naive merge", "merge", merge, {}),
             ("CycleQD final", "final", final, {"parents": [e.candidate_id for e in elites]}),

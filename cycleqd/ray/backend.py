@@ -65,8 +65,10 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
     except (OSError, ValueError) as exc:
-        raise RayClusterError(f"no Ray head answers at {address!r} ({exc}); start one with `ray start --head "
-                              "--port PORT` and pass HOST:PORT, or 'auto' on a machine that joined a cluster") from None
+        raise RayClusterError(
+            f"no Ray head answers at {address!r} ({exc}); start one with `ray start --head "
+            "--port PORT` and pass HOST:PORT, or 'auto' on a machine that joined a cluster"
+        ) from None
 
 
 def cluster_slots() -> int:
