@@ -4,6 +4,7 @@ their caller what happens through `on_event`, and raise user errors before anyth
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,38 @@ def test_import_is_light_and_evolve_stays_callable() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_evolve_returns_its_final_table_and_tells_each_step(docker_engine, default_model, tmp_path: Path) -> None:  # noqa: ANN001
+    from cycleqd.events import Stage
+    from cycleqd.evolve.loop import EventKind, EvolutionEvent
+    from tests.conftest import perturbed_checkpoint
+
+    experts = [perturbed_checkpoint(default_model.path, tmp_path / f"e{k}", seed=40 + k, scale=0.05) for k in range(2)]
+    (tmp_path / "evolve.yaml").write_text(
+        f"base: {default_model.path}\ntasks:\n"
+        f"  - {{name: db, env: db, expert: {experts[0]}, limit: 1}}\n"
+        f"  - {{name: coding, env: coding, expert: {experts[1]}, limit: 1}}\n"
+        "generations: 1\nbins: 3\nseed: 1\neval: {concurrency: 2, max_tokens: 24, rounds: 2}\n"
+    )
+    events: list[object] = []
+    result = cycleqd.evolve(
+        cycleqd.load_config(tmp_path / "evolve.yaml"), db=tmp_path / "evo.db", on_event=events.append
+    )
+
+    assert isinstance(result, cycleqd.EvolveResult)
+    assert [row.label for row in result.table] == ["base", "expert db", "expert coding", "naive merge", "CycleQD final"]
+    assert all(set(row.test_scores) == {"db", "coding"} for row in result.table)
+    assert (result.final_model / "config.json").is_file() and result.final.kind == "final"
+    assert set(result.intervals.averages) == {row.candidate_id for row in result.table}
+    store = open_store(tmp_path / "evo.db")
+    assert store.get_run(result.run_id).status == RunStatus.COMPLETED
+    assert len(list(result.episodes())) == len(store.episodes(result.run_id)) > 0
+
+    assert events[0] == RunOpened(result.run_id, resumed=False, done=0, planned=1)
+    assert any(isinstance(e, Stage) and e.text and "SVD cache" in e.text for e in events)
+    kinds = [e.kind for e in events if isinstance(e, EvolutionEvent)]
+    assert kinds.count(EventKind.EXPERT) == 2 and EventKind.GENERATION in kinds and kinds[-1] is EventKind.FINAL
+    assert json.loads(json.dumps(result.to_json()))["run"] == result.run_id
