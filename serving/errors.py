@@ -23,3 +23,7 @@ class ServerDiedError(ServingError):
 
 class SwapVerificationError(ServingError):
     """After a swap, the server could not be shown to serve the requested model; scores would be stale."""
+
+
+class EngineUnavailableError(EndpointError):
+    """The serving engine asked for cannot run on this machine (not installed, or no kernels for this CPU)."""

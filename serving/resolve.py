@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from collections.abc import Callable
 
 from cycleqd.serving.client import ClientSettings
 from cycleqd.serving.errors import ModelRefError
+from cycleqd.serving.gpu import gpu_available
 from cycleqd.serving.manager import ServerManager
 from cycleqd.serving.model_ref import DEFAULT_KEY_ENV, ExternalEndpoint, ModelRef, parse_model_ref, server_prefix
 
@@ -37,16 +37,6 @@ def server_choice(text: str | None, server: str) -> str:
     if server != "auto":
         raise ModelRefError(f"{text!r} names the {named} server, but --server {server} was given; drop one of them")
     return named
-
-
-def gpu_available() -> bool:
-    if shutil.which("nvidia-smi") is None:
-        return False
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 def manager_for(

