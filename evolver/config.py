@@ -105,6 +105,7 @@ class EvolveConfig:
     crossover: CrossoverSpec = field(default_factory=CrossoverSpec)
     mutation: MutationSpec = field(default_factory=MutationSpec)
     servers: int = 1
+    server: str = "auto"  # the engine: auto (serving/resolve.py `engine_for`), vllm, transformers
     mode: str = "sync"
     seed: int = 0
     eval: EvalSpec = field(default_factory=EvalSpec)
@@ -114,6 +115,14 @@ class EvolveConfig:
     @property
     def task_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tasks)
+
+    def planned_episodes(self) -> int | None:
+        """Episodes the candidates may play at most (the experts', then one child per generation, on every task),
+        for choosing a serving engine; None when a task plays its whole split (no limit: size unknown here)."""
+        if any(t.limit is None for t in self.tasks):
+            return None
+        per_candidate = sum(t.limit or 0 for t in self.tasks) * self.eval.repeats
+        return (len(self.tasks) + self.generations) * per_candidate
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready, stored with the run so that a resume needs no config file."""
@@ -187,6 +196,7 @@ def parse_config(data: Any, source: str, folder: Path) -> EvolveConfig:
         crossover=reader.crossover(data.get("crossover", {})),
         mutation=reader.mutation(data.get("mutation", {})),
         servers=reader.integer("servers", data.get("servers", 1), minimum=1, maximum=MAX_SERVERS),
+        server=reader.choice("server", data.get("server", "auto"), ("auto", "vllm", "transformers")),
         mode=reader.choice("mode", data.get("mode", "sync"), ("sync", "async")),
         seed=reader.integer("seed", data.get("seed", 0), minimum=0, maximum=MAX_SEED),
         eval=reader.eval_spec(data.get("eval", {})),

@@ -10,6 +10,7 @@ from cycleqd.serving.errors import ModelRefError
 from cycleqd.serving.gpu import gpu_available
 from cycleqd.serving.manager import ServerManager
 from cycleqd.serving.model_ref import DEFAULT_KEY_ENV, ExternalEndpoint, ModelRef, parse_model_ref, server_prefix
+from cycleqd.serving.vllm_launch import cpu_vllm_available
 
 DEFAULT = "default"
 
@@ -39,6 +40,26 @@ def server_choice(text: str | None, server: str) -> str:
     return named
 
 
+# From how many episodes on a CPU the vLLM server pays for its start (26 s with its compiled model cached, up to
+# ~100 s the first time, against ~4 s for transformers serve) with its faster decoding: `python -m bench.eval_e2e
+# --vllm --job demo` measured the pay-back at 23 episodes (limit 3) and 29 (limit 8) on a 2-core Xeon. The README's
+# main job (9 episodes) stays on transformers serve; an evolution, the demo and whole splits go to vLLM.
+VLLM_CPU_MIN_EPISODES = 30
+
+
+def engine_for(server: str, *, episodes: int | None) -> str:
+    """The engine `server` means for a job of `episodes` episodes (None: unknown, a long job): an explicit
+    vllm/transformers as given; auto is vLLM on a GPU that has it, vLLM's CPU build on a CPU that runs it when the
+    job is long enough to pay for its start, else transformers serve. Decided once per job and kept with its run."""
+    if server != "auto":
+        return server
+    if gpu_available():
+        return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+    if cpu_vllm_available() and (episodes is None or episodes >= VLLM_CPU_MIN_EPISODES):
+        return "vllm"
+    return "transformers"
+
+
 def manager_for(
     ref: ModelRef,
     *,
@@ -46,8 +67,10 @@ def manager_for(
     client_settings: ClientSettings | None = None,
     slot: int = 0,
     episodes_at_once: int | None = None,
+    episodes: int | None = 0,
 ) -> ServerManager:
-    """`server`: auto (vLLM on a GPU machine that has it, else transformers serve), vllm, transformers.
+    """`server`: auto, vllm, transformers (`engine_for`, with `episodes` the job's size; 0, the default, is a
+    short job such as one chat).
     `slot` picks the GPU when an evolution runs one server per GPU. `episodes_at_once`: an endpoint's client lets
     that many requests fly (each episode waits on one reply at a time), or a run's --concurrency above the client's
     default would queue on the client instead of reaching the endpoint."""
@@ -57,10 +80,7 @@ def manager_for(
         if client_settings is None and episodes_at_once is not None:
             client_settings = ClientSettings(max_concurrency=max(episodes_at_once, ClientSettings.max_concurrency))
         return ExternalManager(ref, client_settings)
-    use_vllm = server == "vllm" or (
-        server == "auto" and gpu_available() and importlib.util.find_spec("vllm") is not None
-    )
-    if use_vllm:
+    if engine_for(server, episodes=episodes) == "vllm":
         from cycleqd.serving.vllm_serve import VLLMManager
 
         return VLLMManager(gpu=slot, client_settings=client_settings)

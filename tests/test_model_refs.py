@@ -138,3 +138,35 @@ def test_a_relative_checkpoint_folder_is_stored_as_an_absolute_path(
     make_checkpoint(tmp_path / "experts" / "os", config=GOOD_CONFIG)
     with pytest.raises(ResumeConflictError, match="experts/os conflicts with run r1"):
         request.resumed_with({"model": "experts/os"}, "r1")
+
+
+def test_auto_serves_long_jobs_with_vllm_on_a_cpu_that_runs_it_and_short_ones_with_transformers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cycleqd.serving import resolve
+    from cycleqd.serving.resolve import VLLM_CPU_MIN_EPISODES, engine_for
+
+    monkeypatch.setattr(resolve, "gpu_available", lambda: False)
+    monkeypatch.setattr(resolve, "cpu_vllm_available", lambda: True)
+    assert engine_for("auto", episodes=VLLM_CPU_MIN_EPISODES - 1) == "transformers"
+    assert engine_for("auto", episodes=VLLM_CPU_MIN_EPISODES) == "vllm"
+    assert engine_for("auto", episodes=None) == "vllm"  # a whole split: a long job
+    assert engine_for("transformers", episodes=None) == "transformers" and engine_for("vllm", episodes=0) == "vllm"
+    monkeypatch.setattr(resolve, "cpu_vllm_available", lambda: False)
+    assert engine_for("auto", episodes=None) == "transformers"  # the fallback where vLLM cannot run
+
+
+def test_an_evolutions_size_chooses_its_engine_and_its_config_may_name_one(tmp_path: Path) -> None:
+    from cycleqd.evolver.config import ConfigError, parse_config
+
+    for name in ("os", "db"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    tasks = [{"name": n, "env": n, "expert": str(tmp_path / n), "limit": 4} for n in ("os", "db")]
+    config = parse_config({"base": "default", "tasks": tasks, "generations": 6}, "mine.yaml", tmp_path)
+    assert config.server == "auto" and config.planned_episodes() == (2 + 6) * 8
+    assert parse_config({"base": "default", "tasks": tasks, "server": "vllm"}, "mine.yaml", tmp_path).server == "vllm"
+    unlimited = [{**tasks[0], "limit": None}, tasks[1]]
+    assert parse_config({"base": "default", "tasks": unlimited}, "mine.yaml", tmp_path).planned_episodes() is None
+    with pytest.raises(ConfigError, match="server"):
+        parse_config({"base": "default", "tasks": tasks, "server": "sglang"}, "mine.yaml", tmp_path)

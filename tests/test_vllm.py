@@ -223,3 +223,18 @@ def test_without_vllm_the_manager_says_how_to_install_it(monkeypatch: pytest.Mon
     monkeypatch.setattr("cycleqd.serving.vllm_serve.gpu_available", lambda: False)
     with pytest.raises(EngineUnavailableError, match=r"vLLM is not installed here: .*scripts/setup\.sh"):
         VLLMManager()
+
+
+def test_cycleqd_evaluate_on_vllm_plays_real_episodes_and_keeps_the_engine_with_the_run(tmp_path: Path) -> None:
+    from cycleqd.db import open_store
+
+    import cycleqd
+
+    request = cycleqd.EvalRequest(tasks=("db", "coding"), limit=1, max_tokens=64, server="vllm")
+    result = cycleqd.evaluate(request, db=tmp_path / "vllm.db")
+    episodes = list(result.episodes())
+    assert len(episodes) == 2 and all(e["status"] != "env_error" and len(e["messages"]) > 2 for e in episodes)
+    run = open_store(tmp_path / "vllm.db").get_run(result.run_id)
+    assert run is not None
+    config = run.config
+    assert config["decoding"].startswith("vllm 0.32.0 --device cpu" if not gpu_available() else "vllm 0.32.0")
