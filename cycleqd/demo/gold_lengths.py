@@ -11,39 +11,16 @@ tokens plus the end-of-turn token that closes it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cycleqd.envs.db_env import db_answer_reply, db_operation_reply
-from cycleqd.envs.db_tasks import DBTask
-from cycleqd.envs.errors import ScriptUnavailableError
-from cycleqd.envs.os_env import gold_replies
-from cycleqd.envs.os_tasks import OSTask
+from cycleqd.envs.gold_texts import GOLD_REPLIES, GOLD_ROUNDS
+
+__all__ = ["FIT_SHARE", "GOLD_REPLIES", "GOLD_ROUNDS", "fit", "reply_tokens", "task_lengths"]
 
 FIT_SHARE = 0.95  # the share of gold replies a demo budget must fit, in every split
 TOKEN_STEP = 32  # budgets are rounded up to a multiple of this
-
-
-def os_gold(task: OSTask) -> list[str]:
-    try:
-        replies = gold_replies(task, None)
-    except ScriptUnavailableError:  # its example is a script file this data does not ship: nothing to count
-        return []
-    return replies or []
-
-
-def db_gold(task: DBTask) -> list[str]:
-    replies = [db_operation_reply(task, task.gold_sql or "")] if task.modifies or task.gold_sql else []
-    return [*replies, db_answer_reply(task, [str(v) for v in task.label], bool(task.gold_sql))]
-
-
-def coding_gold(task: Any) -> list[str]:
-    return [f"```python\n{task.gold}\n```"]  # as the coding environment's gold replay sends it
-
-
-GOLD_REPLIES: dict[str, Callable[[Any], list[str]]] = {"os": os_gold, "db": db_gold, "coding": coding_gold}
-GOLD_ROUNDS = {"os": 2, "db": 2, "coding": 1}  # OS: the bash action, then the answer its output gives
 
 
 def reply_tokens(tokenizer: Any, reply: str) -> int:
