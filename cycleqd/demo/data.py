@@ -25,7 +25,7 @@ from cycleqd.envs.coding_training import MBPP_FILE, build_coding_suite, problem_
 from cycleqd.envs.db_generate import suite_folder, task_text
 from cycleqd.envs.near_duplicates import NEAR, WordSetIndex
 from cycleqd.envs.os_training import TRAINING_FILE, build_os_suite, shared_data_root
-from cycleqd.envs.suites import BUILTIN
+from cycleqd.envs.registry import BUILTIN_DATA
 from cycleqd.envs.task_files import read_task_records
 from cycleqd.suite.generate import generated_db_suite
 
@@ -98,7 +98,7 @@ def demo_suites(
     """Per environment, the suite folder the demo trains (train), selects (dev) and reports (the test kinds) on."""
     data = shared_data_root()
     os_source = (build_os_suite(data, cache / f"os-agentbench-v{os_training.SUITE_VERSION}")
-                 if (data / TRAINING_FILE).is_file() else BUILTIN / "os")  # fmt: skip
+                 if (data / TRAINING_FILE).is_file() else BUILTIN_DATA / "os")  # fmt: skip
     has_mbpp = (data / MBPP_FILE).is_file()
     coding_out = cache / (f"coding-mbpp-v{coding_training.SUITE_VERSION}" if has_mbpp else "coding-he")
     coding_source = build_coding_suite(data if has_mbpp else None, coding_out)
