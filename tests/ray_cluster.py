@@ -25,6 +25,9 @@ MARKER = "CYCLEQD_TEST_RAY_CLUSTER"
 OBJECT_STORE_BYTES = 80 * 1000 * 1000  # Ray's floor is 75 MB
 
 
+WORKER_PORTS = 41  # --min-worker-port .. --max-worker-port
+
+
 def free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
@@ -35,22 +38,35 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def node_ports(taken: set[int]) -> list[int]:
+    """Six free ports for a node's components and the first of its worker range, none of the six (nor a port of
+    another node) inside that range: Ray refuses a component port among the worker ports, and free ports drawn at
+    random sometimes were."""
+    while True:
+        ports = free_ports(7)
+        workers = range(ports[6], ports[6] + WORKER_PORTS)
+        if not any(p in workers for p in [*ports[:6], *taken]) and not any(p in taken for p in ports):
+            taken.update([*ports[:6], *workers])
+            return ports
+
+
 @dataclass
 class LocalRayCluster:
     root: Path
     env: dict[str, str]
     address: str = ""
     nodes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    taken: set[int] = field(default_factory=set)  # every port a node of this cluster was given
 
     def _start(self, name: str, args: list[str], resources: dict[str, float]) -> None:
-        (node_manager, object_manager, metrics, agent_http, agent_grpc, runtime_env, worker_lo) = free_ports(7)
+        (node_manager, object_manager, metrics, agent_http, agent_grpc, runtime_env, worker_lo) = node_ports(self.taken)
         command = [
             str(RAY), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
             "--object-store-memory", str(OBJECT_STORE_BYTES), "--resources", json.dumps(resources),
             "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
             "--metrics-export-port", str(metrics), "--dashboard-agent-listen-port", str(agent_http),
             "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
-            "--min-worker-port", str(worker_lo), "--max-worker-port", str(worker_lo + 40),
+            "--min-worker-port", str(worker_lo), "--max-worker-port", str(worker_lo + WORKER_PORTS - 1),
             "--disable-usage-stats", *args,
         ]  # fmt: skip
         log = (self.root / f"{name}.log").open("w")
@@ -59,6 +75,7 @@ class LocalRayCluster:
 
     def start_head(self) -> None:
         (port,) = free_ports(1)
+        self.taken.add(port)
         self.address = f"127.0.0.1:{port}"
         self._start("head", ["--head", "--port", str(port), "--temp-dir", str(self.root / "ray"),
                              "--include-dashboard", "false"], {})  # fmt: skip
