@@ -67,7 +67,7 @@ async def play(
     limit: int,
     db: Path,
     server: Callable[[ServeOptions, ClientSettings], ServerManager] = transformers_server,
-) -> tuple[float, dict, str]:
+) -> tuple[float, dict, str, float]:
     tasks = load_eval_tasks(["os", "db", "coding"], "builtin", "dev", limit)
     store = open_store(db)
     run = store.create_run("bench", {})
@@ -92,8 +92,7 @@ async def play(
     tokens += (f"; longest episode {longest.latency_s:.0f} s of model time for {longest.completion_tokens:,} "
                f"generated tokens in {longest.rounds} rounds\n    {where_time_went(store, episodes)}")  # fmt: skip
     tokens += f"\n    server: {manager.decoding()}, up in {start_s:.1f} s"
-    play.last_start_s = start_s  # type: ignore[attr-defined]
-    return len(episodes) / elapsed, by_task, tokens
+    return len(episodes) / elapsed, by_task, tokens, start_s
 
 
 async def timed_run(
@@ -136,7 +135,7 @@ async def main(job_name: str, limit: int, new_concurrency: list[int], also: list
     rates, outcomes = [], []
     with tempfile.TemporaryDirectory() as folder:
         for i, (label, options, concurrency) in enumerate(setups):
-            rate, by_task, tokens = await play(options, concurrency, job, limit, Path(folder) / f"{i}.db")
+            rate, by_task, tokens, _ = await play(options, concurrency, job, limit, Path(folder) / f"{i}.db")
             rates.append(rate)
             outcomes.append(by_task)
             print(f"  {label}: {len(by_task)} episodes, {rate:.3f} episodes/s; {tokens}", flush=True)
@@ -157,9 +156,9 @@ async def vllm_against_transformers(job_name: str, limit: int, concurrency: int)
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         for name, server in (("transformers", transformers_server), ("vllm", vllm_server)):
-            rate, by_task, tokens = await play(SERVE_PRESETS["default"], concurrency, job, limit,
+            rate, by_task, tokens, start_s = await play(SERVE_PRESETS["default"], concurrency, job, limit,
                                                Path(folder) / f"{name}.db", server)  # fmt: skip
-            results[name] = (rate, by_task, play.last_start_s)  # type: ignore[attr-defined]
+            results[name] = (rate, by_task, start_s)
             print(f"  {name}: {len(by_task)} episodes, {rate:.3f} episodes/s; {tokens}", flush=True)
     (t_rate, t_tasks, t_start), (v_rate, v_tasks, v_start) = results["transformers"], results["vllm"]
     saved_per_episode = 1 / t_rate - 1 / v_rate
