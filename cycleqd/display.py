@@ -206,6 +206,8 @@ class EvolutionView:
             self.lines["insert"] = f"last child: {', '.join(taken) or rejected}"
             if event.generation >= 1:
                 self.progress.update(self.bar, completed=event.generation)
+        elif event.kind is EventKind.SEARCH:
+            self.lines["search"] = f"random search baseline, merge {event.candidate_id}: {scores}"
         elif event.kind is EventKind.FINAL:
             self.lines["final"] = f"test split, candidate {event.candidate_id}: {scores}"
         if self.enabled:

@@ -140,7 +140,7 @@ class Candidate(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # expert, child, base, merge, final
+    kind: Mapped[str] = mapped_column(String(16))  # expert, child, base, merge, final, search, baseline
     generation: Mapped[int] = mapped_column(Integer, default=0)
     slot: Mapped[int] = mapped_column(Integer, default=0)
     genome_hash: Mapped[str | None] = mapped_column(String(64))

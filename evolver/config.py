@@ -94,6 +94,17 @@ class RaySpec:
 
 
 @dataclass(frozen=True)
+class BaselinesSpec:
+    """What the final table measures beside the base, the experts and the naive merge (none by default: each costs
+    episodes). `search`: a random merge search over the same genome space that plays, in full on the selection
+    splits, as many candidates as the evolution proposed children; its best is measured on the test splits.
+    `models`: checkpoints measured as they are, by label (say, one fine-tuned on all the tasks' data)."""
+
+    search: bool = False
+    models: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class EvolveConfig:
     base: str
     tasks: tuple[TaskSpec, ...]
@@ -111,18 +122,21 @@ class EvolveConfig:
     eval: EvalSpec = field(default_factory=EvalSpec)
     racing: RacingSpec = field(default_factory=RacingSpec)
     ray: RaySpec | None = None  # None: every slot on this machine
+    baselines: BaselinesSpec = field(default_factory=BaselinesSpec)
 
     @property
     def task_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tasks)
 
     def planned_episodes(self) -> int | None:
-        """Episodes the candidates may play at most (the experts', then one child per generation, on every task),
-        for choosing a serving engine; None when a task plays its whole split (no limit: size unknown here)."""
+        """Episodes the candidates may play at most (the experts', then one child per generation, and as many again
+        for the search baseline, on every task), for choosing a serving engine; None when a task plays its whole
+        split (no limit: size unknown here)."""
         if any(t.limit is None for t in self.tasks):
             return None
         per_candidate = sum(t.limit or 0 for t in self.tasks) * self.eval.repeats
-        return (len(self.tasks) + self.generations) * per_candidate
+        searched = self.generations if self.baselines.search else 0
+        return (len(self.tasks) + self.generations + searched) * per_candidate
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready, stored with the run so that a resume needs no config file."""
@@ -202,6 +216,7 @@ def parse_config(data: Any, source: str, folder: Path) -> EvolveConfig:
         eval=reader.eval_spec(data.get("eval", {})),
         racing=reader.racing(data.get("racing", {})),
         ray=reader.ray(data.get("ray")),
+        baselines=reader.baselines(data.get("baselines", {}), folder),
     )
     return config
 
@@ -358,6 +373,17 @@ class _Reader:
             name: self.integer(f"eval.{name}", value.get(name, default), minimum=1, maximum=EVAL_MAXIMA[name])
             for name, default in asdict(EvalSpec()).items()
         })  # fmt: skip
+
+    def baselines(self, value: Any, folder: Path) -> BaselinesSpec:
+        value = self.mapping("baselines", value, {"search", "models"})
+        search = value.get("search", False)
+        if not isinstance(search, bool):
+            self.fail("baselines.search", "true or false", search)
+        models = value.get("models", {})
+        if not isinstance(models, dict):
+            self.fail("baselines.models", "a mapping of labels to checkpoint folders", models)
+        return BaselinesSpec(search, {str(label): self.checkpoint(f"baselines.models.{label}", path, folder)
+                                      for label, path in models.items()})  # fmt: skip
 
     def ray(self, value: Any) -> RaySpec | None:
         if value is None:

@@ -4,6 +4,7 @@ what the first made."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -24,8 +25,11 @@ def test_the_demo_runs_end_to_end_and_reuses_its_cache(docker_engine, default_mo
                            env=wide)  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]
     assert "2 train tasks × 1 epochs per environment" in first.stdout and "estimate on 2 cores: " in first.stdout
-    for row in ("base", "expert os", "expert db", "expert coding", "naive merge", "CycleQD final"):
+    for row in ("base", "expert os", "expert db", "expert coding", "naive merge", "random search (best of 1)",
+                "all-data SFT", "CycleQD final"):  # fmt: skip
         assert row in first.stdout
+    assert "final − random search (best of 1) (average)" in first.stdout
+    assert re.search(r"baseline: all-data SFT \(\d+ trajectories of os, db, coding\)", first.stdout)
     assert "stage times: data" in first.stdout and "evolution and the final table" in first.stdout
     assert "the table's test splits: in-family" in first.stdout and "not the paper's setting: " in first.stdout
     second = subprocess.run([CYCLEQD, "demo", *TINY, "--db", str(db)], capture_output=True, text=True, timeout=300,
@@ -53,6 +57,7 @@ def demo_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list, o
     monkeypatch.setattr(command, "default_checkpoint", lambda: SimpleNamespace(path=folders["base"]))
     monkeypatch.setattr(command, "demo_suites", lambda *a: {e: tmp_path / f"suite-{e}" for e in ("os", "db", "coding")})
     monkeypatch.setattr(command, "demo_experts", lambda *a: {e: folders[e] for e in ("os", "db", "coding")})
+    monkeypatch.setattr(command, "all_data_sft", lambda *a: folders["base"])
     monkeypatch.setattr(
         command, "run_evolve_command", lambda config, db, resume, *a: calls.append((config, resume)) or 0
     )

@@ -146,3 +146,36 @@ def test_the_asynchronous_mode_gives_each_child_its_own_generation(family: Path,
     assert stored_cells(evo) == replayed_cells(evo, in_commit_order=True)
     assert {r.kind for r in rows} == {"base", "expert", "merge", "final"}
 
+
+
+def test_the_search_baseline_plays_as_many_merges_as_children_in_full_and_its_best_is_tested(
+    family: Path, tmp_path: Path
+) -> None:
+    from cycleqd.evolve.report import final_rows
+
+    db = tmp_path / "search.db"
+    again = {"expert os again": str(family / "expert-0")}
+    settings = {"generations": 4, "bins": 4, "baselines": {"search": True, "models": again}}
+    run_id, rows, evaluator = run_probe_evolution(db, family, None, (0.0,), **settings)
+    evo = EvolutionStore(open_store(db), run_id)
+    children, searched = evo.candidates("child"), evo.candidates("search")
+    assert len(searched) == len(children) == 4
+    for row in searched:
+        assert row.status != "rejected_early" and row.scores == evaluator.full_scores[row.id]  # played in full
+        assert len(row.omegas) == 3 and all(w > 0 for w in row.omegas) and sum(row.omegas) == pytest.approx(1.0)
+        assert row.mutation["kind"] == "svd" and row.mutation["task"] in TASKS
+    assert len({row.genome_hash for row in searched}) == 4
+    mean = {row.id: sum(row.scores.values()) / 3 for row in searched}
+    search_row = next(r for r in rows if r.kind == "search")
+    assert mean[search_row.candidate_id] == max(mean.values()) and search_row.label == "random search (best of 4)"
+    by_label = {r.label: r for r in rows}
+    assert by_label["expert os again"].test_scores == by_label["expert os"].test_scores  # the same checkpoint
+    assert [r.label for r in final_rows(evo, list(TASKS))] == [r.label for r in sorted(rows, key=lambda r: (
+        ["base", "expert", "merge", "search", "baseline", "final"].index(r.kind), r.candidate_id))]  # fmt: skip
+
+    before = len(evaluator.evaluated)
+    _, again_rows, resumed = run_probe_evolution(db, family, run_id, (0.0,), **settings)
+    assert resumed.evaluated == [] and before == 3 + 4 + 4 + 8  # selection: experts, children, search; 8 on test
+    assert sorted((r.label, r.test_scores == by_label[r.label].test_scores) for r in again_rows) == sorted(
+        (label, True) for label in by_label
+    )

@@ -134,8 +134,12 @@ def test_the_ray_key_and_evolve_ray_reach_the_cluster_check(tmp_path: Path) -> N
         (("expert: e1}", "expert: e1, suite: nowhere}"),
          ["bad.yaml: field 'tasks[0].suite' (task os)", "no task file or folder", "nowhere"]),
         (("tasks:\n", "tasks:\n  - {name: [\n"), ["bad.yaml, line 4, column", "not valid YAML"]),
+        (("tasks:\n", "baselines: {search: yes please}\ntasks:\n"),
+         ["bad.yaml: field 'baselines.search'", "expected true or false"]),
+        (("tasks:\n", "baselines: {models: {all-data SFT: nowhere}}\ntasks:\n"),
+         ["bad.yaml: field 'baselines.models.all-data SFT'", "a checkpoint folder with a config.json", "nowhere"]),
     ],
-    ids=["split", "suite", "yaml"],
+    ids=["split", "suite", "yaml", "search", "model"],
 )  # fmt: skip
 def test_config_mistakes_name_the_file_and_task_before_any_run(
     tmp_path: Path, change: tuple[str, str], expected: list[str]

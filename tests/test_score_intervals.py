@@ -77,6 +77,27 @@ def test_final_intervals_cells_and_paired_differences(tmp_path: Path) -> None:
     assert len(payload["differences"]) == 4  # type: ignore[arg-type]
 
 
+def test_the_final_model_is_compared_with_each_baseline_paired_over_tasks(tmp_path: Path) -> None:
+    store, run, evo = fill(tmp_path)
+    # a search baseline that solves the os half the final model does, and a labelled checkpoint solving nothing
+    for kind, label, solves in (("search", None, lambda env, i: env == "os" and i % 4 == 0),
+                                ("baseline", "all-data SFT", lambda env, i: False)):  # fmt: skip
+        model = store.model_id(kind, kind)
+        for env in ("os", "db"):
+            for i in range(N):
+                task = store.task_id(env, "builtin", "test", f"{env}#{i}", f"h{env}{i}")
+                store.record_episode(EpisodeRecord(run.id, model, task, 0, "completed", float(solves(env, i))))
+        candidate = evo.add_candidate(kind, 1, 0, mutation={"label": label} if label else {})
+        evo.record_scores(candidate.id, model, {"os": 0.0, "db": 0.0}, test=True)
+    rows = final_rows(evo, ["os", "db"])
+    assert [row.label for row in rows][-3:] == ["random search (best of 1)", "all-data SFT", "CycleQD final"]
+    model_of = {c.id: c.model_id for c in evo.candidates()}
+    diffs = dict(final_intervals(store, run.id, rows, held_out_specs(TASKS), model_of).differences)
+    search = diffs["final − random search (best of 1) (average)"]
+    assert search.estimate == pytest.approx((0.5 - 8 / 30 + 10 / 30) / 2) and search.n == 2 * N
+    assert diffs["final − all-data SFT (average)"].estimate == pytest.approx((0.5 + 10 / 30) / 2)
+
+
 def test_show_prints_each_scores_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 

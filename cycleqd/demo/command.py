@@ -32,10 +32,13 @@ from cycleqd.evolve.report import final_rows
 from cycleqd.evolver.config import EvalSpec, EvolveConfig, parse_config
 from cycleqd.results.intervals import final_report_tables
 from cycleqd.serving.default_model import cache_root, default_checkpoint
-from cycleqd.sft.command import SFTRequest, run_sft
+from cycleqd.sft.command import SFTRequest, run_sft, train_on_transcripts, transcripts_file
+from cycleqd.sft.data import load_transcripts
 from cycleqd.sft.train import SFTSettings
 
 ENVS = names()
+ALL_DATA = "all-data"  # the all-data SFT baseline's folder beside the experts'
+ALL_DATA_LABEL = "all-data SFT"
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,9 @@ class DemoBudget:
         return (f"experts: {self.sft_tasks} train tasks × {self.sft_epochs} epochs per environment ({tuning}); "
                 f"evolution: {self.generations} generations on {self.dev_limit} dev tasks per environment; "
                 f"test: {self.test_limit} {self.test_kind} tasks per environment ({TEST_KINDS[self.test_kind]}); "
-                f"{self.max_tokens} tokens per reply, {self.rounds} rounds")  # fmt: skip
+                f"{self.max_tokens} tokens per reply, {self.rounds} rounds; baselines: a random merge search "
+                f"playing as many dev episodes as the evolution, and one model fine-tuned on the union of the "
+                f"experts' data with their total budget")  # fmt: skip
 
     def deviations(self) -> list[str]:
         """Every setting in which this demo is not the paper's (../shared/ALGORITHM.md), printed with the budget."""
@@ -120,7 +125,7 @@ DB_GENERATE_S_PER_TASK = 0.55  # `suite generate db`: 100 tasks in 55 s
 EPISODE_FIXED_S = 1.0
 EPISODE_S_PER_TOKEN_ROUND = 0.011
 SWAP_S = 20.0  # materialising a genome and restarting the model server, per model
-MODELS_ON_TEST = 6  # base, three experts, the naive merge, the final model
+MODELS_ON_TEST = 8  # base, three experts, the naive merge, the search's best, the all-data SFT, the final model
 
 
 @dataclass(frozen=True)
@@ -135,26 +140,36 @@ class Estimate:
         return self.data_s + self.experts_s + self.evolution_s + self.final_s
 
     def describe(self) -> str:
-        stages = (f"data {_minutes(self.data_s)}, experts {_minutes(self.experts_s)}, "
-                  f"evolution {_minutes(self.evolution_s)}")  # fmt: skip
+        stages = (f"data {_minutes(self.data_s)}, experts and the all-data SFT {_minutes(self.experts_s)}, "
+                  f"evolution and the search baseline {_minutes(self.evolution_s)}")  # fmt: skip
         return f"estimate on 2 cores: {stages}, final table {_minutes(self.final_s)}; total {_minutes(self.total_s)}"
 
 
 def estimate(budget: DemoBudget) -> Estimate:
     episode = EPISODE_FIXED_S + EPISODE_S_PER_TOKEN_ROUND * budget.max_tokens * budget.rounds
     envs = len(ENVS)
-    experts = envs * budget.sft_tasks * budget.sft_epochs * SFT_S_PER_TRAJECTORY_EPOCH
-    evolved = envs + budget.generations  # the experts are scored first, then one child per generation
+    # the experts, then the all-data SFT baseline on their union with the same budget: as long again
+    experts = 2 * envs * budget.sft_tasks * budget.sft_epochs * SFT_S_PER_TRAJECTORY_EPOCH
+    # the experts are scored first, then one child per generation, then as many merges of the search baseline
+    evolved = envs + 2 * budget.generations
     evolution = evolved * (SWAP_S + envs * budget.dev_limit * episode)
     final = MODELS_ON_TEST * (SWAP_S + envs * budget.test_limit * episode)
     data = DB_GENERATE_S_PER_TASK * (budget.db_train + budget.dev_limit + budget.test_limit)
     return Estimate(data, experts, evolution, final)
 
 
+def sft_settings(budget: DemoBudget) -> SFTSettings:
+    return SFTSettings(epochs=budget.sft_epochs, learning_rate=budget.sft_learning_rate, batch_size=2,
+                       max_length=budget.sft_max_length, lora_rank=budget.lora_rank, save_every=10)  # fmt: skip
+
+
+def experts_folder(budget: DemoBudget) -> Path:
+    return cache_root() / "demo" / f"experts-{budget.sft_key()}"
+
+
 def demo_experts(budget: DemoBudget, base: Path, suites: dict[str, Path], console: Console | None) -> dict[str, Path]:
-    folder = cache_root() / "demo" / f"experts-{budget.sft_key()}"
-    settings = SFTSettings(epochs=budget.sft_epochs, learning_rate=budget.sft_learning_rate, batch_size=2,
-                           max_length=budget.sft_max_length, lora_rank=budget.lora_rank, save_every=10)  # fmt: skip
+    folder = experts_folder(budget)
+    settings = sft_settings(budget)
     experts = {}
     for env in ENVS:
         out = folder / env
@@ -168,7 +183,23 @@ def demo_experts(budget: DemoBudget, base: Path, suites: dict[str, Path], consol
     return experts
 
 
-def demo_config(budget: DemoBudget, base: Path, experts: dict[str, Path], suites: dict[str, Path]) -> EvolveConfig:
+def all_data_sft(budget: DemoBudget, base: Path, experts: dict[str, Path], console: Console | None) -> Path:
+    """The fine-tuning baseline: one model trained on the union of the experts' trajectories, with their total
+    budget (each trajectory seen the same number of epochs, so as many trajectory-epochs as the three experts)."""
+    out = experts_folder(budget) / ALL_DATA
+    if (out / "config.json").is_file():
+        return out
+    transcripts = [t for env in ENVS for t in load_transcripts(transcripts_file(experts[env]))]
+    if console:
+        console.print(f"[bold]baseline: all-data SFT[/] ({len(transcripts)} trajectories of {', '.join(ENVS)})")
+    summary = train_on_transcripts(base, transcripts, out, sft_settings(budget), "+".join(ENVS), console)
+    if console:
+        console.print(summary.describe(), highlight=False)
+    return out
+
+
+def demo_config(budget: DemoBudget, base: Path, experts: dict[str, Path], suites: dict[str, Path],
+                all_data: Path) -> EvolveConfig:  # fmt: skip
     for env, suite in suites.items():
         # checked here: a folder suite without the split's file would be read whole (train included) as that split
         if not any(suite.glob(f"{budget.test_kind}.json*")):
@@ -177,7 +208,8 @@ def demo_config(budget: DemoBudget, base: Path, experts: dict[str, Path], suites
     tasks = [{"name": env, "env": env, "expert": str(experts[env]), "suite": str(suites[env]),
               "selection_split": "dev", "test_split": budget.test_kind} for env in ENVS]  # fmt: skip
     data = {"base": str(base), "tasks": tasks, "generations": budget.generations, "bins": budget.bins,
-            "eval": {"concurrency": 8, "max_tokens": budget.max_tokens, "rounds": budget.rounds}}  # fmt: skip
+            "eval": {"concurrency": 8, "max_tokens": budget.max_tokens, "rounds": budget.rounds},
+            "baselines": {"search": True, "models": {ALL_DATA_LABEL: str(all_data)}}}  # fmt: skip
     return parse_config(data, "<demo>", Path("/"))
 
 
@@ -197,8 +229,9 @@ def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) 
                          budget.db_train, console)  # fmt: skip
     data_done = time.monotonic()
     experts = demo_experts(budget, base, suites, console)
+    all_data = all_data_sft(budget, base, experts, console)
     experts_done = time.monotonic()
-    config = demo_config(budget, base, experts, suites)
+    config = demo_config(budget, base, experts, suites, all_data)
     store = open_store(db_path)
     earlier = earlier_run(store, config)
     if earlier is not None and earlier.status == RunStatus.COMPLETED:
@@ -219,9 +252,9 @@ def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) 
         status = run_evolve_command(config, db_path, None, False, console, err)
     # the evolution's own table names its columns by task; which kind of test split they hold is said here
     console.print(f"the table's test splits: {budget.test_kind} ({TEST_KINDS[budget.test_kind]})", highlight=False)
-    console.print(f"stage times: data {_minutes(data_done - started)}, experts {_minutes(experts_done - data_done)} "
-                  f"(0 when cached), evolution and the final table {_minutes(time.monotonic() - experts_done)}",
-                  highlight=False)  # fmt: skip
+    trained, evolved = _minutes(experts_done - data_done), _minutes(time.monotonic() - experts_done)
+    console.print(f"stage times: data {_minutes(data_done - started)}, experts and the all-data SFT {trained} (0 when "
+                  f"cached), evolution, search baseline and the final table {evolved}", highlight=False)  # fmt: skip
     return status
 
 

@@ -92,6 +92,7 @@ class EventKind(StrEnum):
     EXPERT = "expert"  # an expert measured on the selection splits (generation 0)
     CHILD = "child"  # a child measured, or rejected early by racing
     GENERATION = "generation"  # a generation committed: its insertions and the archives' metrics
+    SEARCH = "search"  # a merge of the random-search baseline measured on the selection splits
     FINAL = "final"  # a row of the final table measured on the test splits
 
 
@@ -118,6 +119,13 @@ class FinalRow:
     @property
     def average(self) -> float:
         return sum(self.test_scores.values()) / len(self.test_scores) if self.test_scores else 0.0
+
+
+SEARCH_STREAM = 1_000_003  # the search baseline's draws: a seed sequence no (seed, generation, slot) child uses
+
+
+def search_label(merges: int) -> str:
+    return f"random search (best of {merges})"
 
 
 def active_task(generation: int, flip_interval: int, tasks: int) -> int:
@@ -156,6 +164,8 @@ class Evolution:
             await self._run_synchronously()
         else:
             await self._run_asynchronously()
+        if self.config.baselines.search:
+            await self.search()
         return await self.finalise()
 
     async def initialise(self) -> None:
@@ -224,6 +234,17 @@ class Evolution:
                                        alpha_high=sampler.alpha_high, fallback=fallback)  # fmt: skip
         w1, w2 = draw_omegas(rng, self.config.crossover.mu, self.config.crossover.sigma)
         genome = crossover(self._genome(first.genome_hash), self._genome(second.genome_hash), w1, w2)
+        genome, mutation = self._mutated(genome, q, rng)
+        digest = genome.save(self.genomes_dir)
+        self._genomes[digest] = genome
+        row = self.evo.add_candidate(
+            "child", generation, slot, genome_hash=digest, active_task=q,
+            parents=[first.candidate_id, second.candidate_id], omegas=[w1, w2], mutation=mutation,
+        )  # fmt: skip
+        return row, CandidateUnderTest(row.id, "child", genome, digest)
+
+    def _mutated(self, genome: Genome, q: int, rng: np.random.Generator) -> tuple[Genome, dict]:
+        """The config's mutation along task q's expert, and its record (kind, task, seed, strength)."""
         mutation = {"kind": self.config.mutation.kind, "task": self.names[q]}
         seed = int(rng.integers(2**31 - 1))
         if self.config.mutation.kind == "svd":
@@ -232,13 +253,44 @@ class Evolution:
         elif self.config.mutation.kind == "gaussian":
             genome = gaussian_mutation(genome, self.config.mutation.std, seed)
             mutation |= {"seed": seed, "std": self.config.mutation.std}
-        digest = genome.save(self.genomes_dir)
-        self._genomes[digest] = genome
-        row = self.evo.add_candidate(
-            "child", generation, slot, genome_hash=digest, active_task=q,
-            parents=[first.candidate_id, second.candidate_id], omegas=[w1, w2], mutation=mutation,
-        )  # fmt: skip
-        return row, CandidateUnderTest(row.id, "child", genome, digest)
+        return genome, mutation
+
+    # -- the equal-budget search baseline ------------------------------------------------------------------------
+
+    async def search(self) -> None:
+        """Random merges, as many as the evolution proposed children, each played in full on the selection splits:
+        the baseline that knows what the evolution knows (the experts, the operators, as many selection episodes
+        or more, since children may be raced). A merge's weights over the experts' task vectors are drawn from a
+        flat Dirichlet, then it is mutated as a child is, along a uniformly drawn task's expert."""
+        after = self.config.generations + 1
+        proposed = [self._searched(after, i) for i in range(len(self.evo.candidates("child")))]
+        measured = await asyncio.gather(*(self._measure(row, under) for row, under in proposed))
+        for (row, _), m in zip(proposed, measured, strict=True):
+            self.on_event(EvolutionEvent(EventKind.SEARCH, after, candidate_id=row.id, scores=m.scores or {}))
+
+    def _searched(self, generation: int, index: int) -> tuple[Candidate, CandidateUnderTest]:
+        row = self.evo.find_candidate("search", generation, index)
+        if row is None:
+            rng = np.random.default_rng([self.config.seed, SEARCH_STREAM, index])
+            weights = rng.dirichlet(np.ones(len(self.names)))
+            experts = [Genome.expert(self.cache, k) for k in range(len(self.names))]
+            along = int(rng.integers(len(self.names)))
+            genome, mutation = self._mutated(Genome.combine(experts, weights.tolist()), along, rng)
+            digest = genome.save(self.genomes_dir)
+            self._genomes[digest] = genome
+            row = self.evo.add_candidate("search", generation, index, genome_hash=digest, omegas=weights.tolist(),
+                                         mutation=mutation)  # fmt: skip
+        assert row.genome_hash is not None
+        return row, CandidateUnderTest(row.id, "search", self._genome(row.genome_hash), row.genome_hash)
+
+    def _search_best(self) -> Candidate | None:
+        """The search's merge with the highest mean selection score; ties drawn with the run's seed."""
+        rows = [row for row in self.evo.candidates("search") if set(row.scores) == set(self.names)]
+        if not rows:
+            return None
+        means = [sum(float(row.scores[n]) for n in self.names) / len(self.names) for row in rows]
+        top = [row for row, mean in zip(rows, means, strict=True) if mean == max(means)]
+        return top[int(np.random.default_rng([self.config.seed, SEARCH_STREAM]).integers(len(top)))]
 
     async def _measure(self, row: Candidate, under: CandidateUnderTest) -> Measured:
         """Selection scores of a candidate: from the store when a previous process measured it (or the same genome),
@@ -385,6 +437,14 @@ class Evolution:
             self._genomes[digest] = genome
             row = self.evo.add_candidate(kind, after, 0, genome_hash=digest, **extra)
             entries.append((label, row, CandidateUnderTest(row.id, kind, genome, digest)))
+        searched = self._search_best() if self.config.baselines.search else None
+        if searched is not None:
+            assert searched.genome_hash is not None
+            under = CandidateUnderTest(searched.id, "search", self._genome(searched.genome_hash), searched.genome_hash)
+            entries.append((search_label(len(self.evo.candidates("search"))), searched, under))
+        for index, (label, path) in enumerate(self.config.baselines.models.items()):
+            row = self.evo.add_candidate("baseline", after, index, mutation={"label": label})
+            entries.append((label, row, CandidateUnderTest(row.id, "baseline", None, None, Path(path))))
 
         async def measure(label: str, row: Candidate, under: CandidateUnderTest) -> FinalRow:
             if set(row.test_scores) == set(self.names):

@@ -18,24 +18,29 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from cycleqd.db.evolution_store import EvolutionStore  # noqa: E402
 from cycleqd.db.monitor_queries import episode_saving  # noqa: E402
 from cycleqd.db.schema import Archive, Cell  # noqa: E402
-from cycleqd.evolve.loop import FinalRow  # noqa: E402
+from cycleqd.evolve.loop import FinalRow, search_label  # noqa: E402
 from cycleqd.evolver.archive import parse_cell_key  # noqa: E402
 
-FINAL_KINDS = {"base": 0, "expert": 1, "merge": 2, "final": 3}
+FINAL_KINDS = {"base": 0, "expert": 1, "merge": 2, "search": 3, "baseline": 4, "final": 5}  # their order
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D")
 
 
 def final_rows(evo: EvolutionStore, names: list[str]) -> list[FinalRow]:
-    """The test-split table: base, each expert, the naive merge, the CycleQD final model (those measured)."""
+    """The test-split table: base, each expert, the naive merge, the baselines, the CycleQD final model (those
+    measured)."""
     rows = []
+    searched = len(evo.candidates("search"))
     for candidate in evo.candidates():
         if candidate.kind not in FINAL_KINDS or not candidate.test_scores:
             continue
-        label = {"base": "base", "merge": "naive merge", "final": "CycleQD final"}.get(candidate.kind)
+        label = {"base": "base", "merge": "naive merge", "final": "CycleQD final",
+                 "search": search_label(searched)}.get(candidate.kind, candidate.kind)  # fmt: skip
         if candidate.kind == "expert":
             label = f"expert {names[candidate.slot]}"
-        rows.append(FinalRow(label or candidate.kind, candidate.kind, candidate.id, dict(candidate.test_scores)))
+        elif candidate.kind == "baseline":
+            label = candidate.mutation.get("label", label)
+        rows.append(FinalRow(label, candidate.kind, candidate.id, dict(candidate.test_scores)))
     return sorted(rows, key=lambda r: (FINAL_KINDS[r.kind], r.candidate_id))
 
 

@@ -82,6 +82,9 @@ def _differences(rows: list[FinalRow], specs: Sequence[HeldOutSpec], of) -> list
     final = by_kind.get("final")
     if final and "merge" in by_kind:
         add("final − naive merge (average)", of(final), of(by_kind["merge"]))
+    for baseline in (row for row in rows if row.kind in ("search", "baseline")):
+        if final:
+            add(f"final − {baseline.label} (average)", of(final), of(baseline))
     if final and experts:
         best = max(experts, key=lambda r: r.average)
         add(f"final − best expert ({best.label}, average)", of(final), of(best))

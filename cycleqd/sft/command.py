@@ -13,7 +13,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cycleqd.eval.runtime import images_for
 from cycleqd.sandboxes.engine import docker_client
 from cycleqd.sandboxes.images import build_images
-from cycleqd.sft.data import TrainingDataError, gold_transcripts, load_transcripts, render, save_transcripts
+from cycleqd.sft.data import (
+    GoldTranscript,
+    TrainingDataError,
+    gold_transcripts,
+    load_transcripts,
+    render,
+    save_transcripts,
+)
 from cycleqd.sft.train import SFTSettings, fine_tune
 
 
@@ -57,8 +64,6 @@ def transcripts_file(out: Path) -> Path:
 
 def run_sft(request: SFTRequest, console: Console | None) -> SFTSummary:
     """Gold trajectories (replayed once, then read from beside the output), rendered, trained on, published."""
-    from transformers import AutoTokenizer
-
     started = time.monotonic()
     cached = transcripts_file(request.out)
     if cached.is_file():
@@ -69,13 +74,21 @@ def run_sft(request: SFTRequest, console: Console | None) -> SFTSummary:
         save_transcripts(cached, transcripts)
     if not transcripts:
         raise TrainingDataError(f"no gold trajectory of the {request.env} {request.split} split passed its own check")
-    tokenizer = AutoTokenizer.from_pretrained(request.base)
-    examples = [render(t, tokenizer, request.settings.max_length) for t in transcripts]
-    settings = request.settings
+    return train_on_transcripts(request.base, transcripts, request.out, request.settings, request.env, console, started)
+
+
+def train_on_transcripts(base: Path, transcripts: list[GoldTranscript], out: Path, settings: SFTSettings, what: str,
+                         console: Console | None, started: float | None = None) -> SFTSummary:  # fmt: skip
+    """Fine-tune `base` on the transcripts (of one environment, or several: the all-data baseline) and publish."""
+    from transformers import AutoTokenizer
+
+    started = time.monotonic() if started is None else started
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    examples = [render(t, tokenizer, settings.max_length) for t in transcripts]
     total = settings.steps_per_epoch(len(examples)) * settings.epochs
     tokens = sum(e.trained_tokens for e in examples)
     if console:
-        console.print(f"fine-tuning {request.base} on {len(examples)} {request.env} trajectories ({tokens} trained "
+        console.print(f"fine-tuning {base} on {len(examples)} {what} trajectories ({tokens} trained "
                       f"tokens): {settings.epochs} epochs, {total} steps of {settings.batch_size}, "
                       f"{'LoRA rank ' + str(settings.lora_rank) if settings.lora_rank else 'full fine-tune'}",
                       highlight=False)  # fmt: skip
@@ -91,8 +104,8 @@ def run_sft(request: SFTRequest, console: Console | None) -> SFTSummary:
         progress.update(bar, completed=step, loss=f"{loss:.3f}")
 
     with progress:
-        fine_tune(request.base, examples, request.out, settings, on_step=on_step)
+        fine_tune(base, examples, out, settings, on_step=on_step)
     per_epoch = epoch_means(losses, settings.steps_per_epoch(len(examples)))
     return SFTSummary(len(examples), tokens, losses[0] if losses else float("nan"),
-                      losses[-1] if losses else float("nan"), time.monotonic() - started, request.out,
+                      losses[-1] if losses else float("nan"), time.monotonic() - started, out,
                       per_epoch)  # fmt: skip
