@@ -592,10 +592,11 @@ def sft_cmd(
 @click.option("--max-tokens", type=int)
 @click.option("--rounds", type=int)
 @click.option("--db-train", type=int, help="Generated DB train tasks (the DB expert uses --sft-tasks of them).")
+@click.option("--seeds", type=int, help="Evolutions with seeds 0…N−1, and each verdict's spread over them.")
 def demo_cmd(db_path: Path, preset: str, sft_tasks: int | None, sft_epochs: int | None, sft_lr: float | None,
              lora_rank: int | None, dev_limit: int | None, test_limit: int | None, eval_limit: int | None,
              generations: int | None, max_tokens: int | None, rounds: int | None,
-             db_train: int | None) -> None:  # fmt: skip
+             db_train: int | None, seeds: int | None) -> None:  # fmt: skip
     """The whole method on this machine's CPU: fine-tune one SmolLM2 expert per environment, evolve them with
     CycleQD, and print base, experts, naive merge and the CycleQD model on the held-out test splits with 95%
     intervals and paired differences. The budget and its time estimate are printed first; every stage is cached."""
@@ -606,7 +607,8 @@ def demo_cmd(db_path: Path, preset: str, sft_tasks: int | None, sft_epochs: int 
     given = {"sft_tasks": sft_tasks, "sft_epochs": sft_epochs, "sft_learning_rate": sft_lr, "lora_rank": lora_rank,
              "dev_limit": dev_limit if dev_limit is not None else eval_limit,
              "test_limit": test_limit if test_limit is not None else eval_limit,
-             "generations": generations, "max_tokens": max_tokens, "rounds": rounds, "db_train": db_train}  # fmt: skip
+             "generations": generations, "max_tokens": max_tokens, "rounds": rounds, "db_train": db_train,
+             "seeds": seeds}  # fmt: skip
     bad = [k for k, v in given.items() if v is not None and (v < 0 if k == "lora_rank" else v <= 0)]
     if bad:
         raise UserError(f"the demo's {bad[0]} is {given[bad[0]]}; it must be positive")

@@ -91,3 +91,17 @@ def test_a_rerun_of_an_interrupted_demo_continues_its_run(tmp_path: Path, monkey
     store.set_run_status(mine.id, RunStatus.COMPLETED)
     assert command.earlier_run(store, config).id == mine.id  # type: ignore[union-attr]
     assert command.earlier_run(store, type(config)(**{**config.__dict__, "bins": 7})) is None
+
+
+def test_the_demo_evolves_once_per_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    calls, command = demo_parts(tmp_path, monkeypatch)
+    quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115
+    assert command.run_demo(replace(command.DemoBudget(), seeds=3), tmp_path / "d.db", quiet, quiet) == 0
+    assert [config.seed for config, _ in calls] == [0, 1, 2]
+    assert command.PRESETS["night"].seeds == 3 and command.PRESETS["default"].seeds == 1
+    one, three = (command.estimate(replace(command.DemoBudget(), seeds=n)) for n in (1, 3))
+    assert three.evolution_s == 3 * one.evolution_s and three.experts_s == one.experts_s  # experts trained once

@@ -98,6 +98,25 @@ def test_the_final_model_is_compared_with_each_baseline_paired_over_tasks(tmp_pa
     assert diffs["final − all-data SFT (average)"].estimate == pytest.approx((0.5 + 10 / 30) / 2)
 
 
+def test_the_verdict_over_seeds_lists_each_runs_interval_and_the_spread(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from cycleqd.demo.seeds import FINAL_AVERAGE, seed_spread_table, seed_verdicts
+
+    store, first, _ = fill(tmp_path)
+    _, second, _ = fill(tmp_path)  # the same scores again in a second run of the same store
+    runs = [(run.id, SimpleNamespace(task_names=("os", "db"), tasks=TASKS, seed=seed))
+            for seed, run in enumerate((first, second))]  # fmt: skip
+    verdicts = seed_verdicts(store, runs)  # type: ignore[arg-type]
+    merge = verdicts["final − naive merge (average)"]
+    assert len(merge) == 2 and merge[0] == merge[1] and merge[0][0] == pytest.approx(0.25) and merge[0][1] > 0
+    assert verdicts[FINAL_AVERAGE][0][0] == pytest.approx((0.5 + 10 / 30) / 2)
+    table = seed_spread_table(store, runs)  # type: ignore[arg-type]
+    spread = list(table.columns[-2].cells)
+    above = list(table.columns[-1].cells)
+    assert all(cell == "0.000" for cell in spread) and above[1] == "2 of 2"
+
+
 def test_show_prints_each_scores_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 

@@ -24,6 +24,7 @@ from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.schema import Run, RunStatus
 from cycleqd.db.store import Store, open_store
 from cycleqd.demo.data import DATA_VERSION, IN_FAMILY, TEST_KINDS, TRANSFER, demo_suites
+from cycleqd.demo.seeds import seed_spread_table
 from cycleqd.envs.os_training import shared_data_root
 from cycleqd.envs.registry import environment, names
 from cycleqd.errors import UserError
@@ -61,6 +62,7 @@ class DemoBudget:
     bins: int = 5
     db_train: int = 200  # generated DB train tasks (the expert uses sft_tasks of them)
     test_kind: str = IN_FAMILY  # which test split the final table reports (cycleqd.demo.data.TEST_KINDS)
+    seeds: int = 1  # evolutions, seeds 0, 1, …; over several, each verdict's spread is printed
 
     def describe(self) -> str:
         tuning = f"LoRA rank {self.lora_rank}" if self.lora_rank else "full fine-tune"
@@ -69,7 +71,10 @@ class DemoBudget:
                 f"test: {self.test_limit} {self.test_kind} tasks per environment ({TEST_KINDS[self.test_kind]}); "
                 f"{self.max_tokens} tokens per reply, {self.rounds} rounds; baselines: a random merge search "
                 f"playing as many dev episodes as the evolution, and one model fine-tuned on the union of the "
-                f"experts' data with their total budget")  # fmt: skip
+                f"experts' data with their total budget{self._over_seeds()}")  # fmt: skip
+
+    def _over_seeds(self) -> str:
+        return f"; the evolution over {self.seeds} seeds" if self.seeds > 1 else ""
 
     def deviations(self) -> list[str]:
         """Every setting in which this demo is not the paper's (../shared/ALGORITHM.md), printed with the budget."""
@@ -112,6 +117,7 @@ PRESETS = {
         rounds=5,
         db_train=3000,
         test_kind=TRANSFER,  # the benchmarks (the default reports in-family), at sizes that can resolve a difference
+        seeds=3,
     ),  # fmt: skip
 }
 
@@ -152,8 +158,8 @@ def estimate(budget: DemoBudget) -> Estimate:
     experts = 2 * envs * budget.sft_tasks * budget.sft_epochs * SFT_S_PER_TRAJECTORY_EPOCH
     # the experts are scored first, then one child per generation, then as many merges of the search baseline
     evolved = envs + 2 * budget.generations
-    evolution = evolved * (SWAP_S + envs * budget.dev_limit * episode)
-    final = MODELS_ON_TEST * (SWAP_S + envs * budget.test_limit * episode)
+    evolution = budget.seeds * evolved * (SWAP_S + envs * budget.dev_limit * episode)
+    final = budget.seeds * MODELS_ON_TEST * (SWAP_S + envs * budget.test_limit * episode)
     data = DB_GENERATE_S_PER_TASK * (budget.db_train + budget.dev_limit + budget.test_limit)
     return Estimate(data, experts, evolution, final)
 
@@ -199,7 +205,7 @@ def all_data_sft(budget: DemoBudget, base: Path, experts: dict[str, Path], conso
 
 
 def demo_config(budget: DemoBudget, base: Path, experts: dict[str, Path], suites: dict[str, Path],
-                all_data: Path) -> EvolveConfig:  # fmt: skip
+                all_data: Path, seed: int = 0) -> EvolveConfig:  # fmt: skip
     for env, suite in suites.items():
         # checked here: a folder suite without the split's file would be read whole (train included) as that split
         if not any(suite.glob(f"{budget.test_kind}.json*")):
@@ -209,7 +215,7 @@ def demo_config(budget: DemoBudget, base: Path, experts: dict[str, Path], suites
               "selection_split": "dev", "test_split": budget.test_kind} for env in ENVS]  # fmt: skip
     data = {"base": str(base), "tasks": tasks, "generations": budget.generations, "bins": budget.bins,
             "eval": {"concurrency": 8, "max_tokens": budget.max_tokens, "rounds": budget.rounds},
-            "baselines": {"search": True, "models": {ALL_DATA_LABEL: str(all_data)}}}  # fmt: skip
+            "baselines": {"search": True, "models": {ALL_DATA_LABEL: str(all_data)}}, "seed": seed}  # fmt: skip
     return parse_config(data, "<demo>", Path("/"))
 
 
@@ -219,20 +225,8 @@ def earlier_run(store: Store, config: EvolveConfig) -> Run | None:
     return next((r for r in same if r.status == RunStatus.COMPLETED), same[0] if same else None)
 
 
-def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) -> int:
-    console.print(f"cycleqd demo — {budget.describe()}", highlight=False)
-    console.print("not the paper's setting: " + "; ".join(budget.deviations()), highlight=False)
-    console.print(estimate(budget).describe(), highlight=False)
-    base = default_checkpoint().path
-    started = time.monotonic()
-    suites = demo_suites(cache_root() / "demo" / "suites", budget.sft_tasks, budget.dev_limit, budget.test_limit,
-                         budget.db_train, console)  # fmt: skip
-    data_done = time.monotonic()
-    experts = demo_experts(budget, base, suites, console)
-    all_data = all_data_sft(budget, base, experts, console)
-    experts_done = time.monotonic()
-    config = demo_config(budget, base, experts, suites, all_data)
-    store = open_store(db_path)
+def evolve_once(store: Store, config: EvolveConfig, db_path: Path, console: Console, err: Console) -> int:
+    """One evolution of the demo: its table again if it completed before, continued if it was interrupted."""
     earlier = earlier_run(store, config)
     if earlier is not None and earlier.status == RunStatus.COMPLETED:
         console.print(f"this demo already ran (run {earlier.id}); its table:", highlight=False)
@@ -247,15 +241,42 @@ def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) 
                         f"process is gone, continue it with `{resume}`")  # fmt: skip
     if earlier is not None:  # interrupted or failed: continue it, its children and episodes kept
         console.print(f"continuing this demo's {earlier.status} run {earlier.id}", highlight=False)
-        status = run_evolve_command(None, db_path, earlier.id, False, console, err)
-    else:
-        status = run_evolve_command(config, db_path, None, False, console, err)
+        return run_evolve_command(None, db_path, earlier.id, False, console, err)
+    return run_evolve_command(config, db_path, None, False, console, err)
+
+
+def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) -> int:
+    console.print(f"cycleqd demo — {budget.describe()}", highlight=False)
+    console.print("not the paper's setting: " + "; ".join(budget.deviations()), highlight=False)
+    console.print(estimate(budget).describe(), highlight=False)
+    base = default_checkpoint().path
+    started = time.monotonic()
+    suites = demo_suites(cache_root() / "demo" / "suites", budget.sft_tasks, budget.dev_limit, budget.test_limit,
+                         budget.db_train, console)  # fmt: skip
+    data_done = time.monotonic()
+    experts = demo_experts(budget, base, suites, console)
+    all_data = all_data_sft(budget, base, experts, console)
+    experts_done = time.monotonic()
+    store = open_store(db_path)
+    runs: list[tuple[str, EvolveConfig]] = []
+    for seed in range(budget.seeds):
+        config = demo_config(budget, base, experts, suites, all_data, seed)
+        if budget.seeds > 1:
+            console.print(f"[bold]evolution, seed {seed}[/] ({seed + 1} of {budget.seeds})")
+        status = evolve_once(store, config, db_path, console, err)
+        if status:
+            return status
+        done = earlier_run(store, config)
+        if done is not None:
+            runs.append((done.id, config))
+    if len(runs) > 1:
+        console.print(seed_spread_table(store, runs))
     # the evolution's own table names its columns by task; which kind of test split they hold is said here
     console.print(f"the table's test splits: {budget.test_kind} ({TEST_KINDS[budget.test_kind]})", highlight=False)
     trained, evolved = _minutes(experts_done - data_done), _minutes(time.monotonic() - experts_done)
     console.print(f"stage times: data {_minutes(data_done - started)}, experts and the all-data SFT {trained} (0 when "
                   f"cached), evolution, search baseline and the final table {evolved}", highlight=False)  # fmt: skip
-    return status
+    return 0
 
 
 def _minutes(seconds: float) -> str:
