@@ -55,6 +55,15 @@ def test_the_learning_curve_is_the_mean_loss_of_each_epoch_counted_from_the_last
     assert epoch_means([2.0, 3.0, 1.0], 2) == (2.0, 2.0)  # resumed after the first step: the rest of epoch 1, epoch 2
 
 
+def test_the_training_sets_digest_changes_with_any_example_and_their_order() -> None:
+    from cycleqd.sft.command import examples_digest
+    from cycleqd.sft.data import TrainingExample
+
+    a, b = TrainingExample([1, 2, 3], [-100, 2, 3]), TrainingExample([4, 5], [-100, 5])
+    assert examples_digest([a, b]) == examples_digest([TrainingExample([1, 2, 3], [-100, 2, 3]), b])
+    assert len({examples_digest(x) for x in ([a, b], [b, a], [a], [a, TrainingExample([4, 5], [4, 5])])}) == 4
+
+
 @pytest.mark.slow
 def test_sft_lowers_the_loss_and_moves_the_greedy_answer_toward_the_gold(docker_engine, default_model, tmp_path: Path) -> None:  # noqa: ANN001, E501
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from cycleqd.sandboxes.images import build_images
 from cycleqd.sft.data import (
     GoldTranscript,
     TrainingDataError,
+    TrainingExample,
     gold_transcripts,
     load_transcripts,
     render,
@@ -44,11 +47,15 @@ class SFTSummary:
     seconds: float
     out: Path
     epoch_losses: tuple[float, ...] = ()  # the learning curve: mean loss of each epoch's steps
+    # what was trained on: two machines whose curves differ compare this first (a gold that failed its replay on
+    # one of them is a different training set, not different arithmetic)
+    data_digest: str = ""
 
     def describe(self) -> str:
         curve = ", ".join(f"{loss:.3f}" for loss in self.epoch_losses)
-        return (f"{self.out}: {self.examples} trajectories ({self.trained_tokens} trained tokens), loss "
-                f"{self.first_loss:.3f} → {self.last_loss:.3f} (by epoch: {curve}), {self.seconds:.0f} s")  # fmt: skip
+        return (f"{self.out}: {self.examples} trajectories ({self.trained_tokens} trained tokens, data "
+                f"{self.data_digest}), loss {self.first_loss:.3f} → {self.last_loss:.3f} (by epoch: {curve}), "
+                f"{self.seconds:.0f} s")  # fmt: skip
 
 
 def epoch_means(losses: list[float], steps_per_epoch: int) -> tuple[float, ...]:
@@ -108,4 +115,12 @@ def train_on_transcripts(base: Path, transcripts: list[GoldTranscript], out: Pat
     per_epoch = epoch_means(losses, settings.steps_per_epoch(len(examples)))
     return SFTSummary(len(examples), tokens, losses[0] if losses else float("nan"),
                       losses[-1] if losses else float("nan"), time.monotonic() - started, out,
-                      per_epoch)  # fmt: skip
+                      per_epoch, examples_digest(examples))  # fmt: skip
+
+
+def examples_digest(examples: list[TrainingExample]) -> str:
+    """12 hex digits of the token ids and labels trained on, in order."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.input_ids, example.labels]).encode())
+    return digest.hexdigest()[:12]
