@@ -11,7 +11,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -62,15 +62,7 @@ def open_monitor_store(path: Path) -> Store:
     return Store(engine)
 
 
-def as_utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back without their zone; the store writes them all in UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
-
-
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    start, end = as_utc(start), as_utc(end)
     return None if start is None or end is None else max((end - start).total_seconds(), 0.0)
 
 
@@ -156,7 +148,7 @@ def _summaries(store: Store, runs_query: Select[tuple[Run]], now: datetime) -> l
             span = _seconds(episodes.first, end) if episodes else None
             rate = done / span if done and span else None
             unit = "ep"
-        created = as_utc(run.created_at) or now
+        created = run.created_at or now
         summaries.append(
             RunSummary(run.id, run.kind, run.status, created, elapsed, done, total, bound, unit, rate, errors)
         )
@@ -240,7 +232,7 @@ def recent_episodes(store: Store, run_id: str, limit: int = 100) -> list[Episode
             .order_by(Episode.id.desc())
             .limit(limit)
         ).all()  # fmt: skip
-    return [EpisodeRow(*row[:-1], as_utc(row[-1]) or row[-1]) for row in rows]
+    return [EpisodeRow(*row) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -290,8 +282,8 @@ def episode_detail(store: Store, episode_id: int) -> EpisodeDetail | None:
             episode.latency_s,
             episode.error,
             list(episode.transcript),
-            as_utc(episode.started_at) or episode.started_at,
-            as_utc(episode.finished_at) or episode.finished_at,
+            episode.started_at,
+            episode.finished_at,
             episode.context_messages,
             dict(episode.verdict or {}),
         )
@@ -523,7 +515,7 @@ def server_views(store: Store, run_id: str) -> list[ServerView]:
                 f"{kind} g{generation}" if kind else "",
                 s.label,
                 s.swap_s,
-                as_utc(s.updated_at) or s.updated_at,
+                s.updated_at,
             )
             for s, kind, generation in rows
         ]

@@ -9,12 +9,52 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Dialect,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A moment written in UTC and read back aware of it: SQLite keeps no zone, so every reader once had to add it
+    by hand. A naive moment is refused on the way in (whose clock would it be?)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"a naive moment ({value}) for a UTC column: give it a zone")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def status_column(kind: type[StrEnum], length: int, default: StrEnum | None = None) -> Any:  # noqa: ANN401
+    """A StrEnum stored as its value in a VARCHAR, read back as the enum (no CHECK constraint: a new member needs
+    no migration); any other string is refused on the way in."""
+    column_type = Enum(kind, native_enum=False, create_constraint=False, length=length, validate_strings=True,
+                       values_callable=lambda members: [m.value for m in members])  # fmt: skip
+    return mapped_column(column_type, default=default) if default is not None else mapped_column(column_type)
 
 
 class RunStatus(StrEnum):
@@ -33,10 +73,10 @@ class Run(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # eval, evolve, …
-    status: Mapped[str] = mapped_column(String(16), default=RunStatus.RUNNING)  # a RunStatus
+    status: Mapped[RunStatus] = status_column(RunStatus, 16, RunStatus.RUNNING)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     stage: Mapped[str | None] = mapped_column(String(64))  # what a running run does now, when it is not obvious
 
     episodes: Mapped[list[Episode]] = relationship(back_populates="run", cascade="all, delete-orphan")
@@ -49,7 +89,7 @@ class Model(Base):
     identity: Mapped[str] = mapped_column(String(128), unique=True)  # checkpoint content hash, or endpoint/hub name
     reference: Mapped[str] = mapped_column(Text)  # what the user typed or where the checkpoint lives
     genome_hash: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Task(Base):
@@ -86,8 +126,8 @@ class Episode(Base):
     context_messages: Mapped[int] = mapped_column(Integer, default=0)
     # Why it was graded so: the model's answer, what was expected, and the grader's detail.
     verdict: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="episodes")
     model: Mapped[Model] = relationship()
@@ -157,8 +197,8 @@ class Candidate(Base):
     episodes_played: Mapped[int | None] = mapped_column(Integer)  # selection episodes (None: not counted)
     episodes_planned: Mapped[int | None] = mapped_column(Integer)
     bounds: Mapped[list[list[float]] | None] = mapped_column(JSON)  # per task [lo, hi]; set when rejected early
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    evaluated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    evaluated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Cell(Base):
@@ -182,7 +222,7 @@ class Generation(Base):
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
     active_task: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # per archive: coverage, qd, best
-    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ServerState(Base):
@@ -195,4 +235,4 @@ class ServerState(Base):
     candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"))
     label: Mapped[str] = mapped_column(Text, default="")
     swap_s: Mapped[float] = mapped_column(Float, default=0.0)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
