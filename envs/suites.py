@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.envs.errors import TaskFormatError
-from cycleqd.envs.registry import environment, names
+from cycleqd.envs.registry import UnknownSplitError, environment, names
 from cycleqd.envs.task_files import read_task_records
 
 BUILTIN = "builtin"
@@ -44,12 +44,31 @@ def guess_environment(path: Path) -> str:
 
 def suite_tasks(env: str, suite: str, split: str) -> list[Any]:
     """The tasks of `env` in a suite: the built-in one's split; for a folder holding split files (train.json,
-    dev.jsonl, …) that split's files; otherwise every task of the files under the path (`split` only labels them)."""
+    dev.jsonl, …) that split's files, and an error when it has none; otherwise every task of the files under the
+    path (`split` only labels them)."""
     found = environment(env)
     if suite == BUILTIN:
         return found.builtin_tasks(split)
     path = Path(suite)
     if not path.exists():
         raise TaskFormatError(suite, None, "(path)", "'builtin', or an existing task file or folder")
-    split_files = sorted(path.glob(f"{split}.json*")) if path.is_dir() else []
-    return [task for file in split_files or task_files(path) for task in found.load_tasks(file)]
+    return [task for file in split_task_files(path, split) for task in found.load_tasks(file)]
+
+
+# Names a folder's files take when they are a split: a folder holding any of them is split, and reading it whole
+# for a split it lacks would hand a test the training tasks.
+SPLIT_NAMES = ("train", "dev", "validation", "val", "test", "in-family", "transfer")
+
+
+def split_task_files(path: Path, split: str) -> list[Path]:
+    """The files of `split` in a suite: `<split>.json*` in a split folder (one holding split files); every task
+    file of a folder without splits (or of a file), whatever `split` says."""
+    if not path.is_dir():
+        return [path]
+    mine = sorted(path.glob(f"{split}.json*"))
+    if mine:
+        return mine
+    splits = sorted({f.name.split(".json")[0] for f in path.glob("*.json*") if f.name.split(".json")[0] in SPLIT_NAMES})
+    if splits:
+        raise UnknownSplitError(f"the suite {path} has no split {split!r}; it has: {', '.join(splits)}")
+    return task_files(path)

@@ -29,6 +29,24 @@ def test_explanation_becomes_a_first_person_thought_without_code() -> None:
 
 
 @needs_os_training
+def test_a_split_folder_without_the_asked_split_is_refused_not_read_whole(tmp_path: Path) -> None:
+    from cycleqd.envs.registry import UnknownSplitError
+    from cycleqd.envs.suites import split_task_files
+
+    (tmp_path / "train.json").write_text("[]")
+    (tmp_path / "dev.jsonl").write_text("")
+    (tmp_path / "notes.json").write_text("[]")
+    assert split_task_files(tmp_path, "dev") == [tmp_path / "dev.jsonl"]
+    # before, a test split asked of this folder was every file in it: the training tasks scored as the test
+    with pytest.raises(UnknownSplitError, match=r"has no split 'test'; it has: dev, train"):
+        split_task_files(tmp_path, "test")
+    plain = tmp_path / "plain"
+    (plain / "sub").mkdir(parents=True)
+    (plain / "a.json").write_text("[]")
+    (plain / "sub" / "b.jsonl").write_text("")
+    assert split_task_files(plain, "test") == [plain / "a.json", plain / "sub" / "b.jsonl"]  # no splits: all of it
+
+
 def test_os_training_suite_splits_are_disjoint_and_load(tmp_path: Path) -> None:
     suite = build_os_suite(DATA, tmp_path / "os")
     splits = {s: load_eval_tasks(["os"], str(suite), s, None) for s in SPLITS}
