@@ -580,7 +580,8 @@ def sft_cmd(
 @cli.command("demo")
 @_db_option
 @click.option("--budget", "preset", type=click.Choice(["default", "night"]), default="default", show_default=True,
-              help="default: ~1¼ h on 2 cores; night: 50 dev, 100 test tasks per environment, ~10 h.")  # fmt: skip
+              help="default: 3 seeds, under 1½ h on 2 cores with vLLM; night: 50 dev, 100 test tasks per environment, "
+                   "12 generations × 3 seeds, ~12 h.")  # fmt: skip
 @click.option("--sft-tasks", type=int, help="Train tasks per expert whose gold trajectories are replayed.")
 @click.option("--sft-epochs", type=int)
 @click.option("--sft-lr", type=float, help="The experts' AdamW learning rate.")

@@ -13,7 +13,7 @@ import pytest
 from tests.test_cli import CYCLEQD
 
 TINY = ["--sft-tasks", "2", "--sft-epochs", "1", "--eval-limit", "2", "--generations", "1", "--max-tokens", "32",
-        "--rounds", "1", "--db-train", "4"]  # fmt: skip
+        "--rounds", "1", "--db-train", "4", "--seeds", "2"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -29,6 +29,7 @@ def test_the_demo_runs_end_to_end_and_reuses_its_cache(docker_engine, default_mo
                 "all-data SFT", "CycleQD final"):  # fmt: skip
         assert row in first.stdout
     assert "final − random search (best of 1) (average)" in first.stdout
+    assert "over 2 seeds of the evolution" in first.stdout and "spread of the means" in first.stdout
     assert re.search(r"baseline: all-data SFT \(\d+ trajectories of os, db, coding\)", first.stdout)
     assert "stage times: data" in first.stdout and "evolution and the final table" in first.stdout
     assert "the table's test splits: in-family" in first.stdout and "not the paper's setting: " in first.stdout
@@ -102,6 +103,6 @@ def test_the_demo_evolves_once_per_seed(tmp_path: Path, monkeypatch: pytest.Monk
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115
     assert command.run_demo(replace(command.DemoBudget(), seeds=3), tmp_path / "d.db", quiet, quiet) == 0
     assert [config.seed for config, _ in calls] == [0, 1, 2]
-    assert command.PRESETS["night"].seeds == 3 and command.PRESETS["default"].seeds == 1
+    assert command.PRESETS["night"].seeds == 3 and command.PRESETS["default"].seeds == 3
     one, three = (command.estimate(replace(command.DemoBudget(), seeds=n)) for n in (1, 3))
     assert three.evolution_s == 3 * one.evolution_s and three.experts_s == one.experts_s  # experts trained once

@@ -51,7 +51,7 @@ class DemoBudget:
     lora_rank: int = 0  # 0: full fine-tune
     dev_limit: int = 8  # selection tasks per environment (every candidate of the evolution plays them)
     test_limit: int = 25  # held-out tasks per environment (six models play them)
-    generations: int = 3
+    generations: int = 10
     # ≥ 95% of the gold replies of every split the preset plays fit (cycleqd.demo.gold_lengths, checked over the
     # real data by tests/test_demo_budget.py): in-family, OS needs 224 SmolLM2 tokens, the rest fewer; the transfer
     # benchmarks need 384 (HumanEval's gold repeats its docstring). 128 cut most OS golds.
@@ -62,7 +62,7 @@ class DemoBudget:
     bins: int = 5
     db_train: int = 200  # generated DB train tasks (the expert uses sft_tasks of them)
     test_kind: str = IN_FAMILY  # which test split the final table reports (cycleqd.demo.data.TEST_KINDS)
-    seeds: int = 1  # evolutions, seeds 0, 1, …; over several, each verdict's spread is printed
+    seeds: int = 3  # evolutions, seeds 0, 1, …; over several, each verdict's spread is printed
 
     def describe(self) -> str:
         tuning = f"LoRA rank {self.lora_rank}" if self.lora_rank else "full fine-tune"
@@ -101,10 +101,10 @@ class DemoBudget:
         return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
 
 
-# Two presets. default: meant to fit in 2 hours on this project's 2-core machine (measured at 128 tokens × 2 rounds:
-# 1 h 16 min; 224 × 3 is not measured yet, and the estimate, which charges every round its whole budget, says
-# 1 h 56 min); night: splits that resolve a 0.1 difference (≥ 50 dev, ≥ 100 test per environment), the
-# paper's 5 rounds and thousands of generated DB tasks, a night where model serving is faster (more cores, vLLM).
+# Two presets. default: well inside 2 hours on this project's 2-core machine (one seed at 3 generations measured
+# 31 min in all, README; this one, 10 generations × 3 seeds, is measured there too); night: splits that resolve a
+# 0.1 difference (≥ 50 dev, ≥ 100 test per environment), the paper's 5 rounds and thousands of generated DB
+# tasks, for a night on a machine that serves faster (more cores, a GPU).
 PRESETS = {
     "default": DemoBudget(),
     "night": DemoBudget(
@@ -117,20 +117,20 @@ PRESETS = {
         rounds=5,
         db_train=3000,
         test_kind=TRANSFER,  # the benchmarks (the default reports in-family), at sizes that can resolve a difference
-        seeds=3,
     ),  # fmt: skip
 }
 
-# Seconds, measured on 2 cores (README, the demo section): one trajectory through one epoch of full fine-tuning
-# (gold replay included; the default demo's three experts: 270 trajectory-epochs in 34 min with other work on the
-# machine, OS trajectories the slowest), and one episode's share of the time when 8 play at once against the
-# batching CPU server: its fixed cost plus its cost per token of reply per round (the default demo's 450 test
-# episodes at 128 tokens × 2 rounds took 31 min with the model swaps: 3.8 s each).
-SFT_S_PER_TRAJECTORY_EPOCH = 6.0
+# Seconds, measured alone on this project's 2-core Xeon (README, the demo section) with the demo's candidates served
+# by vLLM's CPU build: one trajectory through one epoch of full fine-tuning (the three experts and the all-data SFT:
+# 540 trajectory-epochs in 1,184 s, gold replays included); one episode's share of the time when 8 play at once at
+# 224 tokens × 3 rounds (816 episodes of one evolution and its final table in 646 s with the swaps: 0.79 s each,
+# split here into a fixed part and a part per token of reply per round, from that one point); a candidate's swap
+# (materialising its genome and reloading the server in place).
+SFT_S_PER_TRAJECTORY_EPOCH = 2.2
 DB_GENERATE_S_PER_TASK = 0.55  # `suite generate db`: 100 tasks in 55 s
-EPISODE_FIXED_S = 1.0
-EPISODE_S_PER_TOKEN_ROUND = 0.011
-SWAP_S = 20.0  # materialising a genome and restarting the model server, per model
+EPISODE_FIXED_S = 0.3
+EPISODE_S_PER_TOKEN_ROUND = 0.00075
+SWAP_S = 3.0
 MODELS_ON_TEST = 8  # base, three experts, the naive merge, the search's best, the all-data SFT, the final model
 
 
@@ -207,7 +207,7 @@ def all_data_sft(budget: DemoBudget, base: Path, experts: dict[str, Path], conso
 def demo_config(budget: DemoBudget, base: Path, experts: dict[str, Path], suites: dict[str, Path],
                 all_data: Path, seed: int = 0) -> EvolveConfig:  # fmt: skip
     for env, suite in suites.items():
-        # checked here: a folder suite without the split's file would be read whole (train included) as that split
+        # checked here to say where the outside data belongs (the suite itself refuses a split folder lacking it)
         if not any(suite.glob(f"{budget.test_kind}.json*")):
             raise UserError(f"the demo's {env} suite {suite} has no {budget.test_kind} split: its outside data is "
                             f"not in {shared_data_root()} (set $CYCLEQD_DATA)")  # fmt: skip
