@@ -594,10 +594,13 @@ def sft_cmd(
 @click.option("--rounds", type=int)
 @click.option("--db-train", type=int, help="Generated DB train tasks (the DB expert uses --sft-tasks of them).")
 @click.option("--seeds", type=int, help="Evolutions with seeds 0…N−1, and each verdict's spread over them.")
+@click.option("--test-kind", type=click.Choice(["in-family", "transfer"]),
+              help="The final table's test splits: held out of the experts' family, or the benchmarks (AgentBench "
+                   "OS, DBBench, HumanEval).")  # fmt: skip
 def demo_cmd(db_path: Path, preset: str, sft_tasks: int | None, sft_epochs: int | None, sft_lr: float | None,
              lora_rank: int | None, dev_limit: int | None, test_limit: int | None, eval_limit: int | None,
              generations: int | None, max_tokens: int | None, rounds: int | None,
-             db_train: int | None, seeds: int | None) -> None:  # fmt: skip
+             db_train: int | None, seeds: int | None, test_kind: str | None) -> None:  # fmt: skip
     """The whole method on this machine's CPU: fine-tune one SmolLM2 expert per environment, evolve them with
     CycleQD, and print base, experts, naive merge and the CycleQD model on the held-out test splits with 95%
     intervals and paired differences. The budget and its time estimate are printed first; every stage is cached."""
@@ -614,6 +617,7 @@ def demo_cmd(db_path: Path, preset: str, sft_tasks: int | None, sft_epochs: int 
     if bad:
         raise UserError(f"the demo's {bad[0]} is {given[bad[0]]}; it must be positive")
     budget = replace(PRESETS[preset], **{k: v for k, v in given.items() if v is not None})
+    budget = replace(budget, test_kind=test_kind) if test_kind else budget
     sys.exit(run_demo(budget, db_path, console, err_console))
 
 

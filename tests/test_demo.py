@@ -106,3 +106,19 @@ def test_the_demo_evolves_once_per_seed(tmp_path: Path, monkeypatch: pytest.Monk
     assert command.PRESETS["night"].seeds == 3 and command.PRESETS["default"].seeds == 3
     one, three = (command.estimate(replace(command.DemoBudget(), seeds=n)) for n in (1, 3))
     assert three.evolution_s == 3 * one.evolution_s and three.experts_s == one.experts_s  # experts trained once
+
+
+def test_the_demo_command_passes_its_budget_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from cycleqd import cli
+    from cycleqd.demo import command
+
+    seen = []
+    monkeypatch.setattr(command, "run_demo", lambda budget, *a: seen.append(budget) or 0)
+    done = CliRunner().invoke(cli.cli, ["demo", "--test-kind", "transfer", "--seeds", "2", "--generations", "4"])
+    assert done.exit_code == 0, done.output
+    assert (seen[0].test_kind, seen[0].seeds, seen[0].generations) == ("transfer", 2, 4)
+    assert seen[0].max_tokens == command.PRESETS["default"].max_tokens  # the rest is the preset's
+    bad = CliRunner().invoke(cli.cli, ["demo", "--test-kind", "test"])
+    assert bad.exit_code == 2 and "'test' is not one of 'in-family', 'transfer'" in bad.output

@@ -88,7 +88,7 @@ def test_the_old_budget_cut_most_os_golds(lengths: dict[str, list[int]]) -> None
 
 def test_every_deviation_from_the_paper_is_listed() -> None:
     lines = " | ".join(DemoBudget().deviations())
-    for expected in ("bins per BC: 5, paper 15", "generations: 3, paper 1200", "tokens per reply: 224, paper 512",
+    for expected in ("bins per BC: 5, paper 15", "generations: 10, paper 1200", "tokens per reply: 224, paper 512",
                      "rounds per episode: 3, paper 5", "SmolLM2", "25 per environment"):  # fmt: skip
         assert expected in lines
     paper = DemoBudget(generations=1200, bins=15, max_tokens=512, rounds=5)
