@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cycleqd.db.schema import Archive, Candidate, Cell, Generation, ServerState, utcnow
+from cycleqd.db.schema import Archive, Candidate, CandidateKind, CandidateStatus, Cell, Generation, ServerState, utcnow
 from cycleqd.db.store import Store
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -108,7 +108,9 @@ class EvolutionStore:
                 candidate.test_scores = scores
             else:
                 candidate.scores = scores
-                candidate.status = "evaluated" if candidate.status == "pending" else candidate.status
+                candidate.status = (
+                    CandidateStatus.EVALUATED if candidate.status == CandidateStatus.PENDING else candidate.status
+                )
                 candidate.evaluated_at = utcnow()
                 if episodes is not None:
                     candidate.episodes_played, candidate.episodes_planned = episodes
@@ -122,7 +124,7 @@ class EvolutionStore:
             candidate.model_id = model_id
             candidate.scores = {}
             candidate.bounds = bounds
-            candidate.status = "rejected_early"
+            candidate.status = CandidateStatus.REJECTED_EARLY
             candidate.episodes_played, candidate.episodes_planned = episodes
             candidate.evaluated_at = utcnow()
 
@@ -134,8 +136,8 @@ class EvolutionStore:
                 .where(
                     Candidate.run_id == self.run_id,
                     Candidate.genome_hash == genome_hash,
-                    Candidate.kind.in_(("expert", "child")),
-                    Candidate.status != "pending",
+                    Candidate.kind.in_((CandidateKind.EXPERT, CandidateKind.CHILD)),
+                    Candidate.status != CandidateStatus.PENDING,
                 )
                 .order_by(Candidate.id)
             )
@@ -163,8 +165,8 @@ class EvolutionStore:
                 raise ValueError(f"generation {number} of run {self.run_id} is already committed")
             for candidate_id, report in insertions.items():
                 candidate = self._get(session, candidate_id)
-                if candidate.status != "rejected_early":  # that status says more: it stays
-                    candidate.status = "inserted"
+                if candidate.status != CandidateStatus.REJECTED_EARLY:  # that status says more: it stays
+                    candidate.status = CandidateStatus.INSERTED
                 candidate.insertions = report
             for update in updates:
                 cell = session.get(Cell, (update.archive_id, update.cell))

@@ -16,7 +16,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cycleqd.db.schema import Archive, Candidate, Cell, Episode, Generation, Run, RunStatus, ServerState, Task
+from cycleqd.db.schema import (
+    Archive,
+    Candidate,
+    CandidateKind,
+    CandidateStatus,
+    Cell,
+    Episode,
+    Generation,
+    Run,
+    RunStatus,
+    ServerState,
+    Task,
+)
 from cycleqd.db.store import Store, StoreOpenError, check_store_file
 from sqlalchemy import Select, case, create_engine, event, func, inspect, select
 from sqlalchemy.exc import DatabaseError
@@ -395,8 +407,12 @@ def episode_saving(store: Store, run_id: str) -> EpisodeSaving | None:
                 func.sum(Candidate.episodes_played),
                 func.sum(Candidate.episodes_planned),
                 func.count(),
-                func.sum(case((Candidate.status == "rejected_early", 1), else_=0)),
-            ).where(Candidate.run_id == run_id, Candidate.kind == "child", Candidate.episodes_planned.is_not(None))
+                func.sum(case((Candidate.status == CandidateStatus.REJECTED_EARLY, 1), else_=0)),
+            ).where(
+                Candidate.run_id == run_id,
+                Candidate.kind == CandidateKind.CHILD,
+                Candidate.episodes_planned.is_not(None),
+            )
         ).one()
     if not children:
         return None
@@ -424,7 +440,7 @@ def evolution_progress(store: Store, run_id: str) -> EvolutionProgress:
             .order_by(Candidate.generation.desc(), Candidate.id.desc())
         )
         count, pending = session.execute(
-            select(func.count(), func.sum(case((Candidate.status == "pending", 1), else_=0))).where(
+            select(func.count(), func.sum(case((Candidate.status == CandidateStatus.PENDING, 1), else_=0))).where(
                 Candidate.run_id == run_id
             )
         ).one()

@@ -49,9 +49,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def status_column(kind: type[StrEnum], length: int, default: StrEnum | None = None) -> Any:  # noqa: ANN401
-    """A StrEnum stored as its value in a VARCHAR, read back as the enum (no CHECK constraint: a new member needs
-    no migration); any other string is refused on the way in."""
+def enum_column(kind: type[StrEnum], length: int, default: StrEnum | None = None) -> Any:  # noqa: ANN401
+    """A StrEnum (a status, a kind) stored as its value in a VARCHAR, read back as the enum (no CHECK constraint:
+    a new member needs no migration); any other string is refused on the way in."""
     column_type = Enum(kind, native_enum=False, create_constraint=False, length=length, validate_strings=True,
                        values_callable=lambda members: [m.value for m in members])  # fmt: skip
     return mapped_column(column_type, default=default) if default is not None else mapped_column(column_type)
@@ -64,6 +64,23 @@ class RunStatus(StrEnum):
     INTERRUPTED = "interrupted"  # stopped by Ctrl-C or SIGTERM; resumable
 
 
+class CandidateKind(StrEnum):
+    EXPERT = "expert"
+    CHILD = "child"
+    BASE = "base"  # the final table's rows from here on
+    MERGE = "merge"  # the naive merge
+    FINAL = "final"  # the CycleQD model
+    SEARCH = "search"  # a merge of the random-search baseline (its best is also a final-table row)
+    BASELINE = "baseline"  # a checkpoint measured as it is, labelled in `mutation`
+
+
+class CandidateStatus(StrEnum):
+    PENDING = "pending"
+    EVALUATED = "evaluated"
+    INSERTED = "inserted"  # offered to the archives, its generation committed
+    REJECTED_EARLY = "rejected_early"  # racing stopped it: bounds, no scores
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[dict[str, str]]: JSON}
 
@@ -73,7 +90,7 @@ class Run(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # eval, evolve, …
-    status: Mapped[RunStatus] = status_column(RunStatus, 16, RunStatus.RUNNING)
+    status: Mapped[RunStatus] = enum_column(RunStatus, 16, RunStatus.RUNNING)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -180,7 +197,7 @@ class Candidate(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # expert, child, base, merge, final, search, baseline
+    kind: Mapped[CandidateKind] = enum_column(CandidateKind, 16)
     generation: Mapped[int] = mapped_column(Integer, default=0)
     slot: Mapped[int] = mapped_column(Integer, default=0)
     genome_hash: Mapped[str | None] = mapped_column(String(64))
@@ -189,8 +206,7 @@ class Candidate(Base):
     parents: Mapped[list[int]] = mapped_column(JSON, default=list)
     omegas: Mapped[list[float]] = mapped_column(JSON, default=list)
     mutation: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    # pending, evaluated, inserted (offered to the archives, its generation committed), rejected_early
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[CandidateStatus] = enum_column(CandidateStatus, 16, CandidateStatus.PENDING)
     scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
     test_scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
     insertions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)

@@ -195,3 +195,11 @@ def test_moments_come_back_in_utc_and_statuses_as_enums(store, tmp_path: Path) -
         with pytest.raises(StatementError), store.session() as session:
             for field, value in bad.items():
                 setattr(session.get(Run, run_id), field, value)
+    from cycleqd.db.evolution_store import EvolutionStore
+    from cycleqd.db.schema import CandidateKind, CandidateStatus
+
+    evo = EvolutionStore(store, run_id)
+    child = evo.add_candidate("child", 1, 0)  # a string of the vocabulary is taken, and read back as the enum
+    assert evo.candidate(child.id).kind is CandidateKind.CHILD and child.status is CandidateStatus.PENDING
+    with pytest.raises(StatementError):
+        evo.add_candidate("chlid", 1, 1)

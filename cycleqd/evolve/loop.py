@@ -29,7 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
-from cycleqd.db.schema import Candidate
+from cycleqd.db.schema import Candidate, CandidateKind, CandidateStatus
 from cycleqd.evolver.archive import Elite, GridArchive, Insertion, cell_key, paper_bc_range, parse_cell_key
 from cycleqd.evolver.config import EvolveConfig
 from cycleqd.evolver.genome import Genome
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CandidateUnderTest:
     candidate_id: int
-    kind: str
+    kind: CandidateKind
     genome: Genome | None
     genome_hash: str | None
     checkpoint: Path | None = None  # served as it is (the base, the experts); otherwise materialised from the genome
@@ -112,7 +112,7 @@ class EvolutionEvent:
 @dataclass(frozen=True)
 class FinalRow:
     label: str
-    kind: str
+    kind: CandidateKind
     candidate_id: int
     test_scores: dict[str, float]
 
@@ -175,8 +175,8 @@ class Evolution:
             genome = Genome.expert(self.cache, k)
             digest = genome.save(self.genomes_dir)
             self._genomes[digest] = genome
-            row = self.evo.add_candidate("expert", 0, k, genome_hash=digest, mutation={"expert": task.name})
-            experts.append((row, CandidateUnderTest(row.id, "expert", genome, digest, Path(task.expert))))
+            row = self.evo.add_candidate(CandidateKind.EXPERT, 0, k, genome_hash=digest, mutation={"expert": task.name})
+            experts.append((row, CandidateUnderTest(row.id, CandidateKind.EXPERT, genome, digest, Path(task.expert))))
         if 0 in self.evo.committed_generations():
             self.archives = self._rebuild_archives()
             return
@@ -220,14 +220,14 @@ class Evolution:
 
     def _child(self, generation: int, slot: int, q: int) -> tuple[Candidate, CandidateUnderTest]:
         """The child (generation, slot): found in the store on a resume, otherwise proposed and recorded."""
-        row = self.evo.find_candidate("child", generation, slot)
+        row = self.evo.find_candidate(CandidateKind.CHILD, generation, slot)
         if row is not None:
             assert row.genome_hash is not None
-            return row, CandidateUnderTest(row.id, "child", self._genome(row.genome_hash), row.genome_hash)
+            return row, CandidateUnderTest(row.id, CandidateKind.CHILD, self._genome(row.genome_hash), row.genome_hash)
         rng = np.random.default_rng([self.config.seed, generation, slot])
         # Experts that tie (all 0 on a small model) share one cell and only the first stays an elite; the experts
         # themselves come last in the fallback so that parents can still be drawn.
-        experts = [self._elite(row) for row in self.evo.candidates("expert")]
+        experts = [self._elite(row) for row in self.evo.candidates(CandidateKind.EXPERT)]
         fallback = [*(e for archive in self.archives for e in archive.ordered_elites()), *experts]
         sampler = self.config.sampler
         first, second = sample_parents(self.archives[q], rng, kind=sampler.kind, alpha_low=sampler.alpha_low,
@@ -238,10 +238,10 @@ class Evolution:
         digest = genome.save(self.genomes_dir)
         self._genomes[digest] = genome
         row = self.evo.add_candidate(
-            "child", generation, slot, genome_hash=digest, active_task=q,
+            CandidateKind.CHILD, generation, slot, genome_hash=digest, active_task=q,
             parents=[first.candidate_id, second.candidate_id], omegas=[w1, w2], mutation=mutation,
         )  # fmt: skip
-        return row, CandidateUnderTest(row.id, "child", genome, digest)
+        return row, CandidateUnderTest(row.id, CandidateKind.CHILD, genome, digest)
 
     def _mutated(self, genome: Genome, q: int, rng: np.random.Generator) -> tuple[Genome, dict]:
         """The config's mutation along task q's expert, and its record (kind, task, seed, strength)."""
@@ -263,13 +263,13 @@ class Evolution:
         or more, since children may be raced). A merge's weights over the experts' task vectors are drawn from a
         flat Dirichlet, then it is mutated as a child is, along a uniformly drawn task's expert."""
         after = self.config.generations + 1
-        proposed = [self._searched(after, i) for i in range(len(self.evo.candidates("child")))]
+        proposed = [self._searched(after, i) for i in range(len(self.evo.candidates(CandidateKind.CHILD)))]
         measured = await asyncio.gather(*(self._measure(row, under) for row, under in proposed))
         for (row, _), m in zip(proposed, measured, strict=True):
             self.on_event(EvolutionEvent(EventKind.SEARCH, after, candidate_id=row.id, scores=m.scores or {}))
 
     def _searched(self, generation: int, index: int) -> tuple[Candidate, CandidateUnderTest]:
-        row = self.evo.find_candidate("search", generation, index)
+        row = self.evo.find_candidate(CandidateKind.SEARCH, generation, index)
         if row is None:
             rng = np.random.default_rng([self.config.seed, SEARCH_STREAM, index])
             weights = rng.dirichlet(np.ones(len(self.names)))
@@ -278,14 +278,14 @@ class Evolution:
             genome, mutation = self._mutated(Genome.combine(experts, weights.tolist()), along, rng)
             digest = genome.save(self.genomes_dir)
             self._genomes[digest] = genome
-            row = self.evo.add_candidate("search", generation, index, genome_hash=digest, omegas=weights.tolist(),
-                                         mutation=mutation)  # fmt: skip
+            row = self.evo.add_candidate(CandidateKind.SEARCH, generation, index, genome_hash=digest,
+                                         omegas=weights.tolist(), mutation=mutation)  # fmt: skip
         assert row.genome_hash is not None
-        return row, CandidateUnderTest(row.id, "search", self._genome(row.genome_hash), row.genome_hash)
+        return row, CandidateUnderTest(row.id, CandidateKind.SEARCH, self._genome(row.genome_hash), row.genome_hash)
 
     def _search_best(self) -> Candidate | None:
         """The search's merge with the highest mean selection score; ties drawn with the run's seed."""
-        rows = [row for row in self.evo.candidates("search") if set(row.scores) == set(self.names)]
+        rows = [row for row in self.evo.candidates(CandidateKind.SEARCH) if set(row.scores) == set(self.names)]
         if not rows:
             return None
         means = [sum(float(row.scores[n]) for n in self.names) / len(self.names) for row in rows]
@@ -301,7 +301,7 @@ class Evolution:
         slot = await self._free_slots.get()
         try:
             race = None
-            if row.kind == "child" and self.evaluator.races:
+            if row.kind == CandidateKind.CHILD and self.evaluator.races:
                 race = Race(self.archives, self.config.racing.kind, self.config.racing.delta)  # the archives now
             model_id, scores = await self.evaluator.evaluate(slot, under, test=False, race=race)
         finally:
@@ -314,7 +314,7 @@ class Evolution:
         else:
             self.evo.record_scores(row.id, model_id, scores, test=False, episodes=episodes)
             measured = Measured(scores, episodes=episodes)
-        if row.kind == "child":
+        if row.kind == CandidateKind.CHILD:
             self.on_event(EvolutionEvent(EventKind.CHILD, row.generation, self.names[row.active_task or 0], row.id,
                                          scores if measured.scores else {}, episodes=episodes,
                                          rejected_early=measured.rejected_early))  # fmt: skip
@@ -322,9 +322,9 @@ class Evolution:
 
     def _stored(self, row: Candidate) -> Measured | None:
         episodes = (row.episodes_played, row.episodes_planned) if row.episodes_planned is not None else None
-        if row.status == "rejected_early" and row.bounds is not None:
+        if row.status == CandidateStatus.REJECTED_EARLY and row.bounds is not None:
             return Measured(None, row.bounds, episodes)  # type: ignore[arg-type]
-        if row.status != "pending" and set(row.scores) == set(self.names):
+        if row.status != CandidateStatus.PENDING and set(row.scores) == set(self.names):
             return Measured({name: float(row.scores[name]) for name in self.names}, episodes=episodes)  # type: ignore[arg-type]
         return None
 
@@ -408,7 +408,7 @@ class Evolution:
 
     async def finalise(self) -> list[FinalRow]:
         """θ_final = θ_base + Σ_k softmax(f)_k τ_k over the archives' best elites; everything on the test splits."""
-        experts = {row.slot: self._elite(row) for row in self.evo.candidates("expert")}
+        experts = {row.slot: self._elite(row) for row in self.evo.candidates(CandidateKind.EXPERT)}
         bests = [a.best(experts.get(a.task_index), self.config.seed) for a in self.archives]  # ties: archive.best
         elites = [b for b in bests if b is not None]
         final = softmax_merge(
@@ -418,20 +418,20 @@ class Evolution:
         merge = average_merge(self.cache)
         after = self.config.generations + 1
         entries: list[tuple[str, Candidate, CandidateUnderTest]] = []
-        base = self.evo.add_candidate("base", after, 0)
-        entries.append(("base", base, CandidateUnderTest(base.id, "base", None, None, self.cache.base)))
-        for k, row in enumerate(self.evo.candidates("expert")):
+        base = self.evo.add_candidate(CandidateKind.BASE, after, 0)
+        entries.append(("base", base, CandidateUnderTest(base.id, CandidateKind.BASE, None, None, self.cache.base)))
+        for k, row in enumerate(self.evo.candidates(CandidateKind.EXPERT)):
             task = self.config.tasks[k]
             entries.append(
                 (
                     f"expert {task.name}",
                     row,
-                    CandidateUnderTest(row.id, "expert", None, row.genome_hash, Path(task.expert)),
+                    CandidateUnderTest(row.id, CandidateKind.EXPERT, None, row.genome_hash, Path(task.expert)),
                 )
             )
         for label, kind, genome, extra in (
-            ("naive merge", "merge", merge, {}),
-            ("CycleQD final", "final", final, {"parents": [e.candidate_id for e in elites]}),
+            ("naive merge", CandidateKind.MERGE, merge, {}),
+            ("CycleQD final", CandidateKind.FINAL, final, {"parents": [e.candidate_id for e in elites]}),
         ):
             digest = genome.save(self.genomes_dir)
             self._genomes[digest] = genome
@@ -440,11 +440,13 @@ class Evolution:
         searched = self._search_best() if self.config.baselines.search else None
         if searched is not None:
             assert searched.genome_hash is not None
-            under = CandidateUnderTest(searched.id, "search", self._genome(searched.genome_hash), searched.genome_hash)
-            entries.append((search_label(len(self.evo.candidates("search"))), searched, under))
+            under = CandidateUnderTest(
+                searched.id, CandidateKind.SEARCH, self._genome(searched.genome_hash), searched.genome_hash
+            )
+            entries.append((search_label(len(self.evo.candidates(CandidateKind.SEARCH))), searched, under))
         for index, (label, path) in enumerate(self.config.baselines.models.items()):
-            row = self.evo.add_candidate("baseline", after, index, mutation={"label": label})
-            entries.append((label, row, CandidateUnderTest(row.id, "baseline", None, None, Path(path))))
+            row = self.evo.add_candidate(CandidateKind.BASELINE, after, index, mutation={"label": label})
+            entries.append((label, row, CandidateUnderTest(row.id, CandidateKind.BASELINE, None, None, Path(path))))
 
         async def measure(label: str, row: Candidate, under: CandidateUnderTest) -> FinalRow:
             if set(row.test_scores) == set(self.names):

@@ -17,11 +17,18 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cycleqd.db.evolution_store import EvolutionStore  # noqa: E402
 from cycleqd.db.monitor_queries import episode_saving  # noqa: E402
-from cycleqd.db.schema import Archive, Cell  # noqa: E402
+from cycleqd.db.schema import Archive, CandidateKind, Cell  # noqa: E402
 from cycleqd.evolve.loop import FinalRow, search_label  # noqa: E402
 from cycleqd.evolver.archive import parse_cell_key  # noqa: E402
 
-FINAL_KINDS = {"base": 0, "expert": 1, "merge": 2, "search": 3, "baseline": 4, "final": 5}  # their order
+FINAL_KINDS = [
+    CandidateKind.BASE,
+    CandidateKind.EXPERT,
+    CandidateKind.MERGE,
+    CandidateKind.SEARCH,
+    CandidateKind.BASELINE,
+    CandidateKind.FINAL,
+]  # the final table's rows, in their order
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D")
 
@@ -30,18 +37,18 @@ def final_rows(evo: EvolutionStore, names: list[str]) -> list[FinalRow]:
     """The test-split table: base, each expert, the naive merge, the baselines, the CycleQD final model (those
     measured)."""
     rows = []
-    searched = len(evo.candidates("search"))
+    searched = len(evo.candidates(CandidateKind.SEARCH))
     for candidate in evo.candidates():
         if candidate.kind not in FINAL_KINDS or not candidate.test_scores:
             continue
-        label = {"base": "base", "merge": "naive merge", "final": "CycleQD final",
-                 "search": search_label(searched)}.get(candidate.kind, candidate.kind)  # fmt: skip
-        if candidate.kind == "expert":
+        label = {CandidateKind.BASE: "base", CandidateKind.MERGE: "naive merge", CandidateKind.FINAL: "CycleQD final",
+                 CandidateKind.SEARCH: search_label(searched)}.get(candidate.kind, candidate.kind)  # fmt: skip
+        if candidate.kind == CandidateKind.EXPERT:
             label = f"expert {names[candidate.slot]}"
-        elif candidate.kind == "baseline":
+        elif candidate.kind == CandidateKind.BASELINE:
             label = candidate.mutation.get("label", label)
         rows.append(FinalRow(label, candidate.kind, candidate.id, dict(candidate.test_scores)))
-    return sorted(rows, key=lambda r: (FINAL_KINDS[r.kind], r.candidate_id))
+    return sorted(rows, key=lambda r: (FINAL_KINDS.index(r.kind), r.candidate_id))
 
 
 def archive_grid(archive: Archive, cells: list[Cell]) -> np.ndarray:
@@ -119,8 +126,13 @@ def write_qd_metrics(evo: EvolutionStore, out: Path) -> Path:
         for index, name in enumerate(names):
             # Archives often share a curve (the same elites): each its own dash and marker, the first drawn widest,
             # so that a line on top of another still shows the one beneath.
-            style = {"linestyle": LINE_STYLES[index % len(LINE_STYLES)], "marker": MARKERS[index % len(MARKERS)],
-                     "linewidth": max(1.0, 3.5 - 1.2 * index), "markersize": max(3.0, 8 - 2 * index), "alpha": 0.85}
+            style = {
+                "linestyle": LINE_STYLES[index % len(LINE_STYLES)],
+                "marker": MARKERS[index % len(MARKERS)],
+                "linewidth": max(1.0, 3.5 - 1.2 * index),
+                "markersize": max(3.0, 8 - 2 * index),
+                "alpha": 0.85,
+            }
             axes[column].plot(numbers, [g.metrics[index][key] for g in generations], label=name, **style)
         axes[column].set_title(title)
         axes[column].set_xlabel("generation")
@@ -153,6 +165,6 @@ def write_episode_table(evo: EvolutionStore, out: Path) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["generation", "slot", "candidate", "status", "episodes_played", "episodes_planned"])
-        for c in evo.candidates("child"):
+        for c in evo.candidates(CandidateKind.CHILD):
             writer.writerow([c.generation, c.slot, c.id, c.status, c.episodes_played, c.episodes_planned])
     return path

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cycleqd.db.evolution_store import EvolutionStore
-from cycleqd.db.schema import RunStatus
+from cycleqd.db.schema import CandidateKind, RunStatus
 from cycleqd.db.store import Store, check_store_path, open_store
 from cycleqd.errors import RunInterrupted, UserError
 from cycleqd.eval.runtime import EnvRuntime, images_for
@@ -157,7 +157,7 @@ def _prepare(store: Store, run_id: str, config: EvolveConfig, base: Path, expert
 
 def _final_model(store: Store, run_id: str, rows: list[FinalRow], cache: SVDCache) -> Path:
     """The CycleQD final model written out as a checkpoint folder under the run's cache folder."""
-    final = next(r for r in rows if r.kind == "final")
+    final = next(r for r in rows if r.kind == CandidateKind.FINAL)
     out = run_dir(run_id) / "final-model"
     genome = EvolutionStore(store, run_id).candidate(final.candidate_id)
     assert genome is not None and genome.genome_hash is not None

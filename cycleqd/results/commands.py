@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from cycleqd.db.evolution_store import EvolutionStore
-from cycleqd.db.schema import Aggregate, Run
+from cycleqd.db.schema import Aggregate, CandidateKind, Run
 from cycleqd.db.store import Store
 from cycleqd.results.intervals import Intervals, aggregate_intervals
 from cycleqd.results.lookup import find_run, model_label, open_existing_store
@@ -25,7 +25,7 @@ def _task_names(config: dict[str, Any]) -> str:
 def _scores(store: Store, run: Run) -> str:
     """An eval's mean per environment; an evolution's final model on its test splits."""
     if run.kind == "evolve":
-        final = EvolutionStore(store, run.id).candidates("final")
+        final = EvolutionStore(store, run.id).candidates(CandidateKind.FINAL)
         scores = final[0].test_scores if final else {}
         return ("final " if scores else "") + " ".join(f"{k} {v:.2f}" for k, v in scores.items())
     return " ".join(f"{a.env} {a.score:.2f}" for a in store.aggregates(run.id))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
+from cycleqd.db.schema import CandidateKind
 from cycleqd.db.store import Store
 from cycleqd.evolve.loop import FinalRow
 from cycleqd.results.stats import Interval, mean_ci, paired_ci, per_task_means, strata_ci
@@ -71,25 +72,27 @@ def final_intervals(store: Store, run_id: str, rows: list[FinalRow], specs: Sequ
 
 
 def _differences(rows: list[FinalRow], specs: Sequence[HeldOutSpec], of) -> list[tuple[str, Interval]]:  # noqa: ANN001
-    by_kind = {row.kind: row for row in rows if row.kind in ("base", "merge", "final")}
-    experts = [row for row in rows if row.kind == "expert"]
+    by_kind = {
+        row.kind: row for row in rows if row.kind in (CandidateKind.BASE, CandidateKind.MERGE, CandidateKind.FINAL)
+    }
+    experts = [row for row in rows if row.kind == CandidateKind.EXPERT]
     out: list[tuple[str, Interval]] = []
 
     def add(label: str, a: list[TaskScores], b: list[TaskScores]) -> None:
         if any(x.keys() & y.keys() for x, y in zip(a, b, strict=True)):
             out.append((label, paired_ci(a, b)))
 
-    final = by_kind.get("final")
-    if final and "merge" in by_kind:
-        add("final − naive merge (average)", of(final), of(by_kind["merge"]))
-    for baseline in (row for row in rows if row.kind in ("search", "baseline")):
+    final = by_kind.get(CandidateKind.FINAL)
+    if final and CandidateKind.MERGE in by_kind:
+        add("final − naive merge (average)", of(final), of(by_kind[CandidateKind.MERGE]))
+    for baseline in (row for row in rows if row.kind in (CandidateKind.SEARCH, CandidateKind.BASELINE)):
         if final:
             add(f"final − {baseline.label} (average)", of(final), of(baseline))
     if final and experts:
         best = max(experts, key=lambda r: r.average)
         add(f"final − best expert ({best.label}, average)", of(final), of(best))
-    if "base" in by_kind:
-        base = of(by_kind["base"])
+    if CandidateKind.BASE in by_kind:
+        base = of(by_kind[CandidateKind.BASE])
         for index, expert in enumerate(experts):
             own = next((i for i, s in enumerate(specs) if expert.label == f"expert {s.name}"), index)
             if own < len(specs):

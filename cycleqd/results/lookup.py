@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cycleqd.db.evolution_store import EvolutionStore
-from cycleqd.db.schema import Run
+from cycleqd.db.schema import CandidateKind, Run
 from cycleqd.db.store import Store, StoreOpenError, open_store
 from cycleqd.errors import UserError
 
@@ -46,7 +46,7 @@ def candidate_model_ids(store: Store, run: Run, which: str) -> tuple[int, ...] |
         raise RunLookupError(f"run {run.id} is an {run.kind} run; --candidate applies to evolution runs only")
     evo = EvolutionStore(store, run.id)
     if which == "final":
-        chosen = evo.candidates("final")
+        chosen = evo.candidates(CandidateKind.FINAL)
         if not chosen:
             raise RunLookupError(f"evolution {run.id} has no final model yet (its status: {run.status})")
     else:
