@@ -98,7 +98,9 @@ def test_the_final_model_is_compared_with_each_baseline_paired_over_tasks(tmp_pa
     assert diffs["final − all-data SFT (average)"].estimate == pytest.approx((0.5 + 10 / 30) / 2)
 
 
-def test_the_verdict_over_seeds_lists_each_runs_interval_and_the_spread(tmp_path: Path) -> None:
+def test_the_verdict_over_seeds_lists_each_runs_interval_and_the_spread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from types import SimpleNamespace
 
     from cycleqd.demo.seeds import FINAL_AVERAGE, seed_spread_table, seed_verdicts
@@ -109,12 +111,21 @@ def test_the_verdict_over_seeds_lists_each_runs_interval_and_the_spread(tmp_path
             for seed, run in enumerate((first, second))]  # fmt: skip
     verdicts = seed_verdicts(store, runs)  # type: ignore[arg-type]
     merge = verdicts["final − naive merge (average)"]
-    assert len(merge) == 2 and merge[0] == merge[1] and merge[0][0] == pytest.approx(0.25) and merge[0][1] > 0
-    assert verdicts[FINAL_AVERAGE][0][0] == pytest.approx((0.5 + 10 / 30) / 2)
+    assert len(merge) == 2 and merge[0] == merge[1] and merge[0].mean == pytest.approx(0.25) and merge[0].low > 0
+    assert verdicts[FINAL_AVERAGE][0].mean == pytest.approx((0.5 + 10 / 30) / 2)
+    best = verdicts["final − best expert (average)"]  # one row whichever expert was best, the cell names it
+    assert best[1].which == "expert os" and best[1].describe().endswith("(expert os)")
     table = seed_spread_table(store, runs)  # type: ignore[arg-type]
     spread = list(table.columns[-2].cells)
     above = list(table.columns[-1].cells)
     assert all(cell == "0.000" for cell in spread) and above[1] == "2 of 2"
+    # a comparison only the second run could make stays in the second run's column
+    from cycleqd.demo import seeds
+
+    only_second = {label: {1: by_run[1]} for label, by_run in verdicts.items()}
+    monkeypatch.setattr(seeds, "seed_verdicts", lambda *_: only_second)
+    shifted = seeds.seed_spread_table(store, runs)  # type: ignore[arg-type]
+    assert list(shifted.columns[1].cells)[1] == "" and list(shifted.columns[2].cells)[1].startswith("+0.250")
 
 
 def test_show_prints_each_scores_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
