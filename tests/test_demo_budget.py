@@ -91,5 +91,6 @@ def test_every_deviation_from_the_paper_is_listed() -> None:
     for expected in ("bins per BC: 5, paper 15", "generations: 10, paper 1200", "tokens per reply: 224, paper 512",
                      "rounds per episode: 3, paper 5", "SmolLM2", "25 per environment"):  # fmt: skip
         assert expected in lines
+    assert "coding's test is HumanEval" in " | ".join(DemoBudget(test_kind="transfer").deviations())
     paper = DemoBudget(generations=1200, bins=15, max_tokens=512, rounds=5)
     assert "bins per BC" not in " | ".join(paper.deviations())

@@ -91,7 +91,12 @@ class DemoBudget:
             *lines,
             f"selection: {self.dev_limit} dev tasks per environment; test: {self.test_limit} per environment, "
             "paper the whole benchmarks (MBPP+, DBBench, AgentBench OS)",
-            "coding is scored on MBPP's base tests (paper MBPP+'s); DB runs on MariaDB (paper MySQL)",
+            (
+                "coding is scored on MBPP's base tests (paper MBPP+'s)"
+                if self.test_kind == IN_FAMILY
+                else "coding's test is HumanEval (paper MBPP+)"
+            )
+            + "; DB runs on MariaDB (paper MySQL)",
         ]
 
     def sft_key(self) -> str:
