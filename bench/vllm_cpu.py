@@ -26,7 +26,7 @@ from cycleqd.serving.default_model import default_checkpoint
 from cycleqd.serving.manager import ProcessServerManager
 from cycleqd.serving.model_ref import validate_checkpoint
 from cycleqd.serving.transformers_serve import TransformersServeManager
-from cycleqd.serving.vllm_serve import VLLMManager
+from cycleqd.serving.vllm_serve import SwapMethod, VLLMManager
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ lends its perturbed checkpoint maker
 from bench.serving_cpu import conversations  # noqa: E402
@@ -61,13 +61,13 @@ async def swaps(manager: VLLMManager, refs: list, n: int) -> tuple[list[float], 
     in_place, restarts = [], []
     for i in range(n):
         await manager.serve(refs[i % 2])
-        assert manager.last_method == "reload_in_place", manager.fallbacks
+        assert manager.last_method is SwapMethod.RELOAD_IN_PLACE, manager.fallbacks
         in_place.append(manager.last_swap_s)
-    manager.swap_method = "restart"
+    manager.swap_method = SwapMethod.RESTART
     for i in range(n):
         await manager.serve(refs[(i + 1) % 2])
         restarts.append(manager.last_swap_s)
-    manager.swap_method = "reload_in_place"
+    manager.swap_method = SwapMethod.RELOAD_IN_PLACE
     return in_place, restarts
 
 

@@ -32,6 +32,7 @@ import re
 import shutil
 import subprocess
 import time
+from enum import StrEnum
 from pathlib import Path
 
 import httpx
@@ -54,7 +55,6 @@ from cycleqd.serving.vllm_launch import DEFAULT_CPU_KV_CACHE_GIB, RELOAD_METHOD,
 log = logging.getLogger(__name__)
 
 SERVED_NAME = "candidate"  # stable, so clients never need to know which checkpoint is behind it
-SWAP_METHODS = ("reload_in_place", "restart")
 TESTED_VERSION = (0, 32, 0)  # the version tests/test_vllm.py runs for real; pyproject's `vllm` extra pins it
 IN_PLACE_SINCE = (0, 16, 0)  # reload_weights(weights_path=…) through /collective_rpc
 # What a reload in place does not change: the process's config, tokenizer, chat template and generation config.
@@ -63,6 +63,13 @@ SERVING_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "spec
                  "chat_template.json", "generation_config.json", "preprocessor_config.json")  # fmt: skip
 GPU_RELEASE_TIMEOUT_S = 120.0
 GPU_RELEASE_SLACK_MIB = 1024  # memory the driver may keep on a GPU that holds no process of ours
+
+
+class SwapMethod(StrEnum):
+    """How the server moves to another checkpoint: the same process reloads its weights, or a fresh one starts."""
+
+    RELOAD_IN_PLACE = "reload_in_place"
+    RESTART = "restart"
 
 
 class SwapStepFailed(Exception):
@@ -170,10 +177,10 @@ class VLLMManager(ProcessServerManager):
         self._fresh_on = ""  # the path a fresh process loaded, until the first in-place swap
         self._held_identity: str | None = None  # the identity of the last verified load
         self.version: tuple[int, ...] = ()
-        self.swap_method = ""  # decided from GET /version at the first start
+        self.swap_method: SwapMethod | None = None  # decided from GET /version at the first start
         self.fingerprints: dict[str, Fingerprint] = {}  # identity -> fingerprint from a fresh load
         self.last_swap_s = 0.0
-        self.last_method = ""
+        self.last_method: SwapMethod | None = None
         self.fallbacks: list[str] = []  # why in-place swaps became restarts, for the logs and tests
         self._gpu_baseline_mib: int | None = None
 
@@ -216,16 +223,16 @@ class VLLMManager(ProcessServerManager):
         if self.process is None or not self.process.alive:
             method = await self._restart_on(ref.path)
         elif self._fresh_on == str(ref.path):
-            method = "restart"  # a fresh process already holds it (a crash restart on the candidate)
+            method = SwapMethod.RESTART  # a fresh process already holds it (a crash restart on the candidate)
         elif digest != self._serving_digest:
             self.fallbacks.append(f"{ref.label}: its tokenizer, chat template or config differ from the served ones")
             method = await self._restart_on(ref.path)
-        elif self.swap_method == "restart":
+        elif self.swap_method is SwapMethod.RESTART:
             method = await self._restart_on(ref.path)
         else:
             method = await self._swap_in_place(ref.path)
         fingerprint = await self.fingerprint()
-        if method == "reload_in_place":
+        if method is SwapMethod.RELOAD_IN_PLACE:
             ok, why = swap_verified(fingerprint, expected=self.fingerprints.get(identity), previous=previous,
                                     same_weights_as_previous=previous_identity == identity,
                                     tolerance=self.fingerprint_tolerance)  # fmt: skip
@@ -234,7 +241,7 @@ class VLLMManager(ProcessServerManager):
                 log.warning("vLLM: the in-place swap to %s was not verified (%s); restarting on it", ref.label, why)
                 method = await self._restart_on(ref.path)
                 fingerprint = await self.fingerprint()
-        if method == "restart":
+        if method is SwapMethod.RESTART:
             self.fingerprints[identity] = fingerprint
         else:
             self.fingerprints.setdefault(identity, fingerprint)
@@ -242,7 +249,7 @@ class VLLMManager(ProcessServerManager):
         self._held_identity = identity
         return ServedModel(SERVED_NAME, identity)
 
-    async def _restart_on(self, path: Path) -> str:
+    async def _restart_on(self, path: Path) -> SwapMethod:
         """A fresh process on `path`; the first one also reads the version and chooses the swap method."""
         self._model_path = str(path)
         if self.process is not None:
@@ -257,7 +264,7 @@ class VLLMManager(ProcessServerManager):
         self._fresh_on = str(path)
         if not self.swap_method:
             await self._choose_swap_method()
-        return "restart"
+        return SwapMethod.RESTART
 
     async def _restart(self) -> None:
         """After a crash: a fresh process on the checkpoint the server held or was being moved to."""
@@ -273,16 +280,16 @@ class VLLMManager(ProcessServerManager):
             pass  # an unknown version: restarts only, which are always correct
         self.version = parse_version(text)
         if not self.version or self.version < IN_PLACE_SINCE:
-            self.swap_method = "restart"
+            self.swap_method = SwapMethod.RESTART
             log.warning("vLLM %s cannot reload weights from a path (needs ≥ %s): every swap restarts the server",
                         text or "of unknown version", ".".join(map(str, IN_PLACE_SINCE)))  # fmt: skip
             return
         if self.version[:2] != TESTED_VERSION[:2]:
             log.warning("vLLM %s is not the tested %s; in-place swaps fall back to restarts on any error", text,
                         ".".join(map(str, TESTED_VERSION)))  # fmt: skip
-        self.swap_method = "reload_in_place"
+        self.swap_method = SwapMethod.RELOAD_IN_PLACE
 
-    async def _swap_in_place(self, path: Path) -> str:
+    async def _swap_in_place(self, path: Path) -> SwapMethod:
         """Drain, reload from `path`, reset the prefix cache, resume; a restart on `path` if any step fails."""
         self._model_path, self._fresh_on = str(path), ""
         try:
@@ -298,7 +305,7 @@ class VLLMManager(ProcessServerManager):
             log.warning("vLLM: the in-place swap to %s failed (%s); restarting on it. Log:\n%s", path, failure,
                         self.logs(20))  # fmt: skip
             return await self._restart_on(path)
-        return "reload_in_place"
+        return SwapMethod.RELOAD_IN_PLACE
 
     async def _reset_prefix_cache(self, attempts: int = 3) -> None:
         """0.16 answers an empty 200 and reports nothing (the pause drained every request, so no block is held);

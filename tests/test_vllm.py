@@ -22,7 +22,7 @@ from cycleqd.serving.errors import EngineUnavailableError, ServerDiedError
 from cycleqd.serving.gpu import gpu_available
 from cycleqd.serving.model_ref import LocalCheckpoint, validate_checkpoint
 from cycleqd.serving.vllm_launch import cpu_vllm_available
-from cycleqd.serving.vllm_serve import VLLMManager
+from cycleqd.serving.vllm_serve import SwapMethod, VLLMManager
 
 from tests.conftest import perturbed_checkpoint
 
@@ -77,17 +77,17 @@ async def test_the_real_server_reports_its_version_and_swaps_in_place_verified(
     vllm: VLLMManager, default_model: LocalCheckpoint, other_model: LocalCheckpoint
 ) -> None:
     await vllm.serve(default_model)
-    assert vllm.version == (0, 32, 0) and vllm.swap_method == "reload_in_place"
+    assert vllm.version == (0, 32, 0) and vllm.swap_method is SwapMethod.RELOAD_IN_PLACE
     original = await answer(vllm)
     fallbacks = len(vllm.fallbacks)
     in_flight = asyncio.create_task(vllm.chat(QUESTION, max_tokens=48))
     await asyncio.sleep(0.05)
     served = await vllm.serve(other_model)
-    assert vllm.last_method == "reload_in_place" and served.identity == other_model.identity()
+    assert vllm.last_method is SwapMethod.RELOAD_IN_PLACE and served.identity == other_model.identity()
     assert (await in_flight).identity == default_model.identity()  # drained, answered by the old weights
     changed = await answer(vllm)
     await vllm.serve(default_model)
-    assert vllm.last_method == "reload_in_place" and await answer(vllm) == original != changed
+    assert vllm.last_method is SwapMethod.RELOAD_IN_PLACE and await answer(vllm) == original != changed
     assert len(vllm.fallbacks) == fallbacks, vllm.fallbacks[fallbacks:]
 
 
@@ -103,7 +103,7 @@ async def test_a_candidate_whose_tied_embeddings_differ_is_served_in_place_exact
     fresh = await vllm.fingerprint()
     await vllm.serve(default_model)
     await vllm.serve(embeddings_only)
-    assert vllm.last_method == "reload_in_place"
+    assert vllm.last_method is SwapMethod.RELOAD_IN_PLACE
     assert (await vllm.fingerprint()).distance(fresh) < 1e-3
 
 
@@ -122,7 +122,7 @@ async def test_a_reload_the_server_refuses_falls_back_to_a_verified_restart(
 
     monkeypatch.setattr(vllm, "_step", reload_from_a_bad_path)
     await vllm.serve(other_model)
-    assert vllm.last_method == "restart" and "/collective_rpc answered HTTP" in vllm.fallbacks[-1]
+    assert vllm.last_method is SwapMethod.RESTART and "/collective_rpc answered HTTP" in vllm.fallbacks[-1]
     assert await answer(vllm) == expected
 
 
@@ -144,7 +144,8 @@ async def test_a_server_killed_in_the_middle_of_a_swap_is_restarted_on_the_candi
     monkeypatch.setattr(vllm, "_step", kill_before_reload)
     fallbacks = len(vllm.fallbacks)
     await vllm.serve(other_model)
-    assert vllm.last_method == "restart" and "ConnectError" in vllm.fallbacks[fallbacks]  # the steps after the kill
+    # The steps after the kill failed to connect.
+    assert vllm.last_method is SwapMethod.RESTART and "ConnectError" in vllm.fallbacks[fallbacks]
     assert await answer(vllm) == expected
 
 
@@ -159,7 +160,7 @@ async def test_a_swap_that_changed_nothing_is_caught_and_redone_as_a_restart(
 
     monkeypatch.setattr(vllm, "_swap_in_place", swap_that_does_nothing)
     await vllm.serve(other_model)
-    assert "not verified" in vllm.fallbacks[-1] and vllm.last_method == "restart"
+    assert "not verified" in vllm.fallbacks[-1] and vllm.last_method is SwapMethod.RESTART
     assert await answer(vllm) != stale
 
 
@@ -174,7 +175,7 @@ async def test_another_chat_template_is_served_by_a_restart(
     )
     templated = validate_checkpoint(folder)
     await vllm.serve(templated)
-    assert vllm.last_method == "restart" and "chat template" in vllm.fallbacks[-1]
+    assert vllm.last_method is SwapMethod.RESTART and "chat template" in vllm.fallbacks[-1]
     sent = await vllm.chat(QUESTION, max_tokens=8)
     assert sent.usage.prompt_tokens > 0 and sent.identity == templated.identity()
 
@@ -207,7 +208,7 @@ async def test_fifty_swaps_in_place_neither_leak_memory_nor_serve_the_wrong_mode
     for i in range(50):
         ref = (default_model, other_model)[i % 2]
         await vllm.serve(ref)
-        assert vllm.last_method == "reload_in_place"
+        assert vllm.last_method is SwapMethod.RELOAD_IN_PLACE
         if i % 10 == 9:
             assert await answer(vllm) == answers[ref.identity()]
         if i in (9, 49):

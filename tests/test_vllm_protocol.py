@@ -18,7 +18,7 @@ from cycleqd.serving.errors import EndpointError
 from cycleqd.serving.fingerprint import PROBE_TEXT, Fingerprint, FingerprintFormatError, probe_request, swap_verified
 from cycleqd.serving.model_ref import LocalCheckpoint
 from cycleqd.serving.vllm_launch import Device, VLLMLaunch
-from cycleqd.serving.vllm_serve import VLLMManager, gpu_for_slot, parse_version
+from cycleqd.serving.vllm_serve import SwapMethod, VLLMManager, gpu_for_slot, parse_version
 
 INSTRUMENT = Path(__file__).parent / "vllm_protocol_server.py"
 INSTRUMENT_LAUNCH = VLLMLaunch(Device.GPU, (sys.executable, str(INSTRUMENT)))  # answers as a GPU server would
@@ -75,7 +75,7 @@ def weights_answer(text: str, ref: LocalCheckpoint) -> bool:
 async def test_a_swap_drains_reloads_in_place_resets_and_resumes(vllm: Instrument, models) -> None:  # noqa: ANN001
     manager = vllm.manager
     await manager.serve(models["a"])
-    assert manager.swap_method == "reload_in_place" and manager.version == (0, 16, 0)
+    assert manager.swap_method is SwapMethod.RELOAD_IN_PLACE and manager.version == (0, 16, 0)
     start = vllm.events("start")[0]
     assert start["dev_mode"] == "1" and "--enable-sleep-mode" not in start["argv"]
     vllm.control(chat_delay_s=1.0)
@@ -83,7 +83,7 @@ async def test_a_swap_drains_reloads_in_place_resets_and_resumes(vllm: Instrumen
     await asyncio.sleep(0.3)
     await manager.serve(models["b"])
     assert weights_answer((await in_flight).text, models["a"])  # drained with the old weights, not cut off
-    assert manager.last_method == "reload_in_place" and len(vllm.events("start")) == 1
+    assert manager.last_method is SwapMethod.RELOAD_IN_PLACE and len(vllm.events("start")) == 1
     order = [e["event"] for e in vllm.events("chat_end", "pause", "reload_weights", "reset_prefix_cache", "resume")]
     assert order == ["chat_end", "pause", "reload_weights", "reset_prefix_cache", "resume"]
     assert vllm.events("pause")[0]["mode"] == "wait"
@@ -91,7 +91,7 @@ async def test_a_swap_drains_reloads_in_place_resets_and_resumes(vllm: Instrumen
     vllm.control()
     assert weights_answer((await manager.chat(QUESTION)).text, models["b"])
     await manager.serve(models["a"])  # back to a: its fingerprint from the fresh start is matched within tolerance
-    assert manager.last_method == "reload_in_place" and not manager.fallbacks
+    assert manager.last_method is SwapMethod.RELOAD_IN_PLACE and not manager.fallbacks
 
 
 @pytest.mark.parametrize("vllm", ["0.15.1"], indirect=True)
@@ -99,7 +99,7 @@ async def test_before_0_16_every_swap_is_a_restart(vllm: Instrument, models) -> 
     manager = vllm.manager
     await manager.serve(models["a"])
     await manager.serve(models["b"])
-    assert manager.swap_method == "restart" and manager.last_method == "restart"
+    assert manager.swap_method is SwapMethod.RESTART and manager.last_method is SwapMethod.RESTART
     assert not vllm.events("reload_weights", "pause")
     assert [e["model"] for e in vllm.events("start")] == [str(models["a"].path), str(models["b"].path)]
     assert weights_answer((await manager.chat(QUESTION)).text, models["b"])
@@ -111,11 +111,11 @@ async def test_a_prefix_cache_reset_that_reports_failure_is_a_failed_swap(vllm: 
     await manager.serve(models["a"])
     vllm.control(reset_success=False)
     await manager.serve(models["b"])
-    assert manager.last_method == "restart" and "success=false" in manager.fallbacks[0]
+    assert manager.last_method is SwapMethod.RESTART and "success=false" in manager.fallbacks[0]
     assert len(vllm.events("reset_prefix_cache")) == 3  # retried, then given up
     vllm.control()
     await manager.serve(models["c"])
-    assert manager.last_method == "reload_in_place"  # {"success": true} is a success
+    assert manager.last_method is SwapMethod.RELOAD_IN_PLACE  # {"success": true} is a success
 
 
 async def test_slot_i_runs_on_the_i_th_gpu_of_the_parents_list(
