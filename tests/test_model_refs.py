@@ -82,6 +82,35 @@ def test_identity_follows_content_and_is_cached(tmp_path: Path) -> None:
     assert json.loads((folder / ".cycleqd-identity.json").read_text())["identity"] == first
 
 
+def test_identity_leaves_out_the_transformers_version_that_wrote_the_configs(tmp_path: Path) -> None:
+    def converted(name: str, version: str, **changes: object) -> Path:
+        folder = make_checkpoint(tmp_path / name, config={**GOOD_CONFIG, **changes, "transformers_version": version})
+        (folder / "generation_config.json").write_text(
+            json.dumps({"transformers_version": version, "do_sample": False})
+        )
+        return folder
+
+    older = converted("older", "4.57.1")
+    # Another version writes the same fields in another order and layout.
+    newer = converted("newer", "5.24.0")
+    (newer / "config.json").write_text(
+        json.dumps(dict(reversed(json.loads((newer / "config.json").read_text()).items())), indent=4)
+    )
+    assert checkpoint_identity(newer) == checkpoint_identity(older)
+    assert checkpoint_identity(converted("other", "4.57.1", rope_theta=1.0)) != checkpoint_identity(older)
+
+
+def test_identity_cached_under_an_older_scheme_is_computed_again(tmp_path: Path) -> None:
+    folder = make_checkpoint(tmp_path / "a", config={**GOOD_CONFIG, "transformers_version": "4.57.1"})
+    fresh = checkpoint_identity(folder)
+    cache = folder / ".cycleqd-identity.json"
+    stale = json.loads(cache.read_text())
+    del stale["scheme"]
+    stale["identity"], stale["files"]["config.json"] = "sha256:old", "0" * 64
+    cache.write_text(json.dumps(stale))
+    assert checkpoint_identity(folder) == fresh
+
+
 def test_default_checkpoint_is_a_complete_bf16_checkpoint(default_model: LocalCheckpoint) -> None:
     from safetensors import safe_open
 
