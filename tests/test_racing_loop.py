@@ -87,8 +87,16 @@ def test_racing_changes_nothing_but_the_episodes_spent(family: Path, tmp_path: P
     line = saving_line(raced)
     assert line is not None and f"played {played:,} of {16 * 3 * 72:,}" in line and f"{len(early)} of 16" in line
     rows = list(csv.DictReader(write_episode_table(raced, tmp_path / "report").open()))
-    assert sum(r["status"] == "rejected_early" for r in rows) == len(early)
+    assert sum(r["outcome"] == "rejected early" for r in rows) == len(early)
     assert sum(int(r["episodes_played"]) for r in rows) == played
+    # without racing the same children were offered to every archive and refused: the table says so, as the live
+    # view does, and names the archives that took the others
+    outcomes = {int(r["candidate"]): r["outcome"] for r in csv.DictReader(write_episode_table(plain, tmp_path).open())}
+    refused = {plain_children[(c.generation, c.slot)].id for c in early}
+    assert {outcomes[i] for i in refused} == {"rejected everywhere"}
+    placed = [c for c in plain.candidates("child") if any(r["status"] in ("new", "improved") for r in c.insertions)]
+    assert placed and all(outcomes[c.id].split(", ")[0].split()[0] in TASKS for c in placed)
+    assert all(outcomes[c.id].endswith(("new", "improved")) for c in placed)
 
 
 def test_a_genome_measured_before_is_not_measured_again(family: Path, tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cycleqd.db.evolution_store import EvolutionStore  # noqa: E402
 from cycleqd.db.monitor_queries import episode_saving  # noqa: E402
-from cycleqd.db.schema import Archive, CandidateKind, Cell  # noqa: E402
+from cycleqd.db.schema import Archive, Candidate, CandidateKind, CandidateStatus, Cell  # noqa: E402
 from cycleqd.evolve.loop import FinalRow, search_label  # noqa: E402
-from cycleqd.evolver.archive import parse_cell_key  # noqa: E402
+from cycleqd.evolver.archive import AddStatus, parse_cell_key  # noqa: E402
 
 FINAL_KINDS = [
     CandidateKind.BASE,
@@ -29,6 +29,7 @@ FINAL_KINDS = [
     CandidateKind.BASELINE,
     CandidateKind.FINAL,
 ]  # the final table's rows, in their order
+TAKEN = {AddStatus.NEW.name.lower(), AddStatus.IMPROVED.name.lower()}  # an insertion record's statuses that took a cell
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D")
 
@@ -159,12 +160,23 @@ def saving_line(evo: EvolutionStore) -> str | None:
 
 
 def write_episode_table(evo: EvolutionStore, out: Path) -> Path:
-    """Per child: episodes played against planned, and how it ended (inserted, rejected early…)."""
+    """Per child: episodes played against planned, and what the archives did with it (the live view's words)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "children-episodes.csv"
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["generation", "slot", "candidate", "status", "episodes_played", "episodes_planned"])
+        writer.writerow(["generation", "slot", "candidate", "outcome", "episodes_played", "episodes_planned"])
         for c in evo.candidates(CandidateKind.CHILD):
-            writer.writerow([c.generation, c.slot, c.id, c.status, c.episodes_played, c.episodes_planned])
+            writer.writerow([c.generation, c.slot, c.id, child_outcome(c), c.episodes_played, c.episodes_planned])
     return path
+
+
+def child_outcome(child: Candidate) -> str:
+    """'os new, db improved', 'rejected everywhere', 'rejected early', or 'not offered yet' (its generation is not
+    committed). The stored status says only that a child was offered to the archives, not whether one took it."""
+    if child.status is CandidateStatus.REJECTED_EARLY:
+        return "rejected early"
+    if child.status is not CandidateStatus.INSERTED:
+        return "not offered yet"
+    taken = [f"{r['archive']} {r['status']}" for r in child.insertions if r.get("status") in TAKEN]
+    return ", ".join(taken) or "rejected everywhere"
