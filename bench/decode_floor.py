@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+
 from cycleqd.db import open_store
 from cycleqd.serving.default_model import default_checkpoint
-from safetensors import safe_open
 
 BANDWIDTH_BYTES = 256 << 20
 REPEATS = 5

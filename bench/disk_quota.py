@@ -15,9 +15,9 @@ import asyncio
 import statistics
 
 import docker
-from cycleqd.sandboxes.limits import quota_supported
 
 from bench.oci_runtime import lifecycles
+from cycleqd.sandboxes.limits import quota_supported
 
 
 async def main(base: str, quota: str, image: str, rounds: int) -> None:

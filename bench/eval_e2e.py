@@ -31,18 +31,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import select
+
 from cycleqd.db import open_store
 from cycleqd.db.schema import Episode, Task
 from cycleqd.db.store import Store
+from cycleqd.eval.orchestrator import EvalSettings, Orchestrator
+from cycleqd.eval.runtime import EnvRuntime
+from cycleqd.eval.tasks import load_eval_tasks
 from cycleqd.serving.client import ClientSettings
 from cycleqd.serving.default_model import default_checkpoint
 from cycleqd.serving.manager import ServerManager
 from cycleqd.serving.transformers_serve import SERVE_PRESETS, ServeOptions, TransformersServeManager
-from sqlalchemy import select
-
-from cycleqd.eval.orchestrator import EvalSettings, Orchestrator
-from cycleqd.eval.runtime import EnvRuntime
-from cycleqd.eval.tasks import load_eval_tasks
 
 JOBS = {
     "main": {"max_tokens": 512, "rounds": 5, "landed": 4, "runtime_counted": True},

@@ -25,13 +25,14 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+
 from cycleqd.evolver.checkpoint_files import CheckpointLayout, read_header
 from cycleqd.evolver.genome import Genome
 from cycleqd.evolver.materialize import MaterializeStats, coefficient_ratios, materialize
 from cycleqd.evolver.operators import crossover, svd_mutation
 from cycleqd.evolver.safetensors_stream import TORCH_DTYPES, StreamWriter
 from cycleqd.evolver.svd_cache import SVDCache, build_svd_cache, default_device
-from safetensors import safe_open
 
 CHUNK = 64 << 20
 

@@ -38,14 +38,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench" / "gpu_site"))
 
 import torch  # noqa: E402
+
+from bench.evolver import read_and_write, touched_ranges  # noqa: E402
 from cycleqd.evolver.checkpoint_files import CheckpointLayout  # noqa: E402
 from cycleqd.evolver.genome import Genome  # noqa: E402
 from cycleqd.evolver.materialize import MaterializeStats, dense_delta, materialize  # noqa: E402
 from cycleqd.evolver.operators import crossover, mutation_draws, svd_mutation  # noqa: E402
 from cycleqd.evolver.safetensors_stream import StreamWriter  # noqa: E402
 from cycleqd.evolver.svd_cache import build_svd_cache  # noqa: E402
-
-from bench.evolver import read_and_write, touched_ranges  # noqa: E402
 
 SHAPES = {
     "tiny": {"hidden": 64, "intermediate": 160, "layers": 2, "heads": 4, "kv_heads": 2, "vocab": 512, "tie": False},

@@ -16,6 +16,7 @@ import statistics
 import time
 
 import docker
+
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.limits import SandboxLimits
 

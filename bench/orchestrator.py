@@ -29,15 +29,14 @@ from pathlib import Path
 
 from cycleqd.db import EpisodeRecord, open_store
 from cycleqd.db.store import Store
+from cycleqd.eval.orchestrator import EvalSettings, Orchestrator
+from cycleqd.eval.tasks import load_eval_tasks
 from cycleqd.sandboxes.engine import docker_client, ensure_engine
 from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.serving.client import ClientSettings
 from cycleqd.serving.external import ExternalManager
 from cycleqd.serving.model_ref import ExternalEndpoint
 from cycleqd.serving.server_process import free_port
-
-from cycleqd.eval.orchestrator import EvalSettings, Orchestrator
-from cycleqd.eval.tasks import load_eval_tasks
 
 
 async def throughput(latency_s: float, per_slot: int, folder: Path, concurrencies: list[int], rounds: int) -> None:

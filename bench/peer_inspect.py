@@ -30,13 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from cycleqd.eval.orchestrator import EvalSettings
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.engine import docker_client, ensure_engine
 from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.sandboxes.pool import SandboxPool
 from cycleqd.serving.default_model import cache_root
-
-from cycleqd.eval.orchestrator import EvalSettings
 
 COMMANDS = [["echo", "hello"], ["ls", "/"], ["cat", "/etc/hostname"]]
 CONCURRENCY = (1, 8)

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from cycleqd.evolver.archive import Elite, GridArchive, paper_bc_range
 from cycleqd.evolver.racing import Race
 from cycleqd.evolver.sampling import sample_parents

@@ -25,8 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from cycleqd.serving.server_process import free_port  # noqa: E402
 from ray_cluster import start_cluster  # noqa: E402
+
+from cycleqd.serving.server_process import free_port  # noqa: E402
 
 CLI = "import sys; from cycleqd.cli import main; sys.argv[0] = 'cycleqd'; main()"
 

@@ -16,6 +16,7 @@ import sys
 import time
 
 import httpx
+
 from cycleqd.serving.client import ChatClient, ClientSettings, ServedModel
 from cycleqd.serving.server_process import free_port
 

@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from cycleqd.serving.client import ClientSettings
 from cycleqd.serving.default_model import default_checkpoint
 from cycleqd.serving.model_ref import LocalCheckpoint
 from cycleqd.serving.transformers_serve import SERVE_PRESETS, TransformersServeManager
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 QUESTIONS = [
     "How do I count the lines of a file in bash?",

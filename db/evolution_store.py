@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cycleqd.db.schema import Archive, Candidate, CandidateKind, CandidateStatus, Cell, Generation, ServerState, utcnow
-from cycleqd.db.store import Store
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from cycleqd.db.schema import Archive, Candidate, CandidateKind, CandidateStatus, Cell, Generation, ServerState, utcnow
+from cycleqd.db.store import Store
 
 
 @dataclass(frozen=True)

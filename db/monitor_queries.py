@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from sqlalchemy import Select, case, create_engine, event, func, inspect, select
+from sqlalchemy.exc import DatabaseError
+from sqlalchemy.pool import NullPool
+
 from cycleqd.db.schema import (
     Archive,
     Candidate,
@@ -30,9 +34,6 @@ from cycleqd.db.schema import (
     Task,
 )
 from cycleqd.db.store import Store, StoreOpenError, check_store_file
-from sqlalchemy import Select, case, create_engine, event, func, inspect, select
-from sqlalchemy.exc import DatabaseError
-from sqlalchemy.pool import NullPool
 
 
 def _monitor_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -24,10 +24,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from cycleqd.db.schema import Aggregate, Episode, Model, Run, RunStatus, Task, utcnow
 from sqlalchemy import Engine, Select, create_engine, delete, event, func, select
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from cycleqd.db.schema import Aggregate, Episode, Model, Run, RunStatus, Task, utcnow
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pymysql
+
 from cycleqd.envs.db_tasks import DBTask
 from cycleqd.envs.episode import Episode, EpisodeStatus, Message, Outcome
 from cycleqd.envs.errors import EpisodeSetupError

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pymysql
+
 from cycleqd.envs.errors import EpisodeSetupError
 from cycleqd.sandboxes.contract import Sandbox
 from cycleqd.sandboxes.labels import process_start_ticks

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from cycleqd.envs.registry import names as environment_names
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.progress import Progress
+from safetensors import safe_open
+
 from cycleqd.evolver.genome import Genome
 from cycleqd.evolver.safetensors_stream import TORCH_DTYPES, StreamWriter
 from cycleqd.evolver.svd_cache import SVDCache, default_device, tall
-from rich.progress import Progress
-from safetensors import safe_open
 
 MARKER = ".cycleqd-genome"
 # Ratios g/σ this close to their mean are a crossover of whole experts: c·τ alone, no matmul (an error of at most

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
 from cycleqd.evolver.genome import Genome, GenomeError
 from cycleqd.evolver.svd_cache import SVDCache
 

@@ -26,6 +26,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from cycleqd.evolver.archive import GridArchive
 
 SCORE_RANGE = (0.0, 1.0)  # every environment scores an episode within this range

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 import torch
+
 from cycleqd.evolver.checkpoint_files import BYTES_PER_ELEMENT
 
 DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",

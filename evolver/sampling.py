@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from cycleqd.evolver.archive import Elite, GridArchive
 
 

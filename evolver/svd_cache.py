@@ -23,11 +23,12 @@ import hashlib
 from pathlib import Path
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors import safe_open
+
 from cycleqd.evolver.checkpoint_files import CheckpointError, CheckpointLayout, read_header, verify_experts
 from cycleqd.evolver.safetensors_stream import StreamWriter
 from cycleqd.serving.identity import checkpoint_identity
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors import safe_open
 
 FORMAT_VERSION = "2"  # 2: Q and σ per matrix only (1 held U, Σ, Vᵀ and the 1-D task vectors)
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}

@@ -25,6 +25,9 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import requests
+from docker.models.containers import Container
+from docker.types import LogConfig
+
 from cycleqd.sandboxes import process_tree
 from cycleqd.sandboxes.agent_caps import CHECK_ONLY_CAP, agent_side
 from cycleqd.sandboxes.contract import MAX_DIGEST_BYTES, ChangeKind, ExecResult, FileChange, Sandbox, SandboxHealth
@@ -39,8 +42,6 @@ from cycleqd.sandboxes.limits import SandboxLimits, quota_supported
 from cycleqd.sandboxes.main_shell import IDLE_MAIN, MainShellSession
 from cycleqd.sandboxes.reaper import OWNED, reap_orphans_once
 from cycleqd.sandboxes.shell_session import BashSession
-from docker.models.containers import Container
-from docker.types import LogConfig
 
 log = logging.getLogger(__name__)
 KILL_GRACE_S = 3.0

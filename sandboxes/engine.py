@@ -30,6 +30,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+
 from cycleqd.sandboxes.errors import EngineUnavailableError
 from cycleqd.sandboxes.limits import quota_supported
 

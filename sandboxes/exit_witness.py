@@ -23,6 +23,7 @@ import weakref
 from typing import Any
 
 import docker
+
 from cycleqd.sandboxes.labels import OWNER_HOST, OWNER_PID
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+
 from cycleqd.sandboxes.errors import ImageBuildError, ImageMissingError
 
 BUILDER_VERSION = 1  # bump when the build procedure changes in a way the recipes do not show

@@ -9,8 +9,9 @@ import threading
 
 import docker
 import docker.errors
-from cycleqd.sandboxes import labels
 from docker.models.containers import Container
+
+from cycleqd.sandboxes import labels
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import httpx
+
 from cycleqd.serving.errors import EndpointError, UnknownModelError
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}

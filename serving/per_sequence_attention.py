@@ -18,10 +18,11 @@ from itertools import pairwise
 from typing import Any
 
 import torch
-from cycleqd.serving.heap_trim import start_heap_trimmer
-from cycleqd.serving.step_threads import with_step_threads_from_env
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from cycleqd.serving.heap_trim import start_heap_trimmer
+from cycleqd.serving.step_threads import with_step_threads_from_env
 
 
 def per_sequence_sdpa(

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
+
 from cycleqd.serving.errors import EndpointError, ServerDiedError
 
 

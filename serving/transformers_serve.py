@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
 from cycleqd.serving.client import ClientSettings, ServedModel
 from cycleqd.serving.cpu_dtype import cpu_serving_dtype
 from cycleqd.serving.errors import EndpointError, ModelRefError

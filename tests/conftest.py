@@ -8,6 +8,7 @@ from pathlib import Path
 
 import docker
 import pytest
+
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.engine import ensure_engine
 from cycleqd.sandboxes.errors import EngineUnavailableError

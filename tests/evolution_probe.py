@@ -17,15 +17,15 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.store import open_store
+from cycleqd.evolve.loop import CandidateEvaluator, CandidateUnderTest, Evolution
 from cycleqd.evolver.config import EvolveConfig, parse_config
 from cycleqd.evolver.materialize import materialize
 from cycleqd.evolver.racing import Race
 from cycleqd.evolver.svd_cache import SVDCache, build_svd_cache
-from transformers import LlamaConfig, LlamaForCausalLM
-
-from cycleqd.evolve.loop import CandidateEvaluator, CandidateUnderTest, Evolution
 
 TASKS = ("os", "db", "coding")
 PROBES = 6

@@ -20,17 +20,17 @@ from pathlib import Path
 
 import docker
 import pytest
+
 from cycleqd.db import open_store
 from cycleqd.envs.mariadb_server import SOCKET_ROOT
 from cycleqd.envs.registry import EpisodeSettings
+from cycleqd.eval.orchestrator import EvalSettings, Orchestrator
+from cycleqd.eval.tasks import EvalTask, load_eval_tasks
 from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.sandboxes.labels import RUN
 from cycleqd.serving.client import ClientSettings
 from cycleqd.serving.external import ExternalManager
 from cycleqd.serving.model_ref import ExternalEndpoint
-
-from cycleqd.eval.orchestrator import EvalSettings, Orchestrator
-from cycleqd.eval.tasks import EvalTask, load_eval_tasks
 from tests.conftest import PTRACE_KILL_PID1
 from tests.hostile_model import MODEL, HostileModelServer
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cycleqd.envs.db_tasks import DBTask, load_db_tasks, parse_db_task
 from cycleqd.envs.dbbench import dbbench_metrics, select_answer_correct
 

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from cycleqd.db import open_store
-from cycleqd.db.schema import RunStatus
 
 import cycleqd
+from cycleqd.db import open_store
+from cycleqd.db.schema import RunStatus
 from cycleqd.eval.orchestrator import EpisodeResult
 from cycleqd.events import EpisodesPlanned, RunOpened
 

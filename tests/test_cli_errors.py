@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cycleqd.db import open_store
 from cycleqd.db.schema import RunStatus
-
 from cycleqd.requests import EvalRequest
 
 CLI = [sys.executable, "-m", "cycleqd.cli"]
@@ -273,9 +273,8 @@ def test_vllm_that_is_not_installed_says_how_to_install_it(tmp_path: Path) -> No
 
 
 def test_a_dead_vllm_server_for_a_missing_module_becomes_the_install_line() -> None:
-    from cycleqd.serving.errors import ServerDiedError
-
     from cycleqd.errors import UserError, explained
+    from cycleqd.serving.errors import ServerDiedError
 
     died = ServerDiedError("the model server exited (code 1) while starting; its log x.log:\n"
                            "ModuleNotFoundError: No module named 'vllm'")  # fmt: skip

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from cycleqd.envs.coding import (
     CodingEpisode,
     CodingSettings,
@@ -19,7 +20,6 @@ from cycleqd.envs.coding import (
 from cycleqd.envs.episode import EpisodeStatus
 from cycleqd.envs.errors import TaskFormatError
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
-
 from cycleqd.suite.verify import verify_suite
 from tests.conftest import TEST_LIMITS
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from cycleqd.serving.cpu_dtype import cpu_flags, cpu_serving_dtype
 from cycleqd.serving.transformers_serve import default_options
 

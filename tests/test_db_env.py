@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+
 from cycleqd.envs.db_tasks import load_db_tasks, parse_db_task
 from cycleqd.envs.dbbench import (
     DBBenchEpisode,
@@ -17,11 +18,10 @@ from cycleqd.envs.dbbench import (
 from cycleqd.envs.episode import EpisodeStatus
 from cycleqd.envs.errors import EpisodeSetupError, TaskFormatError
 from cycleqd.envs.mariadb_server import MariaDBServer
-from cycleqd.sandboxes.images import build_images
-from cycleqd.sandboxes.limits import SandboxLimits
-
 from cycleqd.eval.runtime import docker_starter
 from cycleqd.eval.tasks import EvalTask
+from cycleqd.sandboxes.images import build_images
+from cycleqd.sandboxes.limits import SandboxLimits
 from cycleqd.suite.verify import verify_suite
 
 SHARED_DB = Path(__file__).resolve().parents[2] / "shared" / "data" / "agentbench" / "AgentBench" / "dbbench"

@@ -67,10 +67,10 @@ def demo_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list, o
 
 
 def test_a_rerun_of_an_interrupted_demo_continues_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cycleqd.db.schema import RunStatus
-    from cycleqd.db.store import open_store
     from rich.console import Console
 
+    from cycleqd.db.schema import RunStatus
+    from cycleqd.db.store import open_store
     from cycleqd.errors import UserError
 
     calls, command = demo_parts(tmp_path, monkeypatch)

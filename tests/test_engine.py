@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cycleqd.sandboxes import engine
 from cycleqd.sandboxes.errors import EngineUnavailableError
 

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cycleqd.db import open_store
 from cycleqd.envs.episode import Episode, EpisodeStatus, Message, Outcome
 from cycleqd.envs.errors import UnknownEnvironmentError
 from cycleqd.envs.registry import EnvironmentBase, Runtime, environment, names, register, unregister
 from cycleqd.envs.suites import guess_environment
-
 from cycleqd.eval.orchestrator import EvalSettings, Orchestrator, summarize
 from cycleqd.eval.tasks import load_eval_tasks
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from cycleqd.evolver.archive import AddStatus, Elite, GridArchive, paper_bc_range
 from cycleqd.evolver.config import ConfigError, load_config
 from cycleqd.evolver.qd_metrics import qd_metrics

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.store import open_store
 from cycleqd.evolver.archive import Elite, GridArchive, cell_key

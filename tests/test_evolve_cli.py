@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.schema import RunStatus
 from cycleqd.db.store import open_store
-
 from tests.conftest import perturbed_checkpoint
 from tests.test_cli import CYCLEQD
 
@@ -156,9 +156,8 @@ def test_config_mistakes_name_the_file_and_task_before_any_run(
 
 
 def test_the_api_checks_a_config_that_did_not_come_from_a_file(tmp_path: Path) -> None:
-    from cycleqd.evolver.config import ConfigError, parse_config
-
     import cycleqd
+    from cycleqd.evolver.config import ConfigError, parse_config
 
     fake_experts(tmp_path)
     tasks = [{"name": "os", "env": "os", "expert": "e1"}, {"name": "db", "env": "db", "expert": "e2",

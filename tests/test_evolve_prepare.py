@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from cycleqd.db.monitor_queries import evolution_progress, open_monitor_store
 from cycleqd.db.store import open_store
-
 from tests.conftest import perturbed_checkpoint
 from tests.test_cli import CYCLEQD_HERE
 

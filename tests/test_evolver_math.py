@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
 from cycleqd.evolver.checkpoint_files import (
     CheckpointError,
     CheckpointLayout,
@@ -36,8 +39,6 @@ from cycleqd.evolver.operators import (
 )
 from cycleqd.evolver.safetensors_stream import StreamWriteError, StreamWriter
 from cycleqd.evolver.svd_cache import SVDCache, UnsupportedTensorError, build_svd_cache
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 FP32 = {"atol": 1e-5, "rtol": 1e-4}  # the SVD round trip and fp32 sums, far below any term under test
 sys.path.insert(0, str(Path(__file__).parent))

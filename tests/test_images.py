@@ -6,6 +6,7 @@ import dataclasses
 
 import docker
 import pytest
+
 from cycleqd.sandboxes import images
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.errors import ImageMissingError
@@ -18,7 +19,6 @@ from cycleqd.sandboxes.images import (
     image_tag,
     recipe_hash,
 )
-
 from tests.conftest import TEST_LIMITS
 
 

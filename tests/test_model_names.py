@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from cycleqd.serving.errors import ModelRefError
 from cycleqd.serving.model_ref import OPENAI_BASE_URL, ExternalEndpoint, parse_model_ref
 from cycleqd.serving.resolve import manager_for, resolve_model, server_choice

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from cycleqd.serving.errors import ModelRefError
 from cycleqd.serving.identity import checkpoint_identity
 from cycleqd.serving.model_ref import ExternalEndpoint, HubModel, LocalCheckpoint, parse_model_ref

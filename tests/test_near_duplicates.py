@@ -4,6 +4,7 @@ text against every held-out task."""
 from __future__ import annotations
 
 import pytest
+
 from cycleqd.envs.near_duplicates import NEAR, WordSetIndex, drop_near, jaccard, words
 
 

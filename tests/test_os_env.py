@@ -9,6 +9,7 @@ from pathlib import Path
 
 import docker
 import pytest
+
 from cycleqd.envs.episode import EpisodeStatus
 from cycleqd.envs.errors import EpisodeSetupError, TaskFormatError
 from cycleqd.envs.os_actions import parse_os_action
@@ -18,7 +19,6 @@ from cycleqd.envs.os_tasks import load_os_tasks, load_os_tasks_leniently, parse_
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.sandboxes.output import AGENTBENCH_TRUNCATION_NOTE
-
 from cycleqd.suite.verify import verify_suite
 from tests.conftest import PTRACE_KILL_PID1, TEST_LIMITS
 

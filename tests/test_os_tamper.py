@@ -7,11 +7,11 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+
 from cycleqd.envs.os_tamper import TOOLCHAIN, foreign_login_shells, tampered_paths, tampering, the_tasks_own
 from cycleqd.sandboxes.contract import ChangeKind, FileChange
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.layer_changes import PathPatterns
-
 from tests.conftest import TEST_LIMITS
 
 ADDED, MODIFIED, DELETED = ChangeKind.ADDED, ChangeKind.MODIFIED, ChangeKind.DELETED

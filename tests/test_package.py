@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # What the code reads from its own folders at run time; each must be in the wheel.
 DATA_GLOBS = ["envs/data/**/*.json*", "db/migrations/**/*.py", "db/migrations/*.mako", "cycleqd/**/*.tcss"]
-# The top-level folders install as subpackages of cycleqd (pyproject's package-dir); tui.py stays the checkout's.
+# The top-level folders are subpackages of cycleqd (cycleqd/envs links to ../envs, …); tui.py stays the checkout's.
 SUBPACKAGES = ("envs", "db", "sandboxes", "serving", "evolver")
 CHECKOUT_ONLY = ("tests/", "bench/", "scripts/", "tui.py")
 
@@ -36,19 +36,27 @@ def installed_name(path: str) -> str:
 def source_files() -> list[str]:
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             capture_output=True, text=True, check=True)  # fmt: skip
-    return [name for name in listed.stdout.splitlines() if (ROOT / name).is_file()]
+    return [name for name in listed.stdout.splitlines() if (ROOT / name).is_file() or (ROOT / name).is_symlink()]
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A wheel built from a copy of the files git knows (a clean clone's view), not from the working folder."""
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the files git knows (a clean clone's view), links kept as links, not the working folder."""
     copy = tmp_path_factory.mktemp("clone")
     for name in source_files():
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, copy / name)
+        if (ROOT / name).is_symlink():
+            (copy / name).symlink_to(os.readlink(ROOT / name))
+        else:
+            shutil.copy2(ROOT / name, copy / name)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def wheel(checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    str(copy)], check=True, capture_output=True, text=True)  # fmt: skip
+                    str(checkout)], check=True, capture_output=True, text=True)  # fmt: skip
     (built,) = dist.glob("cycleqd-*.whl")
     return built
 
@@ -90,6 +98,22 @@ def test_an_installed_wheel_imports_from_its_own_site_packages(installed: Path, 
                           capture_output=True, text=True, check=True)  # fmt: skip
     site = installed.parent
     assert all(Path(p).is_relative_to(site) for p in done.stdout.split()), done.stdout
+
+
+def test_a_plain_checkout_imports_every_subpackage_from_its_own_folders(checkout: Path) -> None:
+    """No install: `python -S` runs no .pth file, so the test environment's editable finder is inert, and only the
+    third-party packages are on the path. Tools that read the tree (linters, editors, a GPU machine without the
+    editable install) see the same."""
+    probe = ("import cycleqd.envs.registry as e, cycleqd.db.store as d, cycleqd.evolver.genome as g, "
+             "cycleqd.sandboxes.pool as s, cycleqd.serving.model_ref as m, cycleqd.cli as c; "
+             "print(*(x.__file__ for x in (e, d, g, s, m, c)))")
+    env = {**clean_env(), "PYTHONPATH": sysconfig.get_path("purelib")}
+    done = subprocess.run([sys.executable, "-S", "-c", probe], cwd=checkout, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    files = [Path(p).resolve() for p in done.stdout.split()]
+    assert [f.relative_to(checkout.resolve()).parts[0] for f in files] == [
+        "envs", "db", "evolver", "sandboxes", "serving", "cycleqd"
+    ]
 
 
 @pytest.mark.slow

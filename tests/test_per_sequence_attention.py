@@ -5,8 +5,9 @@ from __future__ import annotations
 from itertools import accumulate
 
 import torch
-from cycleqd.serving.per_sequence_attention import as_sdpa_flags, per_sequence_sdpa
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from cycleqd.serving.per_sequence_attention import as_sdpa_flags, per_sequence_sdpa
 
 HEADS, KV_HEADS, DIM = 4, 2, 8
 

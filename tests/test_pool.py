@@ -9,11 +9,11 @@ import time
 
 import docker
 import pytest
+
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.errors import SandboxStoppedError
 from cycleqd.sandboxes.labels import OWNER_PID
 from cycleqd.sandboxes.pool import SandboxPool, StartAhead
-
 from tests.conftest import TEST_LIMITS
 
 

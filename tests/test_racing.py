@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+
 from cycleqd.evolver.archive import Elite, GridArchive
 from cycleqd.evolver.config import ConfigError, parse_config
 from cycleqd.evolver.racing import Race, TaskTally, mean_bounds, rejects

@@ -16,10 +16,16 @@ from contextlib import AsyncExitStack as ExitStack
 from pathlib import Path
 
 import pytest
+
 from cycleqd.db import EpisodeRecord, open_store
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.envs.episode import EpisodeStatus
 from cycleqd.envs.registry import environment
+from cycleqd.eval.orchestrator import EpisodeResult, EvalSettings, Orchestrator
+from cycleqd.eval.runtime import EnvRuntime
+from cycleqd.eval.tasks import EvalTask, load_eval_tasks
+from cycleqd.evolve.evaluator import EpisodeEvaluator
+from cycleqd.evolve.loop import CandidateUnderTest
 from cycleqd.evolver.archive import Elite, GridArchive
 from cycleqd.evolver.config import parse_config
 from cycleqd.evolver.racing import Race
@@ -27,12 +33,6 @@ from cycleqd.serving.client import ServedModel
 from cycleqd.serving.external import ExternalManager
 from cycleqd.serving.model_ref import ExternalEndpoint, ModelRef
 from cycleqd.serving.server_process import free_port
-
-from cycleqd.eval.orchestrator import EpisodeResult, EvalSettings, Orchestrator
-from cycleqd.eval.runtime import EnvRuntime
-from cycleqd.eval.tasks import EvalTask, load_eval_tasks
-from cycleqd.evolve.evaluator import EpisodeEvaluator
-from cycleqd.evolve.loop import CandidateUnderTest
 
 ROOT = Path(__file__).resolve().parent.parent
 

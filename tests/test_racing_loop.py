@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.monitor_queries import EpisodeSaving, evolution_progress
 from cycleqd.db.store import open_store
-from cycleqd.evolver.svd_cache import build_svd_cache
-
 from cycleqd.evolve.loop import CandidateUnderTest, Evolution
 from cycleqd.evolve.report import final_rows, saving_line, write_episode_table
+from cycleqd.evolver.svd_cache import build_svd_cache
 
 sys.path.insert(0, str(Path(__file__).parent))
 from evolution_probe import TASKS, ProbeEvaluator, make_tiny_family, probe_config, run_probe_evolution  # noqa: E402

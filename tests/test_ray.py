@@ -165,12 +165,11 @@ def test_a_child_is_materialised_served_and_played_on_a_node_and_stored_at_the_h
     the head stores them, once each, under the genome's model row, and the scores are their means."""
     import asyncio
 
+    from cycleqd.evolve.loop import CandidateUnderTest
     from cycleqd.evolver.config import parse_config
     from cycleqd.evolver.genome import Genome
     from cycleqd.evolver.operators import crossover
     from cycleqd.evolver.svd_cache import build_svd_cache
-
-    from cycleqd.evolve.loop import CandidateUnderTest
     from cycleqd.ray.backend import RayEpisodeEvaluator, connect
     from tests.conftest import perturbed_checkpoint
 

@@ -9,6 +9,7 @@ import textwrap
 
 import docker
 import pytest
+
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.labels import OWNER_PID
 from cycleqd.sandboxes.reaper import reap_orphans

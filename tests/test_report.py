@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cycleqd.db import open_store
-from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
 from matplotlib.image import imread
 
+from cycleqd.db import open_store
+from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
 from cycleqd.evolve.report import _edge_ticks, bin_edges, write_heatmaps, write_qd_metrics
 
 

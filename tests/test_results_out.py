@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cycleqd.db import open_store
 
+from cycleqd.db import open_store
 from tests.test_cli import CYCLEQD_HERE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.errors import ImageMissingError, SandboxStoppedError
-
 from tests.conftest import TEST_LIMITS
 
 

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
+
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.store import EpisodeRecord, open_store
-
 from cycleqd.evolve.report import final_rows
 from cycleqd.results.intervals import final_intervals, final_intervals_json, final_report_tables, held_out_specs
 
@@ -131,9 +131,9 @@ def test_the_verdict_over_seeds_lists_each_runs_interval_and_the_spread(
 def test_show_prints_each_scores_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from cycleqd.db.schema import Aggregate
     from rich.console import Console
 
+    from cycleqd.db.schema import Aggregate
     from cycleqd.results.commands import show_run
 
     db = tmp_path / "e.db"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from cycleqd.evolver.checkpoint_files import verify_experts
 from safetensors.torch import load_file
 
+from cycleqd.evolver.checkpoint_files import verify_experts
 from cycleqd.sft.command import SFTRequest, run_sft, transcripts_file
 from cycleqd.sft.data import IGNORE, GoldTranscript, TrainingExample, load_transcripts, render
 from cycleqd.sft.train import SFTSettings, example_loss, fine_tune

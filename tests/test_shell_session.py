@@ -6,10 +6,10 @@ import time
 
 import docker
 import pytest
+
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.errors import SessionClosedError
 from cycleqd.sandboxes.shell_session import BashSession, ansi_c_quote
-
 from tests.conftest import TEST_LIMITS
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+
 from cycleqd.serving.step_threads import WIDE_STEP_THREADS_ENV, WIDE_STEP_TOKENS, with_step_threads_from_env
 from cycleqd.serving.transformers_serve import SERVE_PRESETS
 

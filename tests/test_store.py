@@ -15,11 +15,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
 from cycleqd.db import DuplicateEpisodeError, EpisodeRecord, open_store
 from cycleqd.db.schema import Aggregate, Base
 from cycleqd.db.store import MIGRATIONS
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 
 
 @pytest.fixture
@@ -143,6 +144,7 @@ def test_committed_episodes_survive_a_killed_writer(tmp_path: Path) -> None:
 def test_episodes_stored_before_0019_get_their_context_length_by_environment(tmp_path: Path) -> None:
     from alembic import command
     from alembic.config import Config
+
     from cycleqd.db.store import MIGRATIONS, make_engine
 
     path = tmp_path / "old.db"
@@ -177,8 +179,9 @@ def test_episodes_stored_before_0019_get_their_context_length_by_environment(tmp
 def test_moments_come_back_in_utc_and_statuses_as_enums(store, tmp_path: Path) -> None:  # noqa: ANN001
     from datetime import UTC, datetime, timedelta, timezone
 
-    from cycleqd.db.schema import Run, RunStatus
     from sqlalchemy.exc import StatementError
+
+    from cycleqd.db.schema import Run, RunStatus
 
     run_id, _, _ = seed(store)
     run = store.get_run(run_id)

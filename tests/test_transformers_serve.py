@@ -9,6 +9,7 @@ import signal
 import sys
 
 import pytest
+
 from cycleqd.serving.client import ChatClient, ClientSettings, ServedModel, require_model
 from cycleqd.serving.errors import EndpointError, ModelRefError, ServerDiedError, UnknownModelError
 from cycleqd.serving.heap_trim import TRIM_PERIOD_S

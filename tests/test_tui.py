@@ -15,17 +15,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
+from textual.app import App, ComposeResult
+from textual.widgets import DataTable, Static, TabbedContent
+
 from cycleqd.db import EpisodeRecord, open_store
 from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
 from cycleqd.db.monitor_queries import ArchiveView, CellView, StoreOpenError, open_monitor_store
 from cycleqd.db.schema import Episode, Run, ServerState, Task
 from cycleqd.db.store import Store
 from cycleqd.envs.os_prompt import first_messages
-from sqlalchemy import update
-from sqlalchemy.exc import OperationalError
-from textual.app import App, ComposeResult
-from textual.widgets import DataTable, Static, TabbedContent
-
 from cycleqd.monitor.app import MonitorApp
 from cycleqd.monitor.command import run_tui
 from cycleqd.monitor.episode_screen import EpisodeScreen

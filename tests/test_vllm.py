@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from cycleqd.serving.errors import EngineUnavailableError, ServerDiedError
 from cycleqd.serving.gpu import gpu_available
 from cycleqd.serving.model_ref import LocalCheckpoint, validate_checkpoint
 from cycleqd.serving.vllm_launch import cpu_vllm_available
 from cycleqd.serving.vllm_serve import SwapMethod, VLLMManager
-
 from tests.conftest import perturbed_checkpoint
 
 pytestmark = [
@@ -227,9 +227,8 @@ def test_without_vllm_the_manager_says_how_to_install_it(monkeypatch: pytest.Mon
 
 
 def test_cycleqd_evaluate_on_vllm_plays_real_episodes_and_keeps_the_engine_with_the_run(tmp_path: Path) -> None:
-    from cycleqd.db import open_store
-
     import cycleqd
+    from cycleqd.db import open_store
 
     request = cycleqd.EvalRequest(tasks=("db", "coding"), limit=1, max_tokens=64, server="vllm")
     result = cycleqd.evaluate(request, db=tmp_path / "vllm.db")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from cycleqd.serving.errors import EndpointError
 from cycleqd.serving.fingerprint import PROBE_TEXT, Fingerprint, FingerprintFormatError, probe_request, swap_verified
 from cycleqd.serving.model_ref import LocalCheckpoint
