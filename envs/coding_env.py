@@ -8,6 +8,7 @@ test, the other half to train.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,13 @@ HUMANEVAL_SPLITS = {"dev": (0,), "test": (1,), "train": (2, 3)}
 IMAGE = "os-default"
 
 
-class CodingEnvironment(EnvironmentBase):
+def gold_reply(task: CodingTask) -> str:
+    return f"```python\n{task.gold}\n```"
+
+
+class CodingEnvironment(EnvironmentBase[CodingTask]):
     name = "coding"
+    gold_rounds = 1
 
     def images(self) -> tuple[str, ...]:
         return (IMAGE,)
@@ -37,7 +43,7 @@ class CodingEnvironment(EnvironmentBase):
     load_tasks = staticmethod(load_coding_tasks)
     load_tasks_leniently = staticmethod(load_coding_tasks_leniently)
 
-    def builtin_tasks(self, split: str) -> list[Any]:
+    def builtin_tasks(self, split: str) -> list[CodingTask]:
         if split not in HUMANEVAL_SPLITS:
             raise UnknownSplitError(f"the built-in coding suite has no split {split!r}; it has: dev, test, train")
         every = self.load_tasks(humaneval_path())
@@ -45,6 +51,14 @@ class CodingEnvironment(EnvironmentBase):
 
     def recognizes(self, record: dict[str, Any], file: Path) -> bool:
         return "entry_point" in record or "test_list" in record or file.name.endswith(".gz")
+
+    def describe(self, task: CodingTask) -> str:
+        """The first paragraph of the prompt's docstring (HumanEval), or the prompt (MBPP)."""
+        docstring = re.search(r'("""|\'\'\')\s*(.+?)\s*(\n\s*\n|\1)', task.prompt, re.S)
+        return docstring.group(2) if docstring else task.prompt
+
+    def gold_texts(self, task: CodingTask) -> list[str]:
+        return [gold_reply(task)]
 
     @contextlib.asynccontextmanager
     async def open_episode(self, task: CodingTask, runtime: Runtime) -> AsyncIterator[Episode]:
@@ -55,7 +69,7 @@ class CodingEnvironment(EnvironmentBase):
         async with runtime.sandbox(IMAGE) as sandbox:
             episode = RecordedEpisode(CodingEpisode(task, sandbox))
             await episode.begin()
-            await episode.step(f"```python\n{task.gold}\n```")
+            await episode.step(gold_reply(task))
             try:
                 outcome = await episode.outcome()
             except EpisodeSetupError as exc:

@@ -81,14 +81,15 @@ async def _replay_db(task: DBTask, server: MariaDBServer, settings: DBSettings |
     return episode.verdict(task.task_id, outcome, f"{outcome.status}: {outcome.detail}")
 
 
-class DBEnvironment(EnvironmentBase):
+class DBEnvironment(EnvironmentBase[DBTask]):
     name = "db"
     gold_format = 2
+    gold_rounds = 2  # an operation, then the answer
 
     def images(self) -> tuple[str, ...]:
         return ("mariadb",)
 
-    def episode_images(self, tasks: Iterable[Any]) -> set[str]:
+    def episode_images(self, tasks: Iterable[DBTask]) -> set[str]:
         return set()  # episodes run on the shared server, not in sandboxes of their own
 
     load_tasks = staticmethod(load_db_tasks)
@@ -110,7 +111,14 @@ class DBEnvironment(EnvironmentBase):
     async def replay_gold(self, task: DBTask, runtime: Runtime) -> TaskVerdict:
         return await replay_db_gold(task, runtime.service(self.name), self._settings(runtime))
 
-    def metrics(self, results: Iterable[tuple[Any, float]]) -> dict[str, float]:
+    def describe(self, task: DBTask) -> str:
+        return task.description
+
+    def gold_texts(self, task: DBTask) -> list[str]:
+        operation = [db_operation_reply(task, task.gold_sql or "")] if task.modifies or task.gold_sql else []
+        return [*operation, db_answer_reply(task, [str(v) for v in task.label], bool(task.gold_sql))]
+
+    def metrics(self, results: Iterable[tuple[DBTask, float]]) -> dict[str, float]:
         return dbbench_metrics(results)
 
     @staticmethod

@@ -54,14 +54,15 @@ def answer_reply(output: str) -> str:
     return f"Think: Now I get the answer, it is {text}.\n\nAct: answer({text})"
 
 
-class OSEnvironment(EnvironmentBase):
+class OSEnvironment(EnvironmentBase[OSTask]):
     name = "os"
     gold_format = 2
+    gold_rounds = 2  # the bash action, then the answer its output gives
 
     def images(self) -> tuple[str, ...]:
         return ("os-default", "os-packages")
 
-    def episode_images(self, tasks: Iterable[Any]) -> set[str]:
+    def episode_images(self, tasks: Iterable[OSTask]) -> set[str]:
         return {task.image for task in tasks}
 
     load_tasks = staticmethod(load_os_tasks)
@@ -69,6 +70,16 @@ class OSEnvironment(EnvironmentBase):
 
     def recognizes(self, record: dict[str, Any], file: Path) -> bool:
         return "description" in record and not ({"table", "entry_point", "test_list"} & set(record))
+
+    def describe(self, task: OSTask) -> str:
+        return task.description
+
+    def gold_texts(self, task: OSTask) -> list[str]:
+        """The first gold reply: the answer that follows depends on what the sandbox printed (and is short)."""
+        try:
+            return gold_replies(task, None) or []
+        except ScriptUnavailableError:  # its example is a script file this data does not ship: nothing to count
+            return []
 
     @contextlib.asynccontextmanager
     async def open_episode(self, task: OSTask, runtime: Runtime) -> AsyncIterator[Episode]:

@@ -1,9 +1,11 @@
 """The environments, registered by name: the one place that knows which environments exist.
 
-An environment is one object (the `Environment` protocol) that knows its sandbox images, how to load its tasks
-from a file, its built-in suite, how to open an episode on a runtime, how to replay a task's gold solution
-(`cycleqd suite verify`, SFT data) and which metrics its results add. Code outside `envs/` asks the registry
-(`environment(name)`, `names()`) and never branches on an environment's name.
+An environment is one object (the `Environment` protocol, generic in its task type) that knows its sandbox images,
+how to load its tasks from a file, its built-in suite, how to open an episode on a runtime, how to replay a task's
+gold solution (`cycleqd suite verify`, SFT data), its gold replies as texts, how to describe a task in a line and
+which metrics its results add. A task is the environment's own frozen dataclass; code outside `envs/` relies only
+on what `Task` says (an id, dataclass fields) and hands it back to its environment for the rest. Code outside
+`envs/` asks the registry (`environment(name)`, `names()`) and never branches on an environment's name.
 
 Adding an environment: write one module with an object that implements the protocol (subclassing
 `EnvironmentBase` gives the usual defaults), then add one line to `_BUILTIN` below — or, from a plugin or a test,
@@ -17,7 +19,7 @@ import importlib
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from cycleqd.envs.episode import Episode
 from cycleqd.envs.errors import TaskFormatError, UnknownEnvironmentError
@@ -33,7 +35,7 @@ _BUILTIN: dict[str, str] = {
     "db": "cycleqd.envs.db_env:ENVIRONMENT",
     "coding": "cycleqd.envs.coding_env:ENVIRONMENT",
 }
-_registered: dict[str, Environment] = {}
+_registered: dict[str, Environment[Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -74,28 +76,42 @@ class Runtime(Protocol):
         ...
 
 
+class Task(Protocol):
+    """What code outside `envs/` may rely on in any environment's task: a frozen dataclass, whose fields are its
+    content (but those whose metadata says `gold_only`), with an id unique in its suite."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def task_id(self) -> str: ...
+
+
+TaskT = TypeVar("TaskT", bound=Task)
+
+
 @runtime_checkable
-class Environment(Protocol):
+class Environment(Protocol[TaskT]):
     name: str
     gold_format: int  # bumped when its gold replies change, so that what was trained on them is redone
+    gold_rounds: int  # model turns in its longest gold trajectory: a round limit below it cannot win every task
 
     def images(self) -> tuple[str, ...]:
         """The sandbox image names its episodes (and services) need, built before a run starts."""
         ...
 
-    def episode_images(self, tasks: Iterable[Any]) -> set[str]:
+    def episode_images(self, tasks: Iterable[TaskT]) -> set[str]:
         """The images of the per-episode sandboxes these tasks use (the runtime keeps warm spares of them)."""
         ...
 
-    def load_tasks(self, path: Path) -> list[Any]:
+    def load_tasks(self, path: Path) -> list[TaskT]:
         """Every task of one file; TaskFormatError (file, task, field, what was expected) on the first bad one."""
         ...
 
-    def load_tasks_leniently(self, path: Path) -> tuple[list[Any], list[TaskFormatError]]:
+    def load_tasks_leniently(self, path: Path) -> tuple[list[TaskT], list[TaskFormatError]]:
         """The well-formed tasks of one file, and an error per malformed task (for `suite verify`)."""
         ...
 
-    def builtin_tasks(self, split: str) -> list[Any]:
+    def builtin_tasks(self, split: str) -> list[TaskT]:
         """The tasks of a split of the built-in suite; UnknownSplitError naming the splits there are."""
         ...
 
@@ -107,15 +123,24 @@ class Environment(Protocol):
         """A resource all of a run's episodes share (started once per runtime), or None."""
         ...
 
-    def open_episode(self, task: Any, runtime: Runtime) -> contextlib.AbstractAsyncContextManager[Episode]:
+    def open_episode(self, task: TaskT, runtime: Runtime) -> contextlib.AbstractAsyncContextManager[Episode]:
         """An episode of `task` on the runtime; what it holds is released when the block ends."""
         ...
 
-    async def replay_gold(self, task: Any, runtime: Runtime) -> TaskVerdict:
+    async def replay_gold(self, task: TaskT, runtime: Runtime) -> TaskVerdict:
         """The task's gold solution replayed through a real episode, as a model's replies would go."""
         ...
 
-    def metrics(self, results: Iterable[tuple[Any, float]]) -> dict[str, float]:
+    def gold_texts(self, task: TaskT) -> list[str]:
+        """The model turns of the task's gold trajectory that can be written without running it (what a reply
+        budget must fit); [] when it has no gold to count."""
+        ...
+
+    def describe(self, task: TaskT) -> str:
+        """The task's own words, for a reader choosing tasks (`cycleqd tasks` shows them on one line)."""
+        ...
+
+    def metrics(self, results: Iterable[tuple[TaskT, float]]) -> dict[str, float]:
         """Metrics beyond the mean score over (task, score) of the scored episodes of one split."""
         ...
 
@@ -124,26 +149,27 @@ class UnknownSplitError(ValueError):
     """A built-in suite has no such split; the message lists the ones it has."""
 
 
-class EnvironmentBase:
+class EnvironmentBase(Generic[TaskT]):
     """Defaults for an environment: no shared service, no extra metrics, a built-in suite of
     `envs/data/<name>/<split>.json[l]` files, task files loaded by `parse(record, source, index)`."""
 
     name: str = ""
     gold_format: int = 0  # bumped when the gold replies change, so that what was trained on them is redone
+    gold_rounds: int = 1
 
     def images(self) -> tuple[str, ...]:
         raise NotImplementedError
 
-    def episode_images(self, tasks: Iterable[Any]) -> set[str]:
+    def episode_images(self, tasks: Iterable[TaskT]) -> set[str]:
         return set(self.images())
 
-    def load_tasks(self, path: Path) -> list[Any]:
+    def load_tasks(self, path: Path) -> list[TaskT]:
         raise NotImplementedError
 
-    def load_tasks_leniently(self, path: Path) -> tuple[list[Any], list[TaskFormatError]]:
+    def load_tasks_leniently(self, path: Path) -> tuple[list[TaskT], list[TaskFormatError]]:
         raise NotImplementedError
 
-    def builtin_tasks(self, split: str) -> list[Any]:
+    def builtin_tasks(self, split: str) -> list[TaskT]:
         folder = BUILTIN_DATA / self.name
         files = sorted(folder.glob(f"{split}.json*"))
         if not files:
@@ -159,13 +185,19 @@ class EnvironmentBase:
     def start_service(self, runtime: Runtime) -> contextlib.AbstractAsyncContextManager[Any] | None:
         return None
 
-    def open_episode(self, task: Any, runtime: Runtime) -> contextlib.AbstractAsyncContextManager[Episode]:
+    def open_episode(self, task: TaskT, runtime: Runtime) -> contextlib.AbstractAsyncContextManager[Episode]:
         raise NotImplementedError
 
-    async def replay_gold(self, task: Any, runtime: Runtime) -> TaskVerdict:
-        return TaskVerdict(getattr(task, "task_id", "?"), None, f"unavailable: the {self.name} environment has no gold")
+    async def replay_gold(self, task: TaskT, runtime: Runtime) -> TaskVerdict:
+        return TaskVerdict(task.task_id, None, f"unavailable: the {self.name} environment has no gold")
 
-    def metrics(self, results: Iterable[tuple[Any, float]]) -> dict[str, float]:
+    def gold_texts(self, task: TaskT) -> list[str]:
+        return []
+
+    def describe(self, task: TaskT) -> str:
+        return task.task_id
+
+    def metrics(self, results: Iterable[tuple[TaskT, float]]) -> dict[str, float]:
         return {}
 
 
@@ -178,7 +210,7 @@ async def closing(episode: Episode) -> AsyncIterator[Episode]:
         await episode.close()
 
 
-def register(env: Environment) -> Environment:
+def register(env: Environment[TaskT]) -> Environment[TaskT]:
     """Make `env` known under `env.name` (replacing one of the same name); returns it, so it works as a line."""
     if not env.name:
         raise ValueError("an environment needs a name")
@@ -195,7 +227,7 @@ def names() -> tuple[str, ...]:
     return tuple(dict.fromkeys([*_BUILTIN, *_registered]))
 
 
-def environment(name: str) -> Environment:
+def environment(name: str) -> Environment[Any]:
     """The environment registered as `name`; UnknownEnvironmentError listing the known ones."""
     if name not in _registered:
         if name not in _BUILTIN:

@@ -14,10 +14,9 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cycleqd.envs.errors import TaskFormatError
-from cycleqd.envs.registry import Environment, Runtime
+from cycleqd.envs.registry import Environment, Runtime, Task, TaskT
 from cycleqd.envs.replay import TaskVerdict
 from cycleqd.envs.suites import task_files
 
@@ -42,10 +41,10 @@ class FileReport:
         return {**asdict(self), "verdicts": verdicts, "passed": self.passed, "run": len(self.run)}
 
 
-Job = tuple[FileReport, Any]
+Job = tuple[FileReport, Task]
 
 
-def load_reports(path: Path, env: Environment) -> tuple[list[FileReport], list[Job]]:
+def load_reports(path: Path, env: Environment[Task]) -> tuple[list[FileReport], list[Job]]:
     """A report per task file under `path` (a file that does not load says why), and the tasks to replay."""
     reports: list[FileReport] = []
     jobs: list[Job] = []
@@ -63,8 +62,8 @@ def load_reports(path: Path, env: Environment) -> tuple[list[FileReport], list[J
 
 
 async def replay_gold_all(
-    env: Environment,
-    tasks: list[Any],
+    env: Environment[TaskT],
+    tasks: list[TaskT],
     runtime: Runtime,
     concurrency: int,
     progress: Callable[[TaskVerdict], None] = lambda _: None,
@@ -72,7 +71,7 @@ async def replay_gold_all(
     """The gold replay of every task, `concurrency` at a time, in task order."""
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(task: Any) -> TaskVerdict:
+    async def one(task: TaskT) -> TaskVerdict:
         async with gate:
             verdict = await env.replay_gold(task, runtime)
         progress(verdict)

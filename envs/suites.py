@@ -7,10 +7,9 @@ A suite is "builtin" (each environment's own, `Environment.builtin_tasks`) or a 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from cycleqd.envs.errors import TaskFormatError
-from cycleqd.envs.registry import UnknownSplitError, environment, names
+from cycleqd.envs.registry import Task, UnknownSplitError, environment, names
 from cycleqd.envs.task_files import read_task_records
 
 BUILTIN = "builtin"
@@ -42,7 +41,7 @@ def guess_environment(path: Path) -> str:
     return _FALLBACK
 
 
-def suite_tasks(env: str, suite: str, split: str) -> list[Any]:
+def suite_tasks(env: str, suite: str, split: str) -> list[Task]:
     """The tasks of `env` in a suite: the built-in one's split; for a folder holding split files (train.json,
     dev.jsonl, …) that split's files, and an error when it has none; otherwise every task of the files under the
     path (`split` only labels them)."""

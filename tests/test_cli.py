@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from cycleqd.eval.tasks import load_eval_tasks
 
 CYCLEQD = shutil.which("cycleqd", path=str(Path(sys.executable).parent)) or "cycleqd"
 # This checkout's CLI, whichever tree the virtual environment's editable install points at (with PYTHONPATH set to
@@ -62,3 +65,20 @@ def test_unknown_image_is_a_clear_error(docker_engine: object) -> None:
 def test_reap_reports_what_it_removed(docker_engine: object) -> None:
     done = cycleqd("sandbox", "reap")
     assert done.returncode == 0 and done.stdout.startswith("removed ")
+
+
+def test_tasks_lists_every_id_eval_takes_in_its_environments_own_words() -> None:
+    done = cycleqd("tasks", "--env", "os,db,coding", "--json")
+    assert done.returncode == 0, done.stderr
+    listed = {row["id"]: row for row in json.loads(done.stdout)}
+    tasks = {t.key: t for t in load_eval_tasks(["os", "db", "coding"], "builtin", "dev", None)}
+    assert listed.keys() == tasks.keys() and len(tasks) > 40
+    for key, row in listed.items():
+        task = tasks[key].task
+        text = row["description"]
+        assert row["env"] == tasks[key].env and "\n" not in text and len(text) <= 100
+        if row["env"] in ("os", "db"):
+            assert " ".join(task.description.split()).startswith(text.rstrip("…"))  # type: ignore[attr-defined]
+        else:  # the docstring's first paragraph, not the signature the prompt starts with
+            prompt = " ".join(task.prompt.split())  # type: ignore[attr-defined]
+            assert not text.startswith(("def ", "from ", "import ")) and text.rstrip("…") in prompt

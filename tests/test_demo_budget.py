@@ -10,13 +10,14 @@ import pytest
 
 from cycleqd.demo.command import PRESETS, DemoBudget
 from cycleqd.demo.data import IN_FAMILY, TRANSFER
-from cycleqd.demo.gold_lengths import FIT_SHARE, GOLD_REPLIES, GOLD_ROUNDS, fit, needed_tokens, task_lengths
+from cycleqd.demo.gold_lengths import FIT_SHARE, fit, needed_tokens, task_lengths
 from cycleqd.envs.coding import load_coding_tasks
 from cycleqd.envs.coding_training import MBPP_FILE, build_coding_suite
 from cycleqd.envs.db_generate import MAX_VALUES, draft_record
 from cycleqd.envs.db_tasks import MODIFYING, load_db_tasks, parse_db_task
 from cycleqd.envs.os_tasks import load_os_tasks
 from cycleqd.envs.os_training import TRAINING_FILE, build_os_suite, shared_data_root
+from cycleqd.envs.registry import environment, names
 
 DBBENCH = Path("agentbench/AgentBench/dbbench/standard.jsonl")
 DATA = shared_data_root()
@@ -76,8 +77,9 @@ def test_every_played_splits_gold_replies_fit_the_presets_budget(lengths: dict[s
     assert all(f.share >= FIT_SHARE for f in short), [f.describe() for f in short if f.share < FIT_SHARE]
     # the least that fits, not a guess: 32 tokens fewer would cut more than 5% of some split
     assert max(needed_tokens(values) for values in mine.values()) == budget.max_tokens
-    assert budget.rounds >= max(GOLD_ROUNDS.values())
-    assert all(len(GOLD_REPLIES["db"](t)) <= GOLD_ROUNDS["db"] for t in db_drafts("dev", 50))
+    assert budget.rounds >= max(environment(env).gold_rounds for env in names())
+    db = environment("db")
+    assert all(len(db.gold_texts(t)) <= db.gold_rounds for t in db_drafts("dev", 50))
 
 
 @needs_data

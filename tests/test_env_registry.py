@@ -16,7 +16,7 @@ import pytest
 from cycleqd.db import open_store
 from cycleqd.envs.episode import Episode, EpisodeStatus, Message, Outcome
 from cycleqd.envs.errors import UnknownEnvironmentError
-from cycleqd.envs.registry import EnvironmentBase, Runtime, environment, names, register, unregister
+from cycleqd.envs.registry import Environment, EnvironmentBase, Runtime, environment, names, register, unregister
 from cycleqd.envs.suites import guess_environment
 from cycleqd.eval.orchestrator import EvalSettings, Orchestrator, summarize
 from cycleqd.eval.tasks import load_eval_tasks
@@ -50,16 +50,16 @@ class EchoEpisode(Episode):
         return Outcome(EpisodeStatus.COMPLETED, score, 1, answer=self.echoed)
 
 
-class EchoEnvironment(EnvironmentBase):
+class EchoEnvironment(EnvironmentBase[EchoTask]):
     name = "echo"
 
     def images(self) -> tuple[str, ...]:
         return ("os-default",)
 
-    def builtin_tasks(self, split: str) -> list[Any]:
+    def builtin_tasks(self, split: str) -> list[EchoTask]:
         return [EchoTask(f"echo-{i}", word) for i, word in enumerate(["banana", "river"])]
 
-    def load_tasks(self, path: Path) -> list[Any]:
+    def load_tasks(self, path: Path) -> list[EchoTask]:
         return [EchoTask(f"{path.name}#{i}", w) for i, w in enumerate(path.read_text().split())]
 
     def recognizes(self, record: dict[str, Any], file: Path) -> bool:
@@ -70,7 +70,7 @@ class EchoEnvironment(EnvironmentBase):
         async with runtime.sandbox("os-default") as sandbox:
             yield EchoEpisode(task, sandbox)
 
-    def metrics(self, results: Iterable[tuple[Any, float]]) -> dict[str, float]:
+    def metrics(self, results: Iterable[tuple[EchoTask, float]]) -> dict[str, float]:
         return {"echoed": float(sum(1 for _, score in results if score == 1.0))}
 
 
@@ -87,6 +87,10 @@ def test_a_registered_environment_is_known_everywhere(echo_environment: EchoEnvi
     (tmp_path / "words.json").write_text('[{"echo": "x"}]')
     assert guess_environment(tmp_path) == "echo"
     assert [t.key for t in load_eval_tasks(["echo"], "builtin", "dev", limit=1)] == ["echo-0"]
+    # what the base gives an environment that says nothing more: its id as its words, no gold to count
+    (task,) = load_eval_tasks(["echo"], "builtin", "dev", limit=1)
+    assert environment("echo").describe(task.task) == "echo-0" and environment("echo").gold_texts(task.task) == []
+    assert isinstance(echo_environment, Environment) and echo_environment.gold_rounds == 1
 
 
 def test_an_unknown_environment_names_the_known_ones() -> None:

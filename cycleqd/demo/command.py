@@ -56,8 +56,9 @@ class DemoBudget:
     # real data by tests/test_demo_budget.py): in-family, OS needs 224 SmolLM2 tokens, the rest fewer; the transfer
     # benchmarks need 384 (HumanEval's gold repeats its docstring). 128 cut most OS golds.
     max_tokens: int = 224
-    # Every gold takes at most two rounds (act, answer; gold_lengths.GOLD_ROUNDS). AgentBench's OS one-shot shows
-    # three (two bash turns, then the answer), which a model imitating it needs; the night preset has the paper's 5.
+    # Every gold takes at most two rounds (act, answer: each environment's `gold_rounds`). AgentBench's OS one-shot
+    # shows three (two bash turns, then the answer), which a model imitating it needs; the night preset has the
+    # paper's 5.
     rounds: int = 3
     bins: int = 5
     db_train: int = 200  # generated DB train tasks (the expert uses sft_tasks of them)

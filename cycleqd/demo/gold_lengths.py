@@ -2,10 +2,9 @@
 skill be won: a reply cut before its closing fence runs nothing, and a task whose every solution is longer than
 `max_tokens` scores 0 whatever the model learned.
 
-A gold reply here is a model turn of the gold trajectory that can be written without running the task: OS's first
-reply (thought and bash block; the answer that follows depends on the sandbox's output and is short), DB's
-operation and its answer, coding's code block. Each is counted as the tokens the model would generate: the reply's
-tokens plus the end-of-turn token that closes it.
+A gold reply here is a model turn of the gold trajectory that can be written without running the task (each
+environment's `gold_texts`: OS's first reply, DB's operation and its answer, coding's code block). Each is counted
+as the tokens the model would generate: the reply's tokens plus the end-of-turn token that closes it.
 """
 
 from __future__ import annotations
@@ -15,9 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cycleqd.envs.gold_texts import GOLD_REPLIES, GOLD_ROUNDS
-
-__all__ = ["FIT_SHARE", "GOLD_REPLIES", "GOLD_ROUNDS", "fit", "reply_tokens", "task_lengths"]
+from cycleqd.envs.registry import Task, environment
 
 FIT_SHARE = 0.95  # the share of gold replies a demo budget must fit, in every split
 TOKEN_STEP = 32  # budgets are rounded up to a multiple of this
@@ -27,11 +24,11 @@ def reply_tokens(tokenizer: Any, reply: str) -> int:
     return len(tokenizer.encode(reply, add_special_tokens=False)) + 1  # + the end-of-turn token
 
 
-def task_lengths(tokenizer: Any, env: str, tasks: Iterable[Any]) -> list[int]:
+def task_lengths(tokenizer: Any, env: str, tasks: Iterable[Task]) -> list[int]:
     """Per task with a countable gold, the tokens of its longest gold reply (every reply must fit)."""
     lengths = []
     for task in tasks:
-        replies = GOLD_REPLIES[env](task)
+        replies = environment(env).gold_texts(task)
         if replies:
             lengths.append(max(reply_tokens(tokenizer, r) for r in replies))
     return lengths

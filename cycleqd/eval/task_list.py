@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import json
-import re
 
 from rich.console import Console
 from rich.table import Table
 
+from cycleqd.envs.registry import environment
 from cycleqd.eval.tasks import EvalTask, load_eval_tasks
 
 WIDTH = 100
 
 
 def one_line(task: EvalTask) -> str:
-    """The task's own words, on one line: an OS or DB task's description, a coding task's first docstring line."""
-    text = getattr(task.task, "description", None)
-    if text is None:
-        prompt = getattr(task.task, "prompt", "")
-        docstring = re.search(r'("""|\'\'\')\s*(.+?)\s*(\n\s*\n|\1)', prompt, re.S)
-        text = docstring.group(2) if docstring else prompt
-    text = " ".join(str(text).split())
+    """The task's own words as its environment describes it, on one line."""
+    text = " ".join(environment(task.env).describe(task.task).split())
     return text if len(text) <= WIDTH else text[: WIDTH - 1] + "…"
 
 

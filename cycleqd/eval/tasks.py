@@ -6,9 +6,9 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from cycleqd.envs.registry import environment
+from cycleqd.envs.registry import Task, environment
 from cycleqd.envs.suites import suite_tasks
 from cycleqd.errors import UserError
 
@@ -26,7 +26,7 @@ class EvalTask:
     suite: str
     split: str
     key: str  # the task's id within its suite
-    task: Any  # the environment's own task value (a frozen dataclass)
+    task: Task  # the environment's own task value: handed back to `environment(env)` for anything beyond its id
 
     @property
     def content_hash(self) -> str:
