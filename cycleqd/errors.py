@@ -29,6 +29,11 @@ class UserError(Exception):
     exit_status = 2
 
 
+class RayClusterError(UserError):
+    """The cluster cannot run this: Ray missing, unreachable, no slots, or nodes that disagree; the message says
+    what to do."""
+
+
 class BadOptionError(UserError):
     """An option's value is out of its range."""
 

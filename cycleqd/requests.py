@@ -11,6 +11,7 @@ from typing import Any
 from cycleqd.envs.registry import environment, names
 from cycleqd.errors import BadOptionError, ResumeConflictError
 from cycleqd.eval.orchestrator import EvalSettings, Sampling
+from cycleqd.eval.tasks import EvalTask, planned_tasks
 from cycleqd.serving.model_ref import server_prefix
 
 SERVERS = ("auto", "transformers", "vllm")
@@ -101,6 +102,10 @@ class EvalRequest:
                     f"or start a new run without --resume"
                 )
         return self
+
+    def planned_tasks(self) -> list[EvalTask]:
+        """The tasks this request plays, in order (`--task-ids` first, then `--limit` per environment)."""
+        return planned_tasks(self.tasks, self.suite, self.split, self.task_ids, self.limit)
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_p=self.top_p, seed=self.seed)

@@ -249,13 +249,13 @@ def test_an_unknown_task_id_is_one_line_and_creates_nothing(tmp_path: Path) -> N
 
 
 def test_the_limit_applies_after_the_task_ids() -> None:
-    from cycleqd.eval.tasks import load_eval_tasks, planned_tasks
+    from cycleqd.eval.tasks import load_eval_tasks
 
     third = load_eval_tasks(["db"], "builtin", "dev", None)[2].key
     # --limit 1 kept the first task only, and then the third was reported missing
-    chosen = planned_tasks(EvalRequest(tasks=("db",), task_ids=(third,), limit=1))
+    chosen = EvalRequest(tasks=("db",), task_ids=(third,), limit=1).planned_tasks()
     assert [t.key for t in chosen] == [third]
-    both = planned_tasks(EvalRequest(tasks=("db", "os"), limit=1))
+    both = EvalRequest(tasks=("db", "os"), limit=1).planned_tasks()
     assert [t.env for t in both] == ["db", "os"]
 
 

@@ -13,7 +13,7 @@ from cycleqd.db.store import Store, check_store_path, open_store
 from cycleqd.errors import IncompleteRunError, RunInterrupted, explained
 from cycleqd.eval.orchestrator import Orchestrator, summarize
 from cycleqd.eval.runtime import images_for
-from cycleqd.eval.tasks import EvalTask, planned_tasks
+from cycleqd.eval.tasks import EvalTask
 from cycleqd.events import EpisodesPlanned, OnEvent, RunOpened, Stopping, ignore
 from cycleqd.ray.support import ray_backend
 from cycleqd.requests import EvalRequest
@@ -53,7 +53,7 @@ def evaluate(
     else:
         check_store_path(db)  # a wrong --db fails now, not after the model has loaded
     _check_model(request)
-    tasks = planned_tasks(request)
+    tasks = request.planned_tasks()
     if ray:  # before any run row: an unreachable cluster is one line
         ray_backend().connect(ray)
     build_images(docker_client(), images_for(request.tasks))

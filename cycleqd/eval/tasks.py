@@ -6,14 +6,10 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING
 
 from cycleqd.envs.registry import Task, environment
 from cycleqd.envs.suites import suite_tasks
 from cycleqd.errors import UserError
-
-if TYPE_CHECKING:
-    from cycleqd.requests import EvalRequest
 
 
 class UnknownTaskError(UserError):
@@ -61,16 +57,18 @@ def select_tasks(tasks: list[EvalTask], task_ids: Sequence[str] | None) -> list[
     return [by_key[key] for key in dict.fromkeys(task_ids)]
 
 
-def planned_tasks(request: EvalRequest) -> list[EvalTask]:
-    """The tasks a request plays: those `--task-ids` names (all when unset), then at most `--limit` per environment,
-    so that a limit never hides a task the user named."""
-    chosen = select_tasks(load_eval_tasks(list(request.tasks), request.suite, request.split, None), request.task_ids)
-    if request.limit is None:
+def planned_tasks(
+    envs: Sequence[str], suite: str, split: str, task_ids: Sequence[str] | None, limit: int | None
+) -> list[EvalTask]:
+    """The tasks an evaluation plays: those `--task-ids` names (all when unset), then at most `--limit` per
+    environment, so that a limit never hides a task the user named."""
+    chosen = select_tasks(load_eval_tasks(list(envs), suite, split, None), task_ids)
+    if limit is None:
         return chosen
     kept: dict[str, int] = {}
     limited = []
     for task in chosen:
         kept[task.env] = kept.get(task.env, 0) + 1
-        if kept[task.env] <= request.limit:
+        if kept[task.env] <= limit:
             limited.append(task)
     return limited

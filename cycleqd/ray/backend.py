@@ -29,6 +29,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from cycleqd.db.store import Store
+from cycleqd.errors import RayClusterError
 from cycleqd.eval.orchestrator import EpisodeResult, EvalSettings, Orchestrator
 from cycleqd.eval.tasks import EvalTask
 from cycleqd.evolve.evaluator import EpisodeEvaluator
@@ -36,7 +37,6 @@ from cycleqd.evolve.loop import CandidateUnderTest
 from cycleqd.evolver.config import EvolveConfig
 from cycleqd.evolver.racing import Race
 from cycleqd.ray.node import ModelSpec, NodeSlot
-from cycleqd.ray.support import RayClusterError
 
 log = logging.getLogger(__name__)
 SLOT_RESOURCE = "cycleqd_slot"

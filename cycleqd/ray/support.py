@@ -1,6 +1,6 @@
-"""What the rest of cycleqd needs to know about the Ray backend without importing Ray: its user error, what the
-backend offers (`RayBackend`), and how to load it (only when a run asks for a cluster; Ray is the optional extra
-`cycleqd[ray]`)."""
+"""What the rest of cycleqd needs to know about the Ray backend without importing Ray: what the backend offers
+(`RayBackend`), and how to load it (only when a run asks for a cluster; Ray is the optional extra `cycleqd[ray]`).
+Imports run one way, support → backend: the backend's user error lives with the others, in `cycleqd.errors`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from cycleqd.errors import UserError
+from cycleqd.errors import RayClusterError
 
 if TYPE_CHECKING:
     from cycleqd.db.store import Store
@@ -19,11 +19,6 @@ if TYPE_CHECKING:
 
     class ClusterEvaluator(CandidateEvaluator, Protocol):
         async def close(self) -> None: ...
-
-
-class RayClusterError(UserError):
-    """The cluster cannot run this: Ray missing, unreachable, no slots, or nodes that disagree; the message says
-    what to do."""
 
 
 class RayBackend(Protocol):
