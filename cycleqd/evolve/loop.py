@@ -3,6 +3,10 @@ cycles, parents are sampled from its archive, crossed over and mutated as genome
 selection split, and offered to every archive. At the end the archives' best elites are merged by softmax over
 their qualities and measured on the test splits beside the base, the experts and the naive merge.
 
+The algorithm's decisions are `evolver/algorithm.py`'s ask/tell pair (`CycleQD`); this module drives it: it asks
+for a child and records it, has the evaluator score it (racing, reusing a measured genome), tells the algorithm
+the scores and commits what the archives did, and says so to `on_event`.
+
 Resume is exact: a generation's insertions commit in one transaction; a child is identified by (generation, slot)
 and its row is found again on a resume (with its scores, if it had been evaluated), every random draw derives from
 (seed, generation, slot), and the archives are rebuilt from the store. In synchronous mode W children are
@@ -30,20 +34,12 @@ import numpy as np
 
 from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
 from cycleqd.db.schema import Candidate, CandidateKind, CandidateStatus
-from cycleqd.evolver.archive import Elite, GridArchive, Insertion, cell_key, paper_bc_range, parse_cell_key
+from cycleqd.evolver.algorithm import SEARCH_STREAM, CycleQD, Offer, Proposal, active_task, bc_ranges, empty_archives
+from cycleqd.evolver.archive import Elite, GridArchive, Insertion, cell_key, parse_cell_key
 from cycleqd.evolver.config import EvolveConfig
 from cycleqd.evolver.genome import Genome
-from cycleqd.evolver.operators import (
-    average_merge,
-    crossover,
-    draw_omegas,
-    gaussian_mutation,
-    softmax_merge,
-    svd_mutation,
-)
-from cycleqd.evolver.qd_metrics import qd_metrics
-from cycleqd.evolver.racing import Race, early_rejection_records, rejects
-from cycleqd.evolver.sampling import sample_parents
+from cycleqd.evolver.operators import average_merge
+from cycleqd.evolver.racing import Race, rejects
 from cycleqd.evolver.svd_cache import SVDCache
 
 log = logging.getLogger(__name__)
@@ -121,16 +117,8 @@ class FinalRow:
         return sum(self.test_scores.values()) / len(self.test_scores) if self.test_scores else 0.0
 
 
-SEARCH_STREAM = 1_000_003  # the search baseline's draws: a seed sequence no (seed, generation, slot) child uses
-
-
 def search_label(merges: int) -> str:
     return f"random search (best of {merges})"
-
-
-def active_task(generation: int, flip_interval: int, tasks: int) -> int:
-    """The task whose archive gives parents and whose expert gives mutation directions (generation ≥ 1)."""
-    return ((generation - 1) // flip_interval) % tasks
 
 
 class Evolution:
@@ -150,9 +138,20 @@ class Evolution:
         self.evaluator = evaluator
         self.on_event = on_event
         self.names = config.task_names
-        self.archives: list[GridArchive] = []
         self._genomes: dict[str, Genome] = {}
+        self.algorithm = CycleQD(config, cache, [], [], self._genome)
         self._free_slots: asyncio.Queue[int] = asyncio.Queue()
+
+    @property
+    def archives(self) -> list[GridArchive]:
+        return self.algorithm.archives
+
+    @archives.setter
+    def archives(self, archives: list[GridArchive]) -> None:
+        """The archives as the store holds them (or as generation 0 made them), with the experts as elites."""
+        self.algorithm.archives = archives
+        self.algorithm.experts = [self._elite(row) for row in self.evo.candidates(CandidateKind.EXPERT)
+                                  if set(row.scores) == set(self.names)]  # fmt: skip
 
     # -- the whole run -------------------------------------------------------------------------------------------
 
@@ -184,13 +183,10 @@ class Evolution:
         scored = [m.scores for m in measured if m.scores is not None]  # experts never race
         for (row, _), scores in zip(experts, scored, strict=True):
             self.on_event(EvolutionEvent(EventKind.EXPERT, 0, candidate_id=row.id, scores=scores))
-        ranges = self._bc_ranges([[s[name] for name in self.names] for s in scored])
-        specs = [
-            ArchiveSpec(k, name, self.config.bins, [n for n in self.names if n != name],
-                        [list(ranges[n]) for n in self.names if n != name])
-            for k, name in enumerate(self.names)
-        ]  # fmt: skip
-        self.evo.create_archives(specs)
+        empty = empty_archives(self.config, bc_ranges(self.config, [[s[name] for name in self.names] for s in scored]))
+        self.evo.create_archives(
+            [ArchiveSpec(a.task_index, a.name, a.bins, list(a.bc_names), [list(r) for r in a.ranges]) for a in empty]
+        )
         self.archives = self._rebuild_archives()
         self._insert_and_commit(0, 0, [(row, m) for (row, _), m in zip(experts, measured, strict=True)])
 
@@ -219,41 +215,24 @@ class Evolution:
     # -- one child -----------------------------------------------------------------------------------------------
 
     def _child(self, generation: int, slot: int, q: int) -> tuple[Candidate, CandidateUnderTest]:
-        """The child (generation, slot): found in the store on a resume, otherwise proposed and recorded."""
+        """The child (generation, slot): found in the store on a resume, otherwise asked for and recorded."""
         row = self.evo.find_candidate(CandidateKind.CHILD, generation, slot)
-        if row is not None:
-            assert row.genome_hash is not None
-            return row, CandidateUnderTest(row.id, CandidateKind.CHILD, self._genome(row.genome_hash), row.genome_hash)
-        rng = np.random.default_rng([self.config.seed, generation, slot])
-        # Experts that tie (all 0 on a small model) share one cell and only the first stays an elite; the experts
-        # themselves come last in the fallback so that parents can still be drawn.
-        experts = [self._elite(row) for row in self.evo.candidates(CandidateKind.EXPERT)]
-        fallback = [*(e for archive in self.archives for e in archive.ordered_elites()), *experts]
-        sampler = self.config.sampler
-        first, second = sample_parents(self.archives[q], rng, kind=sampler.kind, alpha_low=sampler.alpha_low,
-                                       alpha_high=sampler.alpha_high, fallback=fallback)  # fmt: skip
-        w1, w2 = draw_omegas(rng, self.config.crossover.mu, self.config.crossover.sigma)
-        genome = crossover(self._genome(first.genome_hash), self._genome(second.genome_hash), w1, w2)
-        genome, mutation = self._mutated(genome, q, rng)
-        digest = genome.save(self.genomes_dir)
-        self._genomes[digest] = genome
-        row = self.evo.add_candidate(
-            CandidateKind.CHILD, generation, slot, genome_hash=digest, active_task=q,
-            parents=[first.candidate_id, second.candidate_id], omegas=[w1, w2], mutation=mutation,
-        )  # fmt: skip
-        return row, CandidateUnderTest(row.id, CandidateKind.CHILD, genome, digest)
+        if row is None:
+            proposal = self.algorithm.ask(generation, slot)
+            assert proposal.active_task == q
+            row = self._record(CandidateKind.CHILD, generation, slot, proposal, active_task=q,
+                               parents=list(proposal.parents), omegas=list(proposal.omegas))  # fmt: skip
+        assert row.genome_hash is not None
+        return row, CandidateUnderTest(row.id, CandidateKind.CHILD, self._genome(row.genome_hash), row.genome_hash)
 
-    def _mutated(self, genome: Genome, q: int, rng: np.random.Generator) -> tuple[Genome, dict]:
-        """The config's mutation along task q's expert, and its record (kind, task, seed, strength)."""
-        mutation = {"kind": self.config.mutation.kind, "task": self.names[q]}
-        seed = int(rng.integers(2**31 - 1))
-        if self.config.mutation.kind == "svd":
-            genome = svd_mutation(genome, self.cache, q, self.config.mutation.w_max, seed)
-            mutation |= {"seed": seed, "w_max": self.config.mutation.w_max}
-        elif self.config.mutation.kind == "gaussian":
-            genome = gaussian_mutation(genome, self.config.mutation.std, seed)
-            mutation |= {"seed": seed, "std": self.config.mutation.std}
-        return genome, mutation
+    def _record(
+        self, kind: CandidateKind, generation: int, slot: int, proposal: Proposal, **fields: object
+    ) -> Candidate:
+        """A proposal's genome saved and kept, and its candidate row."""
+        digest = proposal.genome.save(self.genomes_dir)
+        self._genomes[digest] = proposal.genome
+        return self.evo.add_candidate(kind, generation, slot, genome_hash=digest, mutation=proposal.mutation,
+                                      **fields)  # type: ignore[arg-type]  # fmt: skip
 
     # -- the equal-budget search baseline ------------------------------------------------------------------------
 
@@ -271,15 +250,8 @@ class Evolution:
     def _searched(self, generation: int, index: int) -> tuple[Candidate, CandidateUnderTest]:
         row = self.evo.find_candidate(CandidateKind.SEARCH, generation, index)
         if row is None:
-            rng = np.random.default_rng([self.config.seed, SEARCH_STREAM, index])
-            weights = rng.dirichlet(np.ones(len(self.names)))
-            experts = [Genome.expert(self.cache, k) for k in range(len(self.names))]
-            along = int(rng.integers(len(self.names)))
-            genome, mutation = self._mutated(Genome.combine(experts, weights.tolist()), along, rng)
-            digest = genome.save(self.genomes_dir)
-            self._genomes[digest] = genome
-            row = self.evo.add_candidate(CandidateKind.SEARCH, generation, index, genome_hash=digest,
-                                         omegas=weights.tolist(), mutation=mutation)  # fmt: skip
+            proposal = self.algorithm.ask_random_merge(index)
+            row = self._record(CandidateKind.SEARCH, generation, index, proposal, omegas=list(proposal.omegas))
         assert row.genome_hash is not None
         return row, CandidateUnderTest(row.id, CandidateKind.SEARCH, self._genome(row.genome_hash), row.genome_hash)
 
@@ -349,11 +321,6 @@ class Evolution:
 
     # -- archives ------------------------------------------------------------------------------------------------
 
-    def _bc_ranges(self, expert_scores: list[list[float]]) -> dict[str, tuple[float, float]]:
-        if self.config.bc_ranges is not None:
-            return {name: tuple(self.config.bc_ranges[name]) for name in self.names}  # type: ignore[misc]
-        return {name: paper_bc_range([row[j] for row in expert_scores]) for j, name in enumerate(self.names)}
-
     def _rebuild_archives(self) -> list[GridArchive]:
         rows = self.evo.archives()
         candidates = {c.id: c for c in self.evo.candidates()}
@@ -372,31 +339,17 @@ class Evolution:
         return Elite(row.id, row.genome_hash, tuple(float(row.scores[name]) for name in self.names))
 
     def _insert_and_commit(self, generation: int, q: int, scored: list[tuple[Candidate, Measured]]) -> None:
-        """Offer each candidate (in slot order) to every archive; commit the generation in one transaction.
-        A child rejected early is not offered: no archive could take it, whatever its unknown scores."""
+        """Tell the algorithm each candidate's scores (in slot order); commit what the archives did in one
+        transaction. A child rejected early is not offered: no archive could take it, whatever its unknown scores."""
         archive_ids = [row.id for row in self.evo.archives()]
-        insertions: dict[int, list[dict]] = {}
-        updates: dict[tuple[int, str], CellUpdate] = {}
-        reports: dict[int, list[Insertion]] = {}
-        for row, measured in scored:
-            if measured.scores is None:
-                assert measured.bounds is not None
-                reports[row.id] = []
-                insertions[row.id] = early_rejection_records(self.archives, measured.bounds)
-                continue
-            scores = measured.scores
-            elite = Elite(row.id, row.genome_hash or "", tuple(scores[name] for name in self.names))
-            reports[row.id] = [archive.offer(elite) for archive in self.archives]
-            insertions[row.id] = [r.as_record() for r in reports[row.id]]
-            for archive_id, report in zip(archive_ids, reports[row.id], strict=True):
-                if report.status:
-                    key = cell_key(report.cell)
-                    updates[(archive_id, key)] = CellUpdate(archive_id, key, row.id, report.new_quality)
-        metrics = [qd_metrics(archive).as_record() for archive in self.archives]
-        self.evo.commit_generation(generation, q, insertions, list(updates.values()), metrics)
+        told = self.algorithm.tell(
+            [Offer(row.id, row.genome_hash or "", measured.scores, measured.bounds) for row, measured in scored]
+        )
+        updates = [CellUpdate(archive_ids[t.archive], cell_key(t.cell), t.candidate_id, t.quality) for t in told.taken]
+        self.evo.commit_generation(generation, q, told.records, updates, told.metrics)
         for row, measured in scored:
             self.on_event(EvolutionEvent(EventKind.GENERATION, generation, self.names[q], row.id, measured.scores or {},
-                                         reports[row.id], metrics, measured.episodes,
+                                         told.reports[row.id], told.metrics, measured.episodes,
                                          measured.rejected_early))  # fmt: skip
 
     def _genome(self, digest: str) -> Genome:
@@ -408,13 +361,7 @@ class Evolution:
 
     async def finalise(self) -> list[FinalRow]:
         """θ_final = θ_base + Σ_k softmax(f)_k τ_k over the archives' best elites; everything on the test splits."""
-        experts = {row.slot: self._elite(row) for row in self.evo.candidates(CandidateKind.EXPERT)}
-        bests = [a.best(experts.get(a.task_index), self.config.seed) for a in self.archives]  # ties: archive.best
-        elites = [b for b in bests if b is not None]
-        final = softmax_merge(
-            [self._genome(e.genome_hash) for e in elites],
-            [e.scores[a.task_index] for e, a in zip(bests, self.archives, strict=True) if e],
-        )
+        final, parents = self.algorithm.final_merge()
         merge = average_merge(self.cache)
         after = self.config.generations + 1
         entries: list[tuple[str, Candidate, CandidateUnderTest]] = []
@@ -431,7 +378,7 @@ class Evolution:
             )
         for label, kind, genome, extra in (
             ("naive merge", CandidateKind.MERGE, merge, {}),
-            ("CycleQD final", CandidateKind.FINAL, final, {"parents": [e.candidate_id for e in elites]}),
+            ("CycleQD final", CandidateKind.FINAL, final, {"parents": parents}),
         ):
             digest = genome.save(self.genomes_dir)
             self._genomes[digest] = genome
