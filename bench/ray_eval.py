@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from ray_cluster import start_cluster  # noqa: E402
-
+sys.path.insert(0, str(ROOT))  # a script: tests/ lends its local cluster
 from cycleqd.serving.server_process import free_port  # noqa: E402
+from tests.ray_cluster import start_cluster  # noqa: E402
 
 CLI = "import sys; from cycleqd.cli import main; sys.argv[0] = 'cycleqd'; main()"
 

@@ -30,7 +30,7 @@ from cycleqd.serving.vllm_serve import SwapMethod, VLLMManager
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ lends its perturbed checkpoint maker
 from bench.serving_cpu import conversations  # noqa: E402
-from tests.conftest import perturbed_checkpoint  # noqa: E402
+from tests.checkpoints import perturbed_checkpoint  # noqa: E402
 
 
 def tree_cpu_seconds(manager: ProcessServerManager) -> float:

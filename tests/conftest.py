@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import docker
 import pytest
@@ -14,17 +13,9 @@ from cycleqd.sandboxes.engine import ensure_engine
 from cycleqd.sandboxes.errors import EngineUnavailableError
 from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.sandboxes.labels import OWNER_PID
-from cycleqd.sandboxes.limits import SandboxLimits
 from cycleqd.sandboxes.reaper import labels_of, managed_containers, name_of
-
-# Short limits keep the timeout tests quick; the defaults are tested on their own.
-TEST_LIMITS = SandboxLimits(command_timeout_s=3.0, output_cap_bytes=256 << 10)
-# ptrace(PTRACE_ATTACH, 1), wait for the stop, then PTRACE_CONT delivering SIGKILL: as root, the one way in
-# from inside to end a main process that ignores every signal, which Docker's default seccomp profile allows.
-PTRACE_KILL_PID1 = (
-    "python3 -c 'import ctypes, os; libc = ctypes.CDLL(None); libc.ptrace(16, 1, 0, 0); os.waitpid(1, 0); "
-    "libc.ptrace(7, 1, 0, 9)'"
-)
+from tests.checkpoints import perturbed_checkpoint
+from tests.sandbox_settings import TEST_LIMITS
 
 
 @pytest.fixture(scope="session")
@@ -81,28 +72,6 @@ def default_model():  # noqa: ANN201 - a LocalCheckpoint
     from cycleqd.serving.default_model import default_checkpoint
 
     return default_checkpoint()
-
-
-def perturbed_checkpoint(source: Path, out: Path, seed: int, scale: float) -> Path:
-    """A copy of checkpoint `source` with Gaussian noise (`scale` × each matrix's std) on every matrix."""
-    import shutil
-
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    for item in source.iterdir():
-        if item.is_file() and not item.name.startswith(".") and item.suffix != ".safetensors":
-            shutil.copy(item, out / item.name)
-    generator = torch.Generator().manual_seed(seed)
-    for weights in source.glob("*.safetensors"):
-        tensors = load_file(weights)
-        for name, tensor in tensors.items():
-            if tensor.ndim == 2:
-                noise = torch.randn(tensor.shape, generator=generator) * tensor.float().std() * scale
-                tensors[name] = (tensor.float() + noise).to(tensor.dtype)
-        save_file(tensors, out / weights.name, metadata={"format": "pt"})
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -136,6 +136,19 @@ class ProbeNode(ProbeEvaluator):
         super().__init__(cache, experts, root / "work", delays)
 
 
+def stored_cells(evo: EvolutionStore) -> dict[tuple[str, str], tuple[int, float]]:
+    names = {a.id: a.task_name for a in evo.archives()}
+    return {(names[c.archive_id], c.cell): (c.candidate_id, c.quality) for c in evo.cells()}
+
+
+def snapshot(db: Path, run_id: str) -> tuple[dict, list]:
+    evo = EvolutionStore(open_store(db), run_id)
+    cells = {key: (evo.candidate(cid).genome_hash, quality) for key, (cid, quality) in stored_cells(evo).items()}
+    children = [(c.generation, c.slot, c.genome_hash, c.scores, c.parents != [], c.omegas, c.mutation)
+                for c in evo.candidates("child")]  # fmt: skip
+    return cells, children
+
+
 def run_probe_evolution(  # noqa: ANN201
     db: Path, root: Path, run_id: str | None, delays: tuple[float, ...], evaluator: CandidateEvaluator | None = None,
     **settings: object,

@@ -31,8 +31,8 @@ from cycleqd.sandboxes.labels import RUN
 from cycleqd.serving.client import ClientSettings
 from cycleqd.serving.external import ExternalManager
 from cycleqd.serving.model_ref import ExternalEndpoint
-from tests.conftest import PTRACE_KILL_PID1
 from tests.hostile_model import MODEL, HostileModelServer
+from tests.sandbox_settings import PTRACE_KILL_PID1
 
 pytestmark = pytest.mark.usefixtures("images")
 

@@ -84,7 +84,7 @@ def test_import_is_light_and_evolve_stays_callable() -> None:
 def test_evolve_returns_its_final_table_and_tells_each_step(docker_engine, default_model, tmp_path: Path) -> None:  # noqa: ANN001
     from cycleqd.events import Stage
     from cycleqd.evolve.loop import EventKind, EvolutionEvent
-    from tests.conftest import perturbed_checkpoint
+    from tests.checkpoints import perturbed_checkpoint
 
     experts = [perturbed_checkpoint(default_model.path, tmp_path / f"e{k}", seed=40 + k, scale=0.05) for k in range(2)]
     (tmp_path / "evolve.yaml").write_text(

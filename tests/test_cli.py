@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from cycleqd.eval.tasks import load_eval_tasks
-
-CYCLEQD = shutil.which("cycleqd", path=str(Path(sys.executable).parent)) or "cycleqd"
-# This checkout's CLI, whichever tree the virtual environment's editable install points at (with PYTHONPATH set to
-# this checkout, as the tests run).
-CYCLEQD_HERE = (sys.executable, "-m", "cycleqd.cli")
-
-
-def cycleqd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CYCLEQD, *args], capture_output=True, text=True, timeout=timeout)
+from tests.cli_process import cycleqd
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from cycleqd.envs.episode import EpisodeStatus
 from cycleqd.envs.errors import TaskFormatError
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.suite.verify import verify_suite
-from tests.conftest import TEST_LIMITS
+from tests.sandbox_settings import TEST_LIMITS
 
 SHARED_MBPP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp" / "mbpp.jsonl"
 MBPP_TASK = {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import CYCLEQD
+from tests.cli_process import CYCLEQD
 
 TINY = ["--sft-tasks", "2", "--sft-epochs", "1", "--eval-limit", "2", "--generations", "1", "--max-tokens", "32",
         "--rounds", "1", "--db-train", "4", "--seeds", "2"]  # fmt: skip

@@ -20,7 +20,7 @@ from cycleqd.eval.runtime import EnvRuntime
 from cycleqd.eval.tasks import load_eval_tasks
 from cycleqd.serving.resolve import gpu_available
 from cycleqd.serving.transformers_serve import default_options
-from tests.test_cli import CYCLEQD, CYCLEQD_HERE
+from tests.cli_process import CYCLEQD, CYCLEQD_HERE
 
 FAST = EvalSettings(concurrency=3, repeats=2, max_tokens=48, max_sandboxes=6, episode=EpisodeSettings(round_limit=2))
 

@@ -14,9 +14,7 @@ import pytest
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.store import open_store
 from cycleqd.evolver.archive import Elite, GridArchive, cell_key
-
-sys.path.insert(0, str(Path(__file__).parent))
-from evolution_probe import TASKS, make_tiny_family, run_probe_evolution  # noqa: E402
+from tests.evolution_probe import TASKS, make_tiny_family, run_probe_evolution, snapshot, stored_cells
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +39,6 @@ def replayed_cells(evo: EvolutionStore, in_commit_order: bool = False) -> dict[t
             archive.offer(elite)
     return {(a.name, cell_key(cell)): (e.candidate_id, a.quality(e.scores)) for a in archives
             for cell, e in a.elites.items()}  # fmt: skip
-
-
-def stored_cells(evo: EvolutionStore) -> dict[tuple[str, str], tuple[int, float]]:
-    names = {a.id: a.task_name for a in evo.archives()}
-    return {(names[c.archive_id], c.cell): (c.candidate_id, c.quality) for c in evo.cells()}
 
 
 def test_an_evolution_fills_archives_records_lineage_and_merges_the_best(family: Path, tmp_path: Path) -> None:
@@ -80,14 +73,6 @@ def test_an_evolution_fills_archives_records_lineage_and_merges_the_best(family:
     # every candidate was evaluated once for selection; the six of the final table once more on the test split
     assert len([e for e in evaluator.evaluated if not e[1]]) == 3 + 6
     assert len([e for e in evaluator.evaluated if e[1]]) == 6
-
-
-def snapshot(db: Path, run_id: str) -> tuple[dict, list]:
-    evo = EvolutionStore(open_store(db), run_id)
-    cells = {key: (evo.candidate(cid).genome_hash, quality) for key, (cid, quality) in stored_cells(evo).items()}
-    children = [(c.generation, c.slot, c.genome_hash, c.scores, c.parents != [], c.omegas, c.mutation)
-                for c in evo.candidates("child")]  # fmt: skip
-    return cells, children
 
 
 def test_a_run_killed_mid_generation_resumes_to_the_same_archives(family: Path, tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ import pytest
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.schema import RunStatus
 from cycleqd.db.store import open_store
-from tests.conftest import perturbed_checkpoint
-from tests.test_cli import CYCLEQD
+from tests.checkpoints import perturbed_checkpoint
+from tests.cli_process import CYCLEQD
 
 pytestmark = pytest.mark.slow
 

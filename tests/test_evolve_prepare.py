@@ -14,8 +14,8 @@ import pytest
 
 from cycleqd.db.monitor_queries import evolution_progress, open_monitor_store
 from cycleqd.db.store import open_store
-from tests.conftest import perturbed_checkpoint
-from tests.test_cli import CYCLEQD_HERE
+from tests.checkpoints import perturbed_checkpoint
+from tests.cli_process import CYCLEQD_HERE
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """

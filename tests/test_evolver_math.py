@@ -39,11 +39,9 @@ from cycleqd.evolver.operators import (
 )
 from cycleqd.evolver.safetensors_stream import StreamWriteError, StreamWriter
 from cycleqd.evolver.svd_cache import SVDCache, UnsupportedTensorError, build_svd_cache
+from tests.evolution_probe import tiny_config
 
 FP32 = {"atol": 1e-5, "rtol": 1e-4}  # the SVD round trip and fp32 sums, far below any term under test
-sys.path.insert(0, str(Path(__file__).parent))
-from evolution_probe import tiny_config  # noqa: E402
-
 BF16 = {"atol": 1e-6, "rtol": 2**-7}  # at most one bf16 rounding step (2^-7 relative) apart
 INDEX = "model.safetensors.index.json"
 

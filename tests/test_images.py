@@ -19,7 +19,7 @@ from cycleqd.sandboxes.images import (
     image_tag,
     recipe_hash,
 )
-from tests.conftest import TEST_LIMITS
+from tests.sandbox_settings import TEST_LIMITS
 
 
 def test_hash_is_stable_and_follows_the_recipe_and_its_parent(monkeypatch: pytest.MonkeyPatch) -> None:

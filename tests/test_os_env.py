@@ -20,7 +20,7 @@ from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.sandboxes.output import AGENTBENCH_TRUNCATION_NOTE
 from cycleqd.suite.verify import verify_suite
-from tests.conftest import PTRACE_KILL_PID1, TEST_LIMITS
+from tests.sandbox_settings import PTRACE_KILL_PID1, TEST_LIMITS
 
 SHARED_OS = Path(__file__).resolve().parents[2] / "shared" / "data" / "agentbench" / "AgentBench" / "os_interaction"
 needs_shared = pytest.mark.skipif(not SHARED_OS.exists(), reason=f"the shared AgentBench data is not at {SHARED_OS}")

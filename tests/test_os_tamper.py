@@ -12,7 +12,7 @@ from cycleqd.envs.os_tamper import TOOLCHAIN, foreign_login_shells, tampered_pat
 from cycleqd.sandboxes.contract import ChangeKind, FileChange
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.layer_changes import PathPatterns
-from tests.conftest import TEST_LIMITS
+from tests.sandbox_settings import TEST_LIMITS
 
 ADDED, MODIFIED, DELETED = ChangeKind.ADDED, ChangeKind.MODIFIED, ChangeKind.DELETED
 

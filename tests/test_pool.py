@@ -14,7 +14,7 @@ from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.errors import SandboxStoppedError
 from cycleqd.sandboxes.labels import OWNER_PID
 from cycleqd.sandboxes.pool import SandboxPool, StartAhead
-from tests.conftest import TEST_LIMITS
+from tests.sandbox_settings import TEST_LIMITS
 
 
 def count_our_containers(client: docker.DockerClient) -> int:

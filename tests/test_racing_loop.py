@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,7 @@ from cycleqd.db.store import open_store
 from cycleqd.evolve.loop import CandidateUnderTest, Evolution
 from cycleqd.evolve.report import final_rows, saving_line, write_episode_table
 from cycleqd.evolver.svd_cache import build_svd_cache
-
-sys.path.insert(0, str(Path(__file__).parent))
-from evolution_probe import TASKS, ProbeEvaluator, make_tiny_family, probe_config, run_probe_evolution  # noqa: E402
+from tests.evolution_probe import TASKS, ProbeEvaluator, make_tiny_family, probe_config, run_probe_evolution
 
 pytestmark = pytest.mark.slow
 SETTINGS = {"generations": 8, "bins": 2, "mode": "sync"}

@@ -24,11 +24,8 @@ ray = pytest.importorskip("ray", reason="Ray is the optional extra cycleqd[ray];
 
 from cycleqd.db.evolution_store import EvolutionStore  # noqa: E402
 from cycleqd.db.store import open_store  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from evolution_probe import ProbeNode, make_tiny_family, run_probe_evolution  # noqa: E402
-from ray_cluster import LocalRayCluster, start_cluster  # noqa: E402
-from test_evolution_loop import snapshot  # noqa: E402
+from tests.evolution_probe import ProbeNode, make_tiny_family, run_probe_evolution, snapshot  # noqa: E402
+from tests.ray_cluster import LocalRayCluster, start_cluster  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +168,7 @@ def test_a_child_is_materialised_served_and_played_on_a_node_and_stored_at_the_h
     from cycleqd.evolver.operators import crossover
     from cycleqd.evolver.svd_cache import build_svd_cache
     from cycleqd.ray.backend import RayEpisodeEvaluator, connect
-    from tests.conftest import perturbed_checkpoint
+    from tests.checkpoints import perturbed_checkpoint
 
     base = tiny_servable_model(default_model.path, tmp_path / "base")
     experts = [perturbed_checkpoint(base, tmp_path / f"expert-{k}", seed=20 + k, scale=0.05) for k in range(2)]

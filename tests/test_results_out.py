@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cycleqd.db import open_store
-from tests.test_cli import CYCLEQD_HERE
+from tests.cli_process import CYCLEQD_HERE
 
 ROOT = Path(__file__).resolve().parents[1]
 # The two evals of the fixture run inside the first test's time limit; on a loaded 2-core machine that is minutes.

@@ -6,7 +6,7 @@ import pytest
 
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.errors import ImageMissingError, SandboxStoppedError
-from tests.conftest import TEST_LIMITS
+from tests.sandbox_settings import TEST_LIMITS
 
 
 async def test_script_exit_code_and_separate_streams(sandbox: DockerSandbox) -> None:

@@ -4,7 +4,6 @@ model toward the gold, LoRA merged into full weights, and a resume that lands on
 from __future__ import annotations
 
 import difflib
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,7 @@ from cycleqd.evolver.checkpoint_files import verify_experts
 from cycleqd.sft.command import SFTRequest, run_sft, transcripts_file
 from cycleqd.sft.data import IGNORE, GoldTranscript, TrainingExample, load_transcripts, render
 from cycleqd.sft.train import SFTSettings, example_loss, fine_tune
-
-sys.path.insert(0, str(Path(__file__).parent))
-from evolution_probe import make_tiny_family  # noqa: E402
+from tests.evolution_probe import make_tiny_family
 
 
 def test_only_the_models_own_turns_are_labelled(default_model) -> None:  # noqa: ANN001

@@ -10,7 +10,7 @@ import pytest
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.errors import SessionClosedError
 from cycleqd.sandboxes.shell_session import BashSession, ansi_c_quote
-from tests.conftest import TEST_LIMITS
+from tests.sandbox_settings import TEST_LIMITS
 
 
 async def test_cwd_and_variables_carry_over(session: BashSession) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import CYCLEQD_HERE
+from tests.cli_process import CYCLEQD_HERE
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = [

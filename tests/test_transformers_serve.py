@@ -144,7 +144,7 @@ async def test_an_external_endpoint_is_used_as_is(tserve: TransformersServeManag
 
 @pytest.mark.slow
 def test_cli_chat_answers_with_the_default_model(default_model: LocalCheckpoint) -> None:
-    from tests.test_cli import cycleqd
+    from tests.cli_process import cycleqd
 
     done = cycleqd("chat", "What is the capital of France? Answer in one sentence.", "--max-tokens", "24", timeout=300)
     assert done.returncode == 0, done.stderr

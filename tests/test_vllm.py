@@ -24,7 +24,7 @@ from cycleqd.serving.gpu import gpu_available
 from cycleqd.serving.model_ref import LocalCheckpoint, validate_checkpoint
 from cycleqd.serving.vllm_launch import cpu_vllm_available
 from cycleqd.serving.vllm_serve import SwapMethod, VLLMManager
-from tests.conftest import perturbed_checkpoint
+from tests.checkpoints import perturbed_checkpoint
 
 pytestmark = [
     pytest.mark.slow,
