@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import docker
 import pytest
 
+from cycleqd.envs.registry import register, unregister
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.engine import ensure_engine
 from cycleqd.sandboxes.errors import EngineUnavailableError
@@ -15,6 +16,7 @@ from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.sandboxes.labels import OWNER_PID
 from cycleqd.sandboxes.reaper import labels_of, managed_containers, name_of
 from tests.checkpoints import perturbed_checkpoint
+from tests.echo_environment import EchoEnvironment
 from tests.sandbox_settings import TEST_LIMITS
 
 
@@ -92,3 +94,11 @@ async def tserve(default_model):  # noqa: ANN001, ANN201 - a TransformersServeMa
     await manager.serve(default_model)
     yield manager
     await manager.stop()
+
+
+@pytest.fixture
+def echo_environment() -> Iterator[EchoEnvironment]:
+    """The toy fourth environment (tests/echo_environment.py), registered for one test."""
+    env = register(EchoEnvironment())
+    yield env
+    unregister(env.name)

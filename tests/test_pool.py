@@ -1,4 +1,5 @@
-"""The warm pool against real containers: instant acquire when warm, fresh container per episode, a hard cap."""
+"""The warm pool against real containers: instant acquire when warm, fresh container per episode, a hard cap
+counted by the engine; its bookkeeping alone (spares per image, expected acquires) on memory sandboxes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.errors import SandboxStoppedError
 from cycleqd.sandboxes.labels import OWNER_PID
 from cycleqd.sandboxes.pool import SandboxPool, StartAhead
+from tests.memory_sandbox import MemoryStarter
 from tests.sandbox_settings import TEST_LIMITS
 
 
@@ -68,15 +70,15 @@ async def test_cap_holds_under_contention(docker_engine: docker.DockerClient, os
     assert count_our_containers(docker_engine) == baseline
 
 
-async def test_warm_spares_of_one_image_never_starve_another(os_image: str) -> None:
-    other = os_image.split(":")[0] + ":latest"  # the same image under a second name: a second pile
-    async with SandboxPool(
-        lambda image: DockerSandbox.start(image, limits=TEST_LIMITS), warm={os_image: 2}, max_live=2
-    ) as pool:
+async def test_warm_spares_of_one_image_never_starve_another() -> None:
+    """The pool's bookkeeping alone (memory sandboxes): two spares of one image fill the cap, yet another image's
+    acquire gets a place."""
+    starter = MemoryStarter()
+    async with SandboxPool(starter, warm={"one": 2}, max_live=2) as pool:
         await pool.wait_warm()
-        assert pool.idle(os_image) == 2
-        box = await asyncio.wait_for(pool.acquire(other), 20)
-        assert pool.live <= 2
+        assert pool.idle("one") == 2
+        box = await asyncio.wait_for(pool.acquire("other"), 5)
+        assert pool.live <= 2 and starter.live <= 2 and box.image == "other"  # type: ignore[attr-defined]
         await pool.release(box)
 
 
@@ -108,22 +110,16 @@ def test_start_ahead_follows_the_observed_rate(monkeypatch: pytest.MonkeyPatch) 
     assert pace.spares(32) == 0
 
 
-async def test_a_pool_told_the_acquires_to_come_starts_no_spare_beyond_them(os_image: str) -> None:
-    started: list[str] = []
-
-    async def factory(image: str) -> DockerSandbox:
-        box = await DockerSandbox.start(image, limits=TEST_LIMITS)
-        started.append(box.id)
-        return box
-
-    pool = SandboxPool(factory, warm={os_image: 2}, max_live=4)
-    pool.expect(os_image, 3)
+async def test_a_pool_told_the_acquires_to_come_starts_no_spare_beyond_them() -> None:
+    starter = MemoryStarter(start_s=0.01)
+    pool = SandboxPool(starter, warm={"one": 2}, max_live=4)
+    pool.expect("one", 3)
     async with pool:
         for _ in range(3):
-            async with pool.sandbox(os_image) as box:
+            async with pool.sandbox("one") as box:
                 assert (await box.exec(["echo", "ok"])).stdout == "ok\n"
-            await asyncio.sleep(0.5)  # time for refills that should not come
-    assert len(started) == 3
+            await asyncio.sleep(0.1)  # time for refills that should not come
+    assert len(starter.started) == 3 and starter.live == 0
 
 
 async def test_a_running_sandboxs_command_does_not_wait_behind_a_burst_of_starts(os_image: str) -> None:

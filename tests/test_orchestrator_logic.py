@@ -1,0 +1,165 @@
+"""The orchestrator's scheduling, retries, resume and gate, in milliseconds: the toy echo environment on memory
+sandboxes (tests/memory_sandbox.py) and a scripted model (tests/scripted_model.py), with a real SQLite store.
+What needs the real things (real episodes rescored the same, a killed process resumed, a model server killed
+mid-run) is tested in tests/test_eval.py and tests/test_racing_episodes.py."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cycleqd.db import open_store
+from cycleqd.db.store import Store
+from cycleqd.envs.episode import EpisodeStatus
+from cycleqd.envs.registry import EpisodeSettings, register, unregister
+from cycleqd.eval.orchestrator import EpisodeGate, EpisodeResult, EvalSettings, Orchestrator, summarize
+from cycleqd.eval.runtime import EnvRuntime
+from cycleqd.eval.tasks import EvalTask, load_eval_tasks
+from cycleqd.serving.errors import EndpointError
+from cycleqd.serving.model_ref import ExternalEndpoint
+from tests.echo_environment import EchoEnvironment
+from tests.memory_sandbox import MemoryStarter
+from tests.scripted_model import Messages, ScriptedModel
+
+WORDS = tuple(f"word{i}" for i in range(12))
+
+
+def repeat_the_word(messages: Messages) -> str:
+    return re.findall(r"word\d+", messages[-1]["content"])[-1]
+
+
+@pytest.fixture
+def twelve_words() -> Iterator[list[EvalTask]]:
+    env = register(EchoEnvironment(WORDS))
+    yield load_eval_tasks([env.name], "builtin", "dev", None)
+    unregister(env.name)
+
+
+async def played(
+    store: Store, tasks: list[EvalTask], model: ScriptedModel, settings: EvalSettings, starter: MemoryStarter,
+    run_id: str | None = None, on_result: Callable[[EpisodeResult], None] = lambda _: None,
+    gate: EpisodeGate | None = None,
+) -> tuple[str, int]:  # fmt: skip
+    """Run the tasks on memory sandboxes; the run's id and the model row."""
+    run_id = run_id or store.create_run("eval", {"test": "orchestrator logic"}).id
+    await model.serve(ExternalEndpoint("scripted://", "m"))
+    model_id = store.model_id("scripted:m", "scripted")
+    async with EnvRuntime.of(tasks, run_id=run_id, max_sandboxes=settings.max_sandboxes,
+                             settings=EpisodeSettings(round_limit=1), start_sandbox=starter) as runtime:  # fmt: skip
+        await Orchestrator(store, run_id, model, model_id, settings, on_result).run(tasks, runtime, gate)
+    return run_id, model_id
+
+
+async def test_every_episode_runs_once_in_a_fresh_sandbox_never_more_than_concurrency_at_once(
+    twelve_words: list[EvalTask], tmp_path: Path
+) -> None:
+    store = open_store(tmp_path / "logic.db")
+    model = ScriptedModel(repeat_the_word, latency_s=0.01)
+    starter = MemoryStarter()
+    settings = EvalSettings(concurrency=3, repeats=2, max_tokens=8, max_sandboxes=8)
+    run_id, model_id = await played(store, twelve_words, model, settings, starter)
+    episodes = store.episodes(run_id)
+    assert len(episodes) == 24 and len({(e.task_id, e.repeat) for e in episodes}) == 24
+    assert all(e.score == 1.0 and e.status == EpisodeStatus.COMPLETED for e in episodes)
+    assert model.requests == 24 and model.most_in_flight == 3
+    used = [box for box in starter.started if "/tmp/reply.txt" in box.files]
+    assert len(used) == 24 and len({box.id for box in used}) == 24  # one sandbox per episode, never reused
+    assert starter.live == 0  # every sandbox, spares included, is gone once the runtime closes
+    (aggregate,) = summarize(store, run_id, twelve_words, model_id, 1.0)
+    assert (aggregate.episodes, aggregate.errors, aggregate.score) == (24, 0, 1.0)
+
+
+async def test_environment_errors_are_retried_and_then_stored_without_a_score(
+    twelve_words: list[EvalTask], tmp_path: Path
+) -> None:
+    store = open_store(tmp_path / "retries.db")
+    # requests 1-3 fail: the first episode's three attempts (retries=2); request 5 fails once, then succeeds
+    model = ScriptedModel(repeat_the_word, fail=lambda n: EndpointError if n in (1, 2, 3, 5) else None)
+    settings = EvalSettings(concurrency=1, repeats=1, retries=2, max_tokens=8, max_sandboxes=4)
+    run_id, model_id = await played(store, twelve_words[:3], model, settings, MemoryStarter())
+    by_task = {e.task_id: e for e in store.episodes(run_id)}
+    first, second, third = (by_task[store.task_id(t.env, t.suite, t.split, t.key, t.content_hash)]
+                            for t in twelve_words[:3])  # fmt: skip
+    assert (first.status, first.score) == (EpisodeStatus.ENV_ERROR, None) and "attempt 3: EndpointError" in first.error
+    assert (second.score, third.score) == (1.0, 1.0) and model.failed == [1, 2, 3, 5] and model.requests == 6
+    (aggregate,) = summarize(store, run_id, twelve_words[:3], model_id, 1.0)
+    assert (aggregate.episodes, aggregate.errors, aggregate.score) == (3, 1, 1.0)  # an error is not a 0
+
+
+async def test_a_sandbox_that_fails_to_start_is_an_environment_error_retried(
+    twelve_words: list[EvalTask], tmp_path: Path
+) -> None:
+    store = open_store(tmp_path / "starts.db")
+    starter = MemoryStarter(failures=2)
+    settings = EvalSettings(concurrency=1, repeats=1, retries=2, max_tokens=8, max_sandboxes=1)
+    run_id, _ = await played(store, twelve_words[:2], ScriptedModel(repeat_the_word), settings, starter)
+    assert [e.score for e in store.episodes(run_id)] == [1.0, 1.0]
+    assert starter.attempts >= 4 and starter.live == 0
+
+
+async def test_a_rerun_plays_only_what_the_store_lacks(twelve_words: list[EvalTask], tmp_path: Path) -> None:
+    store = open_store(tmp_path / "resume.db")
+    settings = EvalSettings(concurrency=2, repeats=1, max_tokens=8, max_sandboxes=6)
+    first = ScriptedModel(repeat_the_word)
+    stopped = asyncio.Event()
+
+    def stop_after_five(result: EpisodeResult) -> None:
+        if len(store.episodes(result_run[0])) >= 5:
+            stopped.set()
+
+    result_run = [store.create_run("eval", {"test": "resume"}).id]
+    running = asyncio.create_task(played(store, twelve_words, first, settings, MemoryStarter(), result_run[0],
+                                         on_result=stop_after_five))  # fmt: skip
+    await asyncio.wait_for(stopped.wait(), 10)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    kept = len(store.episodes(result_run[0]))
+    assert 5 <= kept < 12
+    again = ScriptedModel(repeat_the_word)
+    await played(store, twelve_words, again, settings, MemoryStarter(), result_run[0])
+    episodes = store.episodes(result_run[0])
+    assert len(episodes) == 12 and len({e.task_id for e in episodes}) == 12
+    assert again.requests == 12 - kept  # nothing stored is played again, nothing is missing
+
+
+class SettleAfter:
+    """A gate that picks episodes last first and settles once it has seen `n` results."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen, self.picked = n, [], []
+
+    def pick(self, todo: list[EvalTask]) -> int:
+        assert not self.settled(), "an episode was started after the gate settled"
+        self.picked.append(todo[-1].key)
+        return len(todo) - 1
+
+    def observe(self, result: EpisodeResult) -> None:
+        self.seen.append(result.task.key)
+
+    def settled(self) -> bool:
+        return len(self.seen) >= self.n
+
+
+async def test_a_settled_gate_stops_the_run_and_what_was_running_leaves_nothing(
+    twelve_words: list[EvalTask], tmp_path: Path
+) -> None:
+    store = open_store(tmp_path / "gate.db")
+    starter = MemoryStarter()
+    settings = EvalSettings(concurrency=3, repeats=1, max_tokens=8, max_sandboxes=8)
+    gate = SettleAfter(4)
+    model = ScriptedModel(repeat_the_word, latency_s=0.01)
+    run_id, _ = await played(store, twelve_words, model, settings, starter, gate=gate)
+    keys = {store.task_id(t.env, t.suite, t.split, t.key, t.content_hash): t.key for t in twelve_words}
+    stored = [keys[e.task_id] for e in store.episodes(run_id)]
+    assert gate.picked[:3] == [t.key for t in reversed(twelve_words[-3:])]  # the gate chose the order
+    assert 4 <= len(gate.seen) <= len(gate.picked) < 12  # it settled with episodes never begun
+    # What it saw is stored; beside it at most the episodes whose commit was under way when it settled (a commit
+    # is finished, never cut), each whole; the cancelled ones left nothing, and no sandbox.
+    assert set(gate.seen) <= set(stored) <= set(gate.picked)
+    assert all(e.score == 1.0 for e in store.episodes(run_id))
+    assert model.requests <= len(gate.picked) and starter.live == 0
