@@ -39,7 +39,7 @@ from cycleqd.monitor.runs_table import RunsTable
 from cycleqd.monitor.score_table import ENDINGS, ScoreTable
 from cycleqd.monitor.servers_table import ServersTable
 from cycleqd.monitor.transcript import MessageBlock, Transcript
-from tests.test_cli import CYCLEQD
+from tests.cli_process import CYCLEQD
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)  # the monitor's clock in the snapshot tests
