@@ -6,13 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 
-from sqlalchemy.exc import SQLAlchemyError
 from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
 
 from cycleqd.db.store import Store
-from cycleqd.monitor.live_screen import LiveScreen
+from cycleqd.monitor.live_screen import LiveSource
 from cycleqd.monitor.runs_screen import RunsScreen
 
 
@@ -36,35 +35,27 @@ class MonitorApp(App[None]):
     ) -> None:
         """`clock` and `zone` are what elapsed times and start times are read against; tests pin them."""
         super().__init__()
-        self.store = store
+        self.live_source = LiveSource(store, clock, zone)
         self.sub_title = source
         self.refresh_s = refresh_s
-        self.clock = clock
-        self.zone = zone
-        self.poll_errors = 0
+
+    @property
+    def poll_errors(self) -> int:
+        """Reads of the store that failed, each shown as a notification and tried again at the next poll."""
+        return self.live_source.turns.failures
 
     def get_default_screen(self) -> Screen[None]:
-        return RunsScreen()
+        return RunsScreen(self.live_source)
 
     def on_mount(self) -> None:
         self.set_interval(self.refresh_s, self.poll)
 
-    def poll(self) -> None:
-        """Re-read the store for the screen on top. A failed read (the writer migrating, the disk gone) is shown and
-        tried again at the next poll: the monitor outlives what it watches."""
-        if not self.is_running:
-            return  # shutting down: the screens are being taken apart while this timer may still fire
-        screen = self.screen
-        if not isinstance(screen, LiveScreen) or not screen.ready:
-            return
-        try:
-            screen.reload()
-        except SQLAlchemyError as exc:
-            self.poll_errors += 1
-            self.notify(f"reading the store failed: {exc.__class__.__name__}: {exc}", severity="warning", timeout=5)
+    async def poll(self) -> None:
+        """Re-read the store for the screen on top, off the UI loop (see live_screen.py)."""
+        await self.live_source.turns.refresh_top(self)
 
-    def action_poll(self) -> None:
-        self.poll()
+    async def action_poll(self) -> None:
+        await self.poll()
 
     def action_keys(self) -> None:
         """`?`: the keys of the screen and the widget in focus, beside them; `?` again hides them."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Header, Static
 
 from cycleqd.db.monitor_queries import EpisodeDetail, episode_detail
 from cycleqd.monitor import format as fmt
-from cycleqd.monitor.live_screen import LiveScreen
+from cycleqd.monitor.live_screen import LiveSource, ReadFailed
 from cycleqd.monitor.transcript import Transcript
 
 
@@ -46,32 +48,36 @@ def verdict_line(e: EpisodeDetail) -> Text:
     return line
 
 
-class EpisodeScreen(LiveScreen):
+class EpisodeScreen(Screen[None]):
     """An episode is committed once it has ended, so it never changes: it is read once, not polled."""
 
     CSS_PATH = "episode_screen.tcss"
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 
-    def __init__(self, episode_id: int) -> None:
+    def __init__(self, episode_id: int, source: LiveSource) -> None:
         super().__init__()
         self.episode_id = episode_id
+        self.source = source
 
     def compose(self) -> ComposeResult:
-        detail = episode_detail(self.monitor.store, self.episode_id)
         yield Header()
-        if detail is None:
-            yield Static(f"episode {self.episode_id} is not in the store", classes="summary")
-        else:
-            yield Static(describe(detail), id="episode-meta", classes="summary")
-            yield Transcript(detail.transcript, context=detail.context_messages, id="transcript")
         yield Footer()
 
-    def on_mount(self) -> None:
-        if self.query(Transcript):
-            self.query_one(Transcript).focus()
+    async def on_mount(self) -> None:
+        # Awaited here, as a live screen's first read is (live_screen.py): a pilot's `press` returns on a filled screen.
+        try:
+            detail = await self.source.turns.read(self.app, lambda: episode_detail(self.source.store, self.episode_id))
+        except ReadFailed:
+            await self._mount(
+                Static(f"episode {self.episode_id} could not be read: Escape, then open it again", classes="summary")
+            )
+            return
+        if detail is None:
+            await self._mount(Static(f"episode {self.episode_id} is not in the store", classes="summary"))
+            return
+        transcript = Transcript(detail.transcript, context=detail.context_messages, id="transcript")
+        await self._mount(Static(describe(detail), id="episode-meta", classes="summary"), transcript)
+        transcript.focus()
 
-    def reload(self) -> None:
-        pass
-
-    def on_screen_resume(self) -> None:
-        pass
+    async def _mount(self, *widgets: Widget) -> None:
+        await self.mount_all(widgets, before=self.query_one(Footer))

@@ -2,25 +2,46 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from cycleqd.db.monitor_queries import env_scores, recent_episodes, run_config, run_summary
+from cycleqd.db.monitor_queries import (
+    EnvScore,
+    EpisodeRow,
+    RunSummary,
+    env_scores,
+    recent_episodes,
+    run_config,
+    run_summary,
+)
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.episode_screen import EpisodeScreen
 from cycleqd.monitor.episodes_table import EpisodesTable
-from cycleqd.monitor.live_screen import LiveScreen
+from cycleqd.monitor.live_screen import LiveScreen, LiveSource
 from cycleqd.monitor.score_table import ScoreTable
 
 
-class EvalScreen(LiveScreen):
+@dataclass(frozen=True)
+class EvalRun:
+    """An eval run as one read of the store found it."""
+
+    summary: RunSummary
+    config: dict[str, Any]
+    scores: list[EnvScore]
+    episodes: list[EpisodeRow]  # the most recent, newest first
+
+
+class EvalScreen(LiveScreen[EvalRun | None]):
     CSS_PATH = "eval_screen.tcss"
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 
-    def __init__(self, run_id: str) -> None:
-        super().__init__()
+    def __init__(self, run_id: str, source: LiveSource) -> None:
+        super().__init__(source)
         self.run_id = run_id
 
     def compose(self) -> ComposeResult:
@@ -34,14 +55,21 @@ class EvalScreen(LiveScreen):
     def on_mount(self) -> None:
         self.query_one(EpisodesTable).focus()
 
-    def reload(self) -> None:
-        store = self.monitor.store
-        summary = run_summary(store, self.run_id, self.monitor.clock())
+    def read(self) -> EvalRun | None:
+        """None when the run is no longer in the store."""
+        store = self.source.store
+        summary = run_summary(store, self.run_id, self.source.clock())
         if summary is None:
+            return None
+        return EvalRun(
+            summary, run_config(store, self.run_id), env_scores(store, self.run_id), recent_episodes(store, self.run_id)
+        )
+
+    def show(self, run: EvalRun | None) -> None:
+        if run is None:
             self.query_one("#eval-summary", Static).update(f"run {self.run_id} is no longer in the store")
             return
-        config = run_config(store, self.run_id)
-        scores = env_scores(store, self.run_id)
+        summary, config = run.summary, run.config
         what = f"{config.get('model', '?')} on {','.join(config.get('tasks', []))} ({config.get('split', '?')})"
         lines = Text.assemble(
             (summary.id, "bold"), f" · {summary.kind} · ", fmt.run_status(summary.status), f" · {what}\n",
@@ -50,9 +78,9 @@ class EvalScreen(LiveScreen):
             f"elapsed {fmt.duration(summary.elapsed_s)}",
         )  # fmt: skip
         self.query_one("#eval-summary", Static).update(lines)
-        self.query_one(ScoreTable).show(scores)
-        self.query_one(EpisodesTable).show(recent_episodes(store, self.run_id))
+        self.query_one(ScoreTable).show(run.scores)
+        self.query_one(EpisodesTable).show(run.episodes)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "episodes" and event.row_key.value is not None:
-            self.app.push_screen(EpisodeScreen(int(event.row_key.value)))
+            self.app.push_screen(EpisodeScreen(int(event.row_key.value), self.source))

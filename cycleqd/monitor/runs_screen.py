@@ -5,14 +5,14 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Header, Static
 
-from cycleqd.db.monitor_queries import run_summaries
+from cycleqd.db.monitor_queries import RunSummary, run_summaries
 from cycleqd.monitor.eval_screen import EvalScreen
 from cycleqd.monitor.evolution_screen import EvolutionScreen
 from cycleqd.monitor.live_screen import LiveScreen
 from cycleqd.monitor.runs_table import RunsTable
 
 
-class RunsScreen(LiveScreen):
+class RunsScreen(LiveScreen[list[RunSummary]]):
     CSS_PATH = "runs_screen.tcss"
 
     def compose(self) -> ComposeResult:
@@ -21,9 +21,11 @@ class RunsScreen(LiveScreen):
         yield Static("", id="runs-empty", classes="summary")
         yield Footer()
 
-    def reload(self) -> None:
-        runs = run_summaries(self.monitor.store, self.monitor.clock())
-        self.query_one(RunsTable).show(runs, self.monitor.zone)
+    def read(self) -> list[RunSummary]:
+        return run_summaries(self.source.store, self.source.clock())
+
+    def show(self, runs: list[RunSummary]) -> None:
+        self.query_one(RunsTable).show(runs, self.source.zone)
         empty = self.query_one("#runs-empty", Static)
         empty.display = not runs
         empty.update("no runs yet: this list fills in as soon as a run starts writing to the store")
@@ -33,6 +35,6 @@ class RunsScreen(LiveScreen):
         if run_id is None:
             return
         if self.query_one(RunsTable).kinds.get(run_id) == "evolve":
-            self.app.push_screen(EvolutionScreen(run_id))
+            self.app.push_screen(EvolutionScreen(run_id, self.source))
         else:
-            self.app.push_screen(EvalScreen(run_id))
+            self.app.push_screen(EvalScreen(run_id, self.source))
