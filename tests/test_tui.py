@@ -9,10 +9,13 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from sqlalchemy import update
@@ -26,6 +29,7 @@ from cycleqd.db.monitor_queries import ArchiveView, CellView, StoreOpenError, op
 from cycleqd.db.schema import Episode, Run, ServerState, Task
 from cycleqd.db.store import Store
 from cycleqd.envs.os_prompt import first_messages
+from cycleqd.monitor import episode_screen, eval_screen, evolution_screen, runs_screen
 from cycleqd.monitor.app import MonitorApp
 from cycleqd.monitor.command import run_tui
 from cycleqd.monitor.episode_screen import EpisodeScreen
@@ -444,6 +448,134 @@ async def test_rows_written_while_the_monitor_runs_appear_without_a_restart(tmp_
         assert servers["0"][1] == f"#{writer.ids['child-3']} child g3"
 
 
+# -- reads off the UI loop ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueryLog:
+    """The store's queries that the screens call, wrapped where each screen's module looks them up: which threads ran
+    each, and the most that ran at once. Each wrapped query takes `hold_s` longer, so that reads allowed to overlap
+    would."""
+
+    hold_s: float = 0.0
+    threads: dict[str, set[int]] = field(default_factory=dict)
+    most_at_once: int = 0
+    running: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wrap(self, monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str) -> None:
+        query: Callable[..., object] = getattr(module, name)
+
+        def logged(*args: object, **kwargs: object) -> object:
+            with self.lock:
+                self.running += 1
+                self.most_at_once = max(self.most_at_once, self.running)
+                self.threads.setdefault(name, set()).add(threading.get_ident())
+            try:
+                time.sleep(self.hold_s)
+                return query(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.running -= 1
+
+        monkeypatch.setattr(module, name, logged)
+
+
+async def test_every_screen_reads_the_store_in_a_worker_thread_one_read_at_a_time(
+    snapshot_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = QueryLog(hold_s=0.01)
+    for module, name in [
+        (runs_screen, "run_summaries"),
+        (eval_screen, "recent_episodes"),
+        (episode_screen, "episode_detail"),
+        (evolution_screen, "archive_views"),
+        (evolution_screen, "lineage"),
+    ]:
+        log.wrap(monkeypatch, module, name)
+    app = pinned_app(snapshot_db, refresh_s=0.02)  # polls all the while, beside each screen's first read
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await open_run(pilot, EVAL_RUN)
+        await pilot.press("down", "down", "down", "enter")
+        assert isinstance(app.screen, EpisodeScreen) and app.screen.query(Transcript)
+        await pilot.press("escape", "escape")
+        await open_run(pilot, EVOLVE_RUN)
+        assert isinstance(app.screen, EvolutionScreen)
+        await pilot.press("left", "enter")  # cell (2, 1) holds child 1: its lineage is read
+        await wait_until(pilot, lambda: " child g1 " in tree_labels(app.screen.query_one(LineageTree))[0])
+        await pilot.pause(0.1)
+    ui_loop = threading.get_ident()  # this test runs on the app's loop
+    assert set(log.threads) == {"run_summaries", "recent_episodes", "episode_detail", "archive_views", "lineage"}
+    assert all(ui_loop not in threads for threads in log.threads.values()), log.threads
+    assert log.most_at_once == 1 and app.poll_errors == 0
+
+
+async def test_a_failed_read_is_shown_and_counted_and_the_next_poll_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(tmp_path / "flaky.db")
+    first = store.create_run("eval", {"tasks": ["os"], "limit": 1, "repeats": 1})
+    failing = threading.Event()
+    read_runs = runs_screen.run_summaries
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        if failing.is_set():
+            raise OperationalError("SELECT runs", {}, sqlite3.OperationalError("disk I/O error"))
+        return read_runs(*args, **kwargs)
+
+    monkeypatch.setattr(runs_screen, "run_summaries", flaky)
+    app = MonitorApp(open_monitor_store(tmp_path / "flaky.db"), source="test", refresh_s=60)  # polled by `r` only
+    said: list[str] = []
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        monkeypatch.setattr(app, "notify", lambda message, **_: said.append(message))
+        runs = app.screen.query_one(RunsTable)
+        assert list(table_rows(runs)) == [first.id]
+        failing.set()
+        late = store.create_run("eval", {"tasks": ["db"], "limit": 1, "repeats": 1})
+        await pilot.press("r")
+        assert app.poll_errors == 1 and len(said) == 1
+        assert said[0].startswith("reading the store failed: OperationalError: (sqlite3.OperationalError) disk I/O")
+        assert list(table_rows(runs)) == [first.id]  # what was shown stays until a read succeeds
+        failing.clear()
+        await pilot.press("r")
+        assert list(table_rows(runs)) == [late.id, first.id] and app.poll_errors == 1
+
+
+async def test_a_read_that_ends_after_its_screen_was_covered_is_not_shown_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(tmp_path / "slow.db")
+    first = store.create_run("eval", {"tasks": ["os"], "limit": 1, "repeats": 1})
+    entered, release = threading.Event(), threading.Event()
+    read_runs = runs_screen.run_summaries
+
+    def slow(*args: object, **kwargs: object) -> object:
+        if not release.is_set():
+            entered.set()
+            release.wait(timeout=10)
+        return read_runs(*args, **kwargs)
+
+    app = MonitorApp(open_monitor_store(tmp_path / "slow.db"), source="test", refresh_s=60)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        runs = app.screen.query_one(RunsTable)
+        monkeypatch.setattr(runs_screen, "run_summaries", slow)
+        late = store.create_run("eval", {"tasks": ["db"], "limit": 1, "repeats": 1})
+        poll = asyncio.create_task(app.poll())
+        await asyncio.to_thread(entered.wait, 10)
+        app.push_screen(EvalScreen(first.id, app.live_source))  # its first read waits for the poll's turn to end
+        release.set()
+        await poll
+        await pilot.pause()
+        assert isinstance(app.screen, EvalScreen)
+        assert str(app.screen.query_one("#eval-summary", Static).content).startswith(first.id)
+        assert list(table_rows(runs)) == [first.id]  # the runs list was covered before its read ended
+        await pilot.press("escape")
+        assert list(table_rows(runs)) == [late.id, first.id]  # and is read again as it comes back
+
+
 class OneHeatmap(App[None]):
     def __init__(self, archive: ArchiveView, width: int) -> None:
         super().__init__()
@@ -551,7 +683,7 @@ async def test_the_one_shot_is_context_and_the_verdict_says_why(snapshot_db: Pat
         folded = [b.border_title for b in context.query(MessageBlock)]
         assert folded == ["prompt", *["example reply", "example observation"] * 2, "example reply"]
         titles = [b.border_title for b in app.screen.query(MessageBlock)]
-        assert titles[len(folded):] == ["task", "action 1", "observation 1", "action 2"]  # the model acted twice
+        assert titles[len(folded) :] == ["task", "action 1", "observation 1", "action 2"]  # the model acted twice
         meta = str(app.screen.query_one("#episode-meta", Static).content)
         assert "PASSED · answer '87' · expected the answer '87'" in meta
         await pilot.press("question_mark")
