@@ -15,7 +15,7 @@ from click.core import ParameterSource
 from cycleqd.diagnostics.checks import print_checks
 from cycleqd.display import console, err_console, error_boundary
 from cycleqd.envs.registry import names as environment_names
-from cycleqd.errors import UserError
+from cycleqd.errors import BadOptionError, UserError
 
 
 def _exit_on_sigterm() -> None:
@@ -613,9 +613,12 @@ def demo_cmd(db_path: Path, preset: str, sft_tasks: int | None, sft_epochs: int 
              "test_limit": test_limit if test_limit is not None else eval_limit,
              "generations": generations, "max_tokens": max_tokens, "rounds": rounds, "db_train": db_train,
              "seeds": seeds}  # fmt: skip
-    bad = [k for k, v in given.items() if v is not None and (v < 0 if k == "lora_rank" else v <= 0)]
-    if bad:
-        raise UserError(f"the demo's {bad[0]} is {given[bad[0]]}; it must be positive")
+    options = {"sft_learning_rate": "--sft-lr", "dev_limit": "--dev-limit or --eval-limit",
+               "test_limit": "--test-limit or --eval-limit"}  # fmt: skip
+    for key, value in given.items():
+        if value is not None and (value < 0 if key == "lora_rank" else value <= 0):
+            option = options.get(key, "--" + key.replace("_", "-"))
+            raise BadOptionError(option, value, "at least 0" if key == "lora_rank" else "a positive number")
     budget = replace(PRESETS[preset], **{k: v for k, v in given.items() if v is not None})
     budget = replace(budget, test_kind=test_kind) if test_kind else budget
     sys.exit(run_demo(budget, db_path, console, err_console))

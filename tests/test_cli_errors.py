@@ -85,6 +85,26 @@ def test_a_bad_option_creates_no_store(tmp_path: Path) -> None:
     assert files(tmp_path) == set()
 
 
+BAD_TRAINING_OPTIONS = [
+    (["sft", "--env", "coding", "--epochs", "0"], ["--epochs 0", "at least 1"]),
+    (["sft", "--env", "coding", "--lr", "0"], ["--lr 0.0", "positive"]),
+    (["sft", "--env", "coding", "--limit", "0"], ["--limit 0", "at least 1"]),
+    (["demo", "--eval-limit", "0"], ["--dev-limit or --eval-limit 0", "positive"]),
+    (["demo", "--sft-epochs", "0"], ["--sft-epochs 0", "positive"]),
+    (["demo", "--seeds", "0"], ["--seeds 0", "positive"]),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_TRAINING_OPTIONS, ids=lambda v: " ".join(v) if v else "")
+def test_a_bad_training_option_is_one_line_and_makes_nothing(
+    tmp_path: Path, args: list[str], expected: list[str]
+) -> None:
+    """`sft --epochs 0` trained nothing and published a checkpoint with a loss of nan."""
+    done = run_cli(*args, "--out" if args[0] == "sft" else "--db", str(tmp_path / "made"), cwd=tmp_path)
+    assert_one_line_error(done, *expected)
+    assert files(tmp_path) == set()
+
+
 def test_an_endpoint_with_nothing_listening_is_one_line(tmp_path: Path) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}/v1#some-model"
     done = run_cli("eval", "--model", endpoint, "--tasks", "db", "--limit", "1", "--db", str(tmp_path / "x.db"),

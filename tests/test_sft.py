@@ -4,6 +4,8 @@ model toward the gold, LoRA merged into full weights, and a resume that lands on
 from __future__ import annotations
 
 import difflib
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from cycleqd.evolver.checkpoint_files import verify_experts
 from cycleqd.sft.command import SFTRequest, run_sft, transcripts_file
 from cycleqd.sft.data import IGNORE, GoldTranscript, TrainingExample, load_transcripts, render
 from cycleqd.sft.train import SFTSettings, example_loss, fine_tune
+from tests.cli_process import CYCLEQD
 from tests.evolution_probe import make_tiny_family
 
 
@@ -129,3 +132,22 @@ def test_lora_is_merged_into_full_weights(tmp_path: Path) -> None:
     changed = {name for name in original if not torch.equal(original[name], merged[name])}
     assert changed and all(".layers." in name for name in changed)  # only the decoder blocks' linears moved
     assert "model.layers.0.self_attn.q_proj.weight" in changed
+
+
+def test_the_sft_command_trains_a_checkpoint_the_evolver_accepts_and_refuses_bad_input_in_one_line(
+    docker_engine, default_model, tmp_path: Path  # noqa: ANN001
+) -> None:
+    out = tmp_path / "coding-expert"
+    args = ["--env", "coding", "--limit", "1", "--epochs", "2", "--batch-size", "1", "--max-length", "512"]
+    done = subprocess.run([CYCLEQD, "sft", *args, "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = " ".join(done.stdout.split())
+    assert re.search(r"1 trajectories \(\d+ trained tokens, data [0-9a-f]{12}\), loss [\d.]+ → [\d.]+", summary)
+    verify_experts(default_model.path, [out])
+    assert len(load_transcripts(transcripts_file(out))) == 1
+    for bad, expected in ((["--base", str(tmp_path / "nowhere")], "nowhere"), (["--epochs", "0"], "--epochs")):
+        refused = subprocess.run([CYCLEQD, "sft", *args, *bad, "--out", str(tmp_path / "not-made")],
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 2 and len(lines) == 1 and expected in lines[0], refused.stderr
+        assert not (tmp_path / "not-made").exists()

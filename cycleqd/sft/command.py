@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cycleqd.errors import BadOptionError
 from cycleqd.eval.runtime import images_for
 from cycleqd.sandboxes.engine import docker_client
 from cycleqd.sandboxes.images import build_images
@@ -36,6 +37,10 @@ class SFTRequest:
     limit: int | None
     out: Path
     settings: SFTSettings
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
+            raise BadOptionError("--limit", self.limit, "a whole number of at least 1")
 
 
 @dataclass(frozen=True)

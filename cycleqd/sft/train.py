@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cycleqd.errors import BadOptionError
 from cycleqd.sft.data import TrainingDataError, TrainingExample
 
 
@@ -33,6 +34,16 @@ class SFTSettings:
     lora_alpha: float = 16.0
     save_every: int = 20
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # `cycleqd sft`'s option names: the demo checks its own before it builds settings
+        for option, value, least in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
+                                     ("--max-length", self.max_length, 1), ("--lora-rank", self.lora_rank, 0),
+                                     ("--save-every", self.save_every, 1)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise BadOptionError(option, value, f"a whole number of at least {least}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise BadOptionError("--lr", self.learning_rate, "a positive number")
 
     def steps_per_epoch(self, examples: int) -> int:
         return math.ceil(examples / self.batch_size)
