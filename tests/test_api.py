@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,18 @@ def test_evolve_returns_its_final_table_and_tells_each_step(docker_engine, defau
     kinds = [e.kind for e in events if isinstance(e, EvolutionEvent)]
     assert kinds.count(EventKind.EXPERT) == 2 and EventKind.GENERATION in kinds and kinds[-1] is EventKind.FINAL
     assert json.loads(json.dumps(result.to_json()))["run"] == result.run_id
+
+
+def test_the_readmes_example_runs_as_written(docker_engine, default_model, tmp_path: Path) -> None:  # noqa: ANN001
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## From Python.*?```python\n(.*?)```", readme, re.S)
+    assert code is not None, "the README lost its Python example"
+    (tmp_path / "example.py").write_text(code.group(1))
+    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, *episodes = done.stdout.strip().splitlines()
+    run_id, score, interval = first.split(" ", 2)
+    assert open_store(tmp_path / "api.db").get_run(run_id) is not None and 0 <= float(score) <= 1
+    assert interval.startswith("Interval(") and "n=2" in interval
+    assert len(episodes) == 2 and all(re.fullmatch(r"dev\.jsonl#\d \w+ [\d.]+ \d+ messages", e) for e in episodes)
+
