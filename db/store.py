@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from alembic import command
 from alembic.config import Config
@@ -56,6 +56,15 @@ class EpisodeFilter:
         if self.min_score is not None:
             query = query.where(Episode.score >= self.min_score)
         return query
+
+
+class EpisodeKey(NamedTuple):
+    """What identifies an episode: the store holds at most one per key."""
+
+    run_id: str
+    model_id: int
+    task_id: int
+    repeat: int
 
 
 @dataclass(frozen=True)
@@ -241,13 +250,13 @@ class Store:
                 ) from exc
             raise
 
-    def done_keys(self, run_id: str) -> set[tuple[int, int, int]]:
-        """(model, task, repeat) of every episode of the run already recorded: what a resume skips."""
+    def done_keys(self, run_id: str) -> set[EpisodeKey]:
+        """The key of every episode of the run already recorded: what a resume skips."""
         with self.session() as session:
             rows = session.execute(
                 select(Episode.model_id, Episode.task_id, Episode.repeat).where(Episode.run_id == run_id)
             )
-            return {(m, t, r) for m, t, r in rows}
+            return {EpisodeKey(run_id, m, t, r) for m, t, r in rows}
 
     def episodes(self, run_id: str) -> list[Episode]:
         with self.session() as session:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cycleqd.db import DuplicateEpisodeError, EpisodeRecord, open_store
 from cycleqd.db.schema import Aggregate, Base
-from cycleqd.db.store import MIGRATIONS
+from cycleqd.db.store import MIGRATIONS, EpisodeKey
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_an_episode_cannot_be_counted_twice(store) -> None:  # noqa: ANN001
     with pytest.raises(DuplicateEpisodeError, match=f"run {run_id}"):
         store.record_episode(EpisodeRecord(run_id, model, task, 0, "completed", 0.0))
     store.record_episode(EpisodeRecord(run_id, model, task, 1, "env_error", None, error="init failed"))
-    assert store.done_keys(run_id) == {(model, task, 0), (model, task, 1)}
+    assert store.done_keys(run_id) == {EpisodeKey(run_id, model, task, 0), EpisodeKey(run_id, model, task, 1)}
     assert [e.score for e in store.episodes(run_id)] == [1.0, None]
 
 

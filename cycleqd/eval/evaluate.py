@@ -104,7 +104,7 @@ def eval_result(store: Store, run_id: str, db: Path, wall_s: float | None = None
 
 def _missing_episodes(store: Store, run_id: str, repeats: int, tasks: list[EvalTask]) -> int:
     """Planned (task, repeat) pairs with no stored episode, for any model of this run."""
-    done = {(task_id, repeat) for _model, task_id, repeat in store.done_keys(run_id)}
+    done = {(key.task_id, key.repeat) for key in store.done_keys(run_id)}
     planned = {(store.task_id(t.env, t.suite, t.split, t.key, t.content_hash), r) for t in tasks
                for r in range(repeats)}  # fmt: skip
     return len(planned - done)

@@ -27,7 +27,7 @@ from typing import Protocol
 from asyncio_pool import AioPool
 
 from cycleqd.db.schema import Aggregate
-from cycleqd.db.store import DuplicateEpisodeError, EpisodeRecord, Store
+from cycleqd.db.store import DuplicateEpisodeError, EpisodeKey, EpisodeRecord, Store
 from cycleqd.envs.episode import EpisodeStatus, Outcome
 from cycleqd.envs.errors import EpisodeSetupError
 from cycleqd.envs.registry import EpisodeSettings, environment
@@ -158,7 +158,7 @@ class Orchestrator:
         for task in tasks:
             task_id = self.store.task_id(task.env, task.suite, task.split, task.key, task.content_hash)
             for repeat in range(self.settings.repeats):
-                if (self.model_id, task_id, repeat) not in done:
+                if EpisodeKey(self.run_id, self.model_id, task_id, repeat) not in done:
                     todo.append((task, task_id, repeat))
         return todo
 
@@ -221,8 +221,8 @@ class Orchestrator:
 
     async def _episode(self, runtime: EnvRuntime, task: EvalTask, task_id: int, repeat: int) -> EpisodeResult | None:
         clock = time.monotonic()
-        record = await play_record(runtime, self.manager, task, (self.run_id, self.model_id, task_id, repeat),
-                                   self.settings)  # fmt: skip
+        key = EpisodeKey(self.run_id, self.model_id, task_id, repeat)
+        record = await play_record(runtime, self.manager, task, key, self.settings)
         return await self.commit(record, task, time.monotonic() - clock)
 
     async def commit(self, record: EpisodeRecord, task: EvalTask, seconds: float) -> EpisodeResult | None:
@@ -249,10 +249,10 @@ class Orchestrator:
 
 
 async def play_record(
-    runtime: EnvRuntime, manager: ServerManager, task: EvalTask, key: tuple[str, int, int, int], settings: EvalSettings
+    runtime: EnvRuntime, manager: ServerManager, task: EvalTask, key: EpisodeKey, settings: EvalSettings
 ) -> EpisodeRecord:
-    """One episode played to its record, environment errors retried, not yet stored; `key` is (run, model, task
-    row, repeat). Separate from storing so that another process can play it (the Ray backend's nodes)."""
+    """One episode played to its record, environment errors retried, not yet stored. Separate from storing so that
+    another process can play it (the Ray backend's nodes)."""
     run_id, model_id, task_id, repeat = key
     started = datetime.now(UTC)
     error = ""

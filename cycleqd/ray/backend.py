@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import ray
 from ray.exceptions import RayActorError
 
-from cycleqd.db.store import Store
+from cycleqd.db.store import EpisodeKey, Store
 from cycleqd.errors import RayClusterError
 from cycleqd.eval.orchestrator import EpisodeResult, EvalSettings, Orchestrator
 from cycleqd.eval.tasks import EvalTask
@@ -196,7 +196,7 @@ async def play_on_slots(pool: SlotPool, head: Orchestrator, tasks: list[EvalTask
     async def lane(preferred: int) -> None:
         while todo:
             task, task_id, repeat = todo.popleft()
-            key = (head.run_id, head.model_id, task_id, repeat)
+            key = EpisodeKey(head.run_id, head.model_id, task_id, repeat)
             clock = time.monotonic()
 
             def call(actor: Any, task: EvalTask = task, key: tuple = key) -> Awaitable:

@@ -19,7 +19,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from cycleqd.db.store import EpisodeRecord
+from cycleqd.db.store import EpisodeKey, EpisodeRecord
 from cycleqd.eval.orchestrator import EvalSettings, play_record
 from cycleqd.eval.runtime import EnvRuntime
 from cycleqd.eval.tasks import EvalTask
@@ -100,7 +100,7 @@ class NodeSlot:
             return f"genome:{candidate.genome_hash}", str(path)
         return await asyncio.to_thread(ref.identity), str(path)
 
-    async def play(self, task: EvalTask, key: tuple[str, int, int, int]) -> EpisodeRecord:
+    async def play(self, task: EvalTask, key: EpisodeKey) -> EpisodeRecord:
         """One episode of the model this slot serves, to its record (not stored here)."""
         assert self.manager is not None and self.runtime is not None, "serve a model before playing episodes"
         return await play_record(self.runtime, self.manager, task, key, self.settings)
