@@ -249,12 +249,13 @@ def show_report(run_text: str, db: Path, out: Path | None) -> None:
     children's episode table written under `out` (default: report-RUN)."""
     from cycleqd.db.evolution_store import EvolutionStore
     from cycleqd.db.monitor_queries import open_monitor_store
+    from cycleqd.db.schema import RunKind
     from cycleqd.evolve.report import final_rows, saving_line, write_episode_table, write_heatmaps, write_qd_metrics
     from cycleqd.results.intervals import final_report_tables
     from cycleqd.results.lookup import find_run
 
     store = open_monitor_store(db)
-    run = find_run(store, run_text, db, kind="evolve")
+    run = find_run(store, run_text, db, kind=RunKind.EVOLVE)
     evo = EvolutionStore(store, run.id)
     names = [t["name"] for t in run.config["tasks"]]
     for table in final_report_tables(store, run.id, final_rows(evo, names), run.config["tasks"]):

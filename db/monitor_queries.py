@@ -29,6 +29,7 @@ from cycleqd.db.schema import (
     Episode,
     Generation,
     Run,
+    RunKind,
     RunStatus,
     ServerState,
     Task,
@@ -85,8 +86,8 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 @dataclass(frozen=True)
 class RunSummary:
     id: str
-    kind: str
-    status: str
+    kind: RunKind
+    status: RunStatus
     created_at: datetime
     elapsed_s: float
     done: int  # episodes (eval), or committed generations after generation 0 (the experts' insertion) (evolve)
@@ -149,7 +150,7 @@ def _summaries(store: Store, runs_query: Select[tuple[Run]], now: datetime) -> l
         elapsed = _seconds(run.created_at, end) or 0.0
         episodes = episode_counts.get(run.id)
         errors = int(episodes.errors or 0) if episodes else 0
-        if run.kind == "evolve":
+        if run.kind is RunKind.EVOLVE:
             done = int(generation_counts.get(run.id, 0))
             generations = run.config.get("generations")
             total, bound = (generations if isinstance(generations, int) else None), False

@@ -57,6 +57,12 @@ def enum_column(kind: type[StrEnum], length: int, default: StrEnum | None = None
     return mapped_column(column_type, default=default) if default is not None else mapped_column(column_type)
 
 
+class RunKind(StrEnum):
+    EVAL = "eval"
+    EVOLVE = "evolve"
+    BENCH = "bench"  # a bench/ script's measurement
+
+
 class RunStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
@@ -89,7 +95,7 @@ class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # eval, evolve, …
+    kind: Mapped[RunKind] = enum_column(RunKind, 16)
     status: Mapped[RunStatus] = enum_column(RunStatus, 16, RunStatus.RUNNING)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

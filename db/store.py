@@ -28,7 +28,7 @@ from sqlalchemy import Engine, Select, create_engine, delete, event, func, selec
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cycleqd.db.schema import Aggregate, Episode, Model, Run, RunStatus, Task, utcnow
+from cycleqd.db.schema import Aggregate, Episode, Model, Run, RunKind, RunStatus, Task, utcnow
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -152,7 +152,7 @@ class Store:
 
     # -- runs --------------------------------------------------------------------------------------------------
 
-    def create_run(self, kind: str, config: dict[str, Any]) -> Run:
+    def create_run(self, kind: RunKind, config: dict[str, Any]) -> Run:
         run = Run(id=secrets.token_hex(6), kind=kind, config=config, status=RunStatus.RUNNING)
         with self.session() as session:
             session.add(run)

@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cycleqd.db.evolution_store import EvolutionStore
-from cycleqd.db.schema import Run, RunStatus
+from cycleqd.db.schema import Run, RunKind, RunStatus
 from cycleqd.db.store import Store, open_store
 from cycleqd.demo.data import DATA_VERSION, IN_FAMILY, TEST_KINDS, TRANSFER, demo_suites
 from cycleqd.demo.seeds import seed_spread_table
@@ -227,7 +227,7 @@ def demo_config(budget: DemoBudget, base: Path, experts: dict[str, Path], suites
 
 def earlier_run(store: Store, config: EvolveConfig) -> Run | None:
     """The newest evolution of this store with exactly this config (a completed one before any other)."""
-    same = [run for run in store.list_runs(limit=200) if run.kind == "evolve" and run.config == config.snapshot()]
+    same = [run for run in store.list_runs(limit=200) if run.kind is RunKind.EVOLVE and run.config == config.snapshot()]
     return next((r for r in same if r.status == RunStatus.COMPLETED), same[0] if same else None)
 
 

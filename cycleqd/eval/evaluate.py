@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cycleqd.db.schema import Run, RunStatus
+from cycleqd.db.schema import Run, RunKind, RunStatus
 from cycleqd.db.store import Store, check_store_path, open_store
 from cycleqd.errors import IncompleteRunError, RunInterrupted, explained
 from cycleqd.eval.orchestrator import Orchestrator, summarize
@@ -46,7 +46,7 @@ def evaluate(
     store, resumed = None, None
     if resume:
         store = open_store(db, create=False)
-        resumed = find_run(store, resume, db, kind="eval")
+        resumed = find_run(store, resume, db, kind=RunKind.EVAL)
         request = EvalRequest.from_snapshot(resumed.config).resumed_with(given or {}, resumed.id)
         if resumed.status == RunStatus.COMPLETED:  # every planned episode is stored: resuming changes nothing
             return eval_result(store, resumed.id, db)
@@ -139,7 +139,7 @@ class _Evaluation:
             # planned_episodes: the monitor's progress total
             config = {**self.request.snapshot(), "planned_episodes": len(self.tasks) * self.request.repeats,
                       "decoding": decoding}  # fmt: skip
-            self.run_id = self.store.create_run("eval", config).id
+            self.run_id = self.store.create_run(RunKind.EVAL, config).id
         self.store.set_run_status(self.run_id, RunStatus.RUNNING)
         self.notify(RunOpened(self.run_id, self.resumed))
         return self.store, self.run_id

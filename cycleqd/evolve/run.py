@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cycleqd.db.evolution_store import EvolutionStore
-from cycleqd.db.schema import CandidateKind, RunStatus
+from cycleqd.db.schema import CandidateKind, RunKind, RunStatus
 from cycleqd.db.store import Store, check_store_path, open_store
 from cycleqd.errors import RunInterrupted, UserError
 from cycleqd.eval.runtime import EnvRuntime, images_for
@@ -71,7 +71,7 @@ def evolve(
     store = open_store(db, create=False) if resume else None
     if resume:
         assert store is not None
-        found = find_run(store, resume, db, kind="evolve")
+        found = find_run(store, resume, db, kind=RunKind.EVOLVE)
         resume = found.id
         config = EvolveConfig.from_snapshot(found.config)
     assert config is not None
@@ -84,7 +84,7 @@ def evolve(
     experts = [Path(t.expert) for t in config.tasks]
     store = store or open_store(db)
     # The run exists from here on, so the monitor shows the long stages before the first generation.
-    run_id = resume or store.create_run("evolve", config.snapshot()).id
+    run_id = resume or store.create_run(RunKind.EVOLVE, config.snapshot()).id
     store.set_run_status(run_id, RunStatus.RUNNING)
     done = len(EvolutionStore(store, run_id).committed_generations())
     notify(RunOpened(run_id, resume is not None, done=done, planned=config.generations))

@@ -6,6 +6,7 @@ from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Header, Static
 
 from cycleqd.db.monitor_queries import RunSummary, run_summaries
+from cycleqd.db.schema import RunKind
 from cycleqd.monitor.eval_screen import EvalScreen
 from cycleqd.monitor.evolution_screen import EvolutionScreen
 from cycleqd.monitor.live_screen import LiveScreen
@@ -34,7 +35,7 @@ class RunsScreen(LiveScreen[list[RunSummary]]):
         run_id = event.row_key.value
         if run_id is None:
             return
-        if self.query_one(RunsTable).kinds.get(run_id) == "evolve":
+        if self.query_one(RunsTable).kinds.get(run_id) is RunKind.EVOLVE:
             self.app.push_screen(EvolutionScreen(run_id, self.source))
         else:
             self.app.push_screen(EvalScreen(run_id, self.source))

@@ -7,6 +7,7 @@ from datetime import tzinfo
 from textual.binding import Binding
 
 from cycleqd.db.monitor_queries import RunSummary
+from cycleqd.db.schema import RunKind
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.live_table import LiveTable
 
@@ -16,7 +17,7 @@ class RunsTable(LiveTable):
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(["run", "kind", "status", "progress", "rate", "started", "elapsed"], **kwargs)
-        self.kinds: dict[str, str] = {}
+        self.kinds: dict[str, RunKind] = {}
 
     def show(self, runs: list[RunSummary], zone: tzinfo | None) -> None:
         self.kinds = {run.id: run.kind for run in runs}

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from cycleqd.db.evolution_store import EvolutionStore
-from cycleqd.db.schema import Aggregate, CandidateKind, Run
+from cycleqd.db.schema import Aggregate, CandidateKind, Run, RunKind
 from cycleqd.db.store import Store
 from cycleqd.results.intervals import Intervals, aggregate_intervals
 from cycleqd.results.lookup import find_run, model_label, open_existing_store
@@ -24,7 +24,7 @@ def _task_names(config: dict[str, Any]) -> str:
 
 def _scores(store: Store, run: Run) -> str:
     """An eval's mean per environment; an evolution's final model on its test splits."""
-    if run.kind == "evolve":
+    if run.kind is RunKind.EVOLVE:
         final = EvolutionStore(store, run.id).candidates(CandidateKind.FINAL)
         scores = final[0].test_scores if final else {}
         return ("final " if scores else "") + " ".join(f"{k} {v:.2f}" for k, v in scores.items())
@@ -39,7 +39,7 @@ def print_runs(db_path: Path, console: Console) -> None:
     run_column = Column("run", no_wrap=True, min_width=max((len(r.id) for r in runs), default=3))
     table = Table(run_column, "kind", "status", "created", "model", "tasks", "scores")
     for run in runs:
-        if run.kind == "evolve" or not models[run.id]:
+        if run.kind is RunKind.EVOLVE or not models[run.id]:
             model = str(run.config.get("model", run.config.get("base")))
         else:
             model = ", ".join(model_label(m.reference, m.identity) for m in models[run.id])
@@ -54,7 +54,7 @@ def remove_runs(run_texts: list[str], db_path: Path, console: Console) -> int:
     for run in runs:
         episodes = store.delete_run(run.id)
         console.print(f"removed run {run.id} ({run.kind}, {episodes} episode(s))", highlight=False)
-        if run.kind == "evolve":
+        if run.kind is RunKind.EVOLVE:
             _say_what_stays(run.id, console)
     return 0
 

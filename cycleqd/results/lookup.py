@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cycleqd.db.evolution_store import EvolutionStore
-from cycleqd.db.schema import CandidateKind, Run
+from cycleqd.db.schema import CandidateKind, Run, RunKind
 from cycleqd.db.store import Store, StoreOpenError, open_store
 from cycleqd.errors import UserError
 
@@ -21,7 +21,7 @@ def open_existing_store(db_path: Path) -> Store:
     return open_store(db_path)
 
 
-def find_run(store: Store, text: str, db_path: Path | str, kind: str | None = None) -> Run:
+def find_run(store: Store, text: str, db_path: Path | str, kind: RunKind | None = None) -> Run:
     """The run whose id is `text` or starts with it (git-style prefixes); with `kind`, only a run of that kind."""
     matches = store.runs_matching(text)
     if not matches:
@@ -32,7 +32,7 @@ def find_run(store: Store, text: str, db_path: Path | str, kind: str | None = No
     run = store.get_run(text if text in matches else matches[0])
     assert run is not None
     if kind is not None and run.kind != kind:
-        wanted = {"evolve": "an evolution"}.get(kind, f"an {kind} run")
+        wanted = "an evolution" if kind is RunKind.EVOLVE else f"an {kind} run"
         raise RunLookupError(f"run {run.id} is an {run.kind} run, not {wanted}; `cycleqd runs --db {db_path}` lists "
                              "them")  # fmt: skip
     return run
@@ -42,7 +42,7 @@ def candidate_model_ids(store: Store, run: Run, which: str) -> tuple[int, ...] |
     """The models of an evolution's candidates: 'all' (None: no restriction), 'final', or a candidate id."""
     if which == "all":
         return None
-    if run.kind != "evolve":
+    if run.kind is not RunKind.EVOLVE:
         raise RunLookupError(f"run {run.id} is an {run.kind} run; --candidate applies to evolution runs only")
     evo = EvolutionStore(store, run.id)
     if which == "final":
