@@ -181,12 +181,12 @@ def test_moments_come_back_in_utc_and_statuses_as_enums(store, tmp_path: Path) -
 
     from sqlalchemy.exc import StatementError
 
-    from cycleqd.db.schema import Run, RunStatus
+    from cycleqd.db.schema import Run, RunKind, RunStatus
 
     run_id, _, _ = seed(store)
     run = store.get_run(run_id)
     assert run.created_at.tzinfo is UTC and abs(datetime.now(UTC) - run.created_at) < timedelta(minutes=1)
-    assert run.status is RunStatus.RUNNING  # the enum, not its string
+    assert run.status is RunStatus.RUNNING and run.kind is RunKind.EVAL  # the enums, not their strings
     with store.engine.connect() as connection:  # stored as before: the value in a VARCHAR, the moment in UTC
         stored = connection.execute(text("SELECT status, created_at FROM runs")).one()
     assert stored[0] == "running" and stored[1].startswith(run.created_at.strftime("%Y-%m-%d %H:%M"))
@@ -194,7 +194,8 @@ def test_moments_come_back_in_utc_and_statuses_as_enums(store, tmp_path: Path) -
     with store.session() as session:
         session.get(Run, run_id).finished_at = east
     assert store.get_run(run_id).finished_at == east and store.get_run(run_id).finished_at.hour == 3
-    for bad in ({"finished_at": datetime(2026, 6, 1, 12, 0)}, {"status": "finshed"}):  # naive; not a status
+    # naive; not a status; not a kind
+    for bad in ({"finished_at": datetime(2026, 6, 1, 12, 0)}, {"status": "finshed"}, {"kind": "evolution"}):
         with pytest.raises(StatementError), store.session() as session:
             for field, value in bad.items():
                 setattr(session.get(Run, run_id), field, value)
