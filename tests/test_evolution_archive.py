@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cycleqd.evolver.archive import AddStatus, Elite, GridArchive, paper_bc_range
-from cycleqd.evolver.config import ConfigError, load_config
+from cycleqd.evolver.config import ConfigError, RaySpec, TaskSpec, load_config
 from cycleqd.evolver.qd_metrics import qd_metrics
 from cycleqd.evolver.sampling import elite_weights, sample_parents
 
@@ -148,6 +151,60 @@ def test_the_default_config_is_the_papers_setting(tmp_path: Path) -> None:
     assert (config.crossover.mu, config.crossover.sigma) == (1.0, 0.01)
     assert (config.mutation.kind, config.mutation.w_max) == ("svd", 0.1)
     assert config.tasks[0].expert == str(tmp_path / "e1") and config.tasks[1].selection_split == "train"
+    assert type(config).from_snapshot(config.snapshot()) == config
+
+
+EVERY_KEY = """
+base: base
+tasks:
+  - {name: os, env: os, expert: e1, suite: builtin, selection_split: train, test_split: dev, limit: 7}
+  - {name: db, env: db, expert: e2}
+generations: 9
+flip_interval: 2
+bins: 4
+bc_ranges: {os: [0.1, 0.9], db: [0.2, 0.8]}
+sampler: {kind: uniform, alpha_low: 0.4, alpha_high: 0.9}
+crossover: {mu: 0.9, sigma: 0.02}
+mutation: {kind: gaussian, w_max: 0.2, std: 0.001}
+servers: 2
+server: transformers
+mode: async
+seed: 11
+eval: {concurrency: 3, max_tokens: 64, repeats: 2, rounds: 4}
+racing: {kind: hoeffding, delta: 0.1}
+ray: {address: "10.0.0.1:6379", gpus: true}
+baselines: {search: true, models: {sft: e1}}
+"""
+
+
+def leaf_fields(kind: type, prefix: str = "") -> set[str]:
+    """Every field of a config dataclass, nested ones as `outer.inner` (a task's fields apart)."""
+    hints = typing.get_type_hints(kind)
+    names = set()
+    for name in kind.__dataclass_fields__:
+        nested = [t for t in typing.get_args(hints[name]) or (hints[name],) if dataclasses.is_dataclass(t)]
+        if nested and name != "tasks":
+            names |= leaf_fields(nested[0], f"{prefix}{name}.")
+        else:
+            names.add(prefix + name)
+    return names
+
+
+def value_at(config: object, name: str) -> object:
+    return functools.reduce(lambda found, part: getattr(found, part, None), name.split("."), config)
+
+
+def test_every_config_key_is_read_from_the_file(tmp_path: Path) -> None:
+    """Each key of the config, set to a value other than its default, reaches the config a run stores: a key the
+    parser dropped or a new key without a line here fails."""
+    config = load_config(write_config(tmp_path, EVERY_KEY))
+    default = load_config(write_config(tmp_path, TWO_TASKS))
+    given = leaf_fields(type(config)) - {"base", "tasks"}
+    changed = {name for name in given if value_at(config, name) != value_at(default, name)}
+    assert changed == given, given - changed
+    assert config.tasks[0] == TaskSpec("os", "os", str(tmp_path / "e1"), "builtin", "train", "dev", 7)
+    assert leaf_fields(TaskSpec) == {"name", "env", "expert", "suite", "selection_split", "test_split", "limit"}
+    assert config.ray == RaySpec("10.0.0.1:6379", True) and config.baselines.models == {"sft": str(tmp_path / "e1")}
     assert type(config).from_snapshot(config.snapshot()) == config
 
 
