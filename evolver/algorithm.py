@@ -15,17 +15,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cycleqd.evolver.archive import Elite, GridArchive, Insertion, paper_bc_range
-from cycleqd.evolver.config import EvolveConfig
 from cycleqd.evolver.genome import Genome
 from cycleqd.evolver.operators import crossover, draw_omegas, gaussian_mutation, softmax_merge, svd_mutation
 from cycleqd.evolver.qd_metrics import qd_metrics
 from cycleqd.evolver.racing import early_rejection_records
 from cycleqd.evolver.sampling import sample_parents
 from cycleqd.evolver.svd_cache import SVDCache
+
+# The config module reads the environment registry, which needs the Docker SDK; the algorithm runs where only
+# torch is (a GPU machine), so the config is a type here and nothing more.
+if TYPE_CHECKING:
+    from cycleqd.evolver.config import EvolveConfig
 
 SEARCH_STREAM = 1_000_003  # the search baseline's draws: a seed sequence no (seed, generation, slot) child uses
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cycleqd"
@@ -86,3 +88,12 @@ def test_no_module_of_cycleqd_imports_itself_round_a_cycle() -> None:
     modules = module_files()
     assert {"cycleqd.cli", "cycleqd.envs.registry", "cycleqd.evolver.genome", "cycleqd.monitor.app"} <= modules.keys()
     assert cycles(import_graph(modules)) == []
+
+
+def test_the_evolvers_algorithm_and_materialisation_import_without_docker() -> None:
+    """A GPU machine has torch and no Docker SDK (bench/gpu_check.py runs there): the evolver's math must import."""
+    probe = ("import sys; sys.modules['docker'] = None; import cycleqd.evolver.algorithm, cycleqd.evolver.materialize, "
+             "cycleqd.evolver.svd_cache, cycleqd.evolver.genome")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1500:]
+
