@@ -155,8 +155,8 @@ async def test_a_swap_that_changed_nothing_is_caught_and_redone_as_a_restart(
     await vllm.serve(default_model)
     stale = await answer(vllm)
 
-    async def swap_that_does_nothing(path: Path) -> str:  # the failure under test: the old weights stay
-        return "reload_in_place"
+    async def swap_that_does_nothing(path: Path) -> SwapMethod:  # the failure under test: the old weights stay
+        return SwapMethod.RELOAD_IN_PLACE
 
     monkeypatch.setattr(vllm, "_swap_in_place", swap_that_does_nothing)
     await vllm.serve(other_model)
