@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cycleqd.errors import UserError
     from cycleqd.eval.evaluate import evaluate
-    from cycleqd.evolve.run import evolve  # at run time: the package cycleqd.evolve, callable
+    from cycleqd.evolution.run import evolve
     from cycleqd.evolver.config import EvolveConfig, load_config
     from cycleqd.requests import EvalRequest
     from cycleqd.results.values import EnvScore, EvalResult, EvolveResult
 
 _EXPORTS = {
     "evaluate": "cycleqd.eval.evaluate",
-    "evolve": "cycleqd.evolve",  # the package itself, which is callable (see its __init__)
+    "evolve": "cycleqd.evolution.run",
     "EvalRequest": "cycleqd.requests",
     "EvolveConfig": "cycleqd.evolver.config",
     "load_config": "cycleqd.evolver.config",
@@ -45,7 +45,7 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'cycleqd' has no attribute {name!r}")
     module = import_module(_EXPORTS[name])
-    return module if name == "evolve" else getattr(module, name)
+    return getattr(module, name)
 
 
 def __dir__() -> list[str]:

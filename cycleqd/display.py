@@ -24,7 +24,7 @@ from rich.table import Table
 from cycleqd.events import EpisodesPlanned, RunOpened, Stage, Stopping
 
 if TYPE_CHECKING:
-    from cycleqd.evolve.loop import EvolutionEvent
+    from cycleqd.evolution.loop import EvolutionEvent
     from cycleqd.evolver.config import EvolveConfig
     from cycleqd.requests import EvalRequest
     from cycleqd.results.values import EvalResult, EvolveResult
@@ -175,7 +175,7 @@ class EvolutionView:
         return Group(self.progress, *self.lines.values())
 
     def __call__(self, event: object) -> None:
-        from cycleqd.evolve.loop import EvolutionEvent
+        from cycleqd.evolution.loop import EvolutionEvent
 
         if isinstance(event, RunOpened):
             self.watch.opened(event)
@@ -189,7 +189,7 @@ class EvolutionView:
             self._update(event)
 
     def _update(self, event: EvolutionEvent) -> None:
-        from cycleqd.evolve.loop import EventKind
+        from cycleqd.evolution.loop import EventKind
 
         scores = "  ".join(f"{k} {v:.2f}" for k, v in event.scores.items())
         if event.kind is EventKind.EXPERT:
@@ -223,7 +223,7 @@ class EvolutionView:
 def show_evolve(config: EvolveConfig | None, db: Path, resume: str | None, as_json: bool, ray: str | None,
                 out: Console | None = None, err: Console | None = None) -> int:  # fmt: skip
     """`cycleqd evolve` (and the demo's evolution): the live view while it runs, then the final table or JSON."""
-    from cycleqd.evolve.run import evolve
+    from cycleqd.evolution.run import evolve
     from cycleqd.results.intervals import final_tables
 
     out, err = out or console, err or err_console
@@ -250,7 +250,7 @@ def show_report(run_text: str, db: Path, out: Path | None) -> None:
     from cycleqd.db.evolution_store import EvolutionStore
     from cycleqd.db.monitor_queries import open_monitor_store
     from cycleqd.db.schema import RunKind
-    from cycleqd.evolve.report import final_rows, saving_line, write_episode_table, write_heatmaps, write_qd_metrics
+    from cycleqd.evolution.report import final_rows, saving_line, write_episode_table, write_heatmaps, write_qd_metrics
     from cycleqd.results.intervals import final_report_tables
     from cycleqd.results.lookup import find_run
 

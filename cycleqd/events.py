@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from cycleqd.eval.orchestrator import EpisodeResult
-    from cycleqd.evolve.loop import EvolutionEvent
+    from cycleqd.evolution.loop import EvolutionEvent
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 mutated along that task's expert, every draw from (seed, generation, slot). `CycleQD.tell(offers)` offers measured
 candidates to every archive in the order given and says what changed: each archive's report, the cells taken, the
 archives' QD metrics. Neither touches a store, a server or a file but the genomes it is handed, so the algorithm
-can be driven by any scorer (cycleqd/evolve/loop.py plays real episodes and persists every step; a test hands it
+can be driven by any scorer (cycleqd/evolution/loop.py plays real episodes and persists every step; a test hands it
 scores) and is tested in milliseconds.
 
 A candidate rejected early by racing is told with the bounds of its scores instead of scores: it is never

@@ -21,7 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.store import open_store
-from cycleqd.evolve.loop import CandidateEvaluator, CandidateUnderTest, Evolution
+from cycleqd.evolution.loop import CandidateEvaluator, CandidateUnderTest, Evolution
 from cycleqd.evolver.config import EvolveConfig, parse_config
 from cycleqd.evolver.materialize import materialize
 from cycleqd.evolver.racing import Race

@@ -73,7 +73,7 @@ def test_import_is_light_and_evolve_stays_callable() -> None:
     code = (
         "import sys, cycleqd\n"
         "assert not {'sqlalchemy', 'rich', 'torch', 'yaml', 'docker'} & set(sys.modules), sorted(sys.modules)\n"
-        "import cycleqd.evolve.loop\n"
+        "import cycleqd.evolution.loop\n"
         "assert callable(cycleqd.evolve) and callable(cycleqd.evaluate)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -84,7 +84,7 @@ def test_import_is_light_and_evolve_stays_callable() -> None:
 @pytest.mark.timeout(1200)
 def test_evolve_returns_its_final_table_and_tells_each_step(docker_engine, default_model, tmp_path: Path) -> None:  # noqa: ANN001
     from cycleqd.events import Stage
-    from cycleqd.evolve.loop import EventKind, EvolutionEvent
+    from cycleqd.evolution.loop import EventKind, EvolutionEvent
     from tests.checkpoints import perturbed_checkpoint
 
     experts = [perturbed_checkpoint(default_model.path, tmp_path / f"e{k}", seed=40 + k, scale=0.05) for k in range(2)]

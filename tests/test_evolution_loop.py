@@ -137,7 +137,7 @@ def test_the_asynchronous_mode_gives_each_child_its_own_generation(family: Path,
 def test_the_search_baseline_plays_as_many_merges_as_children_in_full_and_its_best_is_tested(
     family: Path, tmp_path: Path
 ) -> None:
-    from cycleqd.evolve.report import final_rows
+    from cycleqd.evolution.report import final_rows
 
     db = tmp_path / "search.db"
     again = {"expert os again": str(family / "expert-0")}

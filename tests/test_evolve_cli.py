@@ -219,7 +219,7 @@ def test_every_candidate_evaluator_says_whether_it_races_and_takes_a_race() -> N
     evaluator inherited `races = True` with an `evaluate` that took no race: its first child was a TypeError."""
     import inspect
 
-    from cycleqd.evolve.evaluator import EpisodeEvaluator
+    from cycleqd.evolution.evaluator import EpisodeEvaluator
     from cycleqd.ray.backend import RayCandidateEvaluator, RayEpisodeEvaluator
 
     for evaluator, races in ((EpisodeEvaluator, True), (RayEpisodeEvaluator, False), (RayCandidateEvaluator, False)):

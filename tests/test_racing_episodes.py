@@ -24,8 +24,8 @@ from cycleqd.envs.registry import environment
 from cycleqd.eval.orchestrator import EpisodeResult, EvalSettings, Orchestrator
 from cycleqd.eval.runtime import EnvRuntime
 from cycleqd.eval.tasks import EvalTask, load_eval_tasks
-from cycleqd.evolve.evaluator import EpisodeEvaluator
-from cycleqd.evolve.loop import CandidateUnderTest
+from cycleqd.evolution.evaluator import EpisodeEvaluator
+from cycleqd.evolution.loop import CandidateUnderTest
 from cycleqd.evolver.archive import Elite, GridArchive
 from cycleqd.evolver.config import parse_config
 from cycleqd.evolver.racing import Race

@@ -14,8 +14,8 @@ import pytest
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.monitor_queries import EpisodeSaving, evolution_progress
 from cycleqd.db.store import open_store
-from cycleqd.evolve.loop import CandidateUnderTest, Evolution
-from cycleqd.evolve.report import final_rows, saving_line, write_episode_table
+from cycleqd.evolution.loop import CandidateUnderTest, Evolution
+from cycleqd.evolution.report import final_rows, saving_line, write_episode_table
 from cycleqd.evolver.svd_cache import build_svd_cache
 from tests.evolution_probe import TASKS, ProbeEvaluator, make_tiny_family, probe_config, run_probe_evolution
 

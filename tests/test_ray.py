@@ -162,7 +162,7 @@ def test_a_child_is_materialised_served_and_played_on_a_node_and_stored_at_the_h
     the head stores them, once each, under the genome's model row, and the scores are their means."""
     import asyncio
 
-    from cycleqd.evolve.loop import CandidateUnderTest
+    from cycleqd.evolution.loop import CandidateUnderTest
     from cycleqd.evolver.config import parse_config
     from cycleqd.evolver.genome import Genome
     from cycleqd.evolver.operators import crossover

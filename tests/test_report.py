@@ -10,7 +10,7 @@ from matplotlib.image import imread
 
 from cycleqd.db import open_store
 from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
-from cycleqd.evolve.report import _edge_ticks, bin_edges, write_heatmaps, write_qd_metrics
+from cycleqd.evolution.report import _edge_ticks, bin_edges, write_heatmaps, write_qd_metrics
 
 
 def two_task_evolution(tmp_path: Path) -> EvolutionStore:

@@ -6,7 +6,7 @@ import pytest
 
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.store import EpisodeRecord, open_store
-from cycleqd.evolve.report import final_rows
+from cycleqd.evolution.report import final_rows
 from cycleqd.results.intervals import final_intervals, final_intervals_json, final_report_tables, held_out_specs
 
 TASKS = [{"name": "os", "env": "os", "test_split": "test"}, {"name": "db", "env": "db", "test_split": "test"}]

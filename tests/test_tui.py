@@ -102,7 +102,7 @@ class EvolutionWriter:
         parents, omegas, task = BREEDING.get(name, ([], [], None))
         mutation = {"kind": "svd", "seed": 1000 + generation, "task": task} if task else {}
         if kind == "expert":
-            mutation = {"expert": name.removesuffix("-expert")}  # as cycleqd/evolve/loop.py records an expert
+            mutation = {"expert": name.removesuffix("-expert")}  # as cycleqd/evolution/loop.py records an expert
         candidate = self.evolution.add_candidate(
             kind,
             generation,

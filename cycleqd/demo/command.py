@@ -28,8 +28,8 @@ from cycleqd.demo.seeds import seed_spread_table
 from cycleqd.envs.os_training import shared_data_root
 from cycleqd.envs.registry import environment, names
 from cycleqd.errors import UserError
-from cycleqd.evolve.command import run_evolve_command
-from cycleqd.evolve.report import final_rows
+from cycleqd.evolution.command import run_evolve_command
+from cycleqd.evolution.report import final_rows
 from cycleqd.evolver.config import EvalSpec, EvolveConfig, parse_config
 from cycleqd.results.intervals import final_report_tables
 from cycleqd.serving.default_model import cache_root, default_checkpoint

@@ -11,7 +11,7 @@ from rich.table import Table
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.schema import CandidateKind
 from cycleqd.db.store import Store
-from cycleqd.evolve.report import final_rows
+from cycleqd.evolution.report import final_rows
 from cycleqd.evolver.config import EvolveConfig
 from cycleqd.results.intervals import run_final_intervals
 

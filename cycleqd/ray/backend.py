@@ -32,8 +32,8 @@ from cycleqd.db.store import EpisodeKey, Store
 from cycleqd.errors import RayClusterError
 from cycleqd.eval.orchestrator import EpisodeResult, EvalSettings, Orchestrator
 from cycleqd.eval.tasks import EvalTask
-from cycleqd.evolve.evaluator import EpisodeEvaluator
-from cycleqd.evolve.loop import CandidateUnderTest
+from cycleqd.evolution.evaluator import EpisodeEvaluator
+from cycleqd.evolution.loop import CandidateUnderTest
 from cycleqd.evolver.config import EvolveConfig
 from cycleqd.evolver.racing import Race
 from cycleqd.ray.node import ModelSpec, NodeSlot

@@ -23,7 +23,7 @@ from cycleqd.db.store import EpisodeKey, EpisodeRecord
 from cycleqd.eval.orchestrator import EvalSettings, play_record
 from cycleqd.eval.runtime import EnvRuntime
 from cycleqd.eval.tasks import EvalTask
-from cycleqd.evolve.loop import CandidateUnderTest
+from cycleqd.evolution.loop import CandidateUnderTest
 from cycleqd.serving.manager import ServerManager
 from cycleqd.serving.model_ref import LocalCheckpoint, ModelRef
 from cycleqd.serving.resolve import manager_for, resolve_model

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from cycleqd.db.store import Store
     from cycleqd.eval.orchestrator import EpisodeResult, EvalSettings
     from cycleqd.eval.tasks import EvalTask
-    from cycleqd.evolve.loop import CandidateEvaluator
+    from cycleqd.evolution.loop import CandidateEvaluator
     from cycleqd.evolver.config import EvolveConfig
 
     class ClusterEvaluator(CandidateEvaluator, Protocol):

@@ -62,7 +62,7 @@ def remove_runs(run_texts: list[str], db_path: Path, console: Console) -> int:
 def _say_what_stays(run_id: str, console: Console) -> None:
     """An evolution's files (its final model, its children's checkpoints) are outside the store: they may be in
     use, so they stay, but the user learns where and how large they are instead of finding hundreds of MB later."""
-    from cycleqd.evolve.run import run_dir
+    from cycleqd.evolution.run import run_dir
 
     folder = run_dir(run_id)
     if folder.is_dir():

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from cycleqd.db.schema import CandidateKind
 from cycleqd.db.store import Store
-from cycleqd.evolve.loop import FinalRow
+from cycleqd.evolution.loop import FinalRow
 from cycleqd.results.stats import Interval, mean_ci, paired_ci, per_task_means, strata_ci
 
 TaskScores = dict[str, float]  # task key → mean score over its repeats

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from cycleqd.results.stats import Interval
 
 if TYPE_CHECKING:
-    from cycleqd.evolve.loop import FinalRow
+    from cycleqd.evolution.loop import FinalRow
     from cycleqd.results.intervals import FinalIntervals
 
 

@@ -15,8 +15,8 @@ from cycleqd.db.store import Store, check_store_path, open_store
 from cycleqd.errors import RunInterrupted, UserError
 from cycleqd.eval.runtime import EnvRuntime, images_for
 from cycleqd.events import OnEvent, RunOpened, Stage, Stopping, ignore
-from cycleqd.evolve.evaluator import EpisodeEvaluator
-from cycleqd.evolve.loop import Evolution, FinalRow
+from cycleqd.evolution.evaluator import EpisodeEvaluator
+from cycleqd.evolution.loop import Evolution, FinalRow
 from cycleqd.evolver.checkpoint_files import verify_experts
 from cycleqd.evolver.config import EvolveConfig, RaySpec, check_task_sources
 from cycleqd.evolver.genome import Genome

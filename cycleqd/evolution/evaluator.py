@@ -21,7 +21,7 @@ from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.store import Store
 from cycleqd.eval.orchestrator import EpisodeResult, EvalSettings, Orchestrator
 from cycleqd.eval.tasks import EvalTask, load_eval_tasks
-from cycleqd.evolve.loop import CandidateUnderTest
+from cycleqd.evolution.loop import CandidateUnderTest
 from cycleqd.evolver.config import EvolveConfig, TaskSpec
 from cycleqd.evolver.materialize import materialize
 from cycleqd.evolver.racing import Race

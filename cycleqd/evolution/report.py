@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from cycleqd.db.evolution_store import EvolutionStore  # noqa: E402
 from cycleqd.db.monitor_queries import episode_saving  # noqa: E402
 from cycleqd.db.schema import Archive, Candidate, CandidateKind, CandidateStatus, Cell  # noqa: E402
-from cycleqd.evolve.loop import FinalRow, search_label  # noqa: E402
+from cycleqd.evolution.loop import FinalRow, search_label  # noqa: E402
 from cycleqd.evolver.archive import AddStatus, parse_cell_key  # noqa: E402
 
 FINAL_KINDS = [

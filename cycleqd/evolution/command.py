@@ -1,5 +1,5 @@
 """`cycleqd evolve` as a call with the CLI's arguments: the live view and final table of `cycleqd.display` around
-the feature `cycleqd.evolve.run.evolve`."""
+the feature `cycleqd.evolution.run.evolve`."""
 
 from __future__ import annotations
 
