@@ -395,7 +395,9 @@ async def test_a_known_elite_shows_its_quality_on_the_heatmap_and_its_lineage(fi
         await pilot.press("left", "left", "left", "down")
         assert os_map.caption() == f"(0,0) 0.550 #{ids['os-expert']} g0"
         await pilot.press("right", "right", "right", "up", "enter")  # back to child 3, and show its lineage
-        await pilot.pause()
+        # the lineage is read in a worker thread: wait until it is shown, as a user would
+        child_3 = f"elite of os: #{ids['child-3']} child g3"
+        await wait_until(pilot, lambda: tree_labels(screen.query_one(LineageTree))[0].startswith(child_3))
         assert str(screen.query_one(TabbedContent).active) == "lineage"
         labels = tree_labels(screen.query_one(LineageTree))
         assert labels[0].startswith(f"elite of os: #{ids['child-3']} child g3 · os 0.73 db 0.66 coding 0.25")
@@ -412,8 +414,8 @@ async def test_a_known_elite_shows_its_quality_on_the_heatmap_and_its_lineage(fi
         # Another archive's heatmap takes the lineage view along with the focus.
         db_map = heatmap_of(screen, "db")
         db_map.focus()
-        await pilot.pause()
-        assert tree_labels(screen.query_one(LineageTree))[0].startswith(f"elite of db: #{ids['child-2']} child g2")
+        child_2 = f"elite of db: #{ids['child-2']} child g2"
+        await wait_until(pilot, lambda: tree_labels(screen.query_one(LineageTree))[0].startswith(child_2))
 
 
 async def test_rows_written_while_the_monitor_runs_appear_without_a_restart(tmp_path: Path) -> None:
