@@ -149,12 +149,14 @@ async def test_a_fork_bomb_is_stopped_within_the_time_limit(os_image: str) -> No
 
 async def test_the_solution_runs_at_the_lowest_priority_and_cannot_leave_it(os_image: str) -> None:
     # What keeps a fork bomb from starving the checker that must stop it: the sum is right only at nice 19.
-    climber = (
-        "import os\ndef add(a, b):\n"
-        "    for nice in (0, -5):\n"
-        "        try:\n            os.setpriority(os.PRIO_PROCESS, 0, nice)\n        except OSError:\n            pass\n"
-        "    return a + b if os.getpriority(os.PRIO_PROCESS, 0) == 19 else 0"
-    )
+    climber = """import os
+def add(a, b):
+    for nice in (0, -5):
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        except OSError:
+            pass
+    return a + b if os.getpriority(os.PRIO_PROCESS, 0) == 19 else 0"""
     assert (await run(os_image, MBPP_TASK, code_block(climber))).score == 1.0
     stays_put = "import os\ndef add(a, b):\n    return a + b if os.getpriority(os.PRIO_PROCESS, 0) == 0 else 0"
     assert (await run(os_image, MBPP_TASK, code_block(stays_put))).score == 0.0
