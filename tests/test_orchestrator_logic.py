@@ -6,7 +6,9 @@ mid-run) is tested in tests/test_eval.py and tests/test_racing_episodes.py."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -163,3 +165,46 @@ async def test_a_settled_gate_stops_the_run_and_what_was_running_leaves_nothing(
     assert set(gate.seen) <= set(stored) <= set(gate.picked)
     assert all(e.score == 1.0 for e in store.episodes(run_id))
     assert model.requests <= len(gate.picked) and starter.live == 0
+
+
+async def cancelled_run(
+    store: Store, tasks: list[EvalTask], settings: EvalSettings, loop_steps: int | None
+) -> tuple[str, MemoryStarter, list[str]]:
+    """A run cancelled after that many steps of the event loop (None: after three results): its id, its
+    sandboxes, and the warnings of coroutines never awaited once garbage was collected."""
+    starter, results = MemoryStarter(), []
+    model = ScriptedModel(repeat_the_word, latency_s=0.01)
+
+    def interrupt_after_three(result: EpisodeResult) -> None:
+        results.append(result)
+        if loop_steps is None and len(results) == 3:
+            run.cancel()
+
+    run_id = store.create_run("eval", {"test": "cancelled"}).id
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = asyncio.create_task(played(store, tasks, model, settings, starter, run_id, interrupt_after_three))
+        for _ in range(loop_steps or 0):
+            await asyncio.sleep(0)
+        if loop_steps is not None:
+            run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        gc.collect()
+    return run_id, starter, [str(w.message) for w in caught if "never awaited" in str(w.message)]
+
+
+async def test_a_run_cancelled_at_any_moment_leaves_no_episode_unstarted_behind(
+    twelve_words: list[EvalTask], tmp_path: Path
+) -> None:
+    """Ctrl-C on the plain path, at each of the first steps of the event loop and after three results: the
+    episodes queued behind the pool are dropped, never left as coroutines that Python finds never awaited (a
+    RuntimeWarning at some later garbage collection), and what was stored is whole."""
+    store = open_store(tmp_path / "cancelled.db")
+    settings = EvalSettings(concurrency=2, repeats=1, max_tokens=8, max_sandboxes=8)
+    for loop_steps in [*range(40), None]:
+        run_id, starter, never_awaited = await cancelled_run(store, twelve_words, settings, loop_steps)
+        assert never_awaited == [], loop_steps
+        stored = store.episodes(run_id)
+        assert all(e.score == 1.0 for e in stored) and starter.live == 0, loop_steps
+        assert 3 <= len(stored) < 12 if loop_steps is None else len(stored) < 12

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections import defaultdict
@@ -182,18 +183,24 @@ class Orchestrator:
             await self._run_gated(todo, runtime, gate)
             return
         pool = AioPool(size=self.settings.concurrency)
-        futures = []
+        futures, episodes = [], []
         try:
             # spawn_n, not `await pool.spawn`: asyncio_pool's spawn catches the CancelledError of a caller waiting
             # for a free place and returns it inside the future, so a Ctrl-C there was lost and the run went on to
             # the end. Here the only await is join(), which lets the cancellation through.
             for task, task_id, repeat in todo:
-                futures.append(pool.spawn_n(self._episode(runtime, task, task_id, repeat)))
+                episodes.append(self._episode(runtime, task, task_id, repeat))
+                futures.append(pool.spawn_n(episodes[-1]))
             await pool.join()
         finally:
             # Cancelled (Ctrl-C, SIGTERM): the episodes still running stop now and release their sandboxes before
             # the runtime closes; an episode is committed only once it ended, so none is half-stored.
             await pool.cancel()
+            # A cancel in the loop step after spawn_n stops the pool's own tasks before they begin, and with them
+            # the chance to close what they were given: closed here, or Python warns of it as never awaited.
+            for episode in episodes:
+                if inspect.getcoroutinestate(episode) == inspect.CORO_CREATED:
+                    episode.close()
         # A task's exception is never swallowed: the run must not read as complete with episodes missing.
         failures = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
         for failure in failures[1:]:
