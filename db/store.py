@@ -360,12 +360,14 @@ def _is_sqlite_file(path: Path) -> bool:
     POSIX lock this process holds on it, so a store still open here (an engine not yet collected) lost its
     locks; another process then took itself for the last user, deleted the -wal and -shm files, and this
     process's next connection read the stale shared index as "database disk image is malformed". SQLite keeps
-    its own descriptors open while the file is locked. `immutable`: no lock taken, no -wal or -shm created."""
+    its own descriptors open while the file is locked. `immutable`: no lock taken, no -wal or -shm created.
+    Only "not a database" answers no: a store whose WAL is being checkpointed while the probe reads it can look
+    "malformed" to a reader that takes no lock, and true damage is reported when the store is opened for real."""
     try:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)) as probe:
             probe.execute("PRAGMA schema_version")
-    except sqlite3.DatabaseError:
-        return False
+    except sqlite3.DatabaseError as exc:
+        return exc.sqlite_errorcode != sqlite3.SQLITE_NOTADB
     return True
 
 

@@ -3,7 +3,9 @@ commits that survive a killed writer."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cycleqd.db import DuplicateEpisodeError, EpisodeRecord, open_store
 from cycleqd.db.schema import Aggregate, Base
-from cycleqd.db.store import MIGRATIONS, EpisodeKey
+from cycleqd.db.store import MIGRATIONS, EpisodeKey, StoreOpenError, check_store_file
 
 
 @pytest.fixture
@@ -118,6 +120,37 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         thread.join()
     assert errors == []
     assert len(open_store(path).episodes(run_id)) == 200
+
+
+def test_a_store_is_known_as_one_while_another_process_checkpoints_it(tmp_path: Path) -> None:
+    """Each new engine first asks whether the file is a store, without a lock; a checkpoint copying the WAL into
+    the file under it made SQLite call the file malformed, and `open_store` refused a good store (seen in CI)."""
+    path = tmp_path / "busy.db"
+    store = open_store(path)
+    run_id, model, _ = seed(store)
+    writing = threading.Event()
+    writing.set()
+
+    def checkpoint_in_a_loop() -> None:
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as other:
+            while writing.is_set():
+                other.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    checkpointer = threading.Thread(target=checkpoint_in_a_loop)
+    checkpointer.start()
+    refused: list[str] = []
+    try:
+        for i in range(400):
+            task = store.task_id("os", "s", "dev", f"t{i}", "h")
+            store.record_episode(EpisodeRecord(run_id, model, task, 0, "completed", 1.0))
+            try:
+                check_store_file(path)
+            except StoreOpenError as exc:
+                refused.append(str(exc))
+    finally:
+        writing.clear()
+        checkpointer.join()
+    assert refused == []
 
 
 def test_committed_episodes_survive_a_killed_writer(tmp_path: Path) -> None:
