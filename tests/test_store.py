@@ -153,6 +153,20 @@ def test_a_store_is_known_as_one_while_another_process_checkpoints_it(tmp_path: 
     assert refused == []
 
 
+def test_a_damaged_store_is_named_so_and_a_foreign_file_is_not_a_store(tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.db"
+    open_store(damaged).engine.dispose()  # the last connection's close copies the WAL into the file
+    page = bytearray(damaged.read_bytes())
+    page[100:4096] = b"\xff" * (4096 - 100)  # the header stays; the schema page after it is gone
+    damaged.write_bytes(bytes(page))
+    with pytest.raises(StoreOpenError, match="the store is damaged"):
+        open_store(damaged, create=False)
+    foreign = tmp_path / "notes.db"
+    foreign.write_bytes(b"not a database " * 500)
+    with pytest.raises(StoreOpenError, match="not an SQLite database"):
+        open_store(foreign, create=False)
+
+
 def test_committed_episodes_survive_a_killed_writer(tmp_path: Path) -> None:
     path = tmp_path / "killed.db"
     run_id, model, task = seed(open_store(path))
