@@ -1,15 +1,14 @@
 """Where an OS episode's sandbox time goes, step by step, at concurrency 1 (medians over rounds).
 
-    python -m bench.episode_steps [--rounds N] [--engine-changes]
+    python -m bench.episode_steps [--rounds N]
 
 The steps are those of envs/os_interaction.py on the os-default image: create, start, one init script in a shell
-of its own, the toolchain as the set-up left it (envs/os_tamper.py: read from the container's storage layer),
+of its own, the writable layer and /etc/passwd as the set-up left them (envs/os_trust.py: read from the host),
 opening the persistent shell, the `start` command and two agent commands typed into it, closing the shell, one
-check exec, the toolchain again (what the agent changed there), and removal. `--engine-changes` also times the
-engine's own changes list (`docker diff`), the alternative to reading the layer, outside the sum. The shells are
-the main process's, reached by attaching (no exec); the workdir probe runs once per image, not per episode, so it
-is not here. Each is timed on its own (wall clock; on a 2-core machine the engine's CPU is most of it), and the
-share of the episode each takes is printed beside it.
+check exec with every agent process stopped and its opens witnessed, the layer again and the judgement of what the
+check reached, and removal. The shells are the main process's, reached by attaching (no exec); the workdir probe
+runs once per image, not per episode, so it is not here. Each is timed on its own (wall clock; on a 2-core machine
+the engine's CPU is most of it), and the share of the episode each takes is printed beside it.
 """
 
 from __future__ import annotations
@@ -21,14 +20,15 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable
 
-from cycleqd.envs.os_tamper import CHECK_ENV, tampered_paths, toolchain_state
+from cycleqd.envs.os_trust import CHECK_ENV, Named, TrustJudge
+from cycleqd.sandboxes.contract import CheckEvidence
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox, create_container
 from cycleqd.sandboxes.engine import docker_client, ensure_engine
 from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.sandboxes.limits import SandboxLimits
 
 
-async def one_episode(client, image: str, times: dict[str, list[float]], engine_changes: bool) -> None:  # noqa: ANN001
+async def one_episode(client, image: str, times: dict[str, list[float]]) -> None:  # noqa: ANN001
     async def step(name: str, work: Awaitable[object]) -> object:
         started = time.perf_counter()
         result = await work
@@ -45,27 +45,37 @@ async def one_episode(client, image: str, times: dict[str, list[float]], engine_
         await shell.close()
 
     await step("init script (own shell)", init_in_own_shell())
-    baseline = await step("toolchain after set-up", toolchain_state(box))
+    baseline = await step("layer after set-up", box.layer())
+    passwd = await step("passwd after set-up", box.file_text("/etc/passwd"))
     session = await step("open shell session", box.open_session(workdir="/root"))
     await step("session: start command", session.run("sleep 0 &"))  # type: ignore[attr-defined]
     await step("session: 2 agent commands", session.run("ls; cat x"))  # type: ignore[attr-defined]
     await step("close session", session.close())  # type: ignore[attr-defined]
-    await step("exec: one check script", box.exec(["bash", "-c", "test -f /root/x"], workdir="/root", env=CHECK_ENV))
-    await step("toolchain after checks", tampered_paths(box, baseline))  # type: ignore[arg-type]
-    if engine_changes:
-        await step("(engine's changes list)", asyncio.to_thread(client.api.diff, container.id))
+
+    async def witnessed_check() -> CheckEvidence:
+        async with box.witness_checks() as evidence:
+            await box.exec(["bash", "-c", "test -f /root/x"], workdir="/root", env=CHECK_ENV)
+        return evidence
+
+    evidence = await step("exec: one check, witnessed", witnessed_check())
+    judge = TrustJudge(box, Named.from_sources(["test -f /root/x"], "/root"), passwd)  # type: ignore[attr-defined]
+
+    async def judged() -> list[str]:
+        return await judge.untrusted(baseline, await box.layer(), evidence)  # type: ignore[arg-type]
+
+    await step("layer after checks + judge", judged())
     await step("remove (force)", box.stop())
 
 
-async def main(rounds: int, engine_changes: bool) -> None:
+async def main(rounds: int) -> None:
     ensure_engine()
     client = docker_client()
     build_images(client, ["os-default"])
     image = image_tag("os-default")
     times: dict[str, list[float]] = defaultdict(list)
-    await one_episode(client, image, defaultdict(list), engine_changes)  # warm-up
+    await one_episode(client, image, defaultdict(list))  # warm-up
     for _ in range(rounds):
-        await one_episode(client, image, times, engine_changes)
+        await one_episode(client, image, times)
     medians = {name: statistics.median(samples) for name, samples in times.items()}
     total = sum(value for name, value in medians.items() if not name.startswith("("))
     print(f"OS episode sandbox steps, medians of {rounds} rounds (sum {total * 1000:.0f} ms):")
@@ -76,6 +86,5 @@ async def main(rounds: int, engine_changes: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--engine-changes", action="store_true", help="also time the engine's changes list")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.rounds, arguments.engine_changes))
+    asyncio.run(main(arguments.rounds))

@@ -5,7 +5,7 @@ fails the task. AgentBench's five comparators (integer-match, string-match, size
 implemented here natively and run on the host: a model that deletes python or rewrites PATH inside its
 container cannot change how its answer is compared. Scripts that inspect the container (a null check runs the
 task's `example`, inline code, other files) run in the container, in a fresh non-interactive shell, with python's
-working-folder and user-site imports off (os_tamper.CHECK_ENV); what they run there is watched by envs.os_tamper.
+working-folder and user-site imports off (os_trust.CHECK_ENV); whether a pass can be trusted is envs.os_trust's.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cycleqd.envs.errors import ScriptUnavailableError
-from cycleqd.envs.os_tamper import CHECK_ENV
 from cycleqd.envs.os_tasks import MatchSpec, OSTask, Script
+from cycleqd.envs.os_trust import CHECK_ENV
 from cycleqd.sandboxes.contract import Sandbox
 
 
@@ -100,6 +100,12 @@ def checks_in_container(task: OSTask) -> bool:
     """Whether scoring runs anything inside the agent's container (a script that is not a native comparator)."""
     scripts = [check or task.example for check in task.checks]
     return task.match is None and any(s is not None and native_comparator(s) is None for s in scripts)
+
+
+def container_sources(task: OSTask, scripts_dir: Path | None) -> list[str]:
+    """The text of every script the check chain runs in the container (what names the task's state)."""
+    scripts = [check or task.example for check in task.checks]
+    return [script_source(s, scripts_dir) for s in scripts if s is not None and native_comparator(s) is None]
 
 
 def check_scripts_available(task: OSTask, scripts_dir: Path | None) -> None:

@@ -30,6 +30,7 @@ from cycleqd.envs.errors import EpisodeSetupError, ScriptUnavailableError
 from cycleqd.envs.os_actions import parse_os_action
 from cycleqd.envs.os_checks import (
     checks_in_container,
+    container_sources,
     expected_of,
     match_answer,
     run_checks,
@@ -37,10 +38,10 @@ from cycleqd.envs.os_checks import (
     script_source,
 )
 from cycleqd.envs.os_prompt import first_messages, observation
-from cycleqd.envs.os_tamper import tampered_paths, toolchain_state, verdict
 from cycleqd.envs.os_tasks import OSTask
-from cycleqd.sandboxes.contract import CommandResult, FileChange, Sandbox, SandboxHealth, ShellSession
-from cycleqd.sandboxes.errors import SandboxError
+from cycleqd.envs.os_trust import PASSWD, Named, TrustJudge, verdict
+from cycleqd.sandboxes.contract import CommandResult, LayerScan, Sandbox, SandboxHealth, ShellSession
+from cycleqd.sandboxes.errors import SandboxError, WitnessUnavailableError
 from cycleqd.sandboxes.output import truncate_for_display
 
 HEALTH_SETTLE_S = 3.0  # how long a sandbox may still read as running after it was killed
@@ -70,7 +71,8 @@ class OSInteractionEpisode(Episode):
         self._session: ShellSession | None = None
         self._last_timed_out = False
         self.last_output = ""  # the raw output of the last bash action, before display truncation
-        self._toolchain: dict[str, FileChange] | None = None  # what the set-up changed under os_tamper.TOOLCHAIN
+        self._baseline: LayerScan | None = None  # the writable layer as the set-up left it (envs/os_trust.py)
+        self._passwd = ""  # /etc/passwd as the set-up left it
 
     async def begin(self) -> list[Message]:
         settings = self.settings
@@ -87,7 +89,8 @@ class OSInteractionEpisode(Episode):
                 start = script_source(self.task.start, settings.scripts_dir)
                 await self._session.run(start, timeout=settings.command_timeout_s)
             if checks_in_container(self.task):
-                self._toolchain = await toolchain_state(self.sandbox)
+                self._baseline = await self.sandbox.layer()
+                self._passwd = await self.sandbox.file_text(PASSWD)
         except (SandboxError, ScriptUnavailableError) as exc:
             raise EpisodeSetupError(f"{self.task.task_id}: {exc}") from exc
         self.messages = first_messages(self.task.description)
@@ -201,6 +204,31 @@ class OSInteractionEpisode(Episode):
             health = await self.sandbox.health()
         return health
 
+    async def _judged_checks(self) -> tuple[bool, str, list[str]]:
+        """The check chain's verdict and, for a pass whose checks ran in the container, what voids it: the checks
+        run with every process of the agent stopped and their opens witnessed (envs/os_trust.py)."""
+        settings = self.settings
+
+        async def checks() -> tuple[bool, str]:
+            return await run_checks(
+                self.task,
+                str(self.answer),  # "None" after finish, as AgentBench passes it
+                self.sandbox,
+                scripts_dir=settings.scripts_dir,
+                workdir=settings.workdir,
+                timeout_s=settings.check_timeout_s,
+            )
+
+        if self._baseline is None:  # nothing runs in the container: native comparators on the host
+            return (*await checks(), [])
+        async with self.sandbox.witness_checks() as evidence:
+            passed, detail = await checks()
+        if not passed:  # a failed check scores 0 whatever the agent changed
+            return passed, detail, []
+        named = Named.from_sources(container_sources(self.task, settings.scripts_dir), settings.workdir)
+        judge = TrustJudge(self.sandbox, named, self._passwd)
+        return passed, detail, await judge.untrusted(self._baseline, await self.sandbox.layer(), evidence)
+
     async def outcome(self) -> Outcome:
         if self.status is None:
             raise RuntimeError("outcome() before the episode ended")
@@ -216,23 +244,12 @@ class OSInteractionEpisode(Episode):
             detail = "" if passed else f"answer {self.answer!r} does not match"
         else:
             try:
-                passed, detail = await run_checks(
-                    self.task,
-                    str(self.answer),  # "None" after finish, as AgentBench passes it
-                    self.sandbox,
-                    scripts_dir=self.settings.scripts_dir,
-                    workdir=self.settings.workdir,
-                    timeout_s=self.settings.check_timeout_s,
-                )
-                # Looked for after the checks ran, so that a change made while they ran is seen too; only a pass
-                # needs it (a failed check scores 0 whatever the agent changed).
-                if (
-                    passed
-                    and self._toolchain is not None
-                    and (changed := await tampered_paths(self.sandbox, self._toolchain))
-                ):
-                    return Outcome(EpisodeStatus.TAMPERED, 0.0, self.rounds, self.answer, verdict(changed),
+                passed, detail, untrusted = await self._judged_checks()
+                if untrusted:
+                    return Outcome(EpisodeStatus.TAMPERED, 0.0, self.rounds, self.answer, verdict(untrusted),
                                    expected_of(self.task))  # fmt: skip
+            except WitnessUnavailableError as exc:
+                raise EpisodeSetupError(f"{self.task.task_id}: checking failed: {exc}") from exc
             except ScriptUnavailableError as exc:
                 raise EpisodeSetupError(f"{self.task.task_id}: checking failed: {exc}") from exc
             except SandboxError as exc:

@@ -2,7 +2,7 @@
 
 Linux lets a root process ptrace any process of its uid whose capabilities are a subset of its own (there is no
 Yama policy inside a container), so a daemon an agent leaves behind can attach to a check as it starts and rewrite
-its exit status: no file changes, nothing for envs/os_tamper.py to see (tried: a 30-line ctypes tracer turned a
+its exit status: no file changes, nothing for a scan of the filesystem to see (tried: a 30-line ctypes tracer turned a
 failing check into a pass). So an idle sandbox is given CAP_LEASE (leases on files one does not own: harmless, and
 not in Docker's default set, so AgentBench's agent never had it), and everything on the agent's side — the main
 process, whose shells run the set-up and the agent's commands, and any exec'd session — starts under `setpriv`,
@@ -20,7 +20,7 @@ _DROP = ["setpriv", f"--inh-caps=-{CHECK_ONLY_CAP.lower()}", f"--bounding-set=-{
 def agent_side(argv: list[str], user: str | None = None) -> list[str]:
     """`argv` started without CHECK_ONLY_CAP, as `user` when given: then the result must be exec'd as root (the
     drop needs root) and takes the user's ids and groups after it. A setpriv or sh the agent replaced to skip the
-    drop is itself a change envs/os_tamper.py sees."""
+    drop is itself a change the file witness sees (envs/os_trust.py)."""
     if user in (None, "", "root", "0"):
         return [*_DROP, *argv]
     as_user = (

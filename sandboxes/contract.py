@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cycleqd.sandboxes.limits import SandboxLimits
@@ -55,21 +56,54 @@ class CommandResult:
 MAX_DIGEST_BYTES = 256 << 20  # a changed file bigger than this is fingerprinted by its size and first bytes
 
 
-class ChangeKind(StrEnum):
-    ADDED = "added"
-    MODIFIED = "modified"
-    DELETED = "deleted"
+class EntryKind(StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    LINK = "link"
+    WHITEOUT = "whiteout"  # the image's path, deleted
+    SPECIAL = "special"  # a FIFO, socket or device
 
 
 @dataclass(frozen=True)
-class FileChange:
-    """One path that differs from the image. `digest` says what it holds now, mode and owner left out: a file's
-    sha256 (of at most MAX_DIGEST_BYTES, with its size), a symlink's target, "dir", or "" when deleted."""
+class LayerEntry:
+    """One path of a sandbox's writable layer: what is there, whether the image has that path too, and a signature
+    (inode, change time, size, mode, owner) that any write, rename, link or mode change alters and nothing inside
+    the sandbox can set back."""
+
+    kind: EntryKind
+    signature: tuple[int, ...]
+    in_image: bool
+    target: str = ""  # a link's target
+    opaque: bool = False  # a folder removed and made again: nothing of the image's is below it
+
+
+@dataclass(frozen=True)
+class LayerScan:
+    """Every path of a sandbox's writable layer, unless `flooded`: there were more than the scan's limit; and every
+    entry on its other writable mounts (/dev, /dev/shm, bound host files), where opens are not witnessed."""
+
+    entries: dict[str, LayerEntry]
+    flooded: bool
+    unwatched: dict[str, LayerEntry] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A file a check's process opened, after every link was followed: exec'd, or opened; its file type bits."""
 
     path: str
-    kind: ChangeKind
-    digest: str
-    is_dir: bool = False
+    executed: bool
+    mode: int
+
+
+@dataclass
+class CheckEvidence:
+    """What the checks' processes opened while every other process of the sandbox was stopped. `complete` is False
+    when the kernel dropped events or a process of the sandbox would not stop: then nothing may be trusted."""
+
+    opened: dict[str, Opened]
+    complete: bool
+    why_incomplete: str = ""
 
 
 class SandboxHealth(StrEnum):
@@ -130,17 +164,36 @@ class Sandbox(abc.ABC):
         """The content of `path`; at most `max_bytes` (default: the output cap). FileNotFoundError if absent."""
 
     @abc.abstractmethod
-    async def changes(self, patterns: Sequence[str], *, limit: int | None = None) -> list[FileChange]:
-        """The paths that differ from the image's filesystem (added, modified, deleted), only those covered by
-        `patterns` (absolute paths or fnmatch patterns such as `/etc/python3*`; a pattern covers what lies below
-        it), parents before children, at most `limit`. A path once written stays listed even when its content is
-        put back; one added then removed leaves its folder listed as modified. Read from outside: nothing runs in
-        the sandbox, whose programs the agent may have replaced. SandboxError if the engine cannot say."""
+    async def layer(self) -> LayerScan:
+        """Every path where the sandbox's filesystem differs from its image, with nothing cut short (past the
+        backend's limit the scan says `flooded`). Read from outside: nothing runs in the sandbox, whose programs the
+        agent may have replaced. SandboxError if the backend cannot read it."""
 
     @abc.abstractmethod
     async def image_files(self, paths: Sequence[str]) -> dict[str, str]:
-        """What the sandbox's image holds at those of `paths` it holds (each one's digest, as `FileChange.digest`),
-        as it was built, whatever was done in the sandbox since."""
+        """What the sandbox's image holds at those of `paths` it holds (each one's digest: a file's sha256 of at
+        most MAX_DIGEST_BYTES with its size, a link's "-> target", "dir"), as built, whatever was done since."""
+
+    @abc.abstractmethod
+    async def file_text(self, path: str, *, as_built: bool = False) -> str:
+        """The text of the regular file at `path` now (or in the image as built), at most 1 MiB, "" where there is
+        none; read from outside, the last component not followed if it is a link."""
+
+    @abc.abstractmethod
+    async def current_files(self, paths: Sequence[str]) -> dict[str, str]:
+        """What the sandbox holds now at those of `paths` its writable layer holds (digests as `image_files`)."""
+
+    @abc.abstractmethod
+    async def resolve(self, path: str) -> str:
+        """Where `path` leads in the sandbox, every link followed (absolute ones from the sandbox's root); the
+        rest as written once a component is missing."""
+
+    @abc.abstractmethod
+    def witness_checks(self) -> AbstractAsyncContextManager[CheckEvidence]:
+        """Stops every process in the sandbox, then records, from outside, every file that one-shot `exec`s (the
+        checks; never a session's processes) open until the block ends; the evidence is filled in as it ends.
+        The sandbox's processes stay stopped: after the checks, only `stop()` is left to call.
+        WitnessUnavailableError where this host cannot watch (not root, a remote engine)."""
 
     @abc.abstractmethod
     async def health(self) -> SandboxHealth:

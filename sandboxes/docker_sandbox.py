@@ -8,6 +8,7 @@ Exec goes through the SDK's low-level API (`exec_create`/`exec_start`/`exec_insp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import io
@@ -18,7 +19,7 @@ import tarfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -30,22 +31,33 @@ from docker.types import LogConfig
 
 from cycleqd.sandboxes import process_tree
 from cycleqd.sandboxes.agent_caps import CHECK_ONLY_CAP, agent_side
-from cycleqd.sandboxes.contract import MAX_DIGEST_BYTES, ChangeKind, ExecResult, FileChange, Sandbox, SandboxHealth
+from cycleqd.sandboxes.contract import MAX_DIGEST_BYTES, CheckEvidence, ExecResult, LayerScan, Sandbox, SandboxHealth
 from cycleqd.sandboxes.docker_stream import STDERR, ExecStream
 from cycleqd.sandboxes.engine import docker_client
-from cycleqd.sandboxes.errors import ImageMissingError, SandboxError, SandboxStoppedError
+from cycleqd.sandboxes.errors import ImageMissingError, SandboxError, SandboxStoppedError, WitnessUnavailableError
 from cycleqd.sandboxes.exec_wrapper import WrappedExec
 from cycleqd.sandboxes.exit_witness import exit_witness
+from cycleqd.sandboxes.file_witness import FileWitness
 from cycleqd.sandboxes.labels import owner_labels
-from cycleqd.sandboxes.layer_changes import PathPatterns, digest_of, lower_entry, upper_changes
+from cycleqd.sandboxes.layer_scan import (
+    digest_of,
+    layer_text,
+    lower_entry,
+    resolve_in_root,
+    scan_upper,
+    upper_digest,
+)
 from cycleqd.sandboxes.limits import SandboxLimits, quota_supported
 from cycleqd.sandboxes.main_shell import IDLE_MAIN, MainShellSession
+from cycleqd.sandboxes.other_mounts import mounted_entries
+from cycleqd.sandboxes.process_freeze import stop_all
 from cycleqd.sandboxes.reaper import OWNED, reap_orphans_once
 from cycleqd.sandboxes.shell_session import BashSession
 
 log = logging.getLogger(__name__)
 KILL_GRACE_S = 3.0
 T = TypeVar("T")
+LAYER_LIMIT = 200_000  # entries of a writable layer read before it is called flooded
 ROOT = "0"  # numeric: still works after an agent has mangled /etc/passwd
 
 
@@ -442,15 +454,39 @@ class DockerSandbox(Sandbox):
             return None
         return upper, [d for d in (data.get("LowerDir") or "").split(":") if d]
 
-    async def changes(self, patterns: Sequence[str], *, limit: int | None = None) -> list[FileChange]:
-        """From the container's overlay2 upper layer where this host can read it (layer_changes.py: a few system
-        calls per change), else from the engine's changes list (a walk of the whole filesystem)."""
+    def _host_view(self) -> tuple[str, list[str], int]:
+        """The upper layer, the image's layers and the main process's host PID; SandboxStoppedError once the
+        container no longer runs, WitnessUnavailableError where this process cannot see it from the host."""
+        layers = self._layers()
+        init_pid = int((self._container.attrs.get("State") or {}).get("Pid") or 0)
+        if not init_pid or not os.path.exists(f"/proc/{init_pid}/root"):  # read before the start, or since ended
+            try:
+                self._container.reload()
+            except docker.errors.NotFound as exc:
+                raise SandboxStoppedError(f"the container of sandbox {self.name} is gone") from exc
+            state = self._container.attrs.get("State") or {}
+            if not state.get("Running"):
+                raise SandboxStoppedError(f"the container of sandbox {self.name} no longer runs")
+            init_pid = int(state.get("Pid") or 0)
+        if layers is None or not init_pid or not os.path.exists(f"/proc/{init_pid}/root"):
+            raise WitnessUnavailableError(
+                f"sandbox {self.name}: this process cannot see the container from the engine's host (overlay2 "
+                "storage and root on the engine's own machine are needed to score checks that run inside it)"
+            )
+        return layers[0], layers[1], init_pid
+
+    async def layer(self) -> LayerScan:
+        """The whole overlay2 upper layer (layer_scan.py: a few system calls per entry) and the other mounts' entries
+        (other_mounts.py), at most LAYER_LIMIT of each."""
         self._check_running()
-        wanted = PathPatterns(patterns)
-        if layers := self._layers():
-            upper, lower = layers
-            return await asyncio.to_thread(lambda: list(upper_changes(upper, lower, wanted, limit=limit)))
-        return await asyncio.to_thread(self._engine_changes, wanted, limit)
+        upper, lower, init_pid = await asyncio.to_thread(self._host_view)
+
+        def scan() -> LayerScan:
+            found = scan_upper(upper, lower, limit=LAYER_LIMIT)
+            unwatched, flooded = mounted_entries(init_pid, limit=LAYER_LIMIT)
+            return LayerScan(found.entries, found.flooded or flooded, unwatched)
+
+        return await asyncio.to_thread(scan)
 
     async def image_files(self, paths: Sequence[str]) -> dict[str, str]:
         """From the image's layers where this host can read them, else from a container of the image that is
@@ -459,32 +495,36 @@ class DockerSandbox(Sandbox):
             return await asyncio.to_thread(_layer_files, layers[1], list(paths))
         return await asyncio.to_thread(self._archived_image_files, list(paths)) if paths else {}
 
-    def _archived_image_files(self, paths: list[str]) -> dict[str, str]:
-        blank = self._client.api.create_container(
-            self.image_id or self.image, "true", network_disabled=True, labels=owner_labels(None, "image-probe")
-        )
-        try:
-            found = {path: self._archived_digest(path, blank["Id"]) for path in paths}
-            return {path: digest for path, (digest, _) in found.items() if digest}
-        finally:
-            self._client.api.remove_container(blank["Id"], force=True)
+    async def file_text(self, path: str, *, as_built: bool = False) -> str:
+        upper, lower, _ = await asyncio.to_thread(self._host_view)
+        return await asyncio.to_thread(layer_text, None if as_built else upper, lower, path)
 
-    def _engine_changes(self, wanted: PathPatterns, limit: int | None) -> list[FileChange]:
-        kinds = {0: ChangeKind.MODIFIED, 1: ChangeKind.ADDED, 2: ChangeKind.DELETED}
+    async def current_files(self, paths: Sequence[str]) -> dict[str, str]:
+        upper, _, _ = await asyncio.to_thread(self._host_view)
+        found = await asyncio.to_thread(lambda: {path: upper_digest(upper, path) for path in paths})
+        return {path: digest for path, digest in found.items() if digest}
+
+    async def resolve(self, path: str) -> str:
+        _, _, init_pid = await asyncio.to_thread(self._host_view)
+        return await asyncio.to_thread(resolve_in_root, f"/proc/{init_pid}/root", path)
+
+    @contextlib.asynccontextmanager
+    async def witness_checks(self) -> AsyncIterator[CheckEvidence]:
+        self._check_running()
+        _, _, init_pid = await asyncio.to_thread(self._host_view)
+        evidence = CheckEvidence({}, complete=False, why_incomplete="the checks did not end")
+        _, running = await asyncio.to_thread(stop_all, init_pid)
+        witness = FileWitness(f"/proc/{init_pid}/root/", CHECK_ONLY_CAP)
+        await asyncio.to_thread(witness.start)
         try:
-            listed = self._client.api.diff(self._container.id) or []
-        except docker.errors.NotFound as exc:
-            raise SandboxStoppedError(f"the container of sandbox {self.name} is gone") from exc
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise SandboxError(f"the engine did not list the changes of sandbox {self.name}: {exc}") from exc
-        covered = sorted(c["Path"] for c in listed if wanted.covers(c["Path"]))
-        kind_of = {c["Path"]: kinds[c["Kind"]] for c in listed}
-        found = []
-        for path in covered[:limit]:
-            kind = kind_of[path]
-            digest, is_dir = ("", False) if kind == ChangeKind.DELETED else self._archived_digest(path)
-            found.append(FileChange(path, kind, digest, is_dir))
-        return found
+            yield evidence
+        finally:
+            seen = await asyncio.to_thread(witness.stop)
+            why = "; ".join(
+                ([f"processes {running[:5]} of the sandbox did not stop"] if running else [])
+                + (["the kernel dropped open events"] if seen.overflowed else [])
+            )
+            evidence.opened, evidence.complete, evidence.why_incomplete = seen.opened, not why, why
 
     def _archived_digest(self, path: str, container_id: str | None = None) -> tuple[str, bool]:
         """What `path` holds, read through the engine's archive of it (a folder's content is not read); ("",

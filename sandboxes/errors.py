@@ -27,3 +27,8 @@ class SandboxStoppedError(SandboxError):
 
 class PoolClosedError(SandboxError):
     """`acquire()` on a pool that was closed."""
+
+
+class WitnessUnavailableError(SandboxError):
+    """This host cannot watch what a sandbox's checks open: it needs root on the engine's own host, overlay2
+    storage and a kernel with fanotify permission events (Linux 5.1+, CONFIG_FANOTIFY_ACCESS_PERMISSIONS)."""

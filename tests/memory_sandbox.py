@@ -12,9 +12,10 @@ import itertools
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
-from cycleqd.sandboxes.contract import ExecResult, FileChange, Sandbox, SandboxHealth, ShellSession
+from cycleqd.sandboxes.contract import CheckEvidence, ExecResult, LayerScan, Sandbox, SandboxHealth, ShellSession
 from cycleqd.sandboxes.errors import SandboxError, SandboxStoppedError
 from cycleqd.sandboxes.limits import SandboxLimits
 
@@ -88,11 +89,25 @@ class MemorySandbox(Sandbox):
             raise FileNotFoundError(path)
         return self.files[path][: max_bytes or self.limits.output_cap_bytes]
 
-    async def changes(self, patterns: Sequence[str], *, limit: int | None = None) -> list[FileChange]:
+    async def layer(self) -> LayerScan:
         raise NotImplementedError("the memory sandbox has no image to compare with")
 
     async def image_files(self, paths: Sequence[str]) -> dict[str, str]:
         raise NotImplementedError("the memory sandbox has no image")
+
+    async def file_text(self, path: str, *, as_built: bool = False) -> str:
+        if as_built:
+            raise NotImplementedError("the memory sandbox has no image")
+        return self.files.get(path, b"").decode(errors="replace")
+
+    async def current_files(self, paths: Sequence[str]) -> dict[str, str]:
+        raise NotImplementedError("the memory sandbox has no image to compare with")
+
+    async def resolve(self, path: str) -> str:
+        return path  # no links
+
+    def witness_checks(self) -> AbstractAsyncContextManager[CheckEvidence]:
+        raise NotImplementedError("the memory sandbox runs no processes to witness")
 
     async def health(self) -> SandboxHealth:
         return SandboxHealth.GONE if self.stopped else SandboxHealth.RUNNING

@@ -180,7 +180,7 @@ async def test_tampering_with_the_agents_shell_does_not_change_the_score(os_imag
 
 
 async def test_deleting_a_program_the_checks_may_run_is_tampering_even_with_the_right_answer(os_image: str) -> None:
-    """envs/os_tamper.py: the example runs in the container, so its programs are watched; a match task's are not."""
+    """envs/os_trust.py: the example runs in the container, so a deletion voids its pass; a match task runs nothing."""
     delete = "Act: bash\n\n```bash\nrm -f /usr/bin/python3*\n```"
     _, _, right = await run_episode(COUNT_TASK, [delete, "Act: answer(3)"])
     assert (right.status, right.score) == (EpisodeStatus.TAMPERED, 0.0)
