@@ -45,7 +45,8 @@ CAPABILITY_NUMBERS = {"LEASE": 28}
 
 @dataclass
 class WitnessLog:
-    """What the watched processes opened, each path once (exec'd wins over opened), and whether events were lost."""
+    """What the watched processes opened, each path once (exec'd wins over opened), and whether any open went
+    unrecorded (the kernel's queue overflowed, or an opened file could not be named)."""
 
     opened: dict[str, Opened] = field(default_factory=dict)
     overflowed: bool = False
@@ -147,6 +148,8 @@ class FileWitness:
                 try:
                     if _holds(pid, self.bit):
                         self._record(fd, bool(mask & _FAN_OPEN_EXEC_PERM))
+                except OSError:  # an open we cannot name is one we did not see: the log says so
+                    self.log.overflowed = True
                 finally:
                     os.write(self._fd, _RESPONSE.pack(fd, _FAN_ALLOW))
                     os.close(fd)
@@ -159,13 +162,3 @@ class FileWitness:
         if path.endswith(_DELETED) and info.st_nlink == 0:
             path = path[: -len(_DELETED)]
         self.log.add(Opened(path, executed, info.st_mode))
-
-
-def available(root: str = "/") -> str | None:
-    """None where this host can watch opens under `root`, else why not."""
-    try:
-        with FileWitness(root, "LEASE"):
-            pass
-    except (WitnessUnavailableError, OSError) as exc:
-        return str(exc)
-    return None
