@@ -63,19 +63,15 @@ ROOT = "0"  # numeric: still works after an agent has mangled /etc/passwd
 
 # Per client, not per URL: two engines on two unix sockets share the URL "http+docker://localhost".
 _QUOTA: weakref.WeakKeyDictionary[docker.DockerClient, bool] = weakref.WeakKeyDictionary()
-_QUOTA_LOCK = threading.Lock()  # sandboxes are created from worker threads: ask and warn once, not once per thread
+_QUOTA_LOCK = threading.Lock()  # sandboxes are created from worker threads: ask once, not once per thread
 
 
 def engine_has_quota(client: docker.DockerClient) -> bool:
-    """Asked once per engine (an overlay2 on xfs without pquota still refuses: then no quota, said once)."""
+    """Asked once per engine. Where it has none, `cycleqd doctor` and the README say so, once: a warning here
+    printed into every eval's, evolve's and API call's output, inside the progress bar."""
     with _QUOTA_LOCK:
         if client not in _QUOTA:
             _QUOTA[client] = quota_supported(client.info())
-            if not _QUOTA[client]:
-                log.warning(
-                    "this engine caps each file a sandbox writes but not their sum (that needs btrfs, zfs or overlay2 "
-                    "on xfs+pquota: `cycleqd engine start --disk-quota` starts one on btrfs)"
-                )
         return _QUOTA[client]
 
 

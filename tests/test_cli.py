@@ -30,6 +30,10 @@ def test_doctor_reports_engine_and_images(os_image: str) -> None:
     assert any(line.startswith("OK   docker engine") for line in lines), done.stdout
     assert any(line.startswith("OK   image os-default") and os_image in line for line in lines), done.stdout
     assert any(line.startswith("OK   torch") for line in lines), done.stdout
+    assert any(line.startswith("OK   OS check witness") for line in lines), done.stdout  # root on the engine's host
+    assert any(line.split()[1:4] == ["sandbox", "disk", "cap"] for line in lines), done.stdout  # said here, once
+    vllm = next(line for line in lines if line.split()[1] == "vllm")
+    assert "`--server auto` uses" in vllm or "`--server auto` serves" in vllm, vllm  # which engine, for which jobs
     failed = [line for line in lines if line.startswith("FAIL")]
     assert done.returncode == (1 if failed else 0)
 

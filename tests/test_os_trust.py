@@ -4,6 +4,7 @@ layer_scan.py, other_mounts.py): the naming rules without Docker, then each piec
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -48,6 +49,14 @@ def test_what_changed_since_the_set_up_is_every_entry_but_folders_and_the_other_
     layer, other = changed_since(baseline, now)
     assert set(layer) == {"/usr/bin/grep", "/etc/magic.d"}
     assert other == ["changed /dev/null", "made /dev/shm/x"]
+
+
+async def test_a_sandbox_starts_without_a_warning(os_image: str, caplog: pytest.LogCaptureFixture) -> None:
+    """What a sandbox may write is said once by `cycleqd doctor`, not in every eval's progress bar."""
+    caplog.set_level(logging.WARNING)
+    async with await DockerSandbox.start(os_image, limits=TEST_LIMITS):
+        pass
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("cycleqd")] == []
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cycleqd.diagnostics.checks import Check
 from cycleqd.sandboxes.engine import engine_status
+from cycleqd.sandboxes.errors import SandboxError
 from cycleqd.sandboxes.images import RECIPES, BuildSettings, image_present, image_tag
 
 MIN_FREE_GIB = 5.0
@@ -53,9 +54,37 @@ def check_disk(path: Path) -> Check:
     )
 
 
+def check_disk_cap() -> Check:
+    """What one sandbox may write on this engine (a note, never a failure: every engine caps each file)."""
+    if not engine_status().reachable:
+        return Check("sandbox disk cap", False, "cannot look: no Docker engine", "start the engine first")
+    import docker
+
+    from cycleqd.sandboxes.limits import quota_supported
+
+    if quota_supported(docker.from_env().info()):
+        return Check("sandbox disk cap", True, "each file and the sum a sandbox writes")
+    return Check("sandbox disk cap", True, "each file a sandbox writes, not their sum (`cycleqd engine start "
+                 "--disk-quota` starts one on btrfs that caps the sum; sandboxes start 4-8x slower there)")  # fmt: skip
+
+
+def check_check_witness() -> Check:
+    """Whether OS checks that run in a sandbox can be witnessed from this host (envs/os_trust.py)."""
+    from cycleqd.sandboxes.file_witness import FileWitness
+
+    try:
+        with FileWitness("/", "LEASE"):
+            pass
+    except (OSError, SandboxError) as exc:
+        return Check("OS check witness", False, f"unavailable: {exc}",
+                     "run cycleqd as root on the engine's own host (OS tasks whose checks run in the sandbox fail "
+                     "as environment errors without it)")  # fmt: skip
+    return Check("OS check witness", True, "fanotify permission events: a check's opens are witnessed from the host")
+
+
 def check_gpus() -> Check:
     if shutil.which("nvidia-smi") is None:
-        return Check("gpu", True, "none found: models are served on the CPU with `transformers serve`")
+        return Check("gpu", True, "none found")
     done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
     gpus = [line for line in done.stdout.splitlines() if line.startswith("GPU")]
     if done.returncode != 0:
@@ -81,11 +110,27 @@ def check_model_servers() -> list[Check]:
             "pip install 'transformers[serving]'",
         )
     ]
-    has_gpu = shutil.which("nvidia-smi") is not None
-    vllm = importlib.util.find_spec("vllm") is not None
-    detail = "installed" if vllm else ("not installed" if has_gpu else "not installed (needs a GPU; none here)")
-    checks.append(Check("vllm", vllm or not has_gpu, detail, "pip install 'cycleqd[vllm]'"))
+    checks.append(check_vllm())
     return checks
+
+
+def check_vllm() -> Check:
+    """Which engine `--server auto` chooses here, for which jobs, and why."""
+    from cycleqd.serving.gpu import gpu_available
+    from cycleqd.serving.resolve import VLLM_CPU_MIN_EPISODES
+    from cycleqd.serving.vllm_launch import INSTALL_HINT, cpu_vllm_available, vllm_cpu_python
+
+    if gpu_available():
+        if importlib.util.find_spec("vllm") is not None:
+            return Check("vllm", True, "on the GPU: `--server auto` serves every job with it")
+        return Check("vllm", False, "not installed beside cycleqd: `--server auto` falls back to transformers "
+                     "serve on the GPU", "pip install 'cycleqd[vllm]'")  # fmt: skip
+    if cpu_vllm_available():
+        return Check("vllm", True, f"CPU build in {vllm_cpu_python()}: `--server auto` uses it for jobs of "
+                     f"{VLLM_CPU_MIN_EPISODES} episodes or more (its ~26 s start pays back there), transformers "
+                     "serve for shorter ones")  # fmt: skip
+    why = "this CPU lacks AVX2 and AVX-512" if vllm_cpu_python() else f"not installed ({INSTALL_HINT})"
+    return Check("vllm", True, f"not usable on this CPU machine: {why}; `--server auto` uses transformers serve")
 
 
 def check_default_model() -> Check:
@@ -101,6 +146,8 @@ def run_doctor(settings: BuildSettings | None = None) -> list[Check]:
     return [
         check_engine(),
         *check_images(settings),
+        check_disk_cap(),
+        check_check_witness(),
         check_disk(settings.cache_dir),
         check_gpus(),
         check_module("torch", "torch", "pip install torch==2.13.0 (CPU) or a CUDA build on a GPU machine"),
