@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Awaitable
 
 from cycleqd.envs.os_trust import CHECK_ENV, Named, TrustJudge
-from cycleqd.sandboxes.contract import CheckEvidence
+from cycleqd.sandboxes.contract import CheckEvidence, LayerScan
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox, create_container
 from cycleqd.sandboxes.engine import docker_client, ensure_engine
 from cycleqd.sandboxes.images import build_images, image_tag
@@ -52,18 +52,15 @@ async def one_episode(client, image: str, times: dict[str, list[float]]) -> None
     await step("session: 2 agent commands", session.run("ls; cat x"))  # type: ignore[attr-defined]
     await step("close session", session.close())  # type: ignore[attr-defined]
 
-    async def witnessed_check() -> CheckEvidence:
+    async def witnessed_check() -> tuple[CheckEvidence, LayerScan]:
         async with box.witness_checks() as evidence:
+            stopped = await box.layer()
             await box.exec(["bash", "-c", "test -f /root/x"], workdir="/root", env=CHECK_ENV)
-        return evidence
+        return evidence, stopped
 
-    evidence = await step("exec: one check, witnessed", witnessed_check())
-    judge = TrustJudge(box, Named.from_sources(["test -f /root/x"], "/root"), passwd)  # type: ignore[attr-defined]
-
-    async def judged() -> list[str]:
-        return await judge.untrusted(baseline, await box.layer(), evidence)  # type: ignore[arg-type]
-
-    await step("layer after checks + judge", judged())
+    evidence, stopped = await step("stop, layer, check witnessed", witnessed_check())  # type: ignore[misc]
+    judge = TrustJudge(box, Named.from_sources(["test -f /root/x"], "/root"), passwd)  # type: ignore[arg-type]
+    await step("judge what it reached", judge.untrusted(baseline, stopped, evidence))  # type: ignore[arg-type]
     await step("remove (force)", box.stop())
 
 

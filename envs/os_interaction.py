@@ -222,12 +222,14 @@ class OSInteractionEpisode(Episode):
         if self._baseline is None:  # nothing runs in the container: native comparators on the host
             return (*await checks(), [])
         async with self.sandbox.witness_checks() as evidence:
+            stopped = await self.sandbox.layer()  # the agent's last state: what the checks write after is theirs
             passed, detail = await checks()
         if not passed:  # a failed check scores 0 whatever the agent changed
             return passed, detail, []
         named = Named.from_sources(container_sources(self.task, settings.scripts_dir), settings.workdir)
-        judge = TrustJudge(self.sandbox, named, self._passwd)
-        return passed, detail, await judge.untrusted(self._baseline, await self.sandbox.layer(), evidence)
+        question = any(check is None for check in self.task.checks)  # the example answers about the set-up's machine
+        judge = TrustJudge(self.sandbox, named, self._passwd, question=question)
+        return passed, detail, await judge.untrusted(self._baseline, stopped, evidence)
 
     async def outcome(self) -> Outcome:
         if self.status is None:

@@ -20,11 +20,20 @@ reached, something the agent changed that the task's checks do not name as the t
   path (a chmod or chown copies a file without changing it);
 - a link the agent made or changed that leads to a file or folder a check reached (a name the kernel followed
   without an event);
-- a path of the image the agent deleted (a check looking for a program or a setting finds nothing, and may pass
-  for it), a FIFO, socket or device the agent made (their opens make no event), any change on the other mounts;
+- a path of the image the agent deleted, replaced with a link, or stripped of read, write or execute permissions
+  (a check looking for a program or a setting then finds nothing, fails to run it, and may pass for it: `! grep`),
+  a FIFO, socket or device the agent made (their opens make no event), any change on the other mounts;
 - more changes than the scan may list, or a process that would not stop, or events the kernel dropped.
 
-What stays the task's state, because the task is about it:
+What the agent changed is read once every process of it has stopped, before the first check: what the checks then
+write (a temporary file, a compiled module) is theirs.
+
+A chain that runs the task's `example` (a null check: AgentBench's questions, "how many files are in /tmp/q?") asks
+about the machine as the set-up left it, and the agent owns nothing there: whatever of its changes the example
+reached voids the pass, named or not, and so does a folder the example listed whose names the agent added or
+removed (answering 5 and making two more files for the example to count changes the question, not the answer).
+
+Otherwise, what stays the task's state, because the task is about it:
 - what the check's own text names: an absolute path (or `~/`, `$HOME/` for root), a relative one from the
   checks' working folder, a glob; a folder it names covers what lies below it (never `/`, and for a deletion
   never a folder on the image's PATH nor one above it);
@@ -123,6 +132,39 @@ def _ancestors(paths: Iterable[str]) -> set[str]:
     return found
 
 
+def _lost_permissions(entry: LayerEntry) -> int:
+    """The read, write and execute bits the image gave this path and it no longer has."""
+    if entry.kind not in (EntryKind.FILE, EntryKind.DIR) or not entry.in_image:
+        return 0
+    return entry.image_mode & 0o777 & ~entry.mode
+
+
+def _entries_changed(folder: str, baseline: LayerScan, now: LayerScan) -> bool:
+    """Whether the names in `folder` differ from the set-up's: a name added or removed (a file's content or mode
+    changing copies it into the layer without changing the names)."""
+    entry = now.entries.get(folder)
+    if entry is not None and entry.opaque and entry != baseline.entries.get(folder):
+        return True
+    prefix = folder.rstrip("/") + "/"
+    children = {
+        path
+        for scan in (baseline, now)
+        for path in scan.entries
+        if path.startswith(prefix) and "/" not in path[len(prefix) :]
+    }
+    for path in children:
+        known = [e for e in (baseline.entries.get(path), now.entries.get(path)) if e is not None]
+        in_image = any(e.in_image or e.kind == EntryKind.WHITEOUT for e in known)  # a whiteout hides the image's
+
+        def there(scan: LayerScan, path: str = path, in_image: bool = in_image) -> bool:
+            found = scan.entries.get(path)
+            return in_image if found is None else found.kind != EntryKind.WHITEOUT
+
+        if there(baseline) != there(now):
+            return True
+    return False
+
+
 def changed_since(baseline: LayerScan, now: LayerScan) -> tuple[dict[str, LayerEntry], list[str]]:
     """The writable layer's entries that differ from the set-up's (folders left out: what changed below them is
     listed itself), and the changes on the other mounts ("changed /dev/null")."""
@@ -131,10 +173,12 @@ def changed_since(baseline: LayerScan, now: LayerScan) -> tuple[dict[str, LayerE
         for path, entry in now.entries.items()
         if entry.kind != EntryKind.DIR and baseline.entries.get(path) != entry
     }
-    layer |= {  # a folder removed and made again hides the image's entries below it: a deletion of them
+    layer |= {  # a folder removed and made again hides the image's entries below it; one made unreadable, too
         path: entry
         for path, entry in now.entries.items()
-        if entry.kind == EntryKind.DIR and entry.opaque and entry.in_image and baseline.entries.get(path) != entry
+        if entry.kind == EntryKind.DIR
+        and (entry.opaque and entry.in_image or _lost_permissions(entry))
+        and baseline.entries.get(path) != entry
     }
     other = [
         f"{'changed' if path in baseline.unwatched else 'made'} {path}"
@@ -147,19 +191,24 @@ def changed_since(baseline: LayerScan, now: LayerScan) -> tuple[dict[str, LayerE
 class TrustJudge:
     """Decides, for one episode, which of the agent's changes the checks reached and the task does not own."""
 
-    def __init__(self, sandbox: Sandbox, named: Named, passwd_before: str) -> None:
+    def __init__(self, sandbox: Sandbox, named: Named, passwd_before: str, *, question: bool = False) -> None:
+        """`question`: the chain runs the task's example, which answers a question about the machine as the set-up
+        left it; then the agent owns nothing the example reaches, not even what it names (an agent that adds a file
+        to the folder the example counts changed the question, not the answer)."""
         self.sandbox = sandbox
         self.named = named
         self.passwd_before = passwd_before
+        self.question = question
         self._image_folders: set[str] = set()
 
     def _names(self, path: str) -> bool:
         """Named exactly, or below a named folder that the image does not have: a folder of the image (/usr, /etc)
         holds what every program reads, so only a folder the task made covers what lies below it."""
-        return self.named.names(path, keep_out=self._image_folders)
+        return not self.question and self.named.names(path, keep_out=self._image_folders)
 
     async def untrusted(self, baseline: LayerScan, now: LayerScan, evidence: CheckEvidence) -> list[str]:
-        """What voids a passing chain, each in words ("the check ran /usr/bin/grep, which the agent changed")."""
+        """What voids a passing chain, each in words ("the check ran /usr/bin/grep, which the agent changed").
+        `now`: the layer once the agent was stopped, before the first check (what the checks then write is theirs)."""
         if not evidence.complete:
             return [f"the checks could not be watched: {evidence.why_incomplete}"]
         if now.flooded:
@@ -171,6 +220,8 @@ class TrustJudge:
         found += await self._opened(changed, evidence.opened)
         found += await self._links(changed, evidence.opened)
         found += self._unseen(changed)
+        if self.question:
+            found += self._listed(baseline, now, evidence.opened)
         return found
 
     def _names_line(self, line: str) -> bool:
@@ -185,7 +236,7 @@ class TrustJudge:
         current = await self.sandbox.current_files(list(reached))
         found = []
         for path, item in sorted(reached.items()):
-            if path in ACCOUNTS:  # the task's users and groups; each user's shell and id are judged
+            if path in ACCOUNTS and not self.question:  # the task's users and groups; each user's shell, id judged
                 if path == PASSWD:
                     found += [f"the check read {PASSWD}, where {bad}" for bad in await self._bad_accounts()]
                 continue
@@ -200,6 +251,8 @@ class TrustJudge:
         return found
 
     def _owned(self, path: str, item: Opened, digest: str, image: dict[str, str]) -> bool:
+        if self.question:
+            return False
         if self._names(path):
             return True
         if digest and digest == image.get(f"{SKEL}/{posixpath.basename(path)}"):
@@ -259,15 +312,33 @@ class TrustJudge:
         return found
 
     def _unseen(self, changed: dict[str, LayerEntry]) -> list[str]:
-        """Deletions of the image's paths and special files: a check's reach of them makes no event."""
+        """What a check's reach of makes no event: a path of the image deleted, replaced by a link, or stripped of
+        permissions it had (a failed exec of `grep` under `! grep -q error log` passes), and special files."""
         keep_out = _ancestors(PATH_DIRS)  # naming /usr does not own a deleted /usr/bin/grep
+
+        def owned(path: str) -> bool:
+            return not self.question and self.named.names(path, keep_out=keep_out)
+
         found = []
         for path, entry in sorted(changed.items()):
-            if entry.kind in (EntryKind.WHITEOUT, EntryKind.DIR):
-                if not self.named.names(path, keep_out=keep_out):
+            lost = _lost_permissions(entry)
+            if entry.kind == EntryKind.WHITEOUT or entry.opaque:
+                if not owned(path):
                     found.append(f"the agent deleted {path} of the image, which a check may have looked for")
+            elif entry.kind == EntryKind.LINK and entry.in_image and not owned(path):
+                found.append(f"the agent replaced {path} of the image with a link to {entry.target}")
+            elif lost and not owned(path):
+                found.append(f"the agent took permissions {lost:o} from {path} of the image")
             elif entry.kind == EntryKind.SPECIAL and not self._names(path):
                 found.append(f"the agent made {path}, a FIFO, socket or device whose opens are not witnessed")
+        return found
+
+    def _listed(self, baseline: LayerScan, now: LayerScan, opened: dict[str, Opened]) -> list[str]:
+        """Folders the example listed whose entries the agent added or removed since the set-up."""
+        found = []
+        for folder in sorted(p for p, item in opened.items() if stat.S_ISDIR(item.mode)):
+            if _entries_changed(folder, baseline, now):
+                found.append(f"the example listed {folder}, whose entries the agent changed")
         return found
 
 

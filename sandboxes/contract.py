@@ -75,6 +75,8 @@ class LayerEntry:
     in_image: bool
     target: str = ""  # a link's target
     opaque: bool = False  # a folder removed and made again: nothing of the image's is below it
+    mode: int = 0  # its mode bits now
+    image_mode: int = 0  # the image's mode bits at this path, where it has one
 
 
 @dataclass(frozen=True)

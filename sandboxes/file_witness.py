@@ -10,8 +10,8 @@ stop the group: it lives in this process, in the host's namespaces.
 What it records is the path of the file actually opened, after every symlink was followed, and how (exec'd or
 opened): the path is read from the event's descriptor, as the container's root sees it. A name that led there
 through a link is not in the event; a caller that needs it compares the links of the layer with what was reached.
-An open that failed (no such file) makes no event either. Directories are not recorded: their names reach a program
-only as names, and what it then opens is recorded itself.
+An open that failed (no such file, no permission) makes no event either. A folder opened (to list it) is recorded
+as opened.
 
 Needs root on the engine's host (CAP_SYS_ADMIN), Linux 5.1+ (exec events, filesystem marks) and a kernel with
 fanotify access permissions; `available()` says whether this host has them.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import os
 import select
-import stat
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ _FAN_CLOEXEC, _FAN_NONBLOCK, _FAN_CLASS_CONTENT = 0x1, 0x2, 0x4
 _FAN_MARK_ADD, _FAN_MARK_FILESYSTEM = 0x1, 0x100
 _FAN_OPEN_PERM, _FAN_OPEN_EXEC_PERM = 0x10000, 0x40000
 _FAN_Q_OVERFLOW = 0x4000
+_FAN_ONDIR = 0x40000000
 _FAN_ALLOW = 1
 _AT_FDCWD = -100
 _EVENT = struct.Struct("IBBHQii")  # struct fanotify_event_metadata
@@ -94,7 +94,7 @@ class FileWitness:
         fd = libc.fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         if fd < 0:
             raise WitnessUnavailableError(f"fanotify_init: {os.strerror(ctypes.get_errno())}")
-        mask = _FAN_OPEN_PERM | _FAN_OPEN_EXEC_PERM
+        mask = _FAN_OPEN_PERM | _FAN_OPEN_EXEC_PERM | _FAN_ONDIR
         if libc.fanotify_mark(fd, _FAN_MARK_ADD | _FAN_MARK_FILESYSTEM, mask, _AT_FDCWD, self.root.encode()) < 0:
             errno = ctypes.get_errno()
             os.close(fd)
@@ -156,8 +156,6 @@ class FileWitness:
 
     def _record(self, fd: int, executed: bool) -> None:
         info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            return
         path = os.readlink(f"/proc/self/fd/{fd}")
         if path.endswith(_DELETED) and info.st_nlink == 0:
             path = path[: -len(_DELETED)]

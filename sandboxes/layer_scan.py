@@ -44,10 +44,6 @@ def lower_entry(lower_dirs: Sequence[str], path: str) -> str | None:
     return None
 
 
-def in_lower(lower_dirs: Sequence[str], path: str) -> bool:
-    return lower_entry(lower_dirs, path) is not None
-
-
 def file_digest(name: str, max_bytes: int = MAX_DIGEST_BYTES, *, dir_fd: int | None = None) -> str:
     """sha256 of a regular file's content, never following a link nor waiting on a FIFO; "" if it is not one."""
     try:
@@ -119,12 +115,15 @@ def _entry(name: str, fd: int, lower_dirs: Sequence[str], path: str) -> LayerEnt
             opaque = os.getxattr(f"/proc/self/fd/{fd}/{name}", _OPAQUE, follow_symlinks=False) == b"y"
         except OSError:
             opaque = False
+    lower = lower_entry(lower_dirs, path) if kind != EntryKind.WHITEOUT else None
     return LayerEntry(
         kind=kind,
         signature=(info.st_ino, info.st_ctime_ns, info.st_size, info.st_mode, info.st_uid, info.st_gid),
-        in_image=kind != EntryKind.WHITEOUT and in_lower(lower_dirs, path),
+        in_image=lower is not None,
         target=target,
         opaque=opaque,
+        mode=info.st_mode,
+        image_mode=os.lstat(lower).st_mode if lower is not None else 0,
     )
 
 
