@@ -229,7 +229,7 @@ class OSInteractionEpisode(Episode):
         named = Named.from_sources(container_sources(self.task, settings.scripts_dir), settings.workdir)
         question = any(check is None for check in self.task.checks)  # the example answers about the set-up's machine
         judge = TrustJudge(self.sandbox, named, self._passwd, question=question)
-        return passed, detail, await judge.untrusted(self._baseline, stopped, evidence)
+        return passed, detail, await judge.untrusted(self._baseline, stopped, evidence, await self.sandbox.layer())
 
     async def outcome(self) -> Outcome:
         if self.status is None:

@@ -28,10 +28,12 @@ reached, something the agent changed that the task's checks do not name as the t
 What the agent changed is read once every process of it has stopped, before the first check: what the checks then
 write (a temporary file, a compiled module) is theirs.
 
-A chain that runs the task's `example` (a null check: AgentBench's questions, "how many files are in /tmp/q?") asks
-about the machine as the set-up left it, and the agent owns nothing there: whatever of its changes the example
-reached voids the pass, named or not, and so does a folder the example listed whose names the agent added or
-removed (answering 5 and making two more files for the example to count changes the question, not the answer).
+A chain that runs the task's `example` (a null check: AgentBench's questions, "how many lines has /tmp/log?") asks
+about the machine, and the agent owns nothing the example reads: a file of the agent's that the example read, named
+or not, voids the pass (answering 7 and appending lines until the example counts 7 changes the question, not the
+answer), unless the example wrote it itself before reading it. Folders the example lists are not judged: many of
+AgentBench's examples make what they then count (`mkdir -p` a tree the agent was asked to make, then `find | wc`),
+and the agent's entries there cannot be told from the example's own.
 
 Otherwise, what stays the task's state, because the task is about it:
 - what the check's own text names: an absolute path (or `~/`, `$HOME/` for root), a relative one from the
@@ -67,6 +69,7 @@ PATH_DIRS = tuple(IMAGE_ENV["PATH"].split(":"))  # the checks' PATH: every exec 
 ACCOUNTS = ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow")
 PASSWD, SHELLS, SKEL = "/etc/passwd", "/etc/shells", "/etc/skel"
 CHECK_HOME = "/root"  # the checks run as root with the image's environment
+HOME_CONFIG = ("/root/.*", "/home/*/.*")  # a user's hidden files and folders, and all below them
 SHOWN = 6  # reaches named in a verdict
 
 _PATH = re.compile(r"(?:~|\$HOME|\$\{HOME\})?/[\w.+\-@%:*?\[\]/]*|~[a-z_][\w-]*/[\w.+\-@%:*?\[\]/]*")
@@ -91,17 +94,25 @@ class Named:
                 paths.append(posixpath.join(workdir, word))
         return cls(tuple(dict.fromkeys(p.rstrip("/") or "/" for p in paths)), frozenset(words))
 
-    def names(self, path: str, *, keep_out: Iterable[str] = ()) -> bool:
-        """Whether `path` is named, or lies below a named folder (other than / and those in `keep_out`)."""
+    def names(self, path: str, *, keep_out: Iterable[str] = (), folders: bool = True) -> bool:
+        """Whether `path` is named, or (with `folders`) lies below a named folder other than / and those in
+        `keep_out`, unless it is a home's hidden file or folder: programs read their users' configuration there
+        unasked (.profile, .gitconfig, .config/), and naming the home does not name it."""
         shut = {"/", *keep_out}
         for named in self.paths:
             if fnmatchcase(path, named):
                 return True
-            if named not in shut and path.startswith(named + "/"):
+            if not folders:
+                continue
+            if named not in shut and path.startswith(named + "/") and not _home_config(path):
                 return True
-            if any(c in named for c in "*?[") and _below_glob(path, named, shut):
+            if any(c in named for c in "*?[") and _below_glob(path, named, shut) and not _home_config(path):
                 return True
         return False
+
+
+def _home_config(path: str) -> bool:
+    return any(fnmatchcase(path, pattern) for pattern in HOME_CONFIG)
 
 
 def _below_glob(path: str, pattern: str, shut: set[str]) -> bool:
@@ -139,32 +150,6 @@ def _lost_permissions(entry: LayerEntry) -> int:
     return entry.image_mode & 0o777 & ~entry.mode
 
 
-def _entries_changed(folder: str, baseline: LayerScan, now: LayerScan) -> bool:
-    """Whether the names in `folder` differ from the set-up's: a name added or removed (a file's content or mode
-    changing copies it into the layer without changing the names)."""
-    entry = now.entries.get(folder)
-    if entry is not None and entry.opaque and entry != baseline.entries.get(folder):
-        return True
-    prefix = folder.rstrip("/") + "/"
-    children = {
-        path
-        for scan in (baseline, now)
-        for path in scan.entries
-        if path.startswith(prefix) and "/" not in path[len(prefix) :]
-    }
-    for path in children:
-        known = [e for e in (baseline.entries.get(path), now.entries.get(path)) if e is not None]
-        in_image = any(e.in_image or e.kind == EntryKind.WHITEOUT for e in known)  # a whiteout hides the image's
-
-        def there(scan: LayerScan, path: str = path, in_image: bool = in_image) -> bool:
-            found = scan.entries.get(path)
-            return in_image if found is None else found.kind != EntryKind.WHITEOUT
-
-        if there(baseline) != there(now):
-            return True
-    return False
-
-
 def changed_since(baseline: LayerScan, now: LayerScan) -> tuple[dict[str, LayerEntry], list[str]]:
     """The writable layer's entries that differ from the set-up's (folders left out: what changed below them is
     listed itself), and the changes on the other mounts ("changed /dev/null")."""
@@ -200,15 +185,24 @@ class TrustJudge:
         self.passwd_before = passwd_before
         self.question = question
         self._image_folders: set[str] = set()
+        self._rewritten: set[str] = set()
+        self._set_up: set[str] = set()  # the paths the set-up left in the layer
 
     def _names(self, path: str) -> bool:
         """Named exactly, or below a named folder that the image does not have: a folder of the image (/usr, /etc)
         holds what every program reads, so only a folder the task made covers what lies below it."""
         return not self.question and self.named.names(path, keep_out=self._image_folders)
 
-    async def untrusted(self, baseline: LayerScan, now: LayerScan, evidence: CheckEvidence) -> list[str]:
+    async def untrusted(
+        self, baseline: LayerScan, now: LayerScan, evidence: CheckEvidence, after: LayerScan | None = None
+    ) -> list[str]:
         """What voids a passing chain, each in words ("the check ran /usr/bin/grep, which the agent changed").
-        `now`: the layer once the agent was stopped, before the first check (what the checks then write is theirs)."""
+        `now`: the layer once the agent was stopped, before the first check (what the checks then write is theirs);
+        `after`: once they ran (a file an example rewrote before reading it holds what the example wrote)."""
+        self._set_up = set(baseline.entries)
+        self._rewritten = {path for path, entry in (after or now).entries.items() if entry != now.entries.get(path)} | {
+            path for path in now.entries if after is not None and path not in after.entries
+        }
         if not evidence.complete:
             return [f"the checks could not be watched: {evidence.why_incomplete}"]
         if now.flooded:
@@ -220,8 +214,6 @@ class TrustJudge:
         found += await self._opened(changed, evidence.opened)
         found += await self._links(changed, evidence.opened)
         found += self._unseen(changed)
-        if self.question:
-            found += self._listed(baseline, now, evidence.opened)
         return found
 
     def _names_line(self, line: str) -> bool:
@@ -229,6 +221,8 @@ class TrustJudge:
 
     async def _opened(self, changed: dict[str, LayerEntry], opened: dict[str, Opened]) -> list[str]:
         reached = {path: item for path, item in opened.items() if path in changed}
+        if self.question:  # what an example wrote before reading it is the example's
+            reached = {path: item for path, item in reached.items() if path not in self._rewritten}
         if not reached:
             return []
         skel_paths = {f"{SKEL}/{posixpath.basename(p)}" for p in reached}
@@ -245,7 +239,7 @@ class TrustJudge:
             if self._owned(path, item, current.get(path, ""), image):
                 continue
             verb = "ran" if item.executed else "read"
-            made = "changed" if changed[path].in_image else "made"
+            made = "changed" if changed[path].in_image or path in self._set_up else "made"
             kind = "" if stat.S_ISREG(item.mode) else " (not a regular file)"
             found.append(f"the check {verb} {path}{kind}, which the agent {made}")
         return found
@@ -253,21 +247,24 @@ class TrustJudge:
     def _owned(self, path: str, item: Opened, digest: str, image: dict[str, str]) -> bool:
         if self.question:
             return False
+        if item.executed:  # a program runs only where named exactly, or by a name no program of the image has
+            return self.named.names(path, folders=False) or self._new_command(path, image)
         if self._names(path):
             return True
-        if digest and digest == image.get(f"{SKEL}/{posixpath.basename(path)}"):
-            return True
-        return item.executed and self._new_command(path, image)
+        return bool(digest) and digest == image.get(f"{SKEL}/{posixpath.basename(path)}")
 
     def _new_command(self, path: str, image: dict[str, str]) -> bool:
+        """A program the check calls by a name that no PATH folder of the image holds, in a PATH folder or in a
+        folder the task made and the check names ("create a command `hello`", "cd /opt/app && ./start.sh")."""
         folder, name = posixpath.split(path)
-        if folder not in PATH_DIRS or name not in self.named.words:
+        if name not in self.named.words or any(f"{d}/{name}" in image for d in PATH_DIRS):
             return False
-        return not any(f"{d}/{name}" in image for d in PATH_DIRS)
+        return folder in PATH_DIRS or self._names(path)
 
     @staticmethod
     def _new_command_twins(reached: Iterable[str]) -> list[str]:
-        names = {posixpath.basename(p) for p in reached if posixpath.dirname(p) in PATH_DIRS}
+        """Where the image's PATH would hold programs of the same names."""
+        names = {posixpath.basename(p) for p in reached}
         return [f"{d}/{n}" for d in PATH_DIRS for n in names]
 
     async def _bad_accounts(self) -> list[str]:
@@ -331,14 +328,6 @@ class TrustJudge:
                 found.append(f"the agent took permissions {lost:o} from {path} of the image")
             elif entry.kind == EntryKind.SPECIAL and not self._names(path):
                 found.append(f"the agent made {path}, a FIFO, socket or device whose opens are not witnessed")
-        return found
-
-    def _listed(self, baseline: LayerScan, now: LayerScan, opened: dict[str, Opened]) -> list[str]:
-        """Folders the example listed whose entries the agent added or removed since the set-up."""
-        found = []
-        for folder in sorted(p for p, item in opened.items() if stat.S_ISDIR(item.mode)):
-            if _entries_changed(folder, baseline, now):
-                found.append(f"the example listed {folder}, whose entries the agent changed")
         return found
 
 

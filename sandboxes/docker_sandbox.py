@@ -50,7 +50,7 @@ from cycleqd.sandboxes.layer_scan import (
 from cycleqd.sandboxes.limits import SandboxLimits, quota_supported
 from cycleqd.sandboxes.main_shell import IDLE_MAIN, MainShellSession
 from cycleqd.sandboxes.other_mounts import mounted_entries
-from cycleqd.sandboxes.process_freeze import stop_all
+from cycleqd.sandboxes.process_freeze import describe, stop_all
 from cycleqd.sandboxes.reaper import OWNED, reap_orphans_once
 from cycleqd.sandboxes.shell_session import BashSession
 
@@ -517,7 +517,7 @@ class DockerSandbox(Sandbox):
         finally:
             seen = await asyncio.to_thread(witness.stop)
             why = "; ".join(
-                ([f"processes {running[:5]} of the sandbox did not stop"] if running else [])
+                ([f"processes {', '.join(map(describe, running[:5]))} of the sandbox did not stop"] if running else [])
                 + (["the kernel dropped open events"] if seen.overflowed else [])
             )
             evidence.opened, evidence.complete, evidence.why_incomplete = seen.opened, not why, why

@@ -4,7 +4,9 @@ SIGSTOP cannot be caught, blocked or ignored, and the host's root may send it to
 while the stopping goes on leaves a child that the next pass stops; a traced process whose tracer swallows its stop
 is stopped again once its tracer is (it then waits in a trace stop for a tracer that cannot run). The passes end
 when one finds every process of the container's PID namespace stopped or dead; one that will not stop within the
-passes is reported, and the caller must not trust what runs next.
+passes is reported, and the caller must not trust what runs next. The passes go on for up to PATIENCE_S, each
+waiting longer than the last: a process busy in the kernel stops when it next returns to user mode, which on a
+loaded host can take a while.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import os
 import signal
 import time
 
-PASSES = 50
-SETTLE_S = 0.002
+PATIENCE_S = 5.0  # a process in the kernel (disk, a loaded host) stops only when it next returns to user mode
 _STOPPED = {"T", "t", "Z", "X"}  # stopped, trace-stopped, zombie, dead
 
 
@@ -48,23 +49,28 @@ def stop_all(init_pid: int) -> tuple[list[int], list[int]]:
     """Stops every process in `init_pid`'s PID namespace: (the PIDs stopped, those still running after every pass)."""
     stopped: set[int] = set()
     running: list[int] = []
-    for _ in range(PASSES):
-        running = [pid for pid in namespace_pids(init_pid) if _state(pid) not in _STOPPED and _state(pid) is not None]
-        if not running:
-            break
+    deadline, pause = time.monotonic() + PATIENCE_S, 0.001
+    while True:
+        running = [pid for pid in namespace_pids(init_pid) if _state(pid) not in (*_STOPPED, None)]
+        if not running or time.monotonic() > deadline:
+            return sorted(stopped), running
         for pid in running:
             try:
                 os.kill(pid, signal.SIGSTOP)
                 stopped.add(pid)
             except ProcessLookupError:
                 continue
-        time.sleep(SETTLE_S)
-    return sorted(stopped), running
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
-def continue_all(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            continue
+
+
+def describe(pid: int) -> str:
+    """"1234 (bash, D)": a process that would not stop, for the verdict."""
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8") as handle:
+            name = handle.read().strip()
+    except OSError:
+        name = "?"
+    return f"{pid} ({name}, {_state(pid) or 'gone'})"
