@@ -369,8 +369,8 @@ _ray_option = click.option(
 @cli.command("eval")
 @_model_option
 @_key_env_option
-@click.option("--tasks", default=",".join(environment_names()), show_default=True,
-              help="Environments, comma-separated.")  # fmt: skip
+@click.option("--tasks", help=f"Environments, comma-separated [default: {','.join(environment_names())} in the "
+              "built-in suites; in a task file or folder, the environment that recognizes its tasks]")  # fmt: skip
 @click.option("--suite", default="builtin", show_default=True, help="'builtin', or a task file or folder.")
 @click.option("--split", default="dev", show_default=True, help="Split of the built-in OS and DB suites.")
 @click.option("--limit", type=int, help="At most N tasks per environment.")
@@ -390,7 +390,7 @@ _ray_option = click.option(
 @_ray_option
 @click.pass_context
 def eval_cmd(
-    ctx: click.Context, model_ref: str, api_key_env: str, tasks: str, suite: str, split: str, limit: int | None,
+    ctx: click.Context, model_ref: str, api_key_env: str, tasks: str | None, suite: str, split: str, limit: int | None,
     repeats: int, concurrency: int, rounds: int, max_tokens: int, server: str, allow_download: bool,
     task_ids: str | None, temperature: float, top_p: float | None, seed: int | None, db_path: Path,
     resume_id: str | None, as_json: bool, ray_address: str | None,
@@ -399,13 +399,13 @@ def eval_cmd(
     SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN (with no other run option: the
     run goes on as it was asked)."""
     from cycleqd.display import show_eval
-    from cycleqd.requests import EvalRequest
+    from cycleqd.requests import EvalRequest, comma_separated
 
     values = {
-        "model": model_ref, "api_key_env": api_key_env, "tasks": tuple(t.strip() for t in tasks.split(",") if t),
+        "model": model_ref, "api_key_env": api_key_env, "tasks": comma_separated(tasks or ""),
         "suite": suite, "split": split, "limit": limit, "repeats": repeats, "concurrency": concurrency,
         "rounds": rounds, "max_tokens": max_tokens, "server": server, "allow_download": allow_download,
-        "task_ids": tuple(task_ids.split(",")) if task_ids else None, "temperature": temperature, "top_p": top_p,
+        "task_ids": comma_separated(task_ids) if task_ids else None, "temperature": temperature, "top_p": top_p,
         "seed": seed,
     }  # fmt: skip
     param = {"model": "model_ref"}
@@ -488,15 +488,16 @@ def compare_cmd(run_ids: tuple[str, ...], db_path: Path, all_tasks: bool, as_jso
 
 
 @cli.command("tasks")
-@click.option("--env", "envs", default="os,db,coding", show_default=True, help="Environments, comma-separated.")
+@click.option("--env", "envs", help="Environments, comma-separated [default: as eval's --tasks]")
 @click.option("--suite", default="builtin", show_default=True, help="'builtin', or a task file or folder.")
 @click.option("--split", default="dev", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def tasks_cmd(envs: str, suite: str, split: str, as_json: bool) -> None:
+def tasks_cmd(envs: str | None, suite: str, split: str, as_json: bool) -> None:
     """List task ids (what `eval --task-ids` takes) with a one-line description each."""
     from cycleqd.eval.task_list import tasks_command
+    from cycleqd.requests import comma_separated
 
-    sys.exit(tasks_command(envs.split(","), suite, split, as_json, console))
+    sys.exit(tasks_command(comma_separated(envs or ""), suite, split, as_json, console))
 
 
 # -- evolve, report, tui -----------------------------------------------------------------------------------------

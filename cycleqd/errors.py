@@ -5,17 +5,20 @@ an endpoint that does not answer, a file in the wrong format). Anything else is 
 `-v` shows the traceback of a user error too.
 
 The layers below raise their own types (they import nothing of ours); `USER_ERRORS` lists the ones that are the
-user's to fix, so the boundary in `cli.main` is the only place that decides how they look.
+user's to fix, so the boundary in `cli.main` is the only place that decides how they look. Where the Python API
+hands such an error to its caller, `as_user_errors` makes it a `UserError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from sqlalchemy.exc import DatabaseError
 
 from cycleqd.db.store import StoreOpenError
-from cycleqd.envs.errors import TaskFormatError, UnknownEnvironmentError
+from cycleqd.envs.errors import NoTasksError, TaskFormatError, UnknownEnvironmentError
 from cycleqd.envs.registry import UnknownSplitError
 from cycleqd.evolver.checkpoint_files import CheckpointError
 from cycleqd.evolver.config import ConfigError
@@ -83,6 +86,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError,
     StoreOpenError,
     TaskFormatError,
+    NoTasksError,
     UnknownEnvironmentError,
     UnknownSplitError,
     ConfigError,
@@ -93,6 +97,19 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     SandboxError,
     DatabaseError,  # sqlalchemy's: the store's file is damaged or not a database
 )
+
+
+@contextlib.contextmanager
+def as_user_errors() -> Iterator[None]:
+    """A lower layer's user error (one of `USER_ERRORS`) raised inside comes out as a `UserError` with its message,
+    caused by it: an API caller catches every mistake as `cycleqd.UserError`, while the layers below still import
+    nothing of ours (so their types cannot be UserErrors themselves)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except USER_ERRORS as exc:
+        raise UserError(one_line(exc)) from exc
 
 
 def one_line(exc: BaseException) -> str:

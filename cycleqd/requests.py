@@ -4,15 +4,17 @@ and read back on `--resume`, so a resumed run does exactly what was asked the fi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from cycleqd.envs.registry import environment, names
-from cycleqd.errors import BadOptionError, ResumeConflictError
+from cycleqd.envs.registry import environment
+from cycleqd.errors import BadOptionError, ResumeConflictError, as_user_errors
 from cycleqd.eval.orchestrator import EvalSettings, Sampling
-from cycleqd.eval.tasks import EvalTask, planned_tasks
-from cycleqd.serving.model_ref import server_prefix
+from cycleqd.eval.tasks import EvalTask, planned_tasks, suite_environments
+from cycleqd.serving.model_ref import parse_model_ref, server_prefix
+from cycleqd.serving.resolve import server_choice
 
 SERVERS = ("auto", "transformers", "vllm")
 # Upper bounds no machine gets past (every concurrent episode is a container; rounds and repeats multiply
@@ -22,6 +24,11 @@ MAXIMA = {"limit": 10**7, "repeats": 1000, "concurrency": 1024, "rounds": 1000, 
 
 def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
+
+
+def comma_separated(text: str) -> tuple[str, ...]:
+    """`os, db` → ("os", "db"): how --tasks and --task-ids are read."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def absolute_model(text: str) -> str:
@@ -40,7 +47,9 @@ def absolute_model(text: str) -> str:
 class EvalRequest:
     model: str = "default"
     api_key_env: str = "OPENAI_API_KEY"
-    tasks: tuple[str, ...] = field(default_factory=names)  # every registered environment
+    # Environments (a comma-separated string is read as --tasks is); none: the suite's, every registered one in the
+    # built-in suites, the one that recognizes its tasks in a file or folder.
+    tasks: tuple[str, ...] = ()
     suite: str = "builtin"
     split: str = "dev"
     limit: int | None = None  # at most N tasks per environment; None: all
@@ -50,22 +59,25 @@ class EvalRequest:
     max_tokens: int = 512
     server: str = "auto"
     allow_download: bool = False  # a bare hub name is handed to the server only when asked
-    task_ids: tuple[str, ...] | None = None  # only these tasks (ids as `cycleqd tasks` lists them)
+    task_ids: tuple[str, ...] | None = None  # only these tasks (ids as `cycleqd tasks` lists them, or comma-separated)
     temperature: float = 0.0  # 0: greedy
     top_p: float | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        with as_user_errors():  # what the layers below find is a UserError to an API caller too
+            self._validate()
+
+    def _validate(self) -> None:
         object.__setattr__(self, "model", absolute_model(self.model))
-        object.__setattr__(self, "tasks", tuple(self.tasks))
+        # a string is one value, not a sequence of one-letter names
+        object.__setattr__(self, "tasks", _as_tuple(self.tasks))
         if self.task_ids is not None:
-            object.__setattr__(self, "task_ids", tuple(self.task_ids))
+            object.__setattr__(self, "task_ids", _as_tuple(self.task_ids))
         if not (math.isfinite(self.temperature) and 0 <= self.temperature <= 2):
             raise BadOptionError("--temperature", self.temperature, "a number from 0 (greedy) to 2")
         if self.top_p is not None and not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise BadOptionError("--top-p", self.top_p, "a number above 0 and at most 1")
-        if not self.tasks:
-            raise BadOptionError("--tasks", "''", f"one or more of {', '.join(names())}")
         for env in self.tasks:
             environment(env)  # UnknownEnvironmentError names the known ones
         for name, maximum in MAXIMA.items():
@@ -76,6 +88,16 @@ class EvalRequest:
                 raise BadOptionError(option_name(name), value, f"a whole number from 1 to {maximum:,}")
         if self.server not in SERVERS:
             raise BadOptionError("--server", self.server, f"one of {', '.join(SERVERS)}")
+        self._check_model()
+        if not self.tasks:  # last: it reads the suite's files
+            object.__setattr__(self, "tasks", suite_environments(self.suite, self.split, "--tasks"))
+
+    def _check_model(self) -> None:
+        """The reference parses (reading the environment and the file system, never the network), so a typo is
+        refused with the request, before anything is created or started."""
+        if server_prefix(self.model)[1] != "default":
+            parse_model_ref(self.model, key_env=self.api_key_env, allow_download=self.allow_download)
+        server_choice(self.model, self.server)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready; stored as the run's config."""
@@ -105,7 +127,8 @@ class EvalRequest:
 
     def planned_tasks(self) -> list[EvalTask]:
         """The tasks this request plays, in order (`--task-ids` first, then `--limit` per environment)."""
-        return planned_tasks(self.tasks, self.suite, self.split, self.task_ids, self.limit)
+        with as_user_errors():  # a task file that does not parse, a suite with no tasks
+            return planned_tasks(self.tasks, self.suite, self.split, self.task_ids, self.limit)
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
@@ -113,3 +136,7 @@ class EvalRequest:
     def settings(self) -> EvalSettings:
         return EvalSettings.sized(concurrency=self.concurrency, repeats=self.repeats, max_tokens=self.max_tokens,
                                   rounds=self.rounds, sampling=self.sampling())  # fmt: skip
+
+
+def _as_tuple(value: str | Sequence[str]) -> tuple[str, ...]:
+    return comma_separated(value) if isinstance(value, str) else tuple(value)

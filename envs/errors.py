@@ -1,6 +1,9 @@
-"""Errors of the environments: bad task files (naming file, task index and field) and broken episodes."""
+"""Errors of the environments: bad task files (naming file, task index and field), suites that hold no task, and
+broken episodes."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class TaskFormatError(ValueError):
@@ -27,3 +30,17 @@ class UnknownEnvironmentError(ValueError):
     def __init__(self, name: str, known: tuple[str, ...]) -> None:
         super().__init__(f"unknown environment {name!r}: choose from {', '.join(known)}")
         self.name, self.known = name, known
+
+
+class NoTasksError(ValueError):
+    """A suite holds no task where it was read: the message names the file, or the folder and what it lacks."""
+
+    def __init__(self, path: Path, files: list[Path]) -> None:
+        if not files:
+            searched = f"{path}: it holds no .json, .jsonl or .jsonl.gz file"
+        elif len(files) == 1:
+            searched = str(files[0])
+        else:
+            searched = f"{path}: its {len(files)} task files are empty"
+        super().__init__(f"no tasks in {searched}")
+        self.path, self.files = path, files

@@ -7,8 +7,9 @@ A suite is "builtin" (each environment's own, `Environment.builtin_tasks`) or a 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from cycleqd.envs.errors import TaskFormatError
+from cycleqd.envs.errors import NoTasksError, TaskFormatError
 from cycleqd.envs.registry import Task, UnknownSplitError, environment, names
 from cycleqd.envs.task_files import read_task_records
 
@@ -25,33 +26,71 @@ def task_files(path: Path) -> list[Path]:
 
 def guess_environment(path: Path) -> str:
     """The environment that recognizes the first readable task of the files under `path` (os when none does)."""
-    for file in task_files(path):
-        compressed = file.name.endswith(".gz")
-        try:
-            records = read_task_records(file) if not compressed else [{}]
-        except (TaskFormatError, OSError, UnicodeDecodeError):
+    return recognized_environment(task_files(path)) or _FALLBACK
+
+
+def recognized_environment(files: list[Path]) -> str | None:
+    """The environment that recognizes the first task of the first of `files` that holds a readable one; None when
+    none does (or no file holds one)."""
+    for file in files:
+        first = _first_record(file)
+        if first is None:
             continue
-        first = records[0] if records and isinstance(records[0], dict) else {}
-        if not first and not compressed:
-            continue
-        for name in names():
-            if environment(name).recognizes(first, file):
-                return name
-        return _FALLBACK
-    return _FALLBACK
+        return next((name for name in names() if environment(name).recognizes(first, file)), None)
+    return None
+
+
+def _first_record(file: Path) -> dict[str, Any] | None:
+    """A file's first task record; {} for a compressed one (recognized by its name alone); None when the file cannot
+    be read or its first record is empty or not an object."""
+    if file.name.endswith(".gz"):
+        return {}
+    try:
+        records = read_task_records(file)
+    except (TaskFormatError, OSError, UnicodeDecodeError):
+        return None
+    return records[0] if records and isinstance(records[0], dict) and records[0] else None
+
+
+def suite_environment(suite: str, split: str) -> str | None:
+    """The environment whose tasks a file or folder suite holds for `split`: the one that recognizes its first task
+    (`recognized_environment`), None when none does; NoTasksError when its files hold no task at all."""
+    path = suite_path(suite)
+    files = split_task_files(path, split)
+    found = recognized_environment(files)
+    if found is None and all(_holds_no_record(file) for file in files):
+        raise NoTasksError(path, files)
+    return found
+
+
+def _holds_no_record(file: Path) -> bool:
+    try:
+        return not read_task_records(file)
+    except (TaskFormatError, OSError, UnicodeDecodeError):
+        return False  # something is there: its environment's loader will say what is wrong with it
+
+
+def suite_path(suite: str) -> Path:
+    """A suite's file or folder; TaskFormatError when there is none."""
+    path = Path(suite)
+    if not path.exists():
+        raise TaskFormatError(suite, None, "(path)", "'builtin', or an existing task file or folder")
+    return path
 
 
 def suite_tasks(env: str, suite: str, split: str) -> list[Task]:
     """The tasks of `env` in a suite: the built-in one's split; for a folder holding split files (train.json,
     dev.jsonl, …) that split's files, and an error when it has none; otherwise every task of the files under the
-    path (`split` only labels them)."""
+    path (`split` only labels them). NoTasksError when the files read hold none."""
     found = environment(env)
     if suite == BUILTIN:
         return found.builtin_tasks(split)
-    path = Path(suite)
-    if not path.exists():
-        raise TaskFormatError(suite, None, "(path)", "'builtin', or an existing task file or folder")
-    return [task for file in split_task_files(path, split) for task in found.load_tasks(file)]
+    path = suite_path(suite)
+    files = split_task_files(path, split)
+    tasks = [task for file in files for task in found.load_tasks(file)]
+    if not tasks:  # an evaluation of nothing would "complete" with no score
+        raise NoTasksError(path, files)
+    return tasks
 
 
 # Names a folder's files take when they are a split: a folder holding any of them is split, and reading it whole

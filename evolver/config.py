@@ -168,7 +168,7 @@ def load_config(path: Path) -> EvolveConfig:
 def check_task_sources(config: EvolveConfig, source: str) -> None:
     """Every task's suite exists and holds its selection and test splits: read now, so that a typo fails before
     the run is created instead of after its images and SVD cache."""
-    from cycleqd.envs.errors import TaskFormatError
+    from cycleqd.envs.errors import NoTasksError, TaskFormatError
     from cycleqd.envs.registry import UnknownSplitError
     from cycleqd.envs.suites import suite_tasks
 
@@ -181,7 +181,7 @@ def check_task_sources(config: EvolveConfig, source: str) -> None:
                 suite_tasks(task.env, task.suite, getattr(task, name))
             except UnknownSplitError as exc:
                 raise ConfigError(f"{where}.{name}' (task {task.name}): {exc}") from None
-            except TaskFormatError as exc:
+            except (TaskFormatError, NoTasksError) as exc:
                 raise ConfigError(f"{where}.suite' (task {task.name}): {exc}") from None
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
 
 from cycleqd.envs.registry import environment
-from cycleqd.eval.tasks import EvalTask, load_eval_tasks
+from cycleqd.eval.tasks import EvalTask, load_eval_tasks, suite_environments
 
 WIDTH = 100
 
@@ -19,8 +20,9 @@ def one_line(task: EvalTask) -> str:
     return text if len(text) <= WIDTH else text[: WIDTH - 1] + "…"
 
 
-def tasks_command(envs: list[str], suite: str, split: str, as_json: bool, console: Console) -> int:
-    tasks = load_eval_tasks(envs, suite, split, None)
+def tasks_command(envs: Sequence[str], suite: str, split: str, as_json: bool, console: Console) -> int:
+    """`envs` empty: the suite's (`suite_environments`)."""
+    tasks = load_eval_tasks(list(envs or suite_environments(suite, split, "--env")), suite, split, None)
     if as_json:
         rows = [{"id": t.key, "env": t.env, "suite": t.suite, "split": t.split, "description": one_line(t)}
                 for t in tasks]  # fmt: skip

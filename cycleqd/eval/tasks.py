@@ -7,13 +7,29 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
-from cycleqd.envs.registry import Task, environment
-from cycleqd.envs.suites import suite_tasks
+from cycleqd.envs.registry import Task, environment, names
+from cycleqd.envs.suites import BUILTIN, suite_environment, suite_tasks
 from cycleqd.errors import UserError
 
 
 class UnknownTaskError(UserError):
     """`--task-ids` names a task the selected suites do not hold."""
+
+
+class UnrecognizedSuiteError(UserError):
+    """No environment recognizes a suite's tasks, and none was named."""
+
+
+def suite_environments(suite: str, split: str, option: str) -> tuple[str, ...]:
+    """The environments to run when `option` (`--tasks`, `--env`) names none: all of them in the built-in suites; in
+    a file or folder, the one that recognizes its tasks (as `suite verify --env auto` reads it)."""
+    if suite == BUILTIN:
+        return names()
+    found = suite_environment(suite, split)
+    if found is None:
+        raise UnrecognizedSuiteError(f"no environment recognizes the tasks in {suite}: name theirs with {option} "
+                                     f"(one of {', '.join(names())})")  # fmt: skip
+    return (found,)
 
 
 @dataclass(frozen=True)
