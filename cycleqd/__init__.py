@@ -9,6 +9,9 @@ The Python API (the CLI is a thin layer over it)::
     config = cycleqd.load_config("evolve.yaml")
     evolved = cycleqd.evolve(config, db="runs.db")
 
+In an async application, `await cycleqd.evaluate_async(...)` and `await cycleqd.evolve_async(...)` run on its loop;
+`evaluate` and `evolve` called where a loop already runs (a Jupyter cell) run theirs on a worker thread.
+
 Mistakes the caller can fix raise `cycleqd.UserError` (or one of `cycleqd.errors.USER_ERRORS`). Importing this
 package is light: each name loads its module on first use.
 """
@@ -20,15 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cycleqd.errors import UserError
-    from cycleqd.eval.evaluate import evaluate
-    from cycleqd.evolution.run import evolve
+    from cycleqd.eval.evaluate import evaluate, evaluate_async
+    from cycleqd.evolution.run import evolve, evolve_async
     from cycleqd.evolver.config import EvolveConfig, load_config
     from cycleqd.requests import EvalRequest
     from cycleqd.results.values import EnvScore, EvalResult, EvolveResult
 
 _EXPORTS = {
     "evaluate": "cycleqd.eval.evaluate",
+    "evaluate_async": "cycleqd.eval.evaluate",
     "evolve": "cycleqd.evolution.run",
+    "evolve_async": "cycleqd.evolution.run",
     "EvalRequest": "cycleqd.requests",
     "EvolveConfig": "cycleqd.evolver.config",
     "load_config": "cycleqd.evolver.config",
@@ -38,7 +43,7 @@ _EXPORTS = {
     "UserError": "cycleqd.errors",
 }
 __all__ = ["EnvScore", "EvalRequest", "EvalResult", "EvolveConfig", "EvolveResult", "UserError", "evaluate",
-           "evolve", "load_config"]  # fmt: skip
+           "evaluate_async", "evolve", "evolve_async", "load_config"]  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cycleqd.events import EpisodesPlanned, RunOpened, Stage, Stopping
+from cycleqd.monitor import format as fmt
 
 if TYPE_CHECKING:
     from cycleqd.evolution.loop import EvolutionEvent
@@ -152,7 +153,7 @@ def eval_table(result: EvalResult) -> Table:
     table = Table("env", "split", "score", "95% interval (tasks)", "n", "errors", "wall time")
     for s in result.scores:
         span = f"[{s.interval.low:.3f}, {s.interval.high:.3f}] ({s.interval.n})" if s.interval else "–"
-        table.add_row(s.env, s.split, f"{s.score:.3f}", span, str(s.episodes), str(s.errors),
+        table.add_row(s.env, s.split, fmt.score(s.score, 3), span, str(s.episodes), str(s.errors),
                       f"{result.wall_s or s.wall_s:.0f} s")  # fmt: skip
     return table
 

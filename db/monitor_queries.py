@@ -34,6 +34,7 @@ from cycleqd.db.schema import (
     ServerState,
     Task,
 )
+from cycleqd.db.scores import ScoreTally
 from cycleqd.db.store import Store, StoreOpenError, check_store_file
 
 
@@ -180,7 +181,7 @@ def run_config(store: Store, run_id: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class EnvScore:
-    """Scores of one (env, split) as they stand: the same arithmetic as the aggregates written at the end."""
+    """Scores of one (env, split) as they stand: the same tally as the aggregates written at the end."""
 
     env: str
     split: str
@@ -210,11 +211,9 @@ def env_scores(store: Store, run_id: str) -> list[EnvScore]:
         groups[(row.env, row.split)].append(row)
     scores = []
     for (env, split), items in sorted(groups.items()):
-        episodes = sum(r.n for r in items)
-        scored = sum(r.scored for r in items)
-        total = sum(r.total or 0.0 for r in items)
+        tally = sum((ScoreTally(r.n, r.scored, r.total or 0.0) for r in items), ScoreTally())
         statuses = {r.status: r.n for r in sorted(items, key=lambda r: r.status)}
-        scores.append(EnvScore(env, split, episodes, episodes - scored, total / scored if scored else None, statuses))
+        scores.append(EnvScore(env, split, tally.episodes, tally.errors, tally.mean, statuses))
     return scores
 
 

@@ -166,7 +166,7 @@ class Aggregate(Base):
     split: Mapped[str] = mapped_column(String(32), primary_key=True)
     episodes: Mapped[int] = mapped_column(Integer, default=0)
     errors: Mapped[int] = mapped_column(Integer, default=0)
-    score: Mapped[float] = mapped_column(Float, default=0.0)
+    score: Mapped[float | None] = mapped_column(Float)  # over scored episodes; None: none was (db/scores.py)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     wall_s: Mapped[float] = mapped_column(Float, default=0.0)
 

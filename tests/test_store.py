@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
 from cycleqd.db import DuplicateEpisodeError, EpisodeRecord, open_store
@@ -188,23 +189,30 @@ def test_committed_episodes_survive_a_killed_writer(tmp_path: Path) -> None:
     assert sorted(e.repeat for e in open_store(path).episodes(run_id)) == [0, 1, 2, 3, 4]
 
 
-def test_episodes_stored_before_0019_get_their_context_length_by_environment(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def store_at_revision(path: Path, revision: str) -> Iterator[Connection]:
+    """A store migrated only up to `revision`, with run 'r' and model 1, for a test to fill as it stood then."""
     from alembic import command
-    from alembic.config import Config
 
-    from cycleqd.db.store import MIGRATIONS, make_engine
+    from cycleqd.db.store import make_engine
 
-    path = tmp_path / "old.db"
     engine = make_engine(path)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0002")
+        command.upgrade(config, revision)
         connection.execute(text("INSERT INTO runs (id, kind, status, config, created_at) VALUES "
                                 "('r', 'eval', 'completed', '{}', '2026-01-01')"))  # fmt: skip
         connection.execute(text("INSERT INTO models (id, identity, reference, created_at) VALUES "
                                 "(1, 'sha256:x', '/m', '2026-01-01')"))  # fmt: skip
+        yield connection
+    engine.dispose()
+
+
+def test_episodes_stored_before_0019_get_their_context_length_by_environment(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with store_at_revision(path, "0002") as connection:
         for task_id, env in enumerate(("os", "db", "coding"), 1):
             connection.execute(text(f"INSERT INTO tasks (id, env, suite, split, task_key, content_hash) VALUES "
                                     f"({task_id}, '{env}', 'builtin', 'dev', 'k{task_id}', 'h')"))  # fmt: skip
@@ -213,7 +221,6 @@ def test_episodes_stored_before_0019_get_their_context_length_by_environment(tmp
                 "completion_tokens, latency_s, transcript, started_at, finished_at) VALUES "
                 f"('r', 1, {task_id}, 0, 'completed', 1.0, 1, 1, 1, 0.1, '[]', '2026-01-01', '2026-01-01')"
             ))  # fmt: skip
-    engine.dispose()
     store = open_store(path)  # migrates to the head
     contexts = {store.tasks()[e.task_id - 1].env: (e.context_messages, e.verdict) for e in store.episodes("r")}
     assert contexts == {"os": (7, {}), "db": (3, {}), "coding": (1, {})}
@@ -221,6 +228,19 @@ def test_episodes_stored_before_0019_get_their_context_length_by_environment(tmp
     from cycleqd.envs.os_prompt import first_messages
 
     assert len(first_messages("a task")) == 7
+
+
+def test_aggregates_stored_before_0020_with_nothing_scored_lose_their_mean(tmp_path: Path) -> None:
+    """They held 0.0, as if the model had failed every task; an environment with no scored episode has no mean."""
+    path = tmp_path / "old.db"
+    with store_at_revision(path, "0019") as connection:
+        for env, episodes, errors, score in (("os", 3, 3, 0.0), ("db", 3, 1, 0.0), ("coding", 2, 0, 0.5)):
+            connection.execute(text(
+                "INSERT INTO aggregates (run_id, model_id, env, split, episodes, errors, score, metrics, wall_s) "
+                f"VALUES ('r', 1, '{env}', 'dev', {episodes}, {errors}, {score}, '{{}}', 1.0)"
+            ))  # fmt: skip
+    store = open_store(path)  # migrates to the head
+    assert {a.env: a.score for a in store.aggregates("r")} == {"os": None, "db": 0.0, "coding": 0.5}
 
 
 def test_moments_come_back_in_utc_and_statuses_as_enums(store, tmp_path: Path) -> None:  # noqa: ANN001

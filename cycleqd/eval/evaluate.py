@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from cycleqd.sandboxes.images import build_images
 from cycleqd.serving.errors import ServingError
 from cycleqd.serving.model_ref import parse_model_ref, server_prefix
 from cycleqd.serving.resolve import manager_for, resolve_model, server_choice
-from cycleqd.stopping import stopped_by_ctrl_c_or_sigterm
+from cycleqd.stopping import run_blocking
 
 
 def evaluate(
@@ -37,12 +39,39 @@ def evaluate(
 
     `resume`: a run id (or a unique prefix) to finish; its stored request is used, and `given` (options the caller
     set explicitly) must agree with it. `ray`: play the episodes on a Ray cluster's slots. `on_event` receives
-    `RunOpened`, `EpisodesPlanned`, an `EpisodeResult` per episode and `Stopping` (see cycleqd.events).
+    `RunOpened`, `EpisodesPlanned`, an `EpisodeResult` per episode and `Stopping` (see cycleqd.events). Called where
+    an event loop already runs (a Jupyter cell), the run gets a loop of its own in a worker thread, which then calls
+    `on_event`; `evaluate_async` runs on the caller's loop instead.
 
     Raises a `UserError` (or one of `cycleqd.errors.USER_ERRORS`) for what the caller can fix, `IncompleteRunError`
     when planned episodes are missing at the end, `RunInterrupted` on Ctrl-C or SIGTERM (the run resumable)."""
-    db = Path(db)
-    notify = on_event or ignore
+    evaluation = _prepare(request, Path(db), on_event or ignore, resume, given, ray)
+    if isinstance(evaluation, EvalResult):
+        return evaluation
+    with evaluation.ending():
+        run_blocking(evaluation.run, lambda: evaluation.notify(Stopping()))
+    return evaluation.conclude()
+
+
+async def evaluate_async(
+    request: EvalRequest, *, db: Path | str, on_event: OnEvent | None = None, resume: str | None = None,
+    given: dict[str, Any] | None = None, ray: str | None = None,
+) -> EvalResult:  # fmt: skip
+    """`evaluate` on the running event loop, its blocking steps (images, the store) in worker threads. The loop and
+    its signals are the caller's: cancelling the awaiting task stops the run as Ctrl-C does (the episodes release
+    their sandboxes, the run is marked interrupted and resumable) and raises CancelledError."""
+    evaluation = await asyncio.to_thread(_prepare, request, Path(db), on_event or ignore, resume, given, ray)
+    if isinstance(evaluation, EvalResult):
+        return evaluation
+    with evaluation.ending():
+        await evaluation.run()
+    return await asyncio.to_thread(evaluation.conclude)
+
+
+def _prepare(request: EvalRequest, db: Path, notify: OnEvent, resume: str | None, given: dict[str, Any] | None,
+             ray: str | None) -> _Evaluation | EvalResult:  # fmt: skip
+    """Everything before the run's loop: the request of a run to resume (or its result, when it is complete), the
+    model reference and the tasks checked, the cluster reached, the images built."""
     store, resumed = None, None
     if resume:
         store = open_store(db, create=False)
@@ -57,28 +86,7 @@ def evaluate(
     if ray:  # before any run row: an unreachable cluster is one line
         ray_backend().connect(ray)
     build_images(docker_client(), images_for(request.tasks))
-    evaluation = _Evaluation(request, tasks, db, store, resumed, notify, ray)
-    started = time.monotonic()
-    try:
-        asyncio.run(stopped_by_ctrl_c_or_sigterm(evaluation.run(), lambda: notify(Stopping())))
-    except KeyboardInterrupt:
-        evaluation.finish(RunStatus.INTERRUPTED)
-        raise RunInterrupted(evaluation.run_id) from None
-    except ServingError as exc:
-        evaluation.finish(RunStatus.FAILED)
-        raise explained(exc, request.api_key_env) from exc
-    except BaseException:
-        evaluation.finish(RunStatus.FAILED)
-        raise
-    store, run_id = evaluation.store, evaluation.run_id
-    assert store is not None and run_id is not None
-    missing = _missing_episodes(store, run_id, request.repeats, tasks)
-    if missing:
-        evaluation.finish(RunStatus.FAILED)
-        raise IncompleteRunError(f"{missing} planned episodes of run {run_id} are not stored; resume with: "
-                                 f"cycleqd eval --resume {run_id} --db {db}")  # fmt: skip
-    evaluation.finish(RunStatus.COMPLETED)
-    return eval_result(store, run_id, db, time.monotonic() - started)
+    return _Evaluation(request, tasks, db, store, resumed, notify, ray)
 
 
 def eval_result(store: Store, run_id: str, db: Path, wall_s: float | None = None) -> EvalResult:
@@ -127,10 +135,42 @@ class _Evaluation:
         self.resumed = resumed is not None
         self.run_id = resumed.id if resumed else None
         self.ray_address = ray_address
+        self.started = time.monotonic()
 
     def finish(self, status: RunStatus) -> None:
         if self.store is not None and self.run_id is not None:
             self.store.set_run_status(self.run_id, status)
+
+    @contextlib.contextmanager
+    def ending(self) -> Iterator[None]:
+        """The run's status when it stops early: interrupted (resumable) by Ctrl-C, SIGTERM or a cancelled task,
+        failed otherwise."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.finish(RunStatus.INTERRUPTED)
+            raise RunInterrupted(self.run_id) from None
+        except asyncio.CancelledError:
+            self.finish(RunStatus.INTERRUPTED)
+            raise
+        except ServingError as exc:
+            self.finish(RunStatus.FAILED)
+            raise explained(exc, self.request.api_key_env) from exc
+        except BaseException:
+            self.finish(RunStatus.FAILED)
+            raise
+
+    def conclude(self) -> EvalResult:
+        """Completed once every planned episode is stored, else failed (resumable)."""
+        store, run_id = self.store, self.run_id
+        assert store is not None and run_id is not None
+        missing = _missing_episodes(store, run_id, self.request.repeats, self.tasks)
+        if missing:
+            self.finish(RunStatus.FAILED)
+            raise IncompleteRunError(f"{missing} planned episodes of run {run_id} are not stored; resume with: "
+                                     f"cycleqd eval --resume {run_id} --db {self.db}")  # fmt: skip
+        self.finish(RunStatus.COMPLETED)
+        return eval_result(store, run_id, self.db, time.monotonic() - self.started)
 
     def _open_run(self, decoding: str) -> tuple[Store, str]:
         if self.store is None:

@@ -28,6 +28,7 @@ from typing import Protocol
 from asyncio_pool import AioPool
 
 from cycleqd.db.schema import Aggregate
+from cycleqd.db.scores import ScoreTally
 from cycleqd.db.store import DuplicateEpisodeError, EpisodeKey, EpisodeRecord, Store
 from cycleqd.envs.episode import EpisodeStatus, Outcome
 from cycleqd.envs.errors import EpisodeSetupError
@@ -285,8 +286,8 @@ async def play_record(
 
 
 def summarize(store: Store, run_id: str, tasks: list[EvalTask], model_id: int, wall_s: float) -> list[Aggregate]:
-    """Per (env, split): mean score over scored episodes, episode and error counts, and the environment's own
-    metrics (DB: AgentBench's `overall_cat_accuracy`)."""
+    """Per (env, split): mean score over scored episodes (None when none was: `ScoreTally`), episode and error
+    counts, and the environment's own metrics (DB: AgentBench's `overall_cat_accuracy`)."""
     by_row = {store.task_id(t.env, t.suite, t.split, t.key, t.content_hash): t for t in tasks}
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for episode in store.episodes(run_id):
@@ -295,12 +296,11 @@ def summarize(store: Store, run_id: str, tasks: list[EvalTask], model_id: int, w
             groups[(task.env, task.split)].append((task, episode))
     aggregates = []
     for (env, split), items in sorted(groups.items()):
-        scored = [(t, e.score) for t, e in items if e.score is not None]
-        metrics = environment(env).metrics((t.task, s) for t, s in scored) if scored else {}
+        scored = [(t.task, e.score) for t, e in items if e.score is not None]
+        tally = ScoreTally.of(e.score for _, e in items)
         aggregate = Aggregate(
-            run_id=run_id, model_id=model_id, env=env, split=split, episodes=len(items),
-            errors=len(items) - len(scored), score=sum(s for _, s in scored) / len(scored) if scored else 0.0,
-            metrics=metrics, wall_s=wall_s,
+            run_id=run_id, model_id=model_id, env=env, split=split, episodes=tally.episodes, errors=tally.errors,
+            score=tally.mean, metrics=environment(env).metrics(scored) if scored else {}, wall_s=wall_s,
         )  # fmt: skip
         store.save_aggregate(aggregate)
         aggregates.append(aggregate)

@@ -5,8 +5,10 @@ environments, run the CycleQD loop, and measure the final table. Raises user err
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cycleqd.db.evolution_store import EvolutionStore
@@ -32,7 +34,7 @@ from cycleqd.serving.default_model import cache_root, default_checkpoint
 from cycleqd.serving.identity import weights_identity
 from cycleqd.serving.model_ref import LocalCheckpoint
 from cycleqd.serving.resolve import manager_for
-from cycleqd.stopping import stopped_by_ctrl_c_or_sigterm
+from cycleqd.stopping import run_blocking
 
 
 class IdenticalExpertsError(UserError):
@@ -59,13 +61,39 @@ def evolve(
     store at `db`; or, with `resume` (a run id or unique prefix) and no config, continue that run where it stopped.
     `ray`: this invocation's Ray cluster address (overrides the config's `ray.address`). `on_event` receives
     `RunOpened`, `Stage`, each `EvolutionEvent` of the loop and `Stopping` (see cycleqd.events). `progress`: draw
-    the SVD cache's bars on the terminal (minutes for large experts), before the first event of the loop.
+    the SVD cache's bars on the terminal (minutes for large experts), before the first event of the loop. Called
+    where an event loop already runs (a Jupyter cell), the loop gets one of its own in a worker thread, which then
+    calls `on_event`; `evolve_async` runs on the caller's loop instead.
 
     Every input is checked before the run row is created, so a mistake leaves no run behind. Raises a `UserError`
     (or one of `cycleqd.errors.USER_ERRORS`), or `RunInterrupted` on Ctrl-C or SIGTERM; a run stopped either way
     is marked interrupted or failed in the store, never left running."""
-    db = Path(db)
-    notify = on_event or ignore
+    run = _open_run(config, Path(db), on_event or ignore, resume, ray)
+    with run.ending():
+        cache = run.prepare(progress)
+        rows = run_blocking(lambda: run.evolve(cache), lambda: run.notify(Stopping()))
+        out = run.final_model(rows, cache)
+    return run.result(rows, out)
+
+
+async def evolve_async(
+    config: EvolveConfig | None, *, db: Path | str, on_event: OnEvent | None = None, resume: str | None = None,
+    ray: str | None = None, progress: bool = False,
+) -> EvolveResult:  # fmt: skip
+    """`evolve` on the running event loop, its blocking steps (checkpoints, images, the SVD cache, the final model)
+    in worker threads. The loop and its signals are the caller's: cancelling the awaiting task stops the run as
+    Ctrl-C does (marked interrupted, resumable) and raises CancelledError."""
+    run = await asyncio.to_thread(_open_run, config, Path(db), on_event or ignore, resume, ray)
+    with run.ending():
+        cache = await asyncio.to_thread(run.prepare, progress)
+        rows = await run.evolve(cache)
+        out = await asyncio.to_thread(run.final_model, rows, cache)
+    return await asyncio.to_thread(run.result, rows, out)
+
+
+def _open_run(config: EvolveConfig | None, db: Path, notify: OnEvent, resume: str | None,
+              ray: str | None) -> _EvolveRun:  # fmt: skip
+    """The inputs checked, then the run row made (or found, to resume) and marked running."""
     if (config is None) == (resume is None):
         raise UserError("give a config for a new evolution, or the id of one to resume (--config FILE or --resume RUN)")
     store = open_store(db, create=False) if resume else None
@@ -80,32 +108,57 @@ def evolve(
     if store is None:
         check_store_path(db)  # a wrong --db fails now, not after the checkpoints were read
     _check_inputs(config, resume)
-    base = resolve_base(config)
-    experts = [Path(t.expert) for t in config.tasks]
     store = store or open_store(db)
     # The run exists from here on, so the monitor shows the long stages before the first generation.
     run_id = resume or store.create_run(RunKind.EVOLVE, config.snapshot()).id
     store.set_run_status(run_id, RunStatus.RUNNING)
     done = len(EvolutionStore(store, run_id).committed_generations())
     notify(RunOpened(run_id, resume is not None, done=done, planned=config.generations))
-    try:
-        cache = _prepare(store, run_id, config, base, experts, notify, progress)
-        rows = asyncio.run(stopped_by_ctrl_c_or_sigterm(_evolve(store, run_id, config, cache, notify),
-                                                        lambda: notify(Stopping())))  # fmt: skip
-        out = _final_model(store, run_id, rows, cache)
-    except KeyboardInterrupt:
-        store.set_run_status(run_id, RunStatus.INTERRUPTED)
-        raise RunInterrupted(run_id) from None
-    except SystemExit:  # the CLI's SIGTERM outside the loop (images, the SVD cache, the final checkpoint)
-        store.set_run_status(run_id, RunStatus.INTERRUPTED)
-        raise
-    except BaseException:
-        store.set_run_status(run_id, RunStatus.FAILED)
-        raise
-    store.set_run_status(run_id, RunStatus.COMPLETED)
-    intervals = run_final_intervals(store, run_id, rows, config.tasks)
-    return EvolveResult(run_id=run_id, db=db, final_model=out, table=tuple(rows), intervals=intervals,
-                        tasks=config.tasks)  # fmt: skip
+    return _EvolveRun(store, run_id, config, db, notify)
+
+
+@dataclass(frozen=True)
+class _EvolveRun:
+    """One evolution whose run row exists: its stages, and the run's status once they end."""
+
+    store: Store
+    run_id: str
+    config: EvolveConfig
+    db: Path
+    notify: OnEvent
+
+    @contextlib.contextmanager
+    def ending(self) -> Iterator[None]:
+        """Interrupted (resumable) by Ctrl-C, SIGTERM or a cancelled task, failed by anything else. SIGTERM outside
+        the loop (images, the SVD cache, the final checkpoint) is the CLI's SystemExit."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.store.set_run_status(self.run_id, RunStatus.INTERRUPTED)
+            raise RunInterrupted(self.run_id) from None
+        except (SystemExit, asyncio.CancelledError):
+            self.store.set_run_status(self.run_id, RunStatus.INTERRUPTED)
+            raise
+        except BaseException:
+            self.store.set_run_status(self.run_id, RunStatus.FAILED)
+            raise
+
+    def prepare(self, progress: bool) -> SVDCache:
+        experts = [Path(t.expert) for t in self.config.tasks]
+        return _prepare(self.store, self.run_id, self.config, resolve_base(self.config), experts, self.notify,
+                        progress)  # fmt: skip
+
+    async def evolve(self, cache: SVDCache) -> list[FinalRow]:
+        return await _evolve(self.store, self.run_id, self.config, cache, self.notify)
+
+    def final_model(self, rows: list[FinalRow], cache: SVDCache) -> Path:
+        return _final_model(self.store, self.run_id, rows, cache)
+
+    def result(self, rows: list[FinalRow], final_model: Path) -> EvolveResult:
+        self.store.set_run_status(self.run_id, RunStatus.COMPLETED)
+        intervals = run_final_intervals(self.store, self.run_id, rows, self.config.tasks)
+        return EvolveResult(run_id=self.run_id, db=self.db, final_model=final_model, table=tuple(rows),
+                            intervals=intervals, tasks=self.config.tasks)  # fmt: skip
 
 
 def _check_inputs(config: EvolveConfig, resume: str | None) -> None:

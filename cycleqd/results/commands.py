@@ -12,7 +12,9 @@ from rich.table import Column, Table
 
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.schema import Aggregate, CandidateKind, Run, RunKind
+from cycleqd.db.scores import ScoreTally
 from cycleqd.db.store import Store
+from cycleqd.monitor import format as fmt
 from cycleqd.results.intervals import Intervals, aggregate_intervals
 from cycleqd.results.lookup import find_run, model_label, open_existing_store
 
@@ -28,7 +30,7 @@ def _scores(store: Store, run: Run) -> str:
         final = EvolutionStore(store, run.id).candidates(CandidateKind.FINAL)
         scores = final[0].test_scores if final else {}
         return ("final " if scores else "") + " ".join(f"{k} {v:.2f}" for k, v in scores.items())
-    return " ".join(f"{a.env} {a.score:.2f}" for a in store.aggregates(run.id))
+    return " ".join(f"{a.env} {fmt.score(a.score)}" for a in store.aggregates(run.id))
 
 
 def print_runs(db_path: Path, console: Console) -> None:
@@ -77,10 +79,9 @@ def _per_task(store: Store, run_id: str) -> list[dict[str, Any]]:
         grouped[(model_id, env, split, key)].append((score, status))
     rows = []
     for (model_id, env, split, key), results in grouped.items():
-        scored = [s for s, _ in results if s is not None]
         rows.append({
             "model_id": model_id, "env": env, "split": split, "task": key, "episodes": len(results),
-            "score": sum(scored) / len(scored) if scored else None, "statuses": sorted({st for _, st in results}),
+            "score": ScoreTally.of(s for s, _ in results).mean, "statuses": sorted({st for _, st in results}),
         })  # fmt: skip
     return rows
 
@@ -105,10 +106,9 @@ def _episode_aggregates(store: Store, run_id: str) -> list[Aggregate]:
         groups[(model_id, env, split)].append(score)
     aggregates = []
     for (model_id, env, split), scores in sorted(groups.items()):
-        scored = [s for s in scores if s is not None]
-        mean = sum(scored) / len(scored) if scored else 0.0
-        aggregates.append(Aggregate(run_id=run_id, model_id=model_id, env=env, split=split, episodes=len(scores),
-                                    errors=len(scores) - len(scored), score=mean, metrics={}))  # fmt: skip
+        tally = ScoreTally.of(scores)
+        aggregates.append(Aggregate(run_id=run_id, model_id=model_id, env=env, split=split, episodes=tally.episodes,
+                                    errors=tally.errors, score=tally.mean, metrics={}))  # fmt: skip
     return aggregates
 
 
@@ -138,14 +138,13 @@ def show_run(db_path: Path, run_text: str, as_json: bool, per_task: bool, consol
     for r in results:
         ci = r["ci95"]
         span = f"[{ci['low']:.3f}, {ci['high']:.3f}] ({ci['n']})" if ci else "–"
-        table.add_row(label.get(r["model_id"], str(r["model_id"])), r["env"], r["split"], f"{r['score']:.3f}",
+        table.add_row(label.get(r["model_id"], str(r["model_id"])), r["env"], r["split"], fmt.score(r["score"], 3),
                       span, str(r["episodes"]), str(r["errors"]), f"{r['wall_s']:.0f} s")  # fmt: skip
     console.print(table)
     if per_task:
         rows = Table("model", "env", "task", "split", "score", "episodes", "statuses")
         for r in tasks:
-            score = "–" if r["score"] is None else f"{r['score']:.2f}"
-            rows.add_row(label.get(r["model_id"], ""), r["env"], r["task"], r["split"], score, str(r["episodes"]),
-                         ", ".join(r["statuses"]))  # fmt: skip
+            rows.add_row(label.get(r["model_id"], ""), r["env"], r["task"], r["split"], fmt.score(r["score"]),
+                         str(r["episodes"]), ", ".join(r["statuses"]))  # fmt: skip
         console.print(rows)
     return 0

@@ -37,7 +37,7 @@ class EnvScore:
     model: str  # the model's label (folder or name, and a content-hash prefix for a checkpoint)
     env: str
     split: str
-    score: float
+    score: float | None  # None: no episode was scored (cycleqd.db.scores)
     episodes: int
     errors: int  # episodes the environment could not score (they are not in `score`)
     wall_s: float
