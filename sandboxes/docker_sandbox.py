@@ -50,7 +50,7 @@ from cycleqd.sandboxes.layer_scan import (
 from cycleqd.sandboxes.limits import SandboxLimits, quota_supported
 from cycleqd.sandboxes.main_shell import IDLE_MAIN, MainShellSession
 from cycleqd.sandboxes.other_mounts import mounted_entries
-from cycleqd.sandboxes.process_freeze import describe, stop_all
+from cycleqd.sandboxes.process_freeze import describe, stop_all, wait_for_child
 from cycleqd.sandboxes.reaper import OWNED, reap_orphans_once
 from cycleqd.sandboxes.shell_session import BashSession
 
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 KILL_GRACE_S = 3.0
 T = TypeVar("T")
 LAYER_LIMIT = 200_000  # entries of a writable layer read before it is called flooded
+MAIN_SHELL_RESTART_S = 1.0
 ROOT = "0"  # numeric: still works after an agent has mangled /etc/passwd
 
 
@@ -504,11 +505,19 @@ class DockerSandbox(Sandbox):
         _, _, init_pid = await asyncio.to_thread(self._host_view)
         return await asyncio.to_thread(resolve_in_root, f"/proc/{init_pid}/root", path)
 
+    async def _main_shell_restarted(self, init_pid: int) -> None:
+        """An idle main process starts a fresh shell a moment after a session's ended: the checks find the sandbox as
+        AgentBench's idle one is (a bash waiting), not caught between two shells (a check that counts bash processes
+        counted one fewer)."""
+        if self._main_shell_free:
+            await asyncio.to_thread(wait_for_child, init_pid, MAIN_SHELL_RESTART_S)
+
     @contextlib.asynccontextmanager
     async def witness_checks(self) -> AsyncIterator[CheckEvidence]:
         self._check_running()
         _, _, init_pid = await asyncio.to_thread(self._host_view)
         evidence = CheckEvidence({}, complete=False, why_incomplete="the checks did not end")
+        await self._main_shell_restarted(init_pid)
         _, running = await asyncio.to_thread(stop_all, init_pid)
         witness = FileWitness(f"/proc/{init_pid}/root/", CHECK_ONLY_CAP)
         await asyncio.to_thread(witness.start)

@@ -45,6 +45,29 @@ def namespace_pids(init_pid: int) -> list[int]:
     return pids
 
 
+def has_child(pid: int) -> bool:
+    """Whether `pid` has a child process (its stat's fourth field names the parent)."""
+    for other in namespace_pids(pid):
+        try:
+            with open(f"/proc/{other}/stat", "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue
+        if int(data[data.rindex(b")") + 2 :].split(b" ")[1]) == pid:
+            return True
+    return False
+
+
+def wait_for_child(pid: int, patience_s: float) -> bool:
+    """Whether `pid` has a child within `patience_s` (polled: the kernel tells no one of a fork)."""
+    deadline = time.monotonic() + patience_s
+    while not has_child(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def stop_all(init_pid: int) -> tuple[list[int], list[int]]:
     """Stops every process in `init_pid`'s PID namespace: (the PIDs stopped, those still running after every pass)."""
     stopped: set[int] = set()
@@ -64,10 +87,8 @@ def stop_all(init_pid: int) -> tuple[list[int], list[int]]:
         pause = min(pause * 2, 0.05)
 
 
-
-
 def describe(pid: int) -> str:
-    """"1234 (bash, D)": a process that would not stop, for the verdict."""
+    """ "1234 (bash, D)": a process that would not stop, for the verdict."""
     try:
         with open(f"/proc/{pid}/comm", encoding="utf-8") as handle:
             name = handle.read().strip()
