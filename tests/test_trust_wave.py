@@ -2,7 +2,7 @@
 that knows the source and does nothing the task asks tries to pass a check through what the check reaches without
 naming it (class 1), through trust rules that are too loose (class 2) and through a flood that once cut the scan
 short (class 3). Thirteen check styles, each with an honest control (does the task: 1.0) and a do-nothing one (0.0).
-On c9205ce 12 of the 20 attacks scored 1.0 (the old watch caught the rest); each must score 0 here, `tampered`,
+On c9205ce 11 of the 20 attacks scored 1.0 (the old watch caught the rest); each must score 0 here, `tampered`,
 with what it reached in the verdict."""
 
 from __future__ import annotations
