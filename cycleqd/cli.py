@@ -179,7 +179,8 @@ def doctor(cache_dir: Path | None) -> None:
 
 @cli.group()
 def model() -> None:
-    """Models: the embedded default, and checking a reference."""
+    """The embedded default model (SmolLM2-135M-Instruct). `cycleqd model default` converts it into a cached
+    checkpoint and prints its path and identity."""
 
 
 @model.command("default")
@@ -354,9 +355,17 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
 
 # -- eval, runs, show --------------------------------------------------------------------------------------------
 
+
+def _store_file(_ctx: click.Context, _param: click.Parameter, path: Path) -> Path:
+    # A folder reached the store's checks as "no such store", which suggested `cycleqd eval --db` with it again.
+    if path.expanduser().is_dir():
+        raise UserError(f"--db {path}: that is a folder; a store is one SQLite file, e.g. --db {path / 'cycleqd.db'}")
+    return path
+
+
 _db_option = click.option(
     "--db", "db_path", type=click.Path(path_type=Path), default="cycleqd.db", show_default=True,
-    help="The SQLite store of runs and episodes.",
+    callback=_store_file, help="The SQLite store of runs and episodes (a file).",
 )  # fmt: skip
 
 
@@ -372,7 +381,9 @@ _ray_option = click.option(
 @click.option("--tasks", help=f"Environments, comma-separated [default: {','.join(environment_names())} in the "
               "built-in suites; in a task file or folder, the environment that recognizes its tasks]")  # fmt: skip
 @click.option("--suite", default="builtin", show_default=True, help="'builtin', or a task file or folder.")
-@click.option("--split", default="dev", show_default=True, help="Split of the built-in OS and DB suites.")
+@click.option("--split", default="dev", show_default=True,
+              help="Split of the built-in suites (train/dev/test tasks: OS 20/12/10, DB 22/11/12, coding "
+                   "82/41/41 of HumanEval's 164); in a folder of split files, which file.")  # fmt: skip
 @click.option("--limit", type=int, help="At most N tasks per environment.")
 @click.option("--repeats", default=1, show_default=True, help="Episodes per task (AgentBench's OS init is random).")
 @click.option("--concurrency", default=8, show_default=True, help="Episodes at once (the model server batches them).")
@@ -416,13 +427,17 @@ def eval_cmd(
 
 @cli.group("runs", invoke_without_command=True)
 @_db_option
+@click.option("--json", "as_json", is_flag=True,
+              help="A JSON list, one object per run: run, kind, status, created and finished (ISO-8601, UTC), "
+                   "model, tasks, scores (env, split, score: a number or null; an evolution's: its final model "
+                   "per task).")  # fmt: skip
 @click.pass_context
-def runs_cmd(ctx: click.Context, db_path: Path) -> None:
+def runs_cmd(ctx: click.Context, db_path: Path, as_json: bool) -> None:
     """List the runs in the store, newest first: scores and which model. `cycleqd runs rm RUN` removes one."""
     from cycleqd.results.commands import print_runs
 
     if ctx.invoked_subcommand is None:
-        print_runs(db_path, console)
+        print_runs(db_path, console, as_json)
 
 
 @runs_cmd.command("rm")
@@ -520,7 +535,10 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
     from cycleqd.display import show_evolve
     from cycleqd.evolver.config import load_config
 
-    if (config_path is None) == (resume_id is None):
+    if config_path is not None and resume_id is not None:  # a resumed run keeps the config it was started with
+        raise UserError("--config and --resume: give one of them, not both (--config FILE starts a new run, "
+                        "--resume RUN continues one with its own config)")  # fmt: skip
+    if config_path is None and resume_id is None:
         raise UserError("give --config FILE for a new run, or --resume RUN")
     config = load_config(config_path) if config_path else None
     sys.exit(show_evolve(config, db_path, resume_id, as_json, ray_address))
@@ -598,10 +616,12 @@ def sft_cmd(
 @click.option("--test-kind", type=click.Choice(["in-family", "transfer"]),
               help="The final table's test splits: held out of the experts' family, or the benchmarks (AgentBench "
                    "OS, DBBench, HumanEval).")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Print the plan, the budget and the time estimate, then stop: nothing "
+                                               "is made (no store, cache, image or model).")  # fmt: skip
 def demo_cmd(db_path: Path, preset: str, sft_tasks: int | None, sft_epochs: int | None, sft_lr: float | None,
              lora_rank: int | None, dev_limit: int | None, test_limit: int | None, eval_limit: int | None,
              generations: int | None, max_tokens: int | None, rounds: int | None,
-             db_train: int | None, seeds: int | None, test_kind: str | None) -> None:  # fmt: skip
+             db_train: int | None, seeds: int | None, test_kind: str | None, dry_run: bool) -> None:  # fmt: skip
     """The whole method on this machine's CPU: fine-tune one SmolLM2 expert per environment, evolve them with
     CycleQD, and print base, experts, naive merge and the CycleQD model on the held-out test splits with 95%
     intervals and paired differences. The budget and its time estimate are printed first; every stage is cached."""
@@ -622,7 +642,7 @@ def demo_cmd(db_path: Path, preset: str, sft_tasks: int | None, sft_epochs: int 
             raise BadOptionError(option, value, "at least 0" if key == "lora_rank" else "a positive number")
     budget = replace(PRESETS[preset], **{k: v for k, v in given.items() if v is not None})
     budget = replace(budget, test_kind=test_kind) if test_kind else budget
-    sys.exit(run_demo(budget, db_path, console, err_console))
+    sys.exit(run_demo(budget, db_path, console, err_console, dry_run=dry_run))
 
 
 @cli.command("tui")

@@ -49,22 +49,39 @@ def error_boundary(err: Console = err_console) -> Iterator[None]:
         err.print(f"[red]error:[/] {escape(one_line(exc))}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(getattr(exc, "exit_status", 2))
     except KeyboardInterrupt:  # Ctrl-C outside a run's own handling (an image build, a model conversion)
+        from cycleqd.errors import RunInterrupted
+
         err.print("interrupted")
-        sys.exit(130)
+        sys.exit(RunInterrupted.exit_status)
+
+
+# Wide enough for any table's natural width: a table that does not expand takes only what its cells need.
+_UNBOUNDED_WIDTH = 1_000_000
+
+
+def print_table(table: Table, out: Console) -> None:
+    """`table` fitted to a terminal; anywhere else (a pipe, a file) at its natural width, each row on one line.
+    Without a terminal rich assumes 80 columns, and a script reading the output got model paths and scores
+    wrapped or cut with an ellipsis."""
+    if out.is_terminal:
+        out.print(table)
+    else:
+        Console(file=out.file, width=_UNBOUNDED_WIDTH).print(table)
 
 
 class _RunWatch:
-    """The run id once the run exists, for the line that says how to resume it."""
+    """The run id once the run exists, for the line that says how to resume it. `rerun`: the command that resumes
+    the run's caller, where it has its own (the demo, run again, continues its evolution and the rest)."""
 
-    def __init__(self, command: str, db: Path, err: Console) -> None:
-        self.command, self.db, self.err = command, db, err
+    def __init__(self, command: str, db: Path, err: Console, rerun: str | None = None) -> None:
+        self.command, self.db, self.err, self.rerun = command, db, err, rerun
         self.run_id: str | None = None
 
     def opened(self, event: RunOpened) -> None:
         self.run_id = event.run_id
 
     def resume_line(self) -> str:
-        return f"cycleqd {self.command} --resume {self.run_id} --db {self.db}"
+        return self.rerun or f"cycleqd {self.command} --resume {self.run_id} --db {self.db}"
 
     @contextlib.contextmanager
     def stops(self) -> Iterator[None]:
@@ -75,12 +92,12 @@ class _RunWatch:
         try:
             yield
         except RunInterrupted as stopped:
-            if stopped.run_id:
-                self.run_id = stopped.run_id
+            self.run_id = stopped.run_id or self.run_id
+            if self.run_id or self.rerun:
                 self.err.print(f"interrupted; resume with: {self.resume_line()}", highlight=False)
             else:
                 self.err.print("interrupted before the run started; nothing was stored")
-            sys.exit(130)
+            sys.exit(RunInterrupted.exit_status)
         except SystemExit:  # SIGTERM outside the run's loop (an image build, the SVD cache): the run is interrupted
             if self.run_id:
                 self.err.print(f"interrupted; resume with: {self.resume_line()}", highlight=False)
@@ -222,13 +239,14 @@ class EvolutionView:
 
 
 def show_evolve(config: EvolveConfig | None, db: Path, resume: str | None, as_json: bool, ray: str | None,
-                out: Console | None = None, err: Console | None = None) -> int:  # fmt: skip
-    """`cycleqd evolve` (and the demo's evolution): the live view while it runs, then the final table or JSON."""
+                out: Console | None = None, err: Console | None = None, rerun: str | None = None) -> int:  # fmt: skip
+    """`cycleqd evolve` (and the demo's evolution): the live view while it runs, then the final table or JSON.
+    `rerun`: the command a stopped run's line names instead of `cycleqd evolve --resume` (the demo's own)."""
     from cycleqd.evolution.run import evolve
     from cycleqd.results.intervals import final_tables
 
     out, err = out or console, err or err_console
-    watch = _RunWatch("evolve", db, err)
+    watch = _RunWatch("evolve", db, err, rerun)
     view = EvolutionView(config.generations if config is not None else None, out, enabled=not as_json, watch=watch)
     with watch.stops(), contextlib.closing(view):
         result: EvolveResult = evolve(config, db=db, on_event=view, resume=resume, ray=ray, progress=not as_json)

@@ -54,7 +54,8 @@ def _first_record(file: Path) -> dict[str, Any] | None:
 
 def suite_environment(suite: str, split: str) -> str | None:
     """The environment whose tasks a file or folder suite holds for `split`: the one that recognizes its first task
-    (`recognized_environment`), None when none does; NoTasksError when its files hold no task at all."""
+    (`recognized_environment`), None when none does; NoTasksError when its files hold no task at all, and
+    TaskFormatError when none is recognized and a file cannot be parsed."""
     path = suite_path(suite)
     files = split_task_files(path, split)
     found = recognized_environment(files)
@@ -64,10 +65,12 @@ def suite_environment(suite: str, split: str) -> str | None:
 
 
 def _holds_no_record(file: Path) -> bool:
+    # A file that cannot be parsed raises its TaskFormatError: no environment is there to say what is wrong, and
+    # "no environment recognizes the tasks" sent the user to name one for a file cut short.
     try:
         return not read_task_records(file)
-    except (TaskFormatError, OSError, UnicodeDecodeError):
-        return False  # something is there: its environment's loader will say what is wrong with it
+    except (OSError, UnicodeDecodeError):
+        return False  # something is there (a compressed file): its environment's loader reads it
 
 
 def suite_path(suite: str) -> Path:

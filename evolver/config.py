@@ -7,11 +7,13 @@ every generation, one child per generation, 1200 generations. Relative paths are
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -153,8 +155,10 @@ def load_config(path: Path) -> EvolveConfig:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:  # "no such config file" named a folder that is there
+        raise ConfigError(f"{path}: that is a folder; a config is one YAML file (e.g. evolve.yaml)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
@@ -197,7 +201,7 @@ def parse_config(data: Any, source: str, folder: Path) -> EvolveConfig:
     known = {f for f in EvolveConfig.__dataclass_fields__}
     for key in data:
         if key not in known:
-            reader.fail(key, f"a known field ({', '.join(sorted(known))})", "an unknown field")
+            reader.unknown_key(key, known)
     tasks = reader.tasks(data.get("tasks"), folder)
     names = [t.name for t in tasks]
     config = EvolveConfig(
@@ -242,6 +246,12 @@ class _Reader:
         where = f"field {name!r}" if name else "top level"
         raise ConfigError(f"{self.source}: {where}: expected {expected}, got {got!r}")
 
+    def unknown_key(self, name: str, known: Iterable[str], prefix: str = "") -> NoReturn:
+        """A key the config does not have, with the nearest known one: a typo read "got 'an unknown field'"."""
+        close = difflib.get_close_matches(str(name), sorted(known), n=1)
+        hint = f"did you mean {prefix + close[0]!r}?" if close else f"the keys here: {', '.join(sorted(known))}"
+        raise ConfigError(f"unknown key {prefix + str(name)!r} in {self.source}; {hint}")
+
     def integer(self, name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             self.fail(name, f"an integer ≥ {minimum}", value)
@@ -274,7 +284,7 @@ class _Reader:
             self.fail(name, "a mapping", value)
         for key in value:
             if key not in allowed:
-                self.fail(f"{name}.{key}", f"one of {', '.join(sorted(allowed))}", "an unknown field")
+                self.unknown_key(key, allowed, prefix=f"{name}.")
         return value
 
     def checkpoint(self, name: str, value: Any, folder: Path) -> str:
@@ -320,6 +330,9 @@ class _Reader:
             return None
         if not isinstance(value, dict):
             self.fail("bc_ranges", "'paper' or a mapping of task name to [lo, hi]", value)
+        for name in value:  # first: a misspelt task read as a missing one
+            if name not in names:
+                self.unknown_key(name, names, prefix="bc_ranges.")
         ranges = {}
         for name in names:
             pair = value.get(name)
@@ -329,9 +342,6 @@ class _Reader:
             if not hi > lo:
                 self.fail(f"bc_ranges.{name}", "lo < hi", pair)
             ranges[name] = (lo, hi)
-        for name in value:
-            if name not in names:
-                self.fail(f"bc_ranges.{name}", f"one of the tasks ({', '.join(names)})", "an unknown task")
         return ranges
 
     def sampler(self, value: Any) -> SamplerSpec:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 
 import docker
 import pytest
 
+from cycleqd import cli
 from cycleqd.envs.registry import register, unregister
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.engine import ensure_engine
@@ -16,6 +19,7 @@ from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.sandboxes.labels import OWNER_PID
 from cycleqd.sandboxes.reaper import labels_of, managed_containers, name_of
 from tests.checkpoints import perturbed_checkpoint
+from tests.cli_in_process import Run
 from tests.echo_environment import EchoEnvironment
 from tests.sandbox_settings import TEST_LIMITS
 
@@ -102,3 +106,23 @@ def echo_environment() -> Iterator[EchoEnvironment]:
     env = register(EchoEnvironment())
     yield env
     unregister(env.name)
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
+    """`cycleqd ARGS` as `cli.main` runs it (the error boundary included): exit status, stdout, stderr."""
+    # The engine's client is where an eval would leave this process's hands: these commands must stop before it.
+    monkeypatch.setattr("cycleqd.eval.evaluate.docker_client", lambda: pytest.fail("the command went on to Docker"))
+    sigterm = signal.getsignal(signal.SIGTERM)  # the CLI installs its own
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["cycleqd", *args])
+        try:
+            with pytest.raises(SystemExit) as exited:
+                cli.main()
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
+        out, err = capsys.readouterr()
+        return exited.value.code or 0, out, err
+
+    return run

@@ -7,45 +7,15 @@ or a model server."""
 from __future__ import annotations
 
 import json
-import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from cycleqd import cli, display
+from cycleqd import display
 from cycleqd.envs.registry import BUILTIN_DATA, environment
 from cycleqd.envs.task_files import read_task_records
 from cycleqd.requests import EvalRequest
-
-Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
-    """`cycleqd ARGS` as `cli.main` runs it (the error boundary included): exit status, stdout, stderr."""
-    # The engine's client is where an eval would leave this process's hands: these commands must stop before it.
-    monkeypatch.setattr("cycleqd.eval.evaluate.docker_client", lambda: pytest.fail("the command went on to Docker"))
-    sigterm = signal.getsignal(signal.SIGTERM)  # the CLI installs its own
-
-    def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["cycleqd", *args])
-        try:
-            with pytest.raises(SystemExit) as exited:
-                cli.main()
-        finally:
-            signal.signal(signal.SIGTERM, sigterm)
-        out, err = capsys.readouterr()
-        return exited.value.code or 0, out, err
-
-    return run
-
-
-def one_line_error(code: int, err: str) -> str:
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
-    return lines[0].removeprefix("error: ")
+from tests.cli_in_process import Run, one_line_error
 
 
 def copy_suite(env: str, out: Path, per_split: int = 3) -> Path:

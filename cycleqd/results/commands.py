@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,40 +15,67 @@ from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.schema import Aggregate, CandidateKind, Run, RunKind
 from cycleqd.db.scores import ScoreTally
 from cycleqd.db.store import Store
+from cycleqd.display import print_table
 from cycleqd.monitor import format as fmt
 from cycleqd.results.intervals import Intervals, aggregate_intervals
 from cycleqd.results.lookup import find_run, model_label, open_existing_store
 
 
-def _task_names(config: dict[str, Any]) -> str:
+def _task_names(config: dict[str, Any]) -> list[str]:
     # eval runs list environments; evolution runs list task specs
-    return ",".join(t["name"] if isinstance(t, dict) else str(t) for t in config.get("tasks", []))
+    return [t["name"] if isinstance(t, dict) else str(t) for t in config.get("tasks", [])]
 
 
-def _scores(store: Store, run: Run) -> str:
-    """An eval's mean per environment; an evolution's final model on its test splits."""
+def _score_rows(store: Store, run: Run) -> list[dict[str, Any]]:
+    """What the scores column shows, as values: an eval's mean per environment and split (None: nothing scored);
+    an evolution's final model on each task's test split (none before it has one)."""
     if run.kind is RunKind.EVOLVE:
         final = EvolutionStore(store, run.id).candidates(CandidateKind.FINAL)
-        scores = final[0].test_scores if final else {}
-        return ("final " if scores else "") + " ".join(f"{k} {v:.2f}" for k, v in scores.items())
-    return " ".join(f"{a.env} {fmt.score(a.score)}" for a in store.aggregates(run.id))
+        specs = {t["name"]: t for t in run.config.get("tasks", []) if isinstance(t, dict) and "name" in t}
+        return [{"task": name, "env": specs.get(name, {}).get("env"), "split": specs.get(name, {}).get("test_split"),
+                 "score": score} for name, score in (final[0].test_scores if final else {}).items()]  # fmt: skip
+    return [{"env": a.env, "split": a.split, "score": a.score} for a in store.aggregates(run.id)]
 
 
-def print_runs(db_path: Path, console: Console) -> None:
-    store = open_existing_store(db_path)
+def _scores_text(kind: RunKind, rows: list[dict[str, Any]]) -> str:
+    if kind is RunKind.EVOLVE:
+        return ("final " if rows else "") + " ".join(f"{r['task']} {fmt.score(r['score'])}" for r in rows)
+    return " ".join(f"{r['env']} {fmt.score(r['score'])}" for r in rows)
+
+
+def _moment(when: datetime | None) -> str | None:
+    return when.astimezone(UTC).isoformat(timespec="seconds") if when else None
+
+
+def _run_rows(store: Store) -> list[dict[str, Any]]:
+    """One value per run, newest first: what `cycleqd runs` shows, and what `--json` prints."""
     runs = store.list_runs()
     models = store.run_models([r.id for r in runs])
-    # Ids are what the other commands take: the narrowest terminal still shows each whole.
-    run_column = Column("run", no_wrap=True, min_width=max((len(r.id) for r in runs), default=3))
-    table = Table(run_column, "kind", "status", "created", "model", "tasks", "scores")
+    rows = []
     for run in runs:
         if run.kind is RunKind.EVOLVE or not models[run.id]:
             model = str(run.config.get("model", run.config.get("base")))
         else:
             model = ", ".join(model_label(m.reference, m.identity) for m in models[run.id])
-        table.add_row(run.id, run.kind, run.status, run.created_at.strftime("%m-%d %H:%M"), model,
-                      _task_names(run.config), _scores(store, run))  # fmt: skip
-    console.print(table)
+        rows.append({"run": run.id, "kind": run.kind.value, "status": run.status.value,
+                     "created": _moment(run.created_at), "finished": _moment(run.finished_at), "model": model,
+                     "tasks": _task_names(run.config), "scores": _score_rows(store, run)})  # fmt: skip
+    return rows
+
+
+def print_runs(db_path: Path, console: Console, as_json: bool = False) -> None:
+    rows = _run_rows(open_existing_store(db_path))
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    # Ids are what the other commands take: the narrowest terminal still shows each whole.
+    run_column = Column("run", no_wrap=True, min_width=max((len(r["run"]) for r in rows), default=3))
+    table = Table(run_column, "kind", "status", "created", "model", "tasks", "scores")
+    for row in rows:
+        created = datetime.fromisoformat(row["created"]).strftime("%m-%d %H:%M")
+        table.add_row(row["run"], row["kind"], row["status"], created, row["model"], ",".join(row["tasks"]),
+                      _scores_text(RunKind(row["kind"]), row["scores"]))  # fmt: skip
+    print_table(table, console)
 
 
 def remove_runs(run_texts: list[str], db_path: Path, console: Console) -> int:
@@ -140,11 +168,11 @@ def show_run(db_path: Path, run_text: str, as_json: bool, per_task: bool, consol
         span = f"[{ci['low']:.3f}, {ci['high']:.3f}] ({ci['n']})" if ci else "–"
         table.add_row(label.get(r["model_id"], str(r["model_id"])), r["env"], r["split"], fmt.score(r["score"], 3),
                       span, str(r["episodes"]), str(r["errors"]), f"{r['wall_s']:.0f} s")  # fmt: skip
-    console.print(table)
+    print_table(table, console)
     if per_task:
         rows = Table("model", "env", "task", "split", "score", "episodes", "statuses")
         for r in tasks:
             rows.add_row(label.get(r["model_id"], ""), r["env"], r["task"], r["split"], fmt.score(r["score"]),
                          str(r["episodes"]), ", ".join(r["statuses"]))  # fmt: skip
-        console.print(rows)
+        print_table(rows, console)
     return 0
