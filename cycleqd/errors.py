@@ -62,6 +62,8 @@ class IncompleteRunError(UserError):
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped a run; the run (if one was created) is marked interrupted and resumable."""
 
+    exit_status = 130  # the CLI's, as a shell's for a process Ctrl-C stopped (128 + SIGINT)
+
     def __init__(self, run_id: str | None) -> None:
         super().__init__(run_id)
         self.run_id = run_id

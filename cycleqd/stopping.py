@@ -9,7 +9,8 @@ import concurrent.futures
 import contextlib
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from types import FrameType
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -103,6 +104,31 @@ async def stopped_by_ctrl_c_or_sigterm(make: Callable[[], Awaitable[T]], stops: 
         for signum in signals:
             loop.remove_signal_handler(signum)
             signal.signal(signum, previous[signum])  # SIGTERM: the CLI's exit, which still removes our containers
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM stops the blocking code inside as Ctrl-C does, with a KeyboardInterrupt, for a command that runs stages
+    outside a run's loop (the demo's data and experts). The CLI's own SIGTERM handler exits instead: that SystemExit,
+    raised inside an `asyncio.run` (the generation of a DB suite), ended the demo in two tracebacks ("no running event
+    loop") where Ctrl-C ended cleanly. So SIGTERM calls SIGINT's handler of the moment: `asyncio.run`'s, while one
+    runs, which cancels its task and raises KeyboardInterrupt once that task has cleaned up; Python's default one
+    elsewhere. A run's loop inside (`stopped_by_ctrl_c_or_sigterm`) sets its own handlers, and puts this one back."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+        yield
+        return
+
+    def as_ctrl_c(_signum: int, frame: FrameType | None) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # SIGINT ignored (a child of a background shell) or default: stop here all the same
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    previous = signal.signal(signal.SIGTERM, as_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _catchable_signals() -> list[signal.Signals]:

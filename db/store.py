@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 from alembic import command
 from alembic.config import Config
@@ -107,16 +107,41 @@ _MIGRATING = threading.Lock()  # Alembic's `context` is process-global: one migr
 
 @contextmanager
 def _migration_lock(path: Path | str) -> Iterator[None]:
-    """Across processes: two that open a new store at once would both create its tables."""
+    """Across processes: two that open a new store at once would both create its tables.
+
+    The lock is an flock on a file beside the store, where every process that can open the store reaches it (a
+    temporary folder is not shared by two containers that share the store's volume). Its holder removes it before
+    letting go, so nothing stays beside the store: a process that waited on the removed file finds the path gone
+    or naming another file, and locks again, so two never hold it at once. (An flock on the store itself would
+    need a descriptor of the file, and closing one drops this process's SQLite locks on it: see `_is_sqlite_file`.)
+    """
     if str(path) == ":memory:":
         yield
         return
-    with open(f"{Path(path).expanduser()}.migrate-lock", "a") as handle:
+    lock = Path(f"{Path(path).expanduser()}.migrate-lock")
+    handle = _locked(lock)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # a file left behind (a folder we may not write) is still a valid lock
+            lock.unlink()
+        handle.close()  # after the removal: whoever waited on this file locks afresh
+
+
+def _locked(lock: Path) -> TextIO:
+    """The lock file, opened and flocked: the one at `lock` now, not one its holder removed while we waited."""
+    while True:
+        handle = open(lock, "a")  # noqa: SIM115 - held until the migration ends
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            now = os.stat(lock)
+        except FileNotFoundError:
+            handle.close()
+            continue
+        mine = os.fstat(handle.fileno())
+        if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            return handle
+        handle.close()
 
 
 def _alembic_config() -> Config:

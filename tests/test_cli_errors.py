@@ -146,7 +146,6 @@ def test_a_corrupted_store_is_one_line(store_with_a_run: tuple[Path, str], comma
 
 def test_read_only_commands_leave_nothing_beside_the_store(store_with_a_run: tuple[Path, str]) -> None:
     path, run_id = store_with_a_run
-    (path.parent / "store.db.migrate-lock").unlink()  # left by the fixture's open, which created the store
     before, content = files(path.parent), path.read_bytes()
     assert run_cli("runs", "--db", str(path), cwd=path.parent).returncode == 0
     shown = run_cli("show", run_id, "--db", str(path), cwd=path.parent)

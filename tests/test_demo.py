@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def demo_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list, o
     monkeypatch.setattr(command, "demo_experts", lambda *a: {e: folders[e] for e in ("os", "db", "coding")})
     monkeypatch.setattr(command, "all_data_sft", lambda *a: folders["base"])
     monkeypatch.setattr(
-        command, "run_evolve_command", lambda config, db, resume, *a: calls.append((config, resume)) or 0
+        command, "run_evolve_command", lambda config, db, resume, *a, **kw: calls.append((config, resume)) or 0
     )
     return calls, command
 
@@ -116,10 +117,152 @@ def test_the_demo_command_passes_its_budget_options(monkeypatch: pytest.MonkeyPa
     from cycleqd.demo import command
 
     seen = []
-    monkeypatch.setattr(command, "run_demo", lambda budget, *a: seen.append(budget) or 0)
+    monkeypatch.setattr(command, "run_demo", lambda budget, *a, **kw: seen.append(budget) or 0)
     done = CliRunner().invoke(cli.cli, ["demo", "--test-kind", "transfer", "--seeds", "2", "--generations", "4"])
     assert done.exit_code == 0, done.output
     assert (seen[0].test_kind, seen[0].seeds, seen[0].generations) == ("transfer", 2, 4)
     assert seen[0].max_tokens == command.PRESETS["default"].max_tokens  # the rest is the preset's
     bad = CliRunner().invoke(cli.cli, ["demo", "--test-kind", "test"])
     assert bad.exit_code == 2 and "'test' is not one of 'in-family', 'transfer'" in bad.output
+
+
+def test_a_dry_run_prints_the_plan_and_the_estimate_and_makes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+    from rich.console import Console
+
+    from cycleqd import cli
+    from cycleqd.demo import command
+    from cycleqd.serving import default_model
+    from cycleqd.suite import generate
+
+    def made(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a dry run made something")
+
+    for module, name in [(command, "default_checkpoint"), (command, "demo_suites"), (command, "demo_experts"),
+                         (command, "all_data_sft"), (command, "open_store"), (command, "run_evolve_command"),
+                         (generate, "build_images"), (default_model, "convert_gguf")]:  # fmt: skip
+        monkeypatch.setattr(module, name, made)
+    monkeypatch.setattr(cli, "console", Console(width=1000))  # each line whole, on CliRunner's sys.stdout
+    db, cache = tmp_path / "demo.db", tmp_path / "cache"
+    done = CliRunner().invoke(cli.cli, ["demo", "--dry-run", "--generations", "4", "--seeds", "1", "--db", str(db)],
+                              env={"CYCLEQD_CACHE": str(cache)})  # fmt: skip
+    assert done.exit_code == 0, done.output
+    budget = replace(command.DemoBudget(), generations=4, seeds=1)
+    lines = done.output.splitlines()
+    assert lines[0] == f"cycleqd demo — {budget.describe()}"
+    assert lines[1] == "not the paper's setting: " + "; ".join(budget.deviations())
+    assert lines[2] == command.estimate(budget).describe() and lines[2].startswith("estimate on 2 cores: data ")
+    assert lines[3:] == [f"dry run: nothing was made; to run it: cycleqd demo --generations 4 --seeds 1 --db {db}"]
+    assert list(tmp_path.iterdir()) == []  # no store, no cache
+
+
+def test_the_command_that_resumes_a_demo_names_what_differs_from_its_preset() -> None:
+    from dataclasses import replace
+
+    from cycleqd.demo.command import PRESETS, demo_command
+
+    assert demo_command(PRESETS["default"], Path("d.db")) == "cycleqd demo --db d.db"
+    night = replace(PRESETS["night"], seeds=1, sft_learning_rate=3e-5)
+    resume = "cycleqd demo --budget night --sft-lr 3e-05 --seeds 1 --db 'my demo.db'"
+    assert demo_command(night, Path("my demo.db")) == resume
+    transfer = replace(PRESETS["default"], test_kind="transfer")
+    assert demo_command(transfer, Path("d.db")) == "cycleqd demo --test-kind transfer --db d.db"
+
+
+def test_a_demo_interrupted_in_its_evolution_names_the_demo_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from cycleqd.errors import RunInterrupted
+    from cycleqd.evolution import command as evolve_command
+    from cycleqd.evolution import run
+
+    _, command = demo_parts(tmp_path, monkeypatch)
+    monkeypatch.setattr(command, "run_evolve_command", evolve_command.run_evolve_command)  # the real one again
+
+    def stopped(*_args: object, **_kwargs: object) -> None:
+        raise RunInterrupted("abc123")  # as evolve stops on Ctrl-C or SIGTERM, its run marked interrupted
+
+    monkeypatch.setattr(run, "evolve", stopped)
+    out, err = io.StringIO(), io.StringIO()
+    db = tmp_path / "d.db"
+    with pytest.raises(SystemExit) as ended:
+        command.run_demo(replace(command.DemoBudget(), seeds=1), db, Console(file=out), Console(file=err, width=1000))
+    assert ended.value.code == RunInterrupted.exit_status
+    # the demo run again continues that run, then the rest; `cycleqd evolve --resume abc123` would finish one seed
+    assert err.getvalue() == f"interrupted; resume with: cycleqd demo --seeds 1 --db {db}\n"
+
+
+# The demo's CLI with its first stages replaced: the base model is a folder, and the data stage blocks as the real
+# one does, in an image build (blocking code) or in the DB suite's generation (inside asyncio.run, its sandbox
+# released on the way out). "data stage" on stdout says it has begun.
+BLOCKED_DEMO = """
+import asyncio, sys, time
+from pathlib import Path
+from types import SimpleNamespace
+
+from cycleqd import cli
+from cycleqd.demo import command
+
+how, db = sys.argv[1], sys.argv[2]
+
+
+async def generate():
+    try:
+        print("data stage", flush=True)
+        await asyncio.sleep(60)
+    finally:
+        await asyncio.to_thread(time.sleep, 0.1)  # a sandbox's removal, off the loop
+
+
+def blocked(*_args):
+    if how == "asyncio":
+        asyncio.run(generate())
+    else:
+        print("data stage", flush=True)
+        time.sleep(60)
+    raise SystemExit("the data stage was not interrupted")
+
+
+command.default_checkpoint = lambda: SimpleNamespace(path=Path(db).parent)
+command.demo_suites = blocked
+sys.argv = ["cycleqd", "demo", "--seeds", "1", "--db", db]
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("how", ["blocking", "asyncio"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_demo_interrupted_in_its_data_stage_says_how_to_resume_it(
+    tmp_path: Path, how: str, signum: signal.Signals
+) -> None:
+    import sys
+
+    from cycleqd.errors import RunInterrupted
+
+    db = tmp_path / "demo.db"
+    env = {**os.environ, "CYCLEQD_CACHE": str(tmp_path / "cache"), "COLUMNS": "1000"}
+    demo = subprocess.Popen([sys.executable, "-c", BLOCKED_DEMO, how, str(db)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        while "data stage" not in (line := demo.stdout.readline()):
+            assert line, demo.stderr.read() if demo.stderr else ""  # ended before its data stage
+        demo.send_signal(signum)
+        out, err = demo.communicate(timeout=60)
+    finally:
+        demo.kill()
+    assert demo.returncode == RunInterrupted.exit_status == 130, err
+    assert "Traceback" not in err and "Aborted" not in err, err
+    assert err.splitlines() == [
+        f"interrupted during the demo's data stage (its task suites); resume with: cycleqd demo --seeds 1 --db {db}"
+    ]
+    assert not db.exists()

@@ -51,3 +51,27 @@ def test_a_one_bc_archive_is_a_strip_and_the_metrics_png_is_written(tmp_path: Pa
     metrics = write_qd_metrics(evo, out)
     pixels = imread(metrics)
     assert pixels.shape[1] > 2 * pixels.shape[0] and np.std(pixels) > 0
+
+
+def test_an_all_zero_archive_s_colour_bar_reads_0_to_1_not_units_of_1e_9(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.figure import Figure
+
+    store = open_store(tmp_path / "zero.db")
+    evo = EvolutionStore(store, store.create_run("evolve", {"tasks": [{"name": "os"}, {"name": "db"}]}).id)
+    [archive] = evo.create_archives([ArchiveSpec(0, "os", 5, ["db"], [[0.0, 1.0]])])
+    expert = evo.add_candidate("expert", 0, 0)
+    evo.commit_generation(0, 0, {}, [CellUpdate(archive.id, "2", expert.id, 0.0)], [])
+    bars: list[list[str]] = []
+    save = Figure.savefig
+
+    def saved_with_its_bar(figure: Figure, *args: object, **kwargs: object) -> None:
+        save(figure, *args, **kwargs)  # drawn: the tick labels are set
+        bar = figure.axes[-1]
+        bars.append([t.get_text() for t in bar.get_yticklabels()] + [bar.yaxis.get_offset_text().get_text()])
+
+    monkeypatch.setattr(Figure, "savefig", saved_with_its_bar)
+    write_heatmaps(evo, tmp_path / "report")
+    [labels] = bars
+    assert labels[0] == "0.0" and labels[-2] == "1.0" and labels[-1] == ""  # no offset such as 1e−9

@@ -57,6 +57,46 @@ def test_a_new_file_gets_the_migrated_schema_in_wal_mode(tmp_path: Path) -> None
     open_store(tmp_path / "fresh.db")  # opening again migrates nothing and loses nothing
 
 
+def test_opening_a_store_leaves_nothing_beside_it(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "fresh.db")  # a new file: migrated under the lock
+    seed(store)
+    store.engine.dispose()  # the last connection gone: SQLite removes its -wal and -shm
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.db"]
+
+
+def test_the_migration_lock_excludes_a_waiter_across_its_removal(tmp_path: Path) -> None:
+    """The holder removes the lock file before letting go; one that waited on that file must not take the
+    removed one for the lock while a third process locks a new file at the same path."""
+    from cycleqd.db.store import _migration_lock
+
+    path = tmp_path / "s.db"
+    holding, release, inside = threading.Event(), threading.Event(), []
+
+    def first() -> None:
+        with _migration_lock(path):
+            holding.set()
+            release.wait(10)
+            inside.append("first out")
+
+    def second() -> None:
+        with _migration_lock(path):  # flock is per open file: a thread of this process waits as a process would
+            # its own: a new file where the first one's was, not the removed one it waited on
+            inside.append(f"second in, lock file there: {Path(f'{path}.migrate-lock').is_file()}")
+
+    one = threading.Thread(target=first)
+    one.start()
+    assert holding.wait(10)
+    two = threading.Thread(target=second)
+    two.start()
+    two.join(0.3)
+    assert inside == []  # still waiting
+    release.set()
+    one.join(10)
+    two.join(10)
+    assert inside == ["first out", "second in, lock file there: True"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_episodes_round_trip_with_their_transcripts(store) -> None:  # noqa: ANN001
     run_id, model, task = seed(store)
     transcript = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Act: answer(3)"}]

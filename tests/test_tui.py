@@ -26,7 +26,7 @@ from textual.widgets import DataTable, Static, TabbedContent
 from cycleqd.db import EpisodeRecord, open_store
 from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
 from cycleqd.db.monitor_queries import ArchiveView, CellView, StoreOpenError, open_monitor_store
-from cycleqd.db.schema import Episode, Run, ServerState, Task
+from cycleqd.db.schema import Episode, Run, RunStatus, ServerState, Task
 from cycleqd.db.store import Store
 from cycleqd.envs.os_prompt import first_messages
 from cycleqd.monitor import episode_screen, eval_screen, evolution_screen, runs_screen
@@ -448,6 +448,46 @@ async def test_rows_written_while_the_monitor_runs_appear_without_a_restart(tmp_
         assert "gen 3/10 ·" in summary and "active os" in summary
         servers = table_rows(screen.query_one(ServersTable))
         assert servers["0"][1] == f"#{writer.ids['child-3']} child g3"
+
+
+async def test_a_finished_evolution_s_servers_hold_nothing(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "done.db")
+    writer = write_evolution(store, generations=1)  # slot 0 last held child 1, slot 1 the coding expert
+    store.set_run_status(writer.run_id, RunStatus.COMPLETED)
+    app = MonitorApp(open_monitor_store(tmp_path / "done.db"), source="test")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await open_run(pilot, writer.run_id)
+        servers = table_rows(app.screen.query_one(ServersTable))
+        assert {slot: row[1:3] for slot, row in servers.items()} == {"0": ["released", "–"], "1": ["released", "–"]}
+
+
+async def test_an_eval_s_header_names_only_the_environments_it_plays(tmp_path: Path) -> None:
+    from cycleqd.eval.evaluate import _Evaluation
+    from cycleqd.events import ignore
+    from cycleqd.requests import EvalRequest
+
+    path = tmp_path / "ids.db"
+    store = open_store(path)
+    # Written as evaluate writes its run: --task-ids picked one DB task of a request naming every environment.
+    request = EvalRequest(task_ids=("dev.jsonl#1",))
+    assert request.tasks == ("os", "db", "coding")
+    newer = _Evaluation(request, request.planned_tasks(), path, store, None, ignore)._open_run("test")[1]
+    # A run stored before runs recorded their planned environments: only those with episodes are named.
+    older = store.create_run("eval", {"model": "default", "tasks": ["os", "db", "coding"], "split": "dev",
+                                      "task_ids": ["dev.json#0"], "repeats": 1})  # fmt: skip
+    task = store.task_id("os", "builtin", "dev", "dev.json#0", "0" * 64)
+    store.record_episode(EpisodeRecord(older.id, store.model_id("sha256:" + "cd" * 32, "default"), task, 0,
+                                       "completed", 1.0))  # fmt: skip
+    app = MonitorApp(open_monitor_store(path), source="test")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        for run_id, envs in ((newer, "db"), (older.id, "os")):
+            await open_run(pilot, run_id)
+            summary = str(app.screen.query_one("#eval-summary", Static).content)
+            assert f"default on {envs} (dev)" in summary, summary
+            await pilot.press("escape")
+            await pilot.pause()
 
 
 # -- reads off the UI loop ------------------------------------------------------------------------------------------

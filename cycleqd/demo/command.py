@@ -4,7 +4,8 @@ tasks, generated DB tasks, MBPP); `cycleqd evolve` runs on the dev splits; the f
 naive merge and the CycleQD model side by side on one kind of test split (in-family or transfer, named in the
 table), with 95% intervals and paired differences.
 
-The budget, every way it departs from the paper's setting, and the estimate are printed first. Every stage is
+The budget, every way it departs from the paper's setting, and the estimate are printed first (`--dry-run`: only
+those). Ctrl-C or SIGTERM at any stage ends in one line with the command that resumes the demo. Every stage is
 cached: the suites by content, the experts by budget, the SVDs by checkpoint, the evolution in the store (running
 the same demo again continues its interrupted or failed run), and a completed demo with the same config prints its
 table again.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -27,7 +29,7 @@ from cycleqd.demo.data import DATA_VERSION, IN_FAMILY, TEST_KINDS, TRANSFER, dem
 from cycleqd.demo.seeds import seed_spread_table
 from cycleqd.envs.os_training import shared_data_root
 from cycleqd.envs.registry import environment, names
-from cycleqd.errors import UserError
+from cycleqd.errors import RunInterrupted, UserError
 from cycleqd.evolution.command import run_evolve_command
 from cycleqd.evolution.report import final_rows
 from cycleqd.evolver.config import EvalSpec, EvolveConfig, parse_config
@@ -36,6 +38,7 @@ from cycleqd.serving.default_model import cache_root, default_checkpoint
 from cycleqd.sft.command import SFTRequest, run_sft, train_on_transcripts, transcripts_file
 from cycleqd.sft.data import load_transcripts
 from cycleqd.sft.train import SFTSettings
+from cycleqd.stopping import sigterm_as_ctrl_c
 
 ENVS = names()
 ALL_DATA = "all-data"  # the all-data SFT baseline's folder beside the experts'
@@ -125,6 +128,26 @@ PRESETS = {
         test_kind=TRANSFER,  # the benchmarks (the default reports in-family), at sizes that can resolve a difference
     ),  # fmt: skip
 }
+
+# The `cycleqd demo` option that sets each budget field (cycleqd.cli), for the command that runs a demo again.
+OPTIONS = {"sft_tasks": "--sft-tasks", "sft_epochs": "--sft-epochs", "sft_learning_rate": "--sft-lr",
+           "lora_rank": "--lora-rank", "dev_limit": "--dev-limit", "test_limit": "--test-limit",
+           "generations": "--generations", "max_tokens": "--max-tokens", "rounds": "--rounds",
+           "db_train": "--db-train", "seeds": "--seeds", "test_kind": "--test-kind"}  # fmt: skip
+
+
+def demo_command(budget: DemoBudget, db_path: Path) -> str:
+    """The command that runs this demo again, and so resumes it (every stage is cached): the preset it differs
+    least from, and an option for each setting that differs."""
+
+    def changed(preset: str) -> dict[str, object]:
+        return {k: v for k, v in asdict(budget).items() if k in OPTIONS and v != getattr(PRESETS[preset], k)}
+
+    preset = min(PRESETS, key=lambda name: len(changed(name)))  # a tie: the first, the default
+    args = ["cycleqd", "demo", *(["--budget", preset] if preset != "default" else [])]
+    args += [part for key, value in changed(preset).items() for part in (OPTIONS[key], str(value))]
+    return shlex.join([*args, "--db", str(db_path)])
+
 
 # Seconds, measured alone on this project's 2-core Xeon (README, the demo section) with the demo's candidates served
 # by vLLM's CPU build: one trajectory through one epoch of full fine-tuning (the three experts and the all-data SFT:
@@ -231,8 +254,10 @@ def earlier_run(store: Store, config: EvolveConfig) -> Run | None:
     return next((r for r in same if r.status == RunStatus.COMPLETED), same[0] if same else None)
 
 
-def evolve_once(store: Store, config: EvolveConfig, db_path: Path, console: Console, err: Console) -> int:
-    """One evolution of the demo: its table again if it completed before, continued if it was interrupted."""
+def evolve_once(store: Store, config: EvolveConfig, db_path: Path, console: Console, err: Console,
+                rerun: str | None = None) -> int:  # fmt: skip
+    """One evolution of the demo: its table again if it completed before, continued if it was interrupted. `rerun`:
+    the demo's own command, which the line of a stopped evolution names."""
     earlier = earlier_run(store, config)
     if earlier is not None and earlier.status == RunStatus.COMPLETED:
         console.print(f"this demo already ran (run {earlier.id}); its table:", highlight=False)
@@ -247,34 +272,63 @@ def evolve_once(store: Store, config: EvolveConfig, db_path: Path, console: Cons
                         f"process is gone, continue it with `{resume}`")  # fmt: skip
     if earlier is not None:  # interrupted or failed: continue it, its children and episodes kept
         console.print(f"continuing this demo's {earlier.status} run {earlier.id}", highlight=False)
-        return run_evolve_command(None, db_path, earlier.id, False, console, err)
-    return run_evolve_command(config, db_path, None, False, console, err)
+        return run_evolve_command(None, db_path, earlier.id, False, console, err, rerun=rerun)
+    return run_evolve_command(config, db_path, None, False, console, err, rerun=rerun)
 
 
-def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console) -> int:
+@dataclass
+class _Stage:
+    """What the demo is doing, for the line that says what an interruption stopped."""
+
+    now: str = "start"
+
+
+def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console, dry_run: bool = False) -> int:
+    """The demo's exit status. `dry_run`: the plan and the estimate only; nothing is made (no store, no cache entry,
+    no image, no model). Ctrl-C or SIGTERM at any stage ends in one line naming the stage and the command that
+    resumes it, and RunInterrupted's exit status."""
     console.print(f"cycleqd demo — {budget.describe()}", highlight=False)
     console.print("not the paper's setting: " + "; ".join(budget.deviations()), highlight=False)
     console.print(estimate(budget).describe(), highlight=False)
+    rerun = demo_command(budget, db_path)
+    if dry_run:
+        console.print(f"dry run: nothing was made; to run it: {rerun}", highlight=False)
+        return 0
+    stage = _Stage()
+    try:
+        with sigterm_as_ctrl_c():
+            return _stages(budget, db_path, console, err, stage, rerun)
+    except KeyboardInterrupt:  # a stopped evolution says so itself (show_evolve), with the same command
+        err.print(f"interrupted during the demo's {stage.now}; resume with: {rerun}", highlight=False)
+        return RunInterrupted.exit_status
+
+
+def _stages(budget: DemoBudget, db_path: Path, console: Console, err: Console, stage: _Stage, rerun: str) -> int:
+    stage.now = "conversion of the base model"
     base = default_checkpoint().path
     started = time.monotonic()
+    stage.now = "data stage (its task suites)"
     suites = demo_suites(cache_root() / "demo" / "suites", budget.sft_tasks, budget.dev_limit, budget.test_limit,
                          budget.db_train, console)  # fmt: skip
     data_done = time.monotonic()
+    stage.now = "training of the experts and the all-data SFT"
     experts = demo_experts(budget, base, suites, console)
     all_data = all_data_sft(budget, base, experts, console)
     experts_done = time.monotonic()
     store = open_store(db_path)
     runs: list[tuple[str, EvolveConfig]] = []
     for seed in range(budget.seeds):
+        stage.now = f"evolution (seed {seed})"
         config = demo_config(budget, base, experts, suites, all_data, seed)
         if budget.seeds > 1:
             console.print(f"[bold]evolution, seed {seed}[/] ({seed + 1} of {budget.seeds})")
-        status = evolve_once(store, config, db_path, console, err)
+        status = evolve_once(store, config, db_path, console, err, rerun)
         if status:
             return status
         done = earlier_run(store, config)
         if done is not None:
             runs.append((done.id, config))
+    stage.now = "final tables"
     if len(runs) > 1:
         console.print(seed_spread_table(store, runs))
     # the evolution's own table names its columns by task; which kind of test split they hold is said here

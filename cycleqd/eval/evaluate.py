@@ -176,8 +176,11 @@ class _Evaluation:
         if self.store is None:
             self.store = open_store(self.db)
         if self.run_id is None:
-            # planned_episodes: the monitor's progress total
+            # planned_episodes: the monitor's progress total; planned_envs: its header (`--task-ids` may pick the
+            # tasks of fewer environments than the request names)
+            played = {task.env for task in self.tasks}
             config = {**self.request.snapshot(), "planned_episodes": len(self.tasks) * self.request.repeats,
+                      "planned_envs": [env for env in self.request.tasks if env in played],
                       "decoding": decoding}  # fmt: skip
             self.run_id = self.store.create_run(RunKind.EVAL, config).id
         self.store.set_run_status(self.run_id, RunStatus.RUNNING)

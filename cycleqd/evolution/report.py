@@ -77,6 +77,13 @@ def _edge_ticks(edges: np.ndarray) -> np.ndarray:
     return edges[::step]
 
 
+def colour_top(grid: np.ndarray) -> float:
+    """The top of the colour bar, whose bottom is quality 0: the best quality, or 1 (a score's top) where no elite is
+    above 0. (A tiny top such as 1e-9 made an all-zero archive's bar read in units of 1e−9.)"""
+    best = float(np.nanmax(grid, initial=0.0))
+    return best if best > 0 else 1.0
+
+
 def write_heatmaps(evo: EvolutionStore, out: Path) -> list[Path]:
     """One PNG per archive, axes in score units (the bins' edges), not bin numbers. An archive with one BC (a run of
     two tasks) is a strip: one row of cells, each filled cell labelled with its quality."""
@@ -91,7 +98,7 @@ def write_heatmaps(evo: EvolutionStore, out: Path) -> list[Path]:
         x_edges = bin_edges(archive, 0)
         y_edges = bin_edges(archive, 1) if not strip else np.array([0.0, 1.0])
         figure, axes = plt.subplots(figsize=(9, 2.0) if strip else (5.5, 4.8))
-        vmax = max(1e-9, np.nanmax(grid, initial=0))
+        vmax = colour_top(grid)
         image = axes.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(grid), cmap="viridis", vmin=0.0, vmax=vmax,
                                 edgecolors="0.85", linewidth=0.5)  # fmt: skip
         axes.set_facecolor("0.96")  # empty cells: light grey, not the colour of quality 0

@@ -36,6 +36,16 @@ class EvalRun:
     episodes: list[EpisodeRow]  # the most recent, newest first
 
 
+def run_environments(config: dict[str, Any], scores: list[EnvScore]) -> list[str]:
+    """The environments the run plays: those of its planned tasks (`planned_envs`, stored since runs record it) and
+    those with episodes. An older run's request names every environment of the suite, even where `--task-ids`
+    picked tasks of one, so there only those with episodes count."""
+    planned = config.get("planned_envs")
+    if planned is None:
+        planned = [] if config.get("task_ids") else config.get("tasks", [])
+    return list(dict.fromkeys([*planned, *(s.env for s in scores)]))
+
+
 class EvalScreen(LiveScreen[EvalRun | None]):
     CSS_PATH = "eval_screen.tcss"
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
@@ -70,7 +80,8 @@ class EvalScreen(LiveScreen[EvalRun | None]):
             self.query_one("#eval-summary", Static).update(f"run {self.run_id} is no longer in the store")
             return
         summary, config = run.summary, run.config
-        what = f"{config.get('model', '?')} on {','.join(config.get('tasks', []))} ({config.get('split', '?')})"
+        envs = ",".join(run_environments(config, run.scores)) or "–"
+        what = f"{config.get('model', '?')} on {envs} ({config.get('split', '?')})"
         lines = Text.assemble(
             (summary.id, "bold"), f" · {summary.kind} · ", fmt.run_status(summary.status), f" · {what}\n",
             f"episodes {fmt.progress(summary.done, summary.total, summary.total_is_bound)} · "

@@ -123,7 +123,7 @@ class EvolutionScreen(LiveScreen[EvolutionRun | None]):
         self.query_one("#evolution-summary", Static).update(line)
         self._show_heatmaps(archives)
         self.query_one(QDChart).show([a.task_name for a in archives], run.history)
-        self.query_one(ServersTable).show(run.servers, run.now)
+        self.query_one(ServersTable).show(run.servers, run.now, released=summary.status != RunStatus.RUNNING)
         if run.selected == self.selected:  # else the cursor has moved on, and its own read shows the lineage
             self._show_lineage(run.selected, run.lineage)
 
