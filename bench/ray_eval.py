@@ -3,12 +3,13 @@ side in one run, on real sandboxes (built-in OS dev tasks) against the fixed-lat
 
     python -m bench.ray_eval [--latency-ms MS] [--repeats N] [--concurrency C]
 
-Each figure is the eval command's own wall time for its episodes (the JSON's `wall_s`: model resolution, serving,
-the episodes and the summary; not the Python start-up or Ray's cluster start). The local cluster is a head plus
-worker nodes started with `ray start` on this machine (tests/ray_cluster.py), one `cycleqd_slot` each; every node
-runs its own sandbox pool on this machine's one Docker engine, so on a small machine the nodes compete for the
-same cores and the gain is bounded by them. Ray's per-episode overhead is measured apart: the round trip of one
-`play` call to a slot actor that returns at once, beside a local coroutine call.
+Each figure is the eval command's own wall time for its episodes (the JSON's `wall_s`: from the first episode's
+start to the last one's end, db/run_time.py; not the Python start-up, serving or Ray's cluster start). The local
+cluster is a head plus worker nodes started with `ray start` on this machine (tests/ray_cluster.py), one
+`cycleqd_slot` each; every node runs its own sandbox pool on this machine's one Docker engine, so on a small
+machine the nodes compete for the same cores and the gain is bounded by them. Ray's per-episode overhead is
+measured apart: the round trip of one `play` call to a slot actor that returns at once, beside a local coroutine
+call.
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from cycleqd.events import EpisodesPlanned, RunOpened, Stage, Stopping
 from cycleqd.monitor import format as fmt
@@ -65,8 +66,49 @@ def print_table(table: Table, out: Console) -> None:
     wrapped or cut with an ellipsis."""
     if out.is_terminal:
         out.print(table)
-    else:
-        Console(file=out.file, width=_UNBOUNDED_WIDTH).print(table)
+        return
+    natural = out.measure(table, options=out.options.update_width(_UNBOUNDED_WIDTH)).maximum
+    width = out.width
+    out.width = max(width, natural)  # the same console, so that what records or captures it sees the table
+    try:
+        out.print(table)
+    finally:
+        out.width = width
+
+
+def _stop(live: Live) -> None:
+    """Stop a live view, its last frame ending with its line: off a terminal rich leaves the final frame without
+    its newline, and the table printed next was glued to it in a piped log."""
+    if live.is_started:
+        live.stop()
+        if not live.console.is_terminal:
+            live.console.line()
+
+
+class RunClock:
+    """The run's time as the store counts it (db/run_time.py: the sum of its sessions): what it had when this
+    invocation opened it, plus this session's so far. The live bars, `cycleqd show` and the monitor then give one
+    figure, and a resumed run's bar neither starts again from zero nor counts the days it lay stopped."""
+
+    def __init__(self) -> None:
+        self.before, self.opened = 0.0, time.monotonic()
+
+    def open(self, event: RunOpened) -> None:
+        self.before, self.opened = event.elapsed_s, time.monotonic()
+
+    def seconds(self) -> float:
+        return self.before + time.monotonic() - self.opened
+
+
+class _RunTimeColumn(ProgressColumn):
+    """The run's time, written as the monitor writes it."""
+
+    def __init__(self, clock: RunClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def render(self, task: Task) -> Text:
+        return Text(fmt.duration(self.clock.seconds()), style="progress.elapsed")
 
 
 class _RunWatch:
@@ -114,28 +156,31 @@ class _RunWatch:
 
 
 class EvalView:
-    """Episodes done, episodes per second and the running score per environment; the total is set once known."""
+    """This invocation's episodes done, the run's rate and time as the monitor gives them (episodes over the run's
+    time, every session's) and the running score per environment; the total is set once known."""
 
     def __init__(self, console: Console | None, watch: _RunWatch) -> None:
         self.watch = watch
         self.totals: dict[str, list[float]] = defaultdict(list)
-        self.started = time.monotonic()
+        self.clock, self.stored = RunClock(), 0  # stored: the run's episodes before this invocation
         self.err = watch.err
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(), console=console, disable=console is None,
+            _RunTimeColumn(self.clock), console=console, disable=console is None,
         )  # fmt: skip
         self.bar = self.progress.add_task("episodes", total=None, rate="")
 
     def close(self) -> None:
         if self.progress.live.is_started:
-            self.progress.stop()
+            self.progress.stop()  # off a terminal rich's Progress ends its last line itself
 
     def __call__(self, event: object) -> None:
         from cycleqd.eval.orchestrator import EpisodeResult
 
         if isinstance(event, RunOpened):
             self.watch.opened(event)
+            self.clock.open(event)
+            self.stored = event.done
         elif isinstance(event, EpisodesPlanned):  # the bar shows once the model answers and the run exists
             self.progress.update(self.bar, total=event.episodes)
             self.progress.start()
@@ -146,8 +191,8 @@ class EvalView:
                 self.totals[event.task.env].append(event.score)
             done = self.progress.tasks[0].completed + 1
             scores = "  ".join(f"{env} {sum(v) / len(v):.2f}" for env, v in sorted(self.totals.items()))
-            rate = f"{done / max(time.monotonic() - self.started, 1e-9):.2f} ep/s  {scores}"
-            self.progress.update(self.bar, advance=1, rate=rate)
+            rate = fmt.rate((self.stored + done) / max(self.clock.seconds(), 1e-9), "ep")
+            self.progress.update(self.bar, advance=1, rate=f"{rate}  {scores}")
 
 
 def show_eval(request: EvalRequest, given: dict[str, Any], db: Path, resume: str | None, as_json: bool,
@@ -170,8 +215,9 @@ def eval_table(result: EvalResult) -> Table:
     table = Table("env", "split", "score", "95% interval (tasks)", "n", "errors", "wall time")
     for s in result.scores:
         span = f"[{s.interval.low:.3f}, {s.interval.high:.3f}] ({s.interval.n})" if s.interval else "–"
+        # s.wall_s: the time this environment took, as `cycleqd show` and the monitor give it (db/run_time.py)
         table.add_row(s.env, s.split, fmt.score(s.score, 3), span, str(s.episodes), str(s.errors),
-                      f"{result.wall_s or s.wall_s:.0f} s")  # fmt: skip
+                      f"{s.wall_s:.0f} s")  # fmt: skip
     return table
 
 
@@ -179,12 +225,14 @@ def eval_table(result: EvalResult) -> Table:
 
 
 class EvolutionView:
-    """The live view: a bar over generations, the active task, archive fill and the last child's scores."""
+    """The live view: a bar over generations with the run's time (the monitor's), the active task, archive fill
+    and the last child's scores."""
 
     def __init__(self, generations: int | None, console: Console, enabled: bool, watch: _RunWatch) -> None:
         self.console, self.enabled, self.watch = console, enabled, watch
+        self.clock = RunClock()
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console)  # fmt: skip
+                                 _RunTimeColumn(self.clock), console=console)  # fmt: skip
         self.bar = self.progress.add_task("generations", total=generations)
         self.lines: dict[str, str] = {}
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
@@ -197,6 +245,7 @@ class EvolutionView:
 
         if isinstance(event, RunOpened):
             self.watch.opened(event)
+            self.clock.open(event)
             self.progress.update(self.bar, total=event.planned, completed=max(0, event.done - 1))  # 0: the experts
         elif isinstance(event, Stage):
             if self.enabled and event.text:
@@ -234,8 +283,7 @@ class EvolutionView:
             self.live.update(self._render())
 
     def close(self) -> None:
-        if self.live.is_started:
-            self.live.stop()
+        _stop(self.live)
 
 
 def show_evolve(config: EvolveConfig | None, db: Path, resume: str | None, as_json: bool, ray: str | None,

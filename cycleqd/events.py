@@ -3,7 +3,7 @@ values, so that the CLI's live view and a notebook's callback read the same thin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
@@ -19,8 +19,10 @@ class RunOpened:
 
     run_id: str
     resumed: bool
-    done: int = 0  # an evolution: its committed generations (generation 0: the experts)
+    done: int = 0  # an evolution: its committed generations (generation 0: the experts); an eval: stored episodes
     planned: int | None = None  # an evolution: its generations
+    # The run's time so far (db/run_time.py: its sessions, this one just begun), from which a live view counts on.
+    elapsed_s: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)

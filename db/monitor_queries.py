@@ -20,6 +20,7 @@ from sqlalchemy import Select, case, create_engine, event, func, inspect, select
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.pool import NullPool
 
+from cycleqd.db.run_time import run_seconds
 from cycleqd.db.schema import (
     Archive,
     Candidate,
@@ -77,10 +78,6 @@ def open_monitor_store(path: Path) -> Store:
     return Store(engine)
 
 
-def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    return None if start is None or end is None else max((end - start).total_seconds(), 0.0)
-
-
 # -- runs list ---------------------------------------------------------------------------------------------------
 
 
@@ -90,12 +87,12 @@ class RunSummary:
     kind: RunKind
     status: RunStatus
     created_at: datetime
-    elapsed_s: float
+    elapsed_s: float  # the run's time: the sum of its sessions (db/run_time.py), as eval's and evolve's bars count it
     done: int  # episodes (eval), or committed generations after generation 0 (the experts' insertion) (evolve)
     total: int | None  # None where nothing says how many are planned
     total_is_bound: bool  # an upper bound only: --limit caps tasks per environment, a suite may have fewer
     unit: str  # "ep" or "gen"
-    rate: float | None  # done per second since the first unit of work began
+    rate: float | None  # done per second of the run's time (elapsed_s), as eval's bar gives it
     errors: int  # episodes an environment error left unscored
 
 
@@ -131,8 +128,6 @@ def _summaries(store: Store, runs_query: Select[tuple[Run]], now: datetime) -> l
                     Episode.run_id,
                     func.count().label("done"),
                     func.sum(case((Episode.score.is_(None), 1), else_=0)).label("errors"),
-                    func.min(Episode.started_at).label("first"),
-                    func.max(Episode.finished_at).label("last"),
                 )
                 .where(Episode.run_id.in_(ids))
                 .group_by(Episode.run_id)
@@ -145,24 +140,22 @@ def _summaries(store: Store, runs_query: Select[tuple[Run]], now: datetime) -> l
                 .group_by(Generation.run_id)
             ).all()
         )
+        times = run_seconds(session, runs, now)
     summaries = []
     for run in runs:
-        end = run.finished_at if run.status != RunStatus.RUNNING and run.finished_at else now
-        elapsed = _seconds(run.created_at, end) or 0.0
+        elapsed = times[run.id]
         episodes = episode_counts.get(run.id)
         errors = int(episodes.errors or 0) if episodes else 0
         if run.kind is RunKind.EVOLVE:
             done = int(generation_counts.get(run.id, 0))
             generations = run.config.get("generations")
             total, bound = (generations if isinstance(generations, int) else None), False
-            rate = done / elapsed if done and elapsed > 0 else None
             unit = "gen"
         else:
             done = int(episodes.done) if episodes else 0
             total, bound = (done, False) if run.status == RunStatus.COMPLETED else _planned_episodes(run.config)
-            span = _seconds(episodes.first, end) if episodes else None
-            rate = done / span if done and span else None
             unit = "ep"
+        rate = done / elapsed if done and elapsed > 0 else None
         created = run.created_at or now
         summaries.append(
             RunSummary(run.id, run.kind, run.status, created, elapsed, done, total, bound, unit, rate, errors)
@@ -189,6 +182,7 @@ class EnvScore:
     errors: int  # environment errors: never scored
     mean: float | None  # over scored episodes
     statuses: dict[str, int]  # episode status → count
+    seconds: float | None = None  # the time this environment took (db/run_time.py), as eval's table and `show` say
 
 
 def env_scores(store: Store, run_id: str) -> list[EnvScore]:
@@ -209,11 +203,13 @@ def env_scores(store: Store, run_id: str) -> list[EnvScore]:
     groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for row in rows:
         groups[(row.env, row.split)].append(row)
+    # An eval run plays one model, so (env, split) names one of the store's (model, env, split) times.
+    times = {(env, split): seconds for (_, env, split), seconds in store.wall_times(run_id).items()}
     scores = []
     for (env, split), items in sorted(groups.items()):
         tally = sum((ScoreTally(r.n, r.scored, r.total or 0.0) for r in items), ScoreTally())
         statuses = {r.status: r.n for r in sorted(items, key=lambda r: r.status)}
-        scores.append(EnvScore(env, split, tally.episodes, tally.errors, tally.mean, statuses))
+        scores.append(EnvScore(env, split, tally.episodes, tally.errors, tally.mean, statuses, times.get((env, split))))
     return scores
 
 

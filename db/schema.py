@@ -105,6 +105,20 @@ class Run(Base):
     episodes: Mapped[list[Episode]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
 
+class RunSession(Base):
+    """One stretch of a run's work, from its start or a resume to the moment it completed, failed or was
+    interrupted: a run's time is the sum of these (db/run_time.py), so the idle hours before a resume count for
+    nothing. `ended_at` is None while it runs; a process that died without ending it has its session ended at its
+    last stored work when the run is resumed (Store.set_run_status)."""
+
+    __tablename__ = "run_sessions"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1 for the run's start, then each resume
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class Model(Base):
     __tablename__ = "models"
 

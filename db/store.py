@@ -28,7 +28,8 @@ from sqlalchemy import Engine, Select, create_engine, delete, event, func, selec
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cycleqd.db.schema import Aggregate, Episode, Model, Run, RunKind, RunStatus, Task, utcnow
+from cycleqd.db.run_time import env_seconds, run_seconds
+from cycleqd.db.schema import Aggregate, Episode, Generation, Model, Run, RunKind, RunSession, RunStatus, Task, utcnow
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -224,12 +225,30 @@ class Store:
             return found
 
     def set_run_status(self, run_id: str, status: RunStatus) -> None:
+        """Running begins a session of the run (`RunSession`), any other status ends it: the run's time counts
+        these only. A session still open when the run starts again was left by a process that died: it ends at
+        its last stored work (an episode or a generation), not now, which would count the time it lay dead."""
+        now = utcnow()
         with self.session() as session:
             run = session.get(Run, run_id)
             if run is None:
                 raise KeyError(f"no run {run_id!r} in the store")
             run.status = status
-            run.finished_at = None if status == RunStatus.RUNNING else utcnow()
+            run.finished_at = None if status == RunStatus.RUNNING else now
+            open_ = session.scalar(select(RunSession).where(RunSession.run_id == run_id, RunSession.ended_at.is_(None)))
+            if open_ is not None:
+                open_.ended_at = _last_work(session, run_id, open_.started_at) if status == RunStatus.RUNNING else now
+            if status == RunStatus.RUNNING:
+                number = session.scalar(select(func.max(RunSession.number)).where(RunSession.run_id == run_id)) or 0
+                session.add(RunSession(run_id=run_id, number=number + 1, started_at=now))
+
+    def run_seconds(self, run_id: str, now: datetime | None = None) -> float:
+        """The run's time (db/run_time.py: the sum of its sessions), one still under way counted up to `now`."""
+        with self.session() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise KeyError(f"no run {run_id!r} in the store")
+            return run_seconds(session, [run], now or utcnow())[run_id]
 
     # -- models and tasks ----------------------------------------------------------------------------------------
 
@@ -322,16 +341,11 @@ class Store:
             return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
 
     def wall_times(self, run_id: str) -> dict[tuple[int, str, str], float]:
-        """Per (model, env, split): from its first episode's start to its last one's end, in seconds — the time
-        that environment actually took, not the whole run's."""
+        """Per (model, env, split), in seconds, the time that environment took, not the whole run's: within each
+        session from its first episode's start to its last one's end, summed (db/run_time.py), as every view
+        shows it."""
         with self.session() as session:
-            span = (func.min(Episode.started_at), func.max(Episode.finished_at))
-            query = (
-                select(Episode.model_id, Task.env, Task.split, *span).join(Task, Episode.task_id == Task.id)
-                .where(Episode.run_id == run_id).group_by(Episode.model_id, Task.env, Task.split)
-            )  # fmt: skip
-            rows = session.execute(query)
-            return {(m, env, split): (end - start).total_seconds() for m, env, split, start, end in rows}
+            return env_seconds(session, run_id)
 
     def episode_scores(self, run_id: str, model_id: int, task_ids: list[int]) -> list[float | None]:
         """Scores of a model's episodes on these tasks (None for an environment error), without transcripts."""
@@ -362,6 +376,15 @@ class Store:
         with self.session() as session:
             query = select(Aggregate).where(Aggregate.run_id == run_id).order_by(Aggregate.env, Aggregate.split)
             return list(session.scalars(query))
+
+
+def _last_work(session: Session, run_id: str, since: datetime) -> datetime:
+    """When the run's last episode or generation since `since` was stored; `since` when none was."""
+    ends = [
+        session.scalar(select(func.max(column)).where(column >= since, run == run_id))
+        for column, run in ((Episode.finished_at, Episode.run_id), (Generation.finished_at, Generation.run_id))
+    ]
+    return max([since, *(end for end in ends if end is not None)])
 
 
 class StoreOpenError(Exception):

@@ -349,7 +349,7 @@ def test_export_refuses_a_missing_folder_and_an_unknown_environment(store_with_a
     done = run_cli("export", run_id, "--out", "/nonexistent/x.jsonl", "--db", str(path), cwd=path.parent)
     assert_one_line_error(done, "--out /nonexistent/x.jsonl", "/nonexistent does not exist")
     done = run_cli("export", run_id, "--env", "dbx", "--db", str(path), cwd=path.parent)
-    assert_one_line_error(done, "unknown environment 'dbx'")
+    assert_one_line_error(done, "--env dbx: expected one of os, db, coding")
 
 
 def test_runs_shows_whole_ids_on_a_narrow_terminal(store_with_a_run: tuple[Path, str]) -> None:

@@ -56,7 +56,7 @@ async def test_a_fourth_environment_runs_through_the_orchestrator(
     for episode, reply in zip(episodes, replies, strict=True):
         word = "banana" if words[episode.task_id] == "echo-0" else "river"
         assert episode.score == (1.0 if word in reply.lower() else 0.0)
-    (aggregate,) = summarize(store, run.id, tasks, model_id, 1.0)
+    (aggregate,) = summarize(store, run.id, tasks, model_id)
     assert (aggregate.env, aggregate.episodes, aggregate.errors) == ("echo", 2, 0)
     assert aggregate.metrics == {"echoed": sum(e.score for e in episodes)}
 

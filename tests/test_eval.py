@@ -54,7 +54,7 @@ async def test_every_episode_is_stored_once_and_rescores_the_same(tserve, defaul
     async with EnvRuntime.of(tasks, run_id=run.id, max_sandboxes=4, settings=FAST.episode) as runtime:
         for episode in episodes:
             assert await rescore(runtime, by_row[episode.task_id], episode.transcript) == episode.score
-    aggregates = summarize(store, run.id, tasks, model_id, 1.0)
+    aggregates = summarize(store, run.id, tasks, model_id)
     assert {(a.env, a.episodes, a.errors) for a in aggregates} == {("os", 2, 0), ("db", 2, 0), ("coding", 2, 0)}
     # A second pass over the same run finds nothing left to do.
     assert orchestrator.plan(tasks) == []

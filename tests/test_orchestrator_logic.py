@@ -71,7 +71,7 @@ async def test_every_episode_runs_once_in_a_fresh_sandbox_never_more_than_concur
     used = [box for box in starter.started if "/tmp/reply.txt" in box.files]
     assert len(used) == 24 and len({box.id for box in used}) == 24  # one sandbox per episode, never reused
     assert starter.live == 0  # every sandbox, spares included, is gone once the runtime closes
-    (aggregate,) = summarize(store, run_id, twelve_words, model_id, 1.0)
+    (aggregate,) = summarize(store, run_id, twelve_words, model_id)
     assert (aggregate.episodes, aggregate.errors, aggregate.score) == (24, 0, 1.0)
 
 
@@ -88,7 +88,7 @@ async def test_environment_errors_are_retried_and_then_stored_without_a_score(
                             for t in twelve_words[:3])  # fmt: skip
     assert (first.status, first.score) == (EpisodeStatus.ENV_ERROR, None) and "attempt 3: EndpointError" in first.error
     assert (second.score, third.score) == (1.0, 1.0) and model.failed == [1, 2, 3, 5] and model.requests == 6
-    (aggregate,) = summarize(store, run_id, twelve_words[:3], model_id, 1.0)
+    (aggregate,) = summarize(store, run_id, twelve_words[:3], model_id)
     assert (aggregate.episodes, aggregate.errors, aggregate.score) == (3, 1, 1.0)  # an error is not a 0
 
 

@@ -66,7 +66,7 @@ def test_every_view_of_a_run_has_the_same_mean(
     views = {"show, from the episodes": shown(db, run_id, capsys)}
     (live,) = env_scores(open_monitor_store(db), run_id)
     views["monitor"] = live.mean
-    (aggregate,) = summarize(open_store(db), run_id, four_tasks, model, 1.0)
+    (aggregate,) = summarize(open_store(db), run_id, four_tasks, model)
     views["summarize"] = aggregate.score
     views["show, from the stored aggregate"] = shown(db, run_id, capsys)
     result = eval_result(open_store(db), run_id, db)

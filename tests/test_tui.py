@@ -30,6 +30,7 @@ from cycleqd.db.schema import Episode, Run, RunStatus, ServerState, Task
 from cycleqd.db.store import Store
 from cycleqd.envs.os_prompt import first_messages
 from cycleqd.monitor import episode_screen, eval_screen, evolution_screen, runs_screen
+from cycleqd.monitor import format as fmt
 from cycleqd.monitor.app import MonitorApp
 from cycleqd.monitor.command import run_tui
 from cycleqd.monitor.episode_screen import EpisodeScreen
@@ -343,7 +344,9 @@ async def test_an_eval_run_and_an_episode_show_scores_and_the_whole_transcript(f
         assert isinstance(app.screen, EvalScreen)
         scores = table_rows(app.screen.query_one(ScoreTable))
         mean = sum(e.score or 0.0 for e in stored.values()) / len(stored)
-        assert scores == {"coding/dev": ["coding", "dev", "2", f"{mean:.3f}", "0", *ending_counts(stored)]}
+        (seconds,) = store.wall_times(filled_store.eval_run).values()  # the figure eval's table and `show` give
+        row = ["coding", "dev", "2", f"{mean:.3f}", fmt.duration(seconds), "0", *ending_counts(stored)]
+        assert scores == {"coding/dev": row}
         episodes = app.screen.query_one(EpisodesTable)
         assert list(table_rows(episodes)) == [str(i) for i in sorted(stored, reverse=True)]  # newest first
         newest = stored[max(stored)]

@@ -90,8 +90,10 @@ def _prepare(request: EvalRequest, db: Path, notify: OnEvent, resume: str | None
 
 
 def eval_result(store: Store, run_id: str, db: Path, wall_s: float | None = None) -> EvalResult:
-    """The run's scores as the store holds them, each with its 95% interval over tasks."""
+    """The run's scores as the store holds them, each with its 95% interval over tasks and the time its environment
+    took (db/run_time.py: `cycleqd show` and the monitor give the same, a resume's idle gap left out)."""
     intervals = aggregate_intervals(store, run_id)
+    times = store.wall_times(run_id)
     labels = {m.id: model_label(m.reference, m.identity) for m in store.run_models([run_id])[run_id]}
     scores = tuple(
         EnvScore(
@@ -101,7 +103,7 @@ def eval_result(store: Store, run_id: str, db: Path, wall_s: float | None = None
             score=a.score,
             episodes=a.episodes,
             errors=a.errors,
-            wall_s=a.wall_s,
+            wall_s=times.get((a.model_id, a.env, a.split), 0.0),
             metrics=a.metrics,
             interval=intervals.get((a.model_id, a.env, a.split)),
         )  # fmt: skip
@@ -184,7 +186,8 @@ class _Evaluation:
                       "decoding": decoding}  # fmt: skip
             self.run_id = self.store.create_run(RunKind.EVAL, config).id
         self.store.set_run_status(self.run_id, RunStatus.RUNNING)
-        self.notify(RunOpened(self.run_id, self.resumed))
+        done, elapsed = self.store.count_episodes(self.run_id), self.store.run_seconds(self.run_id)
+        self.notify(RunOpened(self.run_id, self.resumed, done=done, elapsed_s=elapsed))
         return self.store, self.run_id
 
     async def run(self) -> None:
@@ -201,23 +204,21 @@ class _Evaluation:
             await manager.serve(ref)
             store, run_id = await asyncio.to_thread(self._open_run, manager.decoding())
             model_id = store.model_id(identity, ref.label)
-            started = time.monotonic()
             orchestrator = Orchestrator(store, run_id, manager, model_id, request.settings())
             self.notify(EpisodesPlanned(len(orchestrator.plan(self.tasks))))
             orchestrator.on_result = self.notify
             await orchestrator.run(self.tasks)
-        summarize(store, run_id, self.tasks, model_id, time.monotonic() - started)
+        summarize(store, run_id, self.tasks, model_id)
 
     async def _run_on_cluster(self) -> None:
         """The episodes on a Ray cluster's slots, each node serving the model; the head stores them as they come."""
         request = self.request
         store, run_id = await asyncio.to_thread(self._open_run, "on the cluster's nodes, each its own server")
         config = {**request.snapshot(), "ray": self.ray_address, "server": server_choice(request.model, request.server)}
-        started = time.monotonic()
 
         def planned(episodes: int) -> None:
             self.notify(EpisodesPlanned(episodes))
 
         model_id = await ray_backend().eval_on_cluster(store, run_id, config, self.tasks, request.settings(),
                                                        planned, self.notify)  # fmt: skip
-        summarize(store, run_id, self.tasks, model_id, time.monotonic() - started)
+        summarize(store, run_id, self.tasks, model_id)

@@ -285,9 +285,11 @@ async def play_record(
     )  # fmt: skip
 
 
-def summarize(store: Store, run_id: str, tasks: list[EvalTask], model_id: int, wall_s: float) -> list[Aggregate]:
+def summarize(store: Store, run_id: str, tasks: list[EvalTask], model_id: int) -> list[Aggregate]:
     """Per (env, split): mean score over scored episodes (None when none was: `ScoreTally`), episode and error
-    counts, and the environment's own metrics (DB: AgentBench's `overall_cat_accuracy`)."""
+    counts, the environment's own metrics (DB: AgentBench's `overall_cat_accuracy`) and the time it took
+    (db/run_time.py, every session of the run so far)."""
+    times = store.wall_times(run_id)
     by_row = {store.task_id(t.env, t.suite, t.split, t.key, t.content_hash): t for t in tasks}
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for episode in store.episodes(run_id):
@@ -300,7 +302,8 @@ def summarize(store: Store, run_id: str, tasks: list[EvalTask], model_id: int, w
         tally = ScoreTally.of(e.score for _, e in items)
         aggregate = Aggregate(
             run_id=run_id, model_id=model_id, env=env, split=split, episodes=tally.episodes, errors=tally.errors,
-            score=tally.mean, metrics=environment(env).metrics(scored) if scored else {}, wall_s=wall_s,
+            score=tally.mean, metrics=environment(env).metrics(scored) if scored else {},
+            wall_s=times.get((model_id, env, split), 0.0),
         )  # fmt: skip
         store.save_aggregate(aggregate)
         aggregates.append(aggregate)

@@ -113,7 +113,8 @@ def _open_run(config: EvolveConfig | None, db: Path, notify: OnEvent, resume: st
     run_id = resume or store.create_run(RunKind.EVOLVE, config.snapshot()).id
     store.set_run_status(run_id, RunStatus.RUNNING)
     done = len(EvolutionStore(store, run_id).committed_generations())
-    notify(RunOpened(run_id, resume is not None, done=done, planned=config.generations))
+    notify(RunOpened(run_id, resume is not None, done=done, planned=config.generations,
+                     elapsed_s=store.run_seconds(run_id)))  # fmt: skip
     return _EvolveRun(store, run_id, config, db, notify)
 
 

@@ -12,7 +12,7 @@ ENDINGS = ("completed", "round_limit", "invalid_action", "command_timeout")
 
 class ScoreTable(LiveTable):
     def __init__(self, **kwargs: object) -> None:
-        columns = ["env", "split", "n", "score", "env_error", *ENDINGS]
+        columns = ["env", "split", "n", "score", "time", "env_error", *ENDINGS]
         super().__init__(columns, **kwargs)
         self.show_cursor = False
 
@@ -20,6 +20,7 @@ class ScoreTable(LiveTable):
         rows = []
         for s in scores:
             endings = [str(s.statuses.get(status, 0)) for status in ENDINGS]
-            cells = (s.env, s.split, str(s.episodes), fmt.score(s.mean, 3), str(s.errors), *endings)
+            time = fmt.duration(s.seconds)  # the figure eval's table and `cycleqd show` give (db/run_time.py)
+            cells = (s.env, s.split, str(s.episodes), fmt.score(s.mean, 3), time, str(s.errors), *endings)
             rows.append((f"{s.env}/{s.split}", cells))
         self.replace_rows(rows)

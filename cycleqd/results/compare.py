@@ -1,10 +1,13 @@
-"""`cycleqd compare RUN RUN…`: models side by side — per environment (mean, 95% bootstrap interval over tasks),
-per task, and the tasks on which they differ. A run holding several models (an evolution) gives one column each."""
+"""`cycleqd compare RUN RUN…`: models side by side — per environment the mean with its 95% interval over tasks,
+the paired difference of each column against the first over the tasks both scored (with the interval `report`
+gives its differences: `cycleqd.results.stats.paired_ci`), per task, and the tasks on which they differ. A run
+holding several models (an evolution) gives one column each. A RUN is read from --db, or from another store as
+STORE:RUN. Columns that share no scored task are refused: their means, side by side, would compare nothing."""
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +16,16 @@ from rich.console import Console
 from rich.table import Table
 
 from cycleqd.db.store import Store
+from cycleqd.display import print_table
+from cycleqd.errors import UserError
 from cycleqd.results.lookup import find_run, model_label, open_existing_store
-from cycleqd.results.stats import mean_ci
+from cycleqd.results.stats import Interval, mean_ci, paired_ci
 
 TaskKey = tuple[str, str, str]  # env, split, task key
+
+
+class NothingToCompareError(UserError):
+    """The runs given scored no task in common."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,7 @@ class Column:
     model: str
     identity: str
     label: str
+    db: str  # the store it was read from
 
 
 @dataclass
@@ -44,6 +54,28 @@ class Comparison:
     def task_mean(self, index: int, key: TaskKey) -> float | None:
         values = self.scores[index].get(key)
         return sum(values) / len(values) if values else None
+
+    def task_means(self, index: int, env: str, split: str) -> dict[str, float]:
+        return {k: sum(v) / len(v) for (e, s, k), v in self.scores[index].items() if (e, s) == (env, split) and v}
+
+    def shared(self) -> set[TaskKey]:
+        """Tasks scored in every column."""
+        return set.intersection(*(set(column) for column in self.scores)) if self.scores else set()
+
+    def paired(self, index: int, env: str, split: str) -> Interval | None:
+        """Column `index` − the first column on (env, split), paired over the tasks both scored; None when they
+        scored none in common."""
+        a, b = self.task_means(index, env, split), self.task_means(0, env, split)
+        return paired_ci([a], [b]) if a.keys() & b.keys() else None
+
+    def differences(self) -> list[tuple[str, str, int, Interval]]:
+        """(env, split, column, its paired difference against the first column), where they share a task."""
+        found = []
+        for env, split in self.groups():
+            for index in range(1, len(self.columns)):
+                if (interval := self.paired(index, env, split)) is not None:
+                    found.append((env, split, index, interval))
+        return found
 
     def differing(self) -> list[TaskKey]:
         """Tasks every column ran and scored, on which their mean scores are not all equal."""
@@ -75,19 +107,40 @@ class Comparison:
             "tasks": [{"env": k[0], "split": k[1], "task": k[2], "scores": [self.task_mean(i, k) for i in range(n)]}
                       for k in self.tasks()],
             "differ": [{"env": k[0], "split": k[1], "task": k[2]} for k in self.differing()],
+            "differences": [{"env": env, "split": split, "column": i, "against": 0,
+                             "compared": f"{self.columns[i].label} − {self.columns[0].label}", **interval.to_json()}
+                            for env, split, i, interval in self.differences()],
+            "shared_tasks": len(self.shared()), "scored_tasks": len({k for c in self.scores for k in c}),
         }  # fmt: skip
 
 
-def build_comparison(store: Store, run_texts: list[str], db_path: Path) -> Comparison:
-    runs = [find_run(store, text, db_path) for text in run_texts]
-    models = store.run_models([r.id for r in runs])
+def store_and_run(text: str, db_path: Path) -> tuple[Path, str]:
+    """A RUN argument: `RUN` (an id or unique prefix in --db's store) or `STORE:RUN` (in that store file)."""
+    store, colon, run = text.rpartition(":")
+    if colon and not run:
+        raise UserError(f"{text}: expected RUN or STORE:RUN (e.g. {store}:3f2a), a run id after the colon")
+    if store and Path(store).expanduser().is_dir():
+        raise UserError(
+            f"{text}: {store} is a folder; a store is one SQLite file, e.g. {Path(store) / 'cycleqd.db'}:{run}"
+        )
+    return (Path(store).expanduser(), run) if store else (db_path, run)
+
+
+def build_comparison(run_texts: list[str], db_path: Path) -> Comparison:
+    places = [store_and_run(text, db_path) for text in run_texts]
+    stores: dict[Path, Store] = {}
+    for path, _ in places:  # every store and run found before anything is read
+        stores.setdefault(path, open_existing_store(path))
+    runs = [(path, find_run(stores[path], text, path)) for path, text in places]
+    several = len(stores) > 1  # then a column names its store: the same run id may sit in two copies of a store
     comparison = Comparison([], [], [])
-    for run in runs:
+    for path, run in runs:
+        store = stores[path]
         index_of = {}
-        for model in models[run.id]:
+        for model in store.run_models([run.id])[run.id]:
             index_of[model.id] = len(comparison.columns)
-            label = f"{run.id[:8]} {model_label(model.reference, model.identity)}"
-            comparison.columns.append(Column(run.id, model.id, model.reference, model.identity, label))
+            label = f"{f'{path.name}:' if several else ''}{run.id[:8]} {model_label(model.reference, model.identity)}"
+            comparison.columns.append(Column(run.id, model.id, model.reference, model.identity, label, str(path)))
             comparison.scores.append(defaultdict(list))
             comparison.errors.append(defaultdict(int))
         for model_id, env, split, task_key, score, _status in store.task_scores(run.id):
@@ -99,13 +152,34 @@ def build_comparison(store: Store, run_texts: list[str], db_path: Path) -> Compa
     return comparison
 
 
+def check_comparable(comparison: Comparison) -> str | None:
+    """Refuses columns that share no scored task (a UserError naming what each holds); a warning line when they
+    share only some, since each mean is then over tasks of its own."""
+    if len(comparison.columns) < 2:
+        return None
+    in_two = [k for k, n in Counter(k for column in comparison.scores for k in column).items() if n > 1]
+    if not in_two:
+        held = "; ".join(f"{c.label}: {_groups_text(comparison.scores[i])}" for i, c in enumerate(comparison.columns))
+        raise NothingToCompareError(f"nothing to compare: no task was scored in more than one column ({held})")
+    shared, scored = len(comparison.shared()), len({k for column in comparison.scores for k in column})
+    if shared < scored:
+        return (f"warning: the columns share {shared} of the {scored} scored tasks; each mean is over its own tasks, "
+                "each paired difference over the tasks its two columns share")  # fmt: skip
+    return None
+
+
+def _groups_text(scores: dict[TaskKey, list[float]]) -> str:
+    counts = Counter((env, split) for env, split, _ in scores)
+    return ", ".join(f"{env}/{split} {n} task(s)" for (env, split), n in sorted(counts.items())) or "nothing scored"
+
+
 def _cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
 def print_comparison(comparison: Comparison, console: Console, all_tasks: bool) -> None:
     n = len(comparison.columns)
-    table = Table("env", "split", *(c.label for c in comparison.columns), title="mean score [95% CI over tasks]")
+    table = Table("env", "split", *(c.label for c in comparison.columns), title="mean score [95% interval over tasks]")
     for env, split in comparison.groups():
         cells = []
         for i in range(n):
@@ -116,18 +190,31 @@ def print_comparison(comparison: Comparison, console: Console, all_tasks: bool) 
             low, high = summary["ci95"]
             cells.append(f"{summary['score']:.3f} [{low:.2f}, {high:.2f}] n={summary['tasks']}")
         table.add_row(env, split, *cells)
-    console.print(table)
+    print_table(table, console)
+    differences = comparison.differences()
+    if differences:
+        paired = Table("env", "split", "paired difference", "mean [95% interval]", "tasks", "method",
+                       title="paired over the tasks both columns scored")  # fmt: skip
+        for env, split, i, interval in differences:
+            compared = f"{comparison.columns[i].label} − {comparison.columns[0].label}"
+            paired.add_row(env, split, compared, interval.describe(signed=True), str(interval.n), interval.method)
+        print_table(paired, console)
     differing = comparison.differing()
     keys = comparison.tasks() if all_tasks else differing
     title = "per task" if all_tasks else f"tasks where they differ ({len(differing)} of {len(comparison.tasks())})"
     tasks = Table("env", "task", *(c.label for c in comparison.columns), title=title)
     for key in keys:
         tasks.add_row(key[0], f"{key[2]} ({key[1]})", *(_cell(comparison.task_mean(i, key)) for i in range(n)))
-    console.print(tasks)
+    print_table(tasks, console)
 
 
-def compare_command(run_texts: list[str], db_path: Path, as_json: bool, all_tasks: bool, console: Console) -> int:
-    comparison = build_comparison(open_existing_store(db_path), run_texts, db_path)
+def compare_command(
+    run_texts: list[str], db_path: Path, as_json: bool, all_tasks: bool, console: Console, err: Console
+) -> int:
+    comparison = build_comparison(run_texts, db_path)
+    warning = check_comparable(comparison)
+    if warning:
+        err.print(warning, highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps(comparison.to_json(), indent=2))
     else:

@@ -2,14 +2,16 @@
 SFT or `datasets`), CSV (one row per episode) or inspect_ai logs (`inspect view` shows them).
 
 Episodes are read from the store a batch at a time and written as they come, so a large run never sits in memory
-(except for inspect logs, which inspect_ai's public API writes whole, one log per environment and model). A file
-is written beside its destination and renamed into place at the end: an interrupted export leaves no half file.
+(except for inspect logs, which inspect_ai's public API writes whole, one log per environment, split and
+model). A file is written beside its destination and renamed into place at the end: an interrupted export leaves
+no half file.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -23,16 +25,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cycleqd.db.schema import Episode, Model, Run, Task
 from cycleqd.db.store import EpisodeFilter, Store
+from cycleqd.envs.episode import EpisodeStatus
+from cycleqd.envs.errors import UnknownEnvironmentError
 from cycleqd.envs.registry import environment
-from cycleqd.errors import UserError
-from cycleqd.results.lookup import candidate_model_ids, find_run, open_existing_store
+from cycleqd.errors import BadOptionError, UserError
+from cycleqd.results.lookup import (
+    ModelRole,
+    candidate_model_ids,
+    find_run,
+    model_label,
+    model_roles,
+    open_existing_store,
+)
 
 FORMATS = ("jsonl", "csv", "inspect")
 # The CSV row is the JSONL record without the conversation (kept as its length): one flat line per episode.
 CSV_FIELDS = (
-    "run", "episode", "env", "suite", "split", "task", "repeat", "model", "model_identity", "status", "score",
-    "rounds", "prompt_tokens", "completion_tokens", "latency_s", "answer", "expected", "grader_detail", "error",
-    "messages", "context_messages",
+    "run", "episode", "env", "suite", "split", "task", "repeat", "model", "model_identity", "model_label", "role",
+    "status", "score", "rounds", "prompt_tokens", "completion_tokens", "latency_s", "answer", "expected",
+    "grader_detail", "error", "messages", "context_messages",
 )  # fmt: skip
 
 
@@ -48,9 +59,19 @@ class ExportRequest:
 
     def __post_init__(self) -> None:
         """A filter that names nothing would export nothing and look like success; a file that cannot be written
-        would fail only after the store was read."""
+        would fail only after the store was read. (--candidate is checked against the run's candidates, once the
+        run is found, still before anything is written.)"""
         if self.env is not None:
-            environment(self.env)  # UnknownEnvironmentError names the known ones
+            try:
+                environment(self.env)
+            except UnknownEnvironmentError as exc:
+                raise BadOptionError("--env", self.env, f"one of {', '.join(exc.known)}") from None
+        if self.status is not None and self.status not in set(EpisodeStatus):
+            raise BadOptionError("--status", self.status, f"one of {', '.join(EpisodeStatus)}")
+        # Every environment scores from 0 to 1; a bound past 1 (or NaN, which SQL compares with nothing) matches
+        # no episode.
+        if self.min_score is not None and not (math.isfinite(self.min_score) and 0 <= self.min_score <= 1):
+            raise BadOptionError("--min-score", self.min_score, "a score from 0 to 1")
         if self.format != "inspect" and self.out is not None and str(self.out) != "-":
             folder = Path(self.out).expanduser().parent
             if not folder.is_dir():
@@ -59,19 +80,35 @@ class ExportRequest:
                 raise UserError(f"--out {self.out}: a folder; give a file name for the {self.format} export")
 
 
-def episode_record(run: Run, episode: Episode, task: Task, model: Model) -> dict[str, Any]:
+def episode_record(
+    run: Run, episode: Episode, task: Task, model: Model, roles: dict[int, ModelRole] | None = None
+) -> dict[str, Any]:
     """One episode as one JSON object: `messages` is the whole conversation in OpenAI chat form (the first
-    `context_messages` were written by the environment: its prompt and any one-shot example)."""
+    `context_messages` were written by the environment: its prompt and any one-shot example). In an evolution,
+    `role` is what its model was (base, expert, child, merge, final, search, baseline: `model_roles`) and
+    `model_label` names it so (`CycleQD final@1a2b3c4d`); an eval run's models have no role."""
     verdict = episode.verdict or {}
+    role = (roles or {}).get(model.id)
     return {
         "messages": list(episode.transcript), "context_messages": episode.context_messages,
         "run": run.id, "episode": episode.id, "env": task.env, "suite": task.suite, "split": task.split,
         "task": task.task_key, "repeat": episode.repeat, "model": model.reference, "model_identity": model.identity,
+        "model_label": readable_model(model, role), "role": role.kind.value if role else None,
         "status": episode.status, "score": episode.score, "rounds": episode.rounds,
         "prompt_tokens": episode.prompt_tokens, "completion_tokens": episode.completion_tokens,
         "latency_s": episode.latency_s, "answer": verdict.get("answer"), "expected": verdict.get("expected"),
         "grader_detail": verdict.get("detail"), "error": episode.error,
     }  # fmt: skip
+
+
+def readable_model(model: Model, role: ModelRole | None) -> str:
+    """The model as a reader knows it, never a checkpoint's path: an evolution's role with the model's short hash
+    (`CycleQD final@1a2b3c4d`, `expert shell@…`), else the folder or model name (`model_label`)."""
+    short = model_label(model.reference, model.identity)
+    if role is None:
+        return short
+    # A checkpoint's or genome's label ends in @ and its hash prefix; a hub or endpoint name has none to borrow.
+    return f"{role.label}@{short.rsplit('@', 1)[1]}" if "@" in short else f"{role.label} ({short})"
 
 
 def csv_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +143,8 @@ def run_export(store: Store, request: ExportRequest, db_path: Path, err: Console
         min_score=request.min_score,
     )  # fmt: skip
     total = store.count_episodes(run.id, where)
-    records = (episode_record(run, *row) for row in store.iter_episodes(run.id, where))
+    roles = model_roles(store, run)
+    records = (episode_record(run, *row, roles) for row in store.iter_episodes(run.id, where))
     with _progress(total, err) as progress:
         counted = _counted(records, lambda: progress.advance(progress.task_ids[0]))
         if request.format == "inspect":

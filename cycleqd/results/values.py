@@ -19,13 +19,15 @@ def stored_episodes(db: Path, run_id: str, env: str | None = None) -> Iterator[d
     """The run's episodes as `cycleqd export` writes them: the OpenAI chat messages, the task, score and status."""
     from cycleqd.db.store import EpisodeFilter, open_store
     from cycleqd.results.export import episode_record
+    from cycleqd.results.lookup import model_roles
 
     store = open_store(db, create=False)
     try:
         run = store.get_run(run_id)
         assert run is not None, run_id
+        roles = model_roles(store, run)
         for row in store.iter_episodes(run_id, EpisodeFilter(env=env)):
-            yield episode_record(run, *row)
+            yield episode_record(run, *row, roles)
     finally:
         store.engine.dispose()
 
