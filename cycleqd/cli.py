@@ -14,6 +14,7 @@ from click.core import ParameterSource
 
 from cycleqd.diagnostics.checks import print_checks
 from cycleqd.display import console, err_console, error_boundary
+from cycleqd.envs.registry import EPISODE_TIME_LIMIT_S
 from cycleqd.envs.registry import names as environment_names
 from cycleqd.errors import BadOptionError, UserError
 
@@ -391,6 +392,9 @@ _ray_option = click.option(
 @click.option("--concurrency", default=8, show_default=True, help="Episodes at once (the model server batches them).")
 @click.option("--rounds", default=5, show_default=True, help="Round limit per episode (CycleQD 5, AgentBench OS 8).")
 @click.option("--max-tokens", default=512, show_default=True, help="Tokens per model reply (greedy).")
+@click.option("--episode-timeout", type=float, default=EPISODE_TIME_LIMIT_S, show_default=True, metavar="SECONDS",
+              help="Wall-clock limit per episode from its first message; past it: episode_timeout, "
+                   "scored 0.")  # fmt: skip
 @click.option("--server", type=click.Choice(["auto", "transformers", "vllm"]), default="auto", show_default=True)
 @_download_option
 @click.option("--task-ids", help="Only these tasks, comma-separated ids as `cycleqd tasks` lists them.")
@@ -404,9 +408,9 @@ _ray_option = click.option(
 @click.pass_context
 def eval_cmd(
     ctx: click.Context, model_ref: str, api_key_env: str, tasks: str | None, suite: str, split: str, limit: int | None,
-    repeats: int, concurrency: int, rounds: int, max_tokens: int, server: str, allow_download: bool,
-    task_ids: str | None, temperature: float, top_p: float | None, seed: int | None, db_path: Path,
-    resume_id: str | None, as_json: bool, ray_address: str | None,
+    repeats: int, concurrency: int, rounds: int, max_tokens: int, episode_timeout: float, server: str,
+    allow_download: bool, task_ids: str | None, temperature: float, top_p: float | None, seed: int | None,
+    db_path: Path, resume_id: str | None, as_json: bool, ray_address: str | None,
 ) -> None:  # fmt: skip
     """Benchmark MODEL on the agent tasks and keep every episode in the store. With no argument: the embedded
     SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN (with no other run option: the
@@ -417,9 +421,9 @@ def eval_cmd(
     values = {
         "model": model_ref, "api_key_env": api_key_env, "tasks": comma_separated(tasks or ""),
         "suite": suite, "split": split, "limit": limit, "repeats": repeats, "concurrency": concurrency,
-        "rounds": rounds, "max_tokens": max_tokens, "server": server, "allow_download": allow_download,
-        "task_ids": comma_separated(task_ids) if task_ids else None, "temperature": temperature, "top_p": top_p,
-        "seed": seed,
+        "rounds": rounds, "max_tokens": max_tokens, "episode_timeout": episode_timeout, "server": server,
+        "allow_download": allow_download, "task_ids": comma_separated(task_ids) if task_ids else None,
+        "temperature": temperature, "top_p": top_p, "seed": seed,
     }  # fmt: skip
     param = {"model": "model_ref"}
     given = {k: v for k, v in values.items() if ctx.get_parameter_source(param.get(k, k)) != ParameterSource.DEFAULT}
@@ -491,6 +495,22 @@ def export_cmd(run_id: str, fmt: str, out: Path | None, candidate: str, env: str
     sys.exit(export_command(request, db_path, err_console))
 
 
+@cli.command("view")
+@click.argument("run_id", metavar="RUN")
+@_db_option
+@click.option("--port", type=click.IntRange(1, 65535), default=7575, show_default=True,
+              help="The viewer's port on 127.0.0.1.")  # fmt: skip
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the logs in this folder [default: a temporary one, removed when the viewer "
+                   "stops].")  # fmt: skip
+def view_cmd(run_id: str, db_path: Path, port: int, log_dir: Path | None) -> None:
+    """Open RUN in inspect_ai's log viewer: its episodes exported as inspect logs (as `export --format inspect`
+    writes them), then `inspect view` on them until Ctrl-C. Needs the extra cycleqd[inspect]."""
+    from cycleqd.results.view import view_command
+
+    sys.exit(view_command(run_id, db_path, log_dir, port, err_console))
+
+
 @cli.command("compare")
 @click.argument("run_ids", metavar="RUN…", nargs=-1, required=True)
 @_db_option
@@ -557,10 +577,11 @@ def evolve_cmd(config_path: Path | None, db_path: Path, resume_id: str | None, a
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for the PNGs [default: report-RUN].")
 def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
     """An evolution's final table (test splits: base, experts, naive merge, CycleQD final), a heatmap PNG per
-    archive and its QD metrics over generations (coverage, QD score, best quality)."""
-    from cycleqd.display import show_report
+    archive and its QD metrics over generations (coverage, QD score, best quality). An eval run's scores with
+    their 95% intervals (scores.png) and each task's pass or fail (tasks.png), with the numbers in CSV beside."""
+    from cycleqd.results.eval_report import report_command
 
-    show_report(run_id, db_path, out)
+    sys.exit(report_command(run_id, db_path, out, console))
 
 
 # -- sft, demo ---------------------------------------------------------------------------------------------------

@@ -11,11 +11,12 @@ import logging
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
@@ -26,6 +27,8 @@ from cycleqd.events import EpisodesPlanned, RunOpened, Stage, Stopping
 from cycleqd.monitor import format as fmt
 
 if TYPE_CHECKING:
+    from cycleqd.db.store import EpisodeKey
+    from cycleqd.eval.orchestrator import EpisodeRound
     from cycleqd.evolution.loop import EvolutionEvent
     from cycleqd.evolver.config import EvolveConfig
     from cycleqd.requests import EvalRequest
@@ -155,29 +158,60 @@ class _RunWatch:
 # -- eval --------------------------------------------------------------------------------------------------------
 
 
+class _BarAndLine(Progress):
+    """A progress bar with a line of text under it, redrawn with the bar (so a time in it counts on); no line while
+    `line()` gives ''."""
+
+    def __init__(self, *columns: ProgressColumn, line: Callable[[], str], **options: Any) -> None:
+        self.line = line  # first: Progress renders once while it is made
+        super().__init__(*columns, **options)
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield from super().get_renderables()
+        if text := self.line():
+            yield Text(text, style="progress.elapsed")
+
+
 class EvalView:
     """This invocation's episodes done, the run's rate and time as the monitor gives them (episodes over the run's
-    time, every session's) and the running score per environment; the total is set once known."""
+    time, every session's) and the running score per environment; the total is set once known. Under the bar, the
+    episodes in flight: how many, and the rounds, generated tokens and time of the one running longest (a long
+    episode at the round limit otherwise left the bar at 0/1 for minutes)."""
 
     def __init__(self, console: Console | None, watch: _RunWatch) -> None:
         self.watch = watch
         self.totals: dict[str, list[float]] = defaultdict(list)
         self.clock, self.stored = RunClock(), 0  # stored: the run's episodes before this invocation
+        self.in_flight: dict[EpisodeKey, EpisodeRound] = {}  # each episode's last EpisodeRound, until its result
         self.err = watch.err
-        self.progress = Progress(
+        self.progress = _BarAndLine(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-            _RunTimeColumn(self.clock), console=console, disable=console is None,
+            _RunTimeColumn(self.clock), line=self.in_flight_line, console=console, disable=console is None,
         )  # fmt: skip
         self.bar = self.progress.add_task("episodes", total=None, rate="")
+
+    def in_flight_line(self) -> str:
+        """'2 in flight · longest: os dev.json#0, 4 rounds, 2,048 tokens generated, 5m12s'; '' when none is."""
+        running = tuple(self.in_flight.values())  # a copy: the bar's refresh thread reads while events arrive
+        if not running:
+            return ""
+        longest = min(running, key=lambda event: event.progress.started_at)
+        done = longest.progress
+        seconds = fmt.duration((datetime.now(UTC) - done.started_at).total_seconds())
+        where = f"{longest.env} {fmt.clip(longest.task_key, 40)}"
+        return (f"{len(running)} in flight · longest: {where}, {done.rounds} rounds, "
+                f"{done.completion_tokens:,} tokens generated, {seconds}")  # fmt: skip
 
     def close(self) -> None:
         if self.progress.live.is_started:
             self.progress.stop()  # off a terminal rich's Progress ends its last line itself
 
     def __call__(self, event: object) -> None:
-        from cycleqd.eval.orchestrator import EpisodeResult
+        from cycleqd.eval.orchestrator import EpisodeResult, EpisodeRound
 
-        if isinstance(event, RunOpened):
+        if isinstance(event, EpisodeRound):
+            self.in_flight[event.key] = event
+        elif isinstance(event, RunOpened):
             self.watch.opened(event)
             self.clock.open(event)
             self.stored = event.done
@@ -187,6 +221,8 @@ class EvalView:
         elif isinstance(event, Stopping):
             self.err.print("stopping: the running episodes are releasing their sandboxes and the model server")
         elif isinstance(event, EpisodeResult):
+            if event.key is not None:
+                self.in_flight.pop(event.key, None)
             if event.score is not None:
                 self.totals[event.task.env].append(event.score)
             done = self.progress.tasks[0].completed + 1

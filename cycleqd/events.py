@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, TypeAlias
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from cycleqd.eval.orchestrator import EpisodeResult
+    from cycleqd.eval.orchestrator import EpisodeResult, EpisodeRound
     from cycleqd.evolution.loop import EvolutionEvent
 
 
@@ -44,7 +44,8 @@ class Stopping:
     """A second Ctrl-C or SIGTERM while the first one's cancellation releases sandboxes and servers."""
 
 
-EvalEvent: TypeAlias = "RunOpened | EpisodesPlanned | EpisodeResult | Stopping"
+# EpisodeRound: an episode in flight (as it begins, then after each model reply); its EpisodeResult ends it.
+EvalEvent: TypeAlias = "RunOpened | EpisodesPlanned | EpisodeRound | EpisodeResult | Stopping"
 EvolveEvent: TypeAlias = "RunOpened | Stage | EvolutionEvent | Stopping"
 OnEvent: TypeAlias = "Callable[[object], None]"
 

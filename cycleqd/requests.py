@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from cycleqd.envs.registry import environment
+from cycleqd.envs.registry import EPISODE_TIME_LIMIT_S, environment
 from cycleqd.errors import BadOptionError, ResumeConflictError, as_user_errors
 from cycleqd.eval.orchestrator import EvalSettings, Sampling
 from cycleqd.eval.tasks import EvalTask, planned_tasks, suite_environments
@@ -20,6 +20,7 @@ SERVERS = ("auto", "transformers", "vllm")
 # Upper bounds no machine gets past (every concurrent episode is a container; rounds and repeats multiply
 # episodes), so a typo fails at once instead of hours later.
 MAXIMA = {"limit": 10**7, "repeats": 1000, "concurrency": 1024, "rounds": 1000, "max_tokens": 1_000_000}
+EPISODE_TIMEOUT_MAX_S = 7 * 24 * 3600.0  # a week: more is a typo, not a limit
 
 
 def option_name(field: str) -> str:
@@ -57,6 +58,9 @@ class EvalRequest:
     concurrency: int = 8  # episodes at once: what a batching server decodes together
     rounds: int = 5
     max_tokens: int = 512
+    # An episode's wall-clock limit in seconds, from the environment's first messages: past it, `episode_timeout`,
+    # scored 0. A run stored before this field resumes with the default.
+    episode_timeout: float = EPISODE_TIME_LIMIT_S
     server: str = "auto"
     allow_download: bool = False  # a bare hub name is handed to the server only when asked
     task_ids: tuple[str, ...] | None = None  # only these tasks (ids as `cycleqd tasks` lists them, or comma-separated)
@@ -78,6 +82,9 @@ class EvalRequest:
             raise BadOptionError("--temperature", self.temperature, "a number from 0 (greedy) to 2")
         if self.top_p is not None and not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise BadOptionError("--top-p", self.top_p, "a number above 0 and at most 1")
+        limit = self.episode_timeout
+        if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit <= EPISODE_TIMEOUT_MAX_S:
+            raise BadOptionError("--episode-timeout", limit, f"seconds above 0, at most {EPISODE_TIMEOUT_MAX_S:,.0f}")
         for env in self.tasks:
             environment(env)  # UnknownEnvironmentError names the known ones
         for name, maximum in MAXIMA.items():
@@ -135,7 +142,8 @@ class EvalRequest:
 
     def settings(self) -> EvalSettings:
         return EvalSettings.sized(concurrency=self.concurrency, repeats=self.repeats, max_tokens=self.max_tokens,
-                                  rounds=self.rounds, sampling=self.sampling())  # fmt: skip
+                                  rounds=self.rounds, sampling=self.sampling(),
+                                  time_limit_s=float(self.episode_timeout))  # fmt: skip
 
 
 def _as_tuple(value: str | Sequence[str]) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Select, case, create_engine, event, func, inspect, select
+from sqlalchemy import Select, and_, case, create_engine, event, exists, func, inspect, select
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.pool import NullPool
 
@@ -28,6 +28,7 @@ from cycleqd.db.schema import (
     CandidateStatus,
     Cell,
     Episode,
+    EpisodeInFlight,
     Generation,
     Run,
     RunKind,
@@ -242,6 +243,54 @@ def recent_episodes(store: Store, run_id: str, limit: int = 100) -> list[Episode
             .limit(limit)
         ).all()  # fmt: skip
     return [EpisodeRow(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class RunningEpisodeRow:
+    """An episode not yet committed, as its last round left it."""
+
+    model_id: int
+    task_id: int
+    env: str
+    task_key: str
+    repeat: int
+    rounds: int  # model replies so far
+    tokens: int  # prompt and generated, as a committed episode's count
+    started_at: datetime  # this attempt's start
+
+    @property
+    def key(self) -> str:
+        """Its row's key in a table beside committed episodes (whose keys are their ids: digits only)."""
+        return f"running:{self.model_id}:{self.task_id}:{self.repeat}"
+
+
+def episodes_in_flight(store: Store, run_id: str) -> list[RunningEpisodeRow]:
+    """The run's episodes being played, longest running first. One whose episode is committed is left out: the
+    committed row is the truth (the commit removes the row in flight in its own transaction; this only guards
+    against a row left by an uncommitted duplicate). A store from before revision 0022 (the monitor never migrates)
+    has none."""
+    committed = exists().where(
+        and_(
+            Episode.run_id == EpisodeInFlight.run_id,
+            Episode.model_id == EpisodeInFlight.model_id,
+            Episode.task_id == EpisodeInFlight.task_id,
+            Episode.repeat == EpisodeInFlight.repeat,
+        )
+    )
+    with store.session() as session:
+        if not inspect(session.connection()).has_table(EpisodeInFlight.__tablename__):
+            return []
+        rows = session.execute(
+            select(
+                EpisodeInFlight.model_id, EpisodeInFlight.task_id, Task.env, Task.task_key, EpisodeInFlight.repeat,
+                EpisodeInFlight.rounds, EpisodeInFlight.prompt_tokens + EpisodeInFlight.completion_tokens,
+                EpisodeInFlight.started_at,
+            )
+            .join(Task, Task.id == EpisodeInFlight.task_id)
+            .where(EpisodeInFlight.run_id == run_id, ~committed)
+            .order_by(EpisodeInFlight.started_at, EpisodeInFlight.task_id, EpisodeInFlight.repeat)
+        ).all()  # fmt: skip
+    return [RunningEpisodeRow(*row) for row in rows]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The schema: runs, models, tasks, episodes and per-(run, model, env, split) aggregates.
+"""The schema: runs, models, tasks, episodes (and those still in flight) and per-(run, model, env, split) aggregates.
 
 An episode is unique by (run, model, task, repeat): a resumed run can never count one twice.
 """
@@ -169,6 +169,25 @@ class Episode(Base):
     run: Mapped[Run] = relationship(back_populates="episodes")
     model: Mapped[Model] = relationship()
     task: Mapped[Task] = relationship()
+
+
+class EpisodeInFlight(Base):
+    """Where an episode not yet committed stands, for the monitor: made as it begins and updated after each model
+    reply (one statement a round), deleted in the transaction that commits its episode, when it is abandoned, and
+    whenever its run starts or stops (so a killed process leaves none behind a resume). The episode's unique key
+    stays the truth: a reader leaves out a row whose episode is committed."""
+
+    __tablename__ = "episodes_in_flight"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), primary_key=True)
+    repeat: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rounds: Mapped[int] = mapped_column(Integer, default=0)  # model replies so far
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)  # this attempt's start
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Aggregate(Base):

@@ -1,7 +1,9 @@
 """The store API the orchestrator, the CLI and the TUI use. No SQL strings live anywhere else.
 
 Every episode is committed the moment it is recorded; the (run, model, task, repeat) key is unique, so a
-resumed run that offers an episode again gets DuplicateEpisodeError instead of a second row.
+resumed run that offers an episode again gets DuplicateEpisodeError instead of a second row. An episode still being
+played has a row in `episodes_in_flight` (its rounds and tokens so far) that its commit removes in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -24,12 +26,25 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Select, create_engine, delete, event, func, select
+from sqlalchemy import Delete, Engine, Select, create_engine, delete, event, func, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cycleqd.db.run_time import env_seconds, run_seconds
-from cycleqd.db.schema import Aggregate, Episode, Generation, Model, Run, RunKind, RunSession, RunStatus, Task, utcnow
+from cycleqd.db.schema import (
+    Aggregate,
+    Episode,
+    EpisodeInFlight,
+    Generation,
+    Model,
+    Run,
+    RunKind,
+    RunSession,
+    RunStatus,
+    Task,
+    utcnow,
+)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -85,6 +100,17 @@ class EpisodeRecord:
     started_at: datetime | None = None
     context_messages: int = 0
     verdict: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EpisodeProgress:
+    """Where an episode still being played stands: its model replies and tokens so far, and when this attempt began
+    (a retried attempt begins again)."""
+
+    rounds: int
+    prompt_tokens: int
+    completion_tokens: int
+    started_at: datetime
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -241,6 +267,8 @@ class Store:
             if status == RunStatus.RUNNING:
                 number = session.scalar(select(func.max(RunSession.number)).where(RunSession.run_id == run_id)) or 0
                 session.add(RunSession(run_id=run_id, number=number + 1, started_at=now))
+            # Starting or stopping, none of the run's episodes is being played: rows a killed process left go now.
+            session.execute(delete(EpisodeInFlight).where(EpisodeInFlight.run_id == run_id))
 
     def run_seconds(self, run_id: str, now: datetime | None = None) -> float:
         """The run's time (db/run_time.py: the sum of its sessions), one still under way counted up to `now`."""
@@ -278,7 +306,9 @@ class Store:
     # -- episodes ----------------------------------------------------------------------------------------------
 
     def record_episode(self, record: EpisodeRecord) -> int:
-        """Commit one finished episode now. DuplicateEpisodeError if its key is already there."""
+        """Commit one finished episode now, and in the same transaction drop its row in flight, so that a reader
+        sees it either in flight or committed, never both or neither. DuplicateEpisodeError if its key is already
+        there (then nothing changes)."""
         values = {k: v for k, v in record.__dict__.items() if v is not None or k in ("score", "error")}
         values["started_at"] = record.started_at or utcnow()
         try:
@@ -286,6 +316,8 @@ class Store:
                 episode = Episode(**values, finished_at=utcnow())
                 session.add(episode)
                 session.flush()
+                session.execute(_delete_in_flight(EpisodeKey(record.run_id, record.model_id, record.task_id,
+                                                          record.repeat)))  # fmt: skip
                 return episode.id
         except IntegrityError as exc:
             if "UNIQUE" in str(exc.orig):
@@ -293,6 +325,21 @@ class Store:
                     f"run {record.run_id}: model {record.model_id}, task {record.task_id}, repeat {record.repeat}"
                 ) from exc
             raise
+
+    def record_in_flight(self, key: EpisodeKey, progress: EpisodeProgress) -> None:
+        """Where an episode not yet committed stands: its row made or updated in one statement (once a round)."""
+        values = {"rounds": progress.rounds, "prompt_tokens": progress.prompt_tokens,
+                  "completion_tokens": progress.completion_tokens, "started_at": progress.started_at,
+                  "updated_at": utcnow()}  # fmt: skip
+        upsert = sqlite_insert(EpisodeInFlight).values(**key._asdict(), **values)
+        upsert = upsert.on_conflict_do_update(index_elements=list(EpisodeKey._fields), set_=values)
+        with self.session() as session:
+            session.execute(upsert)
+
+    def drop_in_flight(self, key: EpisodeKey) -> None:
+        """An episode that ends uncommitted (cancelled, failed, or stored first by another process) is not in flight."""
+        with self.session() as session:
+            session.execute(_delete_in_flight(key))
 
     def done_keys(self, run_id: str) -> set[EpisodeKey]:
         """The key of every episode of the run already recorded: what a resume skips."""
@@ -376,6 +423,13 @@ class Store:
         with self.session() as session:
             query = select(Aggregate).where(Aggregate.run_id == run_id).order_by(Aggregate.env, Aggregate.split)
             return list(session.scalars(query))
+
+
+def _delete_in_flight(key: EpisodeKey) -> Delete:
+    """The statement that drops the row in flight of the episode `key` (none there: it does nothing)."""
+    return delete(EpisodeInFlight).where(
+        *(getattr(EpisodeInFlight, name) == value for name, value in key._asdict().items())
+    )
 
 
 def _last_work(session: Session, run_id: str, since: datetime) -> datetime:

@@ -6,7 +6,8 @@
     outcome = await episode.outcome()         # score and status, computed once the episode ended
 
 The environment owns prompts, action parsing, limits and scoring. `step` returns None when the episode is
-over (an answer, a finish, an invalid action, or the round limit).
+over (an answer, a finish, an invalid action, or the round limit). The one limit it does not own is the episode's
+wall-clock time: the orchestrator stops an episode that runs past it (`episode_timeout`) without its `outcome`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ Message = dict[str, str]
 class EpisodeStatus(StrEnum):
     COMPLETED = "completed"  # the agent answered or finished
     ROUND_LIMIT = "round_limit"
+    # The episode ran past its wall-clock limit (`eval --episode-timeout`): the agent's failure, as the round limit
+    # is, scored 0 with its transcript so far; set by the orchestrator, never by an environment.
+    EPISODE_TIMEOUT = "episode_timeout"
     INVALID_ACTION = "invalid_action"
     COMMAND_TIMEOUT = "command_timeout"  # a command hit the sandbox's limit; the episode went on
     SANDBOX_BROKEN = "sandbox_broken"  # the agent broke its own sandbox (deleted bash, ate the memory): scored 0

@@ -38,13 +38,23 @@ _BUILTIN: dict[str, str] = {
 _registered: dict[str, Environment[Any]] = {}
 
 
+# An episode's wall-clock limit by default. AgentBench v0.2 has none for a whole episode: its controller only drops a
+# session left 240 s without an interaction, which our per-command and per-request limits already cover. So the
+# default is a safety net that never cuts an episode a normal run finishes: the slowest measured (OS, 5 rounds of
+# 512 tokens from SmolLM2 on a 2-core CPU, alone at the end of a run) takes 300-400 s, 15 rounds (AgentBench's DB)
+# three times that; an episode stuck far beyond still ends, scored 0.
+EPISODE_TIME_LIMIT_S = 1800.0
+
+
 @dataclass(frozen=True)
 class EpisodeSettings:
-    """What every environment's episodes share: the run's round limit and the limits of one command."""
+    """What every environment's episodes share: the run's round limit, the limits of one command, and the wall-clock
+    limit of a whole episode (enforced by the orchestrator, from the environment's first message to its last)."""
 
     round_limit: int = 5  # CycleQD's setting; AgentBench's OS uses 8
     command_timeout_s: float = 30.0
     scripts_dir: Path | None = None  # AgentBench's scripts folder, for OS tasks that name script files
+    time_limit_s: float = EPISODE_TIME_LIMIT_S
 
 
 class SandboxStarter(Protocol):

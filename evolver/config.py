@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ MAX_CELLS = 10_000_000  # per archive: bins ** (tasks - 1)
 MAX_SERVERS = 1024
 MAX_SEED = 2**63 - 1
 EVAL_MAXIMA = {"concurrency": 1024, "max_tokens": 1_000_000, "repeats": 1000, "rounds": 1000}
+# 3e-4, 1.5e4: numbers to a reader, text to YAML 1.1, whose floats need a point and a signed exponent (3.0e-4)
+_FLOAT_TEXT = re.compile(r"([-+]?\d+)(\.\d*)?[eE]([-+]?)(\d+)")
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,10 @@ class _Reader:
         return bins
 
     def number(self, name: str, value: Any, minimum: float | None = None) -> float:
+        if isinstance(value, str) and (parts := _FLOAT_TEXT.fullmatch(value)):  # YAML 1.1 reads 3e-4 as text
+            mantissa, point, sign, exponent = parts.groups()
+            written = f"{mantissa}{point or '.0'}e{sign or '+'}{exponent}"  # what YAML 1.1 reads as a number
+            self.fail(name, f"a finite number (YAML reads {value} as text: write {written})", value)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             self.fail(name, "a finite number", value)
         if minimum is not None and value < minimum:
@@ -287,14 +294,17 @@ class _Reader:
                 self.unknown_key(key, allowed, prefix=f"{name}.")
         return value
 
-    def checkpoint(self, name: str, value: Any, folder: Path) -> str:
+    def checkpoint(self, name: str, value: Any, folder: Path, env: str | None = None) -> str:
+        """A checkpoint folder, absolute; `env`: an expert's environment, whose missing folder is named with the
+        command that makes it (a first run of an example config has no experts yet)."""
         if value == "default":
             return "default"
         if not isinstance(value, str) or not value:
             self.fail(name, "a checkpoint folder or 'default'", value)
         path = (folder / Path(value).expanduser()).resolve()
         if not (path / "config.json").is_file():
-            self.fail(name, "a checkpoint folder with a config.json", str(path))
+            made = f" (make one with: cycleqd sft --env {env} --out {path})" if env and not path.exists() else ""
+            self.fail(name, f"a checkpoint folder with a config.json{made}", str(path))
         return str(path)
 
     def tasks(self, value: Any, folder: Path) -> tuple[TaskSpec, ...]:
@@ -316,7 +326,7 @@ class _Reader:
             if suite != "builtin":
                 suite = str((folder / Path(suite).expanduser()).resolve())
             tasks.append(TaskSpec(
-                name=str(item["name"]), env=env, expert=self.checkpoint(f"{where}.expert", item["expert"], folder),
+                name=str(item["name"]), env=env, expert=self.checkpoint(f"{where}.expert", item["expert"], folder, env),
                 suite=suite, selection_split=str(item.get("selection_split", "dev")),
                 test_split=str(item.get("test_split", "test")), limit=limit,
             ))  # fmt: skip

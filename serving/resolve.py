@@ -13,6 +13,10 @@ from cycleqd.serving.model_ref import DEFAULT_KEY_ENV, ExternalEndpoint, ModelRe
 from cycleqd.serving.vllm_launch import cpu_vllm_available
 
 DEFAULT = "default"
+# What `eval --dtype` takes. `auto` is the engine's choice for its device, as it always was: on a GPU the
+# checkpoint's own dtype; on a CPU the one its instructions compute fast (serving/cpu_dtype.py: bf16 only with
+# AVX-512 BF16 or AMX, else fp32). A named dtype is handed to whichever server starts.
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 def resolve_model(
@@ -68,9 +72,10 @@ def manager_for(
     slot: int = 0,
     episodes_at_once: int | None = None,
     episodes: int | None = 0,
+    dtype: str = "auto",
 ) -> ServerManager:
     """`server`: auto, vllm, transformers (`engine_for`, with `episodes` the job's size; 0, the default, is a
-    short job such as one chat).
+    short job such as one chat). `dtype`: one of `DTYPES`, for a server we start (an endpoint's is its own).
     `slot` picks the GPU when an evolution runs one server per GPU. `episodes_at_once`: an endpoint's client lets
     that many requests fly (each episode waits on one reply at a time), or a run's --concurrency above the client's
     default would queue on the client instead of reaching the endpoint."""
@@ -83,7 +88,9 @@ def manager_for(
     if engine_for(server, episodes=episodes) == "vllm":
         from cycleqd.serving.vllm_serve import VLLMManager
 
-        return VLLMManager(gpu=slot, client_settings=client_settings)
-    from cycleqd.serving.transformers_serve import TransformersServeManager
+        return VLLMManager(gpu=slot, client_settings=client_settings, dtype=dtype)
+    from cycleqd.serving.transformers_serve import TransformersServeManager, default_options
 
-    return TransformersServeManager(device="cuda" if gpu_available() else "cpu", client_settings=client_settings)
+    device = "cuda" if gpu_available() else "cpu"
+    return TransformersServeManager(device=device, options=default_options(device, dtype),
+                                    client_settings=client_settings)  # fmt: skip

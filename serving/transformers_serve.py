@@ -127,13 +127,13 @@ SERVE_PRESETS["default"] = ServeOptions(
 RETURN_FREED_WEIGHTS = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
-def default_options(device: str) -> ServeOptions:
+def default_options(device: str, dtype: str = "auto") -> ServeOptions:
     """The default preset; on an accelerator, in the checkpoint's own dtype and torch's threads (the CPU's dtype
-    and thread choices are about CPU kernels)."""
+    and thread choices are about CPU kernels). `dtype` other than auto (`eval --dtype`) overrides the dtype alone."""
     options = SERVE_PRESETS["default"]
-    if device == "cpu":
-        return options
-    return dataclasses.replace(options, dtype="auto", threads=None, wide_step_threads=None)
+    if device != "cpu":
+        options = dataclasses.replace(options, dtype="auto", threads=None, wide_step_threads=None)
+    return options if dtype == "auto" else dataclasses.replace(options, dtype=dtype)
 
 
 def default_log_dir() -> Path:

@@ -55,11 +55,17 @@ class VLLMLaunch:
     entry: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
 
-    def device_args(self, *, gpu_memory_utilization: float, kv_cache_gib: int) -> tuple[str, ...]:
+    def device_args(self, *, gpu_memory_utilization: float, kv_cache_gib: int, dtype: str = "auto") -> tuple[str, ...]:
+        """`dtype`: auto is vLLM's own choice on a GPU (the checkpoint's) and the CPU's fast one on a CPU."""
         extension = ("--worker-extension-cls", RELOAD_EXTENSION)
         if self.device is Device.GPU:
-            return (*extension, "--gpu-memory-utilization", str(gpu_memory_utilization))
-        return (*extension, "--kv-cache-memory-bytes", f"{kv_cache_gib}G", "--dtype", cpu_serving_dtype())
+            named = ("--dtype", dtype) if dtype != "auto" else ()
+            return (*extension, "--gpu-memory-utilization", str(gpu_memory_utilization), *named)
+        return (*extension, "--kv-cache-memory-bytes", f"{kv_cache_gib}G", "--dtype", self.dtype_on_cpu(dtype))
+
+    @staticmethod
+    def dtype_on_cpu(dtype: str) -> str:
+        return cpu_serving_dtype() if dtype == "auto" else dtype
 
     def device_env(self, gpu: str) -> dict[str, str]:
         path = os.pathsep.join(p for p in (str(IN_VLLM), os.environ.get("PYTHONPATH", "")) if p)

@@ -38,7 +38,6 @@ from pathlib import Path
 import httpx
 
 from cycleqd.serving.client import ClientSettings, ServedModel
-from cycleqd.serving.cpu_dtype import cpu_serving_dtype
 from cycleqd.serving.errors import EndpointError, ModelRefError, SwapVerificationError
 from cycleqd.serving.fingerprint import (
     MEAN_ABS_TOLERANCE,
@@ -154,10 +153,12 @@ class VLLMManager(ProcessServerManager):
         fingerprint_tolerance: float = MEAN_ABS_TOLERANCE,
         launch: VLLMLaunch | None = None,
         kv_cache_gib: int = DEFAULT_CPU_KV_CACHE_GIB,
+        dtype: str = "auto",
     ) -> None:
         """`gpu`: the server slot; on a GPU it runs on the slot-th GPU the parent may use (see `gpu_for_slot`).
         `launch`: how the process starts (default: `find_vllm`, which raises EngineUnavailableError where vLLM
-        cannot run; the protocol tests put their own server there). `kv_cache_gib`: the KV cache on a CPU."""
+        cannot run; the protocol tests put their own server there). `kv_cache_gib`: the KV cache on a CPU.
+        `dtype`: `--dtype` of every process started (auto: the device's choice, `VLLMLaunch.device_args`)."""
         super().__init__(client_settings or ClientSettings(max_concurrency=64))
         self.launch = launch or find_vllm(want_gpu=gpu_available())
         if self.launch.device is Device.CPU:
@@ -165,6 +166,7 @@ class VLLMManager(ProcessServerManager):
         self.gpu = gpu_for_slot(int(gpu), os.environ.get("CUDA_VISIBLE_DEVICES"))
         self.gpu_memory_utilization = gpu_memory_utilization
         self.kv_cache_gib = kv_cache_gib
+        self.dtype = dtype
         self.max_model_len = max_model_len
         self.extra_args = extra_args
         if log_dir is None:
@@ -192,7 +194,7 @@ class VLLMManager(ProcessServerManager):
             "--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_NAME,
             "--max-model-len", str(self.max_model_len),
             *self.launch.device_args(gpu_memory_utilization=self.gpu_memory_utilization,
-                                     kv_cache_gib=self.kv_cache_gib),
+                                     kv_cache_gib=self.kv_cache_gib, dtype=self.dtype),
             *self.extra_args,
         ]  # fmt: skip
         env = {**self.launch.device_env(self.gpu), "VLLM_SERVER_DEV_MODE": "1", "HF_HUB_OFFLINE": "1"}
@@ -202,8 +204,8 @@ class VLLMManager(ProcessServerManager):
     def decoding(self) -> str:
         version = ".".join(map(str, self.version)) or "?"
         if self.launch.device is Device.GPU:
-            return f"vllm {version} --device cuda"
-        return f"vllm {version} --device cpu --dtype {cpu_serving_dtype()}"
+            return f"vllm {version} --device cuda" + (f" --dtype {self.dtype}" if self.dtype != "auto" else "")
+        return f"vllm {version} --device cpu --dtype {self.launch.dtype_on_cpu(self.dtype)}"
 
     async def start(self) -> None:
         """vLLM needs a model to start with: the process starts on the first serve()."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import typing
 from pathlib import Path
 
@@ -228,6 +229,16 @@ def test_every_config_key_is_read_from_the_file(tmp_path: Path) -> None:
 def test_bad_configs_name_the_field(tmp_path: Path, extra: str, message: str) -> None:
     with pytest.raises(ConfigError, match="evolve.yaml: " + message.replace("[", r"\[").replace("(", r"\(")):
         load_config(write_config(tmp_path, TWO_TASKS + extra))
+
+
+@pytest.mark.parametrize(("written", "instead"), [("3e-4", "3.0e-4"), ("1.5E4", "1.5e+4")])
+def test_a_number_yaml_reads_as_text_says_how_to_write_it(tmp_path: Path, written: str, instead: str) -> None:
+    """PyYAML (YAML 1.1) reads 3e-4 as the string '3e-4': "expected a finite number, got '3e-4'" left the reader
+    staring at a number."""
+    with pytest.raises(ConfigError, match=re.escape(f"YAML reads {written} as text: write {instead}")):
+        load_config(write_config(tmp_path, TWO_TASKS + f"mutation: {{kind: gaussian, std: {written}}}\n"))
+    config = load_config(write_config(tmp_path, TWO_TASKS + f"mutation: {{kind: gaussian, std: {instead}}}\n"))
+    assert config.mutation.std == float(written)
 
 
 def test_a_missing_expert_and_a_single_task_are_refused(tmp_path: Path) -> None:

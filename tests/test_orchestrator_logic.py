@@ -6,24 +6,30 @@ mid-run) is tested in tests/test_eval.py and tests/test_racing_episodes.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.console import Console
 
 from cycleqd.db import open_store
+from cycleqd.db.monitor_queries import episodes_in_flight
 from cycleqd.db.store import Store
-from cycleqd.envs.episode import EpisodeStatus
-from cycleqd.envs.registry import EpisodeSettings, register, unregister
-from cycleqd.eval.orchestrator import EpisodeGate, EpisodeResult, EvalSettings, Orchestrator, summarize
+from cycleqd.display import EvalView, _RunWatch
+from cycleqd.envs.episode import Episode, EpisodeStatus
+from cycleqd.envs.registry import EpisodeSettings, Runtime, register, unregister
+from cycleqd.eval.orchestrator import EpisodeGate, EpisodeResult, EpisodeRound, EvalSettings, Orchestrator, summarize
 from cycleqd.eval.runtime import EnvRuntime
 from cycleqd.eval.tasks import EvalTask, load_eval_tasks
+from cycleqd.serving.client import ChatReply
 from cycleqd.serving.errors import EndpointError
 from cycleqd.serving.model_ref import ExternalEndpoint
-from tests.echo_environment import EchoEnvironment
+from tests.echo_environment import EchoEnvironment, EchoEpisode, EchoTask
 from tests.memory_sandbox import MemoryStarter
 from tests.scripted_model import Messages, ScriptedModel
 
@@ -44,7 +50,7 @@ def twelve_words() -> Iterator[list[EvalTask]]:
 async def played(
     store: Store, tasks: list[EvalTask], model: ScriptedModel, settings: EvalSettings, starter: MemoryStarter,
     run_id: str | None = None, on_result: Callable[[EpisodeResult], None] = lambda _: None,
-    gate: EpisodeGate | None = None,
+    gate: EpisodeGate | None = None, on_round: Callable[[EpisodeRound], None] = lambda _: None,
 ) -> tuple[str, int]:  # fmt: skip
     """Run the tasks on memory sandboxes; the run's id and the model row."""
     run_id = run_id or store.create_run("eval", {"test": "orchestrator logic"}).id
@@ -52,7 +58,8 @@ async def played(
     model_id = store.model_id("scripted:m", "scripted")
     async with EnvRuntime.of(tasks, run_id=run_id, max_sandboxes=settings.max_sandboxes,
                              settings=EpisodeSettings(round_limit=1), start_sandbox=starter) as runtime:  # fmt: skip
-        await Orchestrator(store, run_id, model, model_id, settings, on_result).run(tasks, runtime, gate)
+        orchestrator = Orchestrator(store, run_id, model, model_id, settings, on_result, on_round)
+        await orchestrator.run(tasks, runtime, gate)
     return run_id, model_id
 
 
@@ -208,3 +215,128 @@ async def test_a_run_cancelled_at_any_moment_leaves_no_episode_unstarted_behind(
         stored = store.episodes(run_id)
         assert all(e.score == 1.0 for e in stored) and starter.live == 0, loop_steps
         assert 3 <= len(stored) < 12 if loop_steps is None else len(stored) < 12
+
+
+# -- episodes in flight and their time limit ---------------------------------------------------------------------
+
+
+class AgainEpisode(EchoEpisode):
+    """The echo episode asked again after each reply, until `rounds` replies: several model turns."""
+
+    def __init__(self, task: EchoTask, sandbox: Any, rounds: int) -> None:
+        super().__init__(task, sandbox)
+        self.left = rounds
+
+    async def step(self, reply: str) -> str | None:
+        await super().step(reply)
+        self.left -= 1
+        return f"Again, repeat this word: {self.task.word}" if self.left else None
+
+
+class AgainEnvironment(EchoEnvironment):
+    name = "again"
+
+    def __init__(self, rounds: int) -> None:
+        super().__init__(WORDS[:1])
+        self.rounds = rounds
+
+    @contextlib.asynccontextmanager
+    async def open_episode(self, task: EchoTask, runtime: Runtime) -> AsyncIterator[Episode]:
+        async with runtime.sandbox("os-default") as sandbox:
+            yield AgainEpisode(task, sandbox, self.rounds)
+
+
+@contextlib.contextmanager
+def again_tasks(rounds: int) -> Iterator[list[EvalTask]]:
+    env = register(AgainEnvironment(rounds))
+    try:
+        yield load_eval_tasks([env.name], "builtin", "dev", None)
+    finally:
+        unregister(env.name)
+
+
+class HeldModel(ScriptedModel):
+    """Its `hold`-th request waits until the test releases it: an episode stays in flight while the test looks."""
+
+    def __init__(self, reply: Callable[[Messages], str], hold: int) -> None:
+        super().__init__(reply)
+        self.hold, self.holding, self.release = hold, asyncio.Event(), asyncio.Event()
+
+    async def chat(self, messages: Messages, **options: object) -> ChatReply:
+        if self.requests + 1 == self.hold:
+            self.holding.set()
+            await self.release.wait()
+        return await super().chat(messages, **options)
+
+
+async def test_an_episode_in_flight_is_told_stored_and_shown_each_round_until_its_commit(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "flight.db")
+    view = EvalView(None, _RunWatch("eval", tmp_path / "flight.db", Console()))  # eval's live view, not drawn
+    heard: list[object] = []
+
+    def hear(event: object) -> None:
+        heard.append(event)
+        view(event)
+
+    model = HeldModel(repeat_the_word, hold=3)  # the third reply waits: two are in, the episode is in flight
+    settings = EvalSettings(concurrency=1, repeats=1, max_tokens=8, max_sandboxes=4)
+    with again_tasks(rounds=3) as tasks:
+        run_id = store.create_run("eval", {"test": "in flight"}).id
+        running = asyncio.create_task(played(store, tasks, model, settings, MemoryStarter(), run_id, hear,
+                                             on_round=hear))  # fmt: skip
+        await asyncio.wait_for(model.holding.wait(), 10)
+        told = [e for e in heard if isinstance(e, EpisodeRound)]
+        assert [(e.env, e.task_key, e.progress.rounds, e.progress.completion_tokens) for e in told] == [
+            ("again", "echo-0", 0, 0), ("again", "echo-0", 1, 1), ("again", "echo-0", 2, 2)]  # fmt: skip
+        [row] = episodes_in_flight(store, run_id)  # what the monitor reads, as the last round left it
+        last = told[-1].progress
+        assert (row.env, row.task_key, row.repeat, row.rounds) == ("again", "echo-0", 0, 2)
+        assert row.tokens == last.prompt_tokens + last.completion_tokens and row.started_at == last.started_at
+        assert view.in_flight_line().startswith("1 in flight · longest: again echo-0, 2 rounds, 2 tokens generated, ")
+        assert store.episodes(run_id) == []
+        model.release.set()
+        await asyncio.wait_for(running, 10)
+    [result] = [e for e in heard if isinstance(e, EpisodeResult)]
+    assert result.key == told[0].key and heard[-1] is result  # the result ends what the rounds began
+    assert [e.progress.rounds for e in heard if isinstance(e, EpisodeRound)] == [0, 1, 2, 3]
+    assert episodes_in_flight(store, run_id) == [] and view.in_flight_line() == ""
+    [episode] = store.episodes(run_id)
+    assert (episode.status, episode.score, episode.completion_tokens) == (EpisodeStatus.COMPLETED, 1.0, 3)
+
+
+async def test_a_cancelled_episode_leaves_no_row_in_flight(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "cancelled.db")
+    model = HeldModel(repeat_the_word, hold=2)
+    settings = EvalSettings(concurrency=1, repeats=1, max_tokens=8, max_sandboxes=4)
+    with again_tasks(rounds=3) as tasks:
+        run_id = store.create_run("eval", {"test": "in flight, cancelled"}).id
+        running = asyncio.create_task(played(store, tasks, model, settings, MemoryStarter(), run_id))
+        await asyncio.wait_for(model.holding.wait(), 10)
+        assert [row.rounds for row in episodes_in_flight(store, run_id)] == [1]
+        running.cancel()  # Ctrl-C: the episode is not stored, and no longer in flight
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    assert episodes_in_flight(store, run_id) == [] and store.episodes(run_id) == []
+
+
+async def test_an_episode_past_its_time_limit_ends_as_episode_timeout_scored_0_with_its_transcript(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path / "timeout.db")
+    starter = MemoryStarter()
+    model = ScriptedModel(repeat_the_word, latency_s=0.05)  # a model that never stops: it only ever repeats
+    settings = EvalSettings(concurrency=1, repeats=1, max_tokens=8, max_sandboxes=4,
+                            episode=EpisodeSettings(time_limit_s=0.5))  # fmt: skip
+    with again_tasks(rounds=1000) as tasks:
+        run_id, model_id = await played(store, tasks, model, settings, starter)
+        (aggregate,) = summarize(store, run_id, tasks, model_id)
+    [episode] = store.episodes(run_id)
+    assert (episode.status, episode.score, episode.error) == (EpisodeStatus.EPISODE_TIMEOUT, 0.0, None)
+    assert "ran past its time limit of 0.5 s" in episode.verdict["detail"]
+    replies = [m["content"] for m in episode.transcript if m["role"] == "assistant"]
+    assert episode.rounds == len(replies) >= 2 and set(replies) == {"word0"}  # what it said before the limit, kept
+    assert model.requests in (episode.rounds, episode.rounds + 1)  # the reply under way at the limit is lost
+    assert episode.completion_tokens == episode.rounds and episode.context_messages == 1
+    assert 0.5 <= (episode.finished_at - episode.started_at).total_seconds() < 5
+    assert starter.live == 0 and episodes_in_flight(store, run_id) == []  # its sandbox went, its row in flight too
+    assert (aggregate.episodes, aggregate.errors, aggregate.score) == (1, 0, 0.0)  # the agent's failure, scored

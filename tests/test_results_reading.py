@@ -61,7 +61,9 @@ def evals(tmp_path: Path) -> Evals:
 
 # -- 8. filters that silently match nothing --------------------------------------------------------------------------
 
-STATUSES = "completed, round_limit, invalid_action, command_timeout, sandbox_broken, tampered, env_error"
+STATUSES = (
+    "completed, round_limit, episode_timeout, invalid_action, command_timeout, sandbox_broken, tampered, env_error"
+)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ commits that survive a killed writer."""
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sqlite3
 import subprocess
@@ -281,6 +282,63 @@ def test_aggregates_stored_before_0020_with_nothing_scored_lose_their_mean(tmp_p
             ))  # fmt: skip
     store = open_store(path)  # migrates to the head
     assert {a.env: a.score for a in store.aggregates("r")} == {"os": None, "db": 0.0, "coding": 0.5}
+
+
+async def test_an_eval_interrupted_before_0022_resumes_on_the_migrated_store(tmp_path: Path, echo_environment) -> None:  # noqa: ANN001
+    """A run stored under revision 0021, its request without an episode time limit and one of its two episodes in:
+    the store migrates, the request reads back with the default limit, the resume clears a row in flight that a
+    killed process left, and plays only the other episode, through a row in flight that its commit removes."""
+    from datetime import UTC, datetime
+
+    from cycleqd.db.monitor_queries import episodes_in_flight, open_monitor_store
+    from cycleqd.db.schema import RunStatus
+    from cycleqd.db.store import EpisodeProgress
+    from cycleqd.envs.registry import EPISODE_TIME_LIMIT_S
+    from cycleqd.eval.orchestrator import EpisodeRound, Orchestrator
+    from cycleqd.eval.runtime import EnvRuntime
+    from cycleqd.requests import EvalRequest
+    from cycleqd.serving.model_ref import ExternalEndpoint
+    from tests.memory_sandbox import MemoryStarter
+    from tests.scripted_model import ScriptedModel
+
+    path = tmp_path / "old.db"
+    old_request = {k: v for k, v in EvalRequest(tasks=("echo",)).snapshot().items() if k != "episode_timeout"}
+    tasks = EvalRequest.from_snapshot(old_request).planned_tasks()  # banana, river
+    with store_at_revision(path, "0021") as connection:
+        connection.execute(text("UPDATE runs SET status = 'interrupted', config = :config"),
+                           {"config": json.dumps(old_request)})  # fmt: skip
+        for task_id, task in enumerate(tasks, 1):
+            connection.execute(text("INSERT INTO tasks (id, env, suite, split, task_key, content_hash) VALUES "
+                                    "(:id, :env, :suite, :split, :key, :hash)"),
+                               {"id": task_id, "env": task.env, "suite": task.suite, "split": task.split,
+                                "key": task.key, "hash": task.content_hash})  # fmt: skip
+        connection.execute(text(
+            "INSERT INTO episodes (run_id, model_id, task_id, repeat, status, score, rounds, prompt_tokens, "
+            "completion_tokens, latency_s, transcript, started_at, finished_at) VALUES "
+            "('r', 1, 1, 0, 'completed', 1.0, 1, 1, 1, 0.1, '[]', '2026-01-01', '2026-01-01')"
+        ))  # fmt: skip
+    assert episodes_in_flight(open_monitor_store(path), "r") == []  # the monitor reads it as it is, unmigrated
+    store = open_store(path)  # migrates to the head
+    request = EvalRequest.from_snapshot(store.get_run("r").config)
+    assert request.episode_timeout == EPISODE_TIME_LIMIT_S == request.settings().episode.time_limit_s
+    killed = EpisodeProgress(4, 900, 512, datetime(2026, 1, 1, tzinfo=UTC))  # what a process killed mid-episode left
+    store.record_in_flight(EpisodeKey("r", 1, 2, 0), killed)
+    store.set_run_status("r", RunStatus.RUNNING)  # as a resume does: nothing of the run is in flight yet
+    assert episodes_in_flight(store, "r") == []
+    model = ScriptedModel(lambda messages: messages[-1]["content"].split()[-1])
+    await model.serve(ExternalEndpoint("scripted://", "m"))
+    rows_seen: list[int] = []
+
+    def heard(event: EpisodeRound) -> None:
+        rows_seen.append(len(episodes_in_flight(store, "r")))
+
+    settings = request.settings()
+    async with EnvRuntime.of(tasks, run_id="r", max_sandboxes=2, settings=settings.episode,
+                             start_sandbox=MemoryStarter()) as runtime:  # fmt: skip
+        await Orchestrator(store, "r", model, 1, settings, on_round=heard).run(tasks, runtime)
+    assert model.requests == 1 and rows_seen == [1, 1]  # the one episode left, in flight as it began and replied
+    assert [(e.task_id, e.score) for e in store.episodes("r")] == [(1, 1.0), (2, 1.0)]
+    assert episodes_in_flight(store, "r") == []
 
 
 def test_moments_come_back_in_utc_and_statuses_as_enums(store, tmp_path: Path) -> None:  # noqa: ANN001

@@ -27,7 +27,7 @@ from cycleqd.db import EpisodeRecord, open_store
 from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
 from cycleqd.db.monitor_queries import ArchiveView, CellView, StoreOpenError, open_monitor_store
 from cycleqd.db.schema import Episode, Run, RunStatus, ServerState, Task
-from cycleqd.db.store import Store
+from cycleqd.db.store import EpisodeKey, EpisodeProgress, Store
 from cycleqd.envs.os_prompt import first_messages
 from cycleqd.monitor import episode_screen, eval_screen, evolution_screen, runs_screen
 from cycleqd.monitor import format as fmt
@@ -491,6 +491,45 @@ async def test_an_eval_s_header_names_only_the_environments_it_plays(tmp_path: P
             assert f"default on {envs} (dev)" in summary, summary
             await pilot.press("escape")
             await pilot.pause()
+
+
+async def test_an_episode_in_flight_is_a_running_row_with_its_round_and_tokens_until_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "flight.db"
+    store = open_store(path)
+    run = store.create_run("eval", {"model": "default", "tasks": ["os"], "split": "dev", "planned_episodes": 2})
+    model = store.model_id("sha256:" + "ef" * 32, "default")
+    done, long = (store.task_id("os", "builtin", "dev", key, "0" * 64) for key in ("os-dev-3", "os-dev-7"))
+    store.record_episode(EpisodeRecord(run.id, model, done, 0, "completed", 1.0, rounds=2, prompt_tokens=300,
+                                       completion_tokens=40))  # fmt: skip
+    # Written as the orchestrator writes it after the model's third reply, 4m12s after the episode began.
+    key = EpisodeKey(run.id, model, long, 0)
+    store.record_in_flight(key, EpisodeProgress(3, 1200, 1536, NOW - timedelta(minutes=4, seconds=12)))
+    app = pinned_app(path, refresh_s=0.1)
+    said: list[str] = []
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        monkeypatch.setattr(app, "notify", lambda message, **_: said.append(message))
+        await open_run(pilot, run.id)
+        episodes = app.screen.query_one(EpisodesTable)
+        rows = list(table_rows(episodes).values())
+        assert rows[0] == ["–", "os", "os-dev-7", "0", "running", "–", "3", "2736", "–"]  # first, above the committed
+        assert [row[4] for row in rows[1:]] == ["completed"]
+        summary = str(app.screen.query_one("#eval-summary", Static).content)
+        assert "episodes 1/2 · " in summary and summary.endswith(" · in flight 1, longest 4m12s")
+        episodes.move_cursor(row=0)
+        await pilot.press("enter")  # nothing of it is stored yet: said so, and the screen stays
+        assert isinstance(app.screen, EvalScreen) and said == [
+            "this episode is still running: its transcript is stored when it ends"
+        ]
+        store.record_episode(EpisodeRecord(run.id, model, long, 0, "episode_timeout", 0.0, rounds=3,
+                                           prompt_tokens=1200, completion_tokens=1536))  # fmt: skip
+        await wait_until(pilot, lambda: all(row[4] != "running" for row in table_rows(episodes).values()))
+        assert [row[4:7] for row in table_rows(episodes).values()] == [
+            ["episode_timeout", "0.00", "3"], ["completed", "1.00", "2"]]  # fmt: skip
+        summary = str(app.screen.query_one("#eval-summary", Static).content)
+        assert "episodes 2/2 · " in summary and "in flight" not in summary
 
 
 # -- reads off the UI loop ------------------------------------------------------------------------------------------

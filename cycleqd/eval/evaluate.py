@@ -39,9 +39,10 @@ def evaluate(
 
     `resume`: a run id (or a unique prefix) to finish; its stored request is used, and `given` (options the caller
     set explicitly) must agree with it. `ray`: play the episodes on a Ray cluster's slots. `on_event` receives
-    `RunOpened`, `EpisodesPlanned`, an `EpisodeResult` per episode and `Stopping` (see cycleqd.events). Called where
-    an event loop already runs (a Jupyter cell), the run gets a loop of its own in a worker thread, which then calls
-    `on_event`; `evaluate_async` runs on the caller's loop instead.
+    `RunOpened`, `EpisodesPlanned`, `EpisodeRound`s while an episode is in flight (not from a cluster's nodes), an
+    `EpisodeResult` per episode and `Stopping` (see cycleqd.events). Called where an event loop already runs (a
+    Jupyter cell), the run gets a loop of its own in a worker thread, which then calls `on_event`; `evaluate_async`
+    runs on the caller's loop instead.
 
     Raises a `UserError` (or one of `cycleqd.errors.USER_ERRORS`) for what the caller can fix, `IncompleteRunError`
     when planned episodes are missing at the end, `RunInterrupted` on Ctrl-C or SIGTERM (the run resumable)."""
@@ -206,7 +207,7 @@ class _Evaluation:
             model_id = store.model_id(identity, ref.label)
             orchestrator = Orchestrator(store, run_id, manager, model_id, request.settings())
             self.notify(EpisodesPlanned(len(orchestrator.plan(self.tasks))))
-            orchestrator.on_result = self.notify
+            orchestrator.on_result = orchestrator.on_round = self.notify
             await orchestrator.run(self.tasks)
         summarize(store, run_id, self.tasks, model_id)
 

@@ -2,10 +2,14 @@
 once (asyncio-pool); sandboxes are bounded by the pool's cap, model requests by the client's.
 
 An episode: acquire a sandbox (or a database) → begin → (model reply → step)* → outcome → commit → release.
-It is committed the moment it ends. Environment errors (an init that failed, a server that died under a request,
-a lost engine) are retried `retries` times, then recorded with status env_error and no score; a model that
-answers badly simply scores 0. Any other exception is a bug: it is never swallowed — the run raises it once the
-episodes in flight are done. On resume, what the store already holds is skipped.
+It is committed the moment it ends. While it runs, its rounds and tokens so far are written to the store as it
+begins and after each model reply (`episodes_in_flight`, read by the monitor) and sent as `EpisodeRound` events;
+the commit removes that row in its own transaction. Past its wall-clock limit (`EpisodeSettings.time_limit_s`,
+from the environment's first messages) an episode ends as `episode_timeout`, scored 0, with its transcript so far.
+Environment errors (an init that failed, a server that died under a request, a lost engine) are retried `retries`
+times, then recorded with status env_error and no score; a model that answers badly simply scores 0. Any other
+exception is a bug: it is never swallowed — the run raises it once the episodes in flight are done. On resume,
+what the store already holds is skipped.
 
 A gate (an evolution racing a child) may choose which episode starts next and stop the run early: the episodes
 still running are then cancelled (their sandboxes released by their context managers, nothing of them stored),
@@ -23,16 +27,17 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from asyncio_pool import AioPool
+from sqlalchemy.exc import OperationalError
 
 from cycleqd.db.schema import Aggregate
 from cycleqd.db.scores import ScoreTally
-from cycleqd.db.store import DuplicateEpisodeError, EpisodeKey, EpisodeRecord, Store
-from cycleqd.envs.episode import EpisodeStatus, Outcome
+from cycleqd.db.store import DuplicateEpisodeError, EpisodeKey, EpisodeProgress, EpisodeRecord, Store
+from cycleqd.envs.episode import Episode, EpisodeStatus, Outcome
 from cycleqd.envs.errors import EpisodeSetupError
-from cycleqd.envs.registry import EpisodeSettings, environment
+from cycleqd.envs.registry import EPISODE_TIME_LIMIT_S, EpisodeSettings, environment
 from cycleqd.eval.runtime import EnvRuntime
 from cycleqd.eval.tasks import EvalTask
 from cycleqd.sandboxes.errors import SandboxError
@@ -69,13 +74,15 @@ class EvalSettings:
 
     @classmethod
     def sized(
-        cls, *, concurrency: int, repeats: int, max_tokens: int, rounds: int, sampling: Sampling | None = None
-    ) -> EvalSettings:
+        cls, *, concurrency: int, repeats: int, max_tokens: int, rounds: int, sampling: Sampling | None = None,
+        time_limit_s: float = EPISODE_TIME_LIMIT_S,
+    ) -> EvalSettings:  # fmt: skip
         """The settings of a run asked for these counts (`cycleqd eval` and an evolution's eval block alike):
         two sandboxes per concurrent episode, so a warm spare is ready while one is being torn down, and two more,
         so that one episode at a time too has starts in flight while the last sandbox goes away."""
         return cls(concurrency=concurrency, repeats=repeats, max_tokens=max_tokens,
-                   max_sandboxes=concurrency * 2 + 2, episode=EpisodeSettings(round_limit=rounds),
+                   max_sandboxes=concurrency * 2 + 2,
+                   episode=EpisodeSettings(round_limit=rounds, time_limit_s=time_limit_s),
                    sampling=sampling or Sampling())  # fmt: skip
 
 
@@ -86,40 +93,96 @@ class EpisodeResult:
     status: str
     score: float | None
     seconds: float
+    key: EpisodeKey | None = None  # the key of the `EpisodeRound`s it ends
+
+
+@dataclass(frozen=True)
+class EpisodeRound:
+    """An episode in flight (an `on_event` event): sent as it begins (round 0) and after each model reply, so that a
+    live view shows episodes that have not ended; its `EpisodeResult` (the same key) ends it. No transcript: cheap."""
+
+    key: EpisodeKey
+    env: str
+    task_key: str
+    progress: EpisodeProgress
+
+
+class RoundHook(Protocol):
+    """Hears where an attempt stands: as it begins, then after each model reply."""
+
+    async def __call__(self, progress: EpisodeProgress) -> None: ...
+
+
+async def _unheard(progress: EpisodeProgress) -> None:
+    """The hook of a caller that follows no episode in flight (a Ray node: its head stores only records)."""
 
 
 @dataclass
+class Conversation:
+    """One attempt's messages and usage as they grow: what an episode cut short by its time limit keeps."""
+
+    messages: list[dict[str, str]]
+    context_messages: int  # the leading messages the environment wrote: prompt, one-shot turns
+    rounds: int = 0  # model replies
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def progress(self) -> EpisodeProgress:
+        return EpisodeProgress(self.rounds, self.prompt_tokens, self.completion_tokens, self.started_at)
+
+    async def reply(self, manager: ServerManager, max_tokens: int, options: dict[str, Any]) -> str:
+        reply = await manager.chat(self.messages, max_tokens=max_tokens, **options)
+        self.rounds += 1
+        self.prompt_tokens += reply.usage.prompt_tokens
+        self.completion_tokens += reply.usage.completion_tokens
+        self.latency_s += reply.latency_s
+        self.messages = [*self.messages, {"role": "assistant", "content": reply.text}]  # begin()'s list stays its own
+        return reply.text
+
+
+@dataclass(frozen=True)
 class EpisodeRun:
     outcome: Outcome
-    transcript: list[dict[str, str]]
-    prompt_tokens: int
-    completion_tokens: int
-    latency_s: float
-    context_messages: int = 0  # the leading messages the environment wrote: prompt, one-shot turns
+    talk: Conversation
 
 
 async def play(
-    runtime: EnvRuntime, manager: ServerManager, task: EvalTask, max_tokens: int, sampling: Sampling | None = None
+    runtime: EnvRuntime, manager: ServerManager, task: EvalTask, settings: EvalSettings, on_round: RoundHook = _unheard
 ) -> EpisodeRun:
-    """One attempt at one episode."""
-    tokens_in = tokens_out = 0
-    latency = 0.0
-    options = (sampling or Sampling()).options()
+    """One attempt at one episode; `on_round` hears where it stands as it begins and after each model reply. Past
+    its time limit, counted from the environment's first messages (a slow sandbox start or set-up is not the
+    agent's), it ends as `episode_timeout`, scored 0 as the agent's failure, with the transcript it had."""
+    limit = settings.episode.time_limit_s
     async with runtime.episode(task) as episode:
         messages = await episode.begin()
-        context = len(messages)
-        while True:
-            reply = await manager.chat(messages, max_tokens=max_tokens, **options)
-            tokens_in += reply.usage.prompt_tokens
-            tokens_out += reply.usage.completion_tokens
-            latency += reply.latency_s
-            messages = [*messages, {"role": "assistant", "content": reply.text}]
-            observation = await episode.step(reply.text)
-            if observation is None:
-                break
-            messages.append({"role": "user", "content": observation})
-        outcome = await episode.outcome()
-    return EpisodeRun(outcome, messages, tokens_in, tokens_out, latency, context)
+        talk = Conversation(messages, len(messages))
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                await _converse(episode, manager, talk, settings, on_round)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # a TimeoutError of the episode's own, not its time limit
+            detail = f"the episode ran past its time limit of {limit:g} s"
+            return EpisodeRun(Outcome(EpisodeStatus.EPISODE_TIMEOUT, 0.0, talk.rounds, detail=detail), talk)
+        return EpisodeRun(await episode.outcome(), talk)
+
+
+async def _converse(
+    episode: Episode, manager: ServerManager, talk: Conversation, settings: EvalSettings, on_round: RoundHook
+) -> None:
+    """Model reply → step, until the episode says it is over."""
+    options = settings.sampling.options()
+    await on_round(talk.progress())
+    while True:
+        reply = await talk.reply(manager, settings.max_tokens, options)
+        await on_round(talk.progress())
+        observation = await episode.step(reply)
+        if observation is None:
+            return
+        talk.messages.append({"role": "user", "content": observation})
 
 
 class EpisodeGate(Protocol):
@@ -145,6 +208,7 @@ class Orchestrator:
         model_id: int,
         settings: EvalSettings,
         on_result: Callable[[EpisodeResult], None] = lambda _: None,
+        on_round: Callable[[EpisodeRound], None] = lambda _: None,
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -152,6 +216,7 @@ class Orchestrator:
         self.model_id = model_id
         self.settings = settings
         self.on_result = on_result
+        self.on_round = on_round
 
     def plan(self, tasks: list[EvalTask]) -> list[tuple[EvalTask, int, int]]:
         """(task, its row id, repeat) still to run: what the store already holds is skipped."""
@@ -230,8 +295,19 @@ class Orchestrator:
     async def _episode(self, runtime: EnvRuntime, task: EvalTask, task_id: int, repeat: int) -> EpisodeResult | None:
         clock = time.monotonic()
         key = EpisodeKey(self.run_id, self.model_id, task_id, repeat)
-        record = await play_record(runtime, self.manager, task, key, self.settings)
-        return await self.commit(record, task, time.monotonic() - clock)
+
+        async def heard(progress: EpisodeProgress) -> None:
+            await self._in_flight(self.store.record_in_flight, key, progress)
+            self.on_round(EpisodeRound(key, task.env, task.key, progress))
+
+        result = None
+        try:
+            record = await play_record(runtime, self.manager, task, key, self.settings, heard)
+            result = await self.commit(record, task, time.monotonic() - clock)
+            return result
+        finally:
+            if result is None:  # cancelled, failed, or stored by another process first: no longer in flight
+                await self._in_flight(self.store.drop_in_flight, key)
 
     async def commit(self, record: EpisodeRecord, task: EvalTask, seconds: float) -> EpisodeResult | None:
         """Store one finished episode (wherever it was played) and report it; a second copy is never counted."""
@@ -240,33 +316,47 @@ class Orchestrator:
         except DuplicateEpisodeError:
             log.warning("%s repeat %d was already recorded; not counted twice", task.key, record.repeat)
             return None
-        result = EpisodeResult(task, record.repeat, str(record.status), record.score, seconds)
+        key = EpisodeKey(record.run_id, record.model_id, record.task_id, record.repeat)
+        result = EpisodeResult(task, record.repeat, str(record.status), record.score, seconds, key)
         self.on_result(result)
         return result
 
-    async def _store(self, record: EpisodeRecord) -> None:
-        write = asyncio.ensure_future(asyncio.to_thread(self.store.record_episode, record))
+    async def _in_flight(self, write: Callable[..., None], *args: object) -> None:
+        """A write of an episode's row in flight, which only the monitor reads: a store too busy for it (locked past
+        its busy timeout) costs a line in the log, never the episode."""
         try:
-            await asyncio.shield(write)
+            await self._write(write, *args)
+        except OperationalError as exc:
+            log.warning("could not record an episode in flight: %s", exc)
+
+    async def _store(self, record: EpisodeRecord) -> None:
+        await self._write(self.store.record_episode, record)
+
+    async def _write(self, write: Callable[..., object], *args: object) -> None:
+        """`write(*args)` in a worker thread, the store being synchronous."""
+        job = asyncio.ensure_future(asyncio.to_thread(write, *args))
+        try:
+            await asyncio.shield(job)
         except asyncio.CancelledError:
             # Cancelling cannot stop the thread that writes the row: wait for it, so that a cancelled run (a settled
             # race, Ctrl-C) returns with nothing still landing in the store behind it.
             with contextlib.suppress(Exception):
-                await write
+                await job
             raise
 
 
 async def play_record(
-    runtime: EnvRuntime, manager: ServerManager, task: EvalTask, key: EpisodeKey, settings: EvalSettings
-) -> EpisodeRecord:
+    runtime: EnvRuntime, manager: ServerManager, task: EvalTask, key: EpisodeKey, settings: EvalSettings,
+    on_round: RoundHook = _unheard,
+) -> EpisodeRecord:  # fmt: skip
     """One episode played to its record, environment errors retried, not yet stored. Separate from storing so that
-    another process can play it (the Ray backend's nodes)."""
+    another process can play it (the Ray backend's nodes). `on_round` hears each attempt's rounds."""
     run_id, model_id, task_id, repeat = key
     started = datetime.now(UTC)
     error = ""
     for attempt in range(1 + settings.retries):
         try:
-            done = await play(runtime, manager, task, settings.max_tokens, settings.sampling)
+            done = await play(runtime, manager, task, settings, on_round)
             break
         except ENV_ERRORS as exc:
             error = f"attempt {attempt + 1}: {type(exc).__name__}: {exc}"
@@ -276,11 +366,11 @@ async def play_record(
     if done is None:
         return EpisodeRecord(run_id, model_id, task_id, repeat, EpisodeStatus.ENV_ERROR, None, error=error[-2000:],
                              started_at=started)  # fmt: skip
-    outcome = done.outcome
+    outcome, talk = done.outcome, done.talk
     return EpisodeRecord(
         run_id, model_id, task_id, repeat, outcome.status, outcome.score, rounds=outcome.rounds,
-        prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, latency_s=done.latency_s,
-        transcript=done.transcript, started_at=started, context_messages=done.context_messages,
+        prompt_tokens=talk.prompt_tokens, completion_tokens=talk.completion_tokens, latency_s=talk.latency_s,
+        transcript=talk.messages, started_at=started, context_messages=talk.context_messages,
         verdict={"answer": outcome.answer, "expected": outcome.expected, "detail": outcome.detail},
     )  # fmt: skip
 

@@ -1,12 +1,17 @@
-"""The most recent episodes of an eval run, newest first; Enter opens one."""
+"""An eval run's episodes in flight (status running, as their last round left them), then its most recent
+committed episodes, newest first; Enter opens a committed one."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from textual.binding import Binding
 
-from cycleqd.db.monitor_queries import EpisodeRow
+from cycleqd.db.monitor_queries import EpisodeRow, RunningEpisodeRow
 from cycleqd.monitor import format as fmt
-from cycleqd.monitor.live_table import LiveTable
+from cycleqd.monitor.live_table import LiveTable, Row
+
+RUNNING = "running"  # the status of an episode in flight: no EpisodeStatus, since no stored episode has it
 
 
 class EpisodesTable(LiveTable):
@@ -15,9 +20,11 @@ class EpisodesTable(LiveTable):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(["#", "env", "task", "rep", "status", "score", "rnd", "tokens", "latency"], **kwargs)
 
-    def show(self, episodes: list[EpisodeRow]) -> None:
+    def show(self, episodes: list[EpisodeRow], running: Sequence[RunningEpisodeRow] = ()) -> None:
+        in_flight: list[Row] = [(r.key, _running_cells(r)) for r in running]
         self.replace_rows(
-            [
+            in_flight
+            + [
                 (
                     str(e.id),
                     (
@@ -35,3 +42,8 @@ class EpisodesTable(LiveTable):
                 for e in episodes
             ]
         )
+
+
+def _running_cells(r: RunningEpisodeRow) -> tuple[str, ...]:
+    """No id, score or latency yet: those come with its commit."""
+    return ("–", r.env, fmt.clip(r.task_key, 20), str(r.repeat), RUNNING, "–", str(r.rounds), str(r.tokens), "–")

@@ -1,8 +1,9 @@
-"""One eval run: its progress, the score table per environment and split, and its latest episodes."""
+"""One eval run: its progress, the score table per environment and split, its episodes in flight and its latest
+committed episodes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.text import Text
@@ -13,8 +14,10 @@ from textual.widgets import DataTable, Footer, Header, Static
 from cycleqd.db.monitor_queries import (
     EnvScore,
     EpisodeRow,
+    RunningEpisodeRow,
     RunSummary,
     env_scores,
+    episodes_in_flight,
     recent_episodes,
     run_config,
     run_summary,
@@ -34,6 +37,7 @@ class EvalRun:
     config: dict[str, Any]
     scores: list[EnvScore]
     episodes: list[EpisodeRow]  # the most recent, newest first
+    running: list[RunningEpisodeRow] = field(default_factory=list)  # in flight, longest running first
 
 
 def run_environments(config: dict[str, Any], scores: list[EnvScore]) -> list[str]:
@@ -44,6 +48,9 @@ def run_environments(config: dict[str, Any], scores: list[EnvScore]) -> list[str
     if planned is None:
         planned = [] if config.get("task_ids") else config.get("tasks", [])
     return list(dict.fromkeys([*planned, *(s.env for s in scores)]))
+
+
+EPISODES_TITLE = "most recent episodes"
 
 
 class EvalScreen(LiveScreen[EvalRun | None]):
@@ -58,7 +65,7 @@ class EvalScreen(LiveScreen[EvalRun | None]):
         yield Header()
         yield Static("", id="eval-summary", classes="summary")
         yield ScoreTable(id="scores")
-        yield Static("most recent episodes", classes="section")
+        yield Static(EPISODES_TITLE, id="episodes-title", classes="section")
         yield EpisodesTable(id="episodes")
         yield Footer()
 
@@ -71,9 +78,9 @@ class EvalScreen(LiveScreen[EvalRun | None]):
         summary = run_summary(store, self.run_id, self.source.clock())
         if summary is None:
             return None
-        return EvalRun(
-            summary, run_config(store, self.run_id), env_scores(store, self.run_id), recent_episodes(store, self.run_id)
-        )
+        run_id = self.run_id
+        return EvalRun(summary, run_config(store, run_id), env_scores(store, run_id), recent_episodes(store, run_id),
+                       episodes_in_flight(store, run_id))  # fmt: skip
 
     def show(self, run: EvalRun | None) -> None:
         if run is None:
@@ -86,12 +93,27 @@ class EvalScreen(LiveScreen[EvalRun | None]):
             (summary.id, "bold"), f" · {summary.kind} · ", fmt.run_status(summary.status), f" · {what}\n",
             f"episodes {fmt.progress(summary.done, summary.total, summary.total_is_bound)} · "
             f"env errors {summary.errors} · {fmt.rate(summary.rate, summary.unit)} · "
-            f"elapsed {fmt.duration(summary.elapsed_s)}",
+            f"elapsed {fmt.duration(summary.elapsed_s)}", self.in_flight(run.running),
         )  # fmt: skip
         self.query_one("#eval-summary", Static).update(lines)
         self.query_one(ScoreTable).show(run.scores)
-        self.query_one(EpisodesTable).show(run.episodes)
+        self.query_one(EpisodesTable).show(run.episodes, run.running)
+        self.query_one("#episodes-title", Static).update(
+            f"in flight, then {EPISODES_TITLE}" if run.running else EPISODES_TITLE
+        )
+
+    def in_flight(self, running: list[RunningEpisodeRow]) -> str:
+        """' · in flight 2, longest 5m12s', or nothing when no episode is."""
+        if not running:
+            return ""
+        longest = (self.source.clock() - running[0].started_at).total_seconds()
+        return f" · in flight {len(running)}, longest {fmt.duration(longest)}"
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.data_table.id == "episodes" and event.row_key.value is not None:
-            self.app.push_screen(EpisodeScreen(int(event.row_key.value), self.source))
+        key = event.row_key.value
+        if event.data_table.id != "episodes" or key is None:
+            return
+        if not key.isdigit():  # an episode in flight: nothing of it is stored but its progress
+            self.app.notify("this episode is still running: its transcript is stored when it ends", timeout=4)
+            return
+        self.app.push_screen(EpisodeScreen(int(key), self.source))

@@ -7,7 +7,7 @@ from cycleqd.monitor import format as fmt
 from cycleqd.monitor.live_table import LiveTable
 
 # The model's own endings; environment errors have their column (env_error), as they are never scored.
-ENDINGS = ("completed", "round_limit", "invalid_action", "command_timeout")
+ENDINGS = ("completed", "round_limit", "invalid_action", "command_timeout", "episode_timeout")
 
 
 class ScoreTable(LiveTable):

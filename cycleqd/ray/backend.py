@@ -237,7 +237,9 @@ async def eval_on_cluster(
     if slots < 1:
         raise RayClusterError(f"the Ray cluster offers no {SLOT_RESOURCE!r}; start its nodes with "
                               f"`ray start ... --resources '{{\"{SLOT_RESOURCE}\": N}}'`")  # fmt: skip
-    model = ModelSpec(ref=config["model"], api_key_env=config["api_key_env"], server=config["server"])
+    # a run stored before --dtype existed has none: the servers' own choice, as then
+    model = ModelSpec(ref=config["model"], api_key_env=config["api_key_env"], server=config["server"],
+                      dtype=config.get("dtype", "auto"))  # fmt: skip
     pool = SlotPool(NodeSlot, (model, tasks, run_id, settings), slots, gpus=bool(config.get("ray_gpus")))
     try:
         served = await asyncio.gather(*(actor.serve_model.remote() for actor in pool.actors))

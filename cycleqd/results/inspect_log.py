@@ -15,17 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.db.schema import Run
+from cycleqd.errors import UserError
 
 SCORER = "cycleqd"  # the name of our grading in the log: the environment's own scorer, as stored
 
 
-def _import_inspect() -> Any:
+def import_inspect(what: str = "--format inspect") -> Any:
+    """inspect_ai, or a user error naming `what` needs it and how to install it (it was a RuntimeError: a
+    traceback for a missing optional extra)."""
     try:
         import inspect_ai.log
     except ImportError as exc:
-        raise RuntimeError(
-            "--format inspect needs inspect_ai: pip install 'cycleqd[inspect]' (or pip install inspect_ai)"
-        ) from exc
+        raise UserError(f"{what} needs inspect_ai, which is not installed: pip install 'cycleqd[inspect]' (or pip "
+                        "install inspect_ai)") from exc  # fmt: skip
     return inspect_ai
 
 
@@ -65,7 +67,7 @@ def _sample(record: dict[str, Any]) -> Any:
 
 
 def write_inspect_logs(run: Run, records: Iterable[dict[str, Any]], folder: Path) -> list[Path]:
-    inspect_ai = _import_inspect()
+    inspect_ai = import_inspect()
     groups: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
     first: dict[tuple[str, str, str], dict[str, Any]] = {}
     for record in records:
