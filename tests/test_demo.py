@@ -250,8 +250,11 @@ def test_a_demo_interrupted_in_its_data_stage_says_how_to_resume_it(
 
     db = tmp_path / "demo.db"
     env = {**os.environ, "CYCLEQD_CACHE": str(tmp_path / "cache"), "COLUMNS": "1000"}
+    # Ctrl-C reaches a child of a terminal with SIGINT at its default; one started from a background shell (as CI
+    # may be) inherits it ignored, and would not be interrupted at all.
     demo = subprocess.Popen([sys.executable, "-c", BLOCKED_DEMO, how, str(db)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         assert demo.stdout is not None
         while "data stage" not in (line := demo.stdout.readline()):
