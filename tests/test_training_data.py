@@ -47,6 +47,7 @@ def test_a_split_folder_without_the_asked_split_is_refused_not_read_whole(tmp_pa
     assert split_task_files(plain, "test") == [plain / "a.json", plain / "sub" / "b.jsonl"]  # no splits: all of it
 
 
+@needs_os_training
 def test_os_training_suite_splits_are_disjoint_and_load(tmp_path: Path) -> None:
     suite = build_os_suite(DATA, tmp_path / "os")
     splits = {s: load_eval_tasks(["os"], str(suite), s, None) for s in SPLITS}
