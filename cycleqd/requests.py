@@ -13,8 +13,8 @@ from cycleqd.envs.registry import EPISODE_TIME_LIMIT_S, environment
 from cycleqd.errors import BadOptionError, ResumeConflictError, as_user_errors
 from cycleqd.eval.orchestrator import EvalSettings, Sampling
 from cycleqd.eval.tasks import EvalTask, planned_tasks, suite_environments
-from cycleqd.serving.model_ref import parse_model_ref, server_prefix
-from cycleqd.serving.resolve import server_choice
+from cycleqd.serving.model_ref import ExternalEndpoint, parse_model_ref, server_prefix
+from cycleqd.serving.resolve import DTYPES, server_choice
 
 SERVERS = ("auto", "transformers", "vllm")
 # Upper bounds no machine gets past (every concurrent episode is a container; rounds and repeats multiply
@@ -67,6 +67,9 @@ class EvalRequest:
     temperature: float = 0.0  # 0: greedy
     top_p: float | None = None
     seed: int | None = None
+    # The model server's dtype (serving.resolve.DTYPES); auto: each engine's choice for its device, as before
+    # this field (a run stored without it resumes so).
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         with as_user_errors():  # what the layers below find is a UserError to an API caller too
@@ -95,6 +98,8 @@ class EvalRequest:
                 raise BadOptionError(option_name(name), value, f"a whole number from 1 to {maximum:,}")
         if self.server not in SERVERS:
             raise BadOptionError("--server", self.server, f"one of {', '.join(SERVERS)}")
+        if self.dtype not in DTYPES:
+            raise BadOptionError("--dtype", self.dtype, f"one of {', '.join(DTYPES)}")
         self._check_model()
         if not self.tasks:  # last: it reads the suite's files
             object.__setattr__(self, "tasks", suite_environments(self.suite, self.split, "--tasks"))
@@ -103,7 +108,9 @@ class EvalRequest:
         """The reference parses (reading the environment and the file system, never the network), so a typo is
         refused with the request, before anything is created or started."""
         if server_prefix(self.model)[1] != "default":
-            parse_model_ref(self.model, key_env=self.api_key_env, allow_download=self.allow_download)
+            ref = parse_model_ref(self.model, key_env=self.api_key_env, allow_download=self.allow_download)
+            if isinstance(ref, ExternalEndpoint) and self.dtype != "auto":  # it would be ignored, silently
+                raise BadOptionError("--dtype", self.dtype, "auto with an endpoint, which serves in its own dtype")
         server_choice(self.model, self.server)
 
     def snapshot(self) -> dict[str, Any]:

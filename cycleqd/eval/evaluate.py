@@ -201,7 +201,9 @@ class _Evaluation:
         identity = await asyncio.to_thread(ref.identity)
         server = server_choice(request.model, request.server)
         planned = len(self.tasks) * request.repeats  # the whole request's, so a resume chooses as the run did
-        async with manager_for(ref, server=server, episodes_at_once=request.concurrency, episodes=planned) as manager:
+        async with manager_for(
+            ref, server=server, episodes_at_once=request.concurrency, episodes=planned, dtype=request.dtype
+        ) as manager:
             await manager.serve(ref)
             store, run_id = await asyncio.to_thread(self._open_run, manager.decoding())
             model_id = store.model_id(identity, ref.label)
