@@ -5,6 +5,10 @@
         ...                                   # append the reply and the observation, ask the model again
     outcome = await episode.outcome()         # score and status, computed once the episode ended
 
+Under the tools protocol (AgentBench FC) the orchestrator calls `act` instead of `step`: it hands over the model's
+whole assistant message (its `tool_calls` included) and appends the messages `act` returns (`tool` results, or a
+`user` nudge); every request carries the episode's `tools`. A text episode inherits `act`, which is its `step`.
+
 The environment owns prompts, action parsing, limits and scoring. `step` returns None when the episode is
 over (an answer, a finish, an invalid action, or the round limit). The one limit it does not own is the episode's
 wall-clock time: the orchestrator stops an episode that runs past it (`episode_timeout`) without its `outcome`.
@@ -15,8 +19,18 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
-Message = dict[str, str]
+# A chat-completions message: role and content, and under the tools protocol an assistant's `tool_calls` or a tool
+# result's `tool_call_id`.
+Message = dict[str, Any]
+
+
+class AgentProtocol(StrEnum):
+    """How the model acts: chosen per run (`eval --protocol`), kept with the run."""
+
+    TEXT = "text"  # AgentBench v0.2, and CycleQD's: actions are parsed from the reply's text
+    TOOLS = "tools"  # AgentBench FC: actions are the reply's `tool_calls`, and every request carries the tools
 
 
 class EpisodeStatus(StrEnum):
@@ -44,11 +58,20 @@ class Outcome:
 
 
 class Episode(abc.ABC):
+    # The `tools` array of every request to the model (OpenAI's schema); empty under the text protocol.
+    tools: tuple[dict[str, Any], ...] = ()
+
     @abc.abstractmethod
     async def begin(self) -> list[Message]: ...
 
     @abc.abstractmethod
     async def step(self, reply: str) -> str | None: ...
+
+    async def act(self, reply: Message) -> list[Message] | None:
+        """The model's assistant message in, the messages that answer it out; None: the episode is over. The text
+        protocol's is `step` on the reply's text, its observation a user message."""
+        observation = await self.step(reply.get("content") or "")
+        return None if observation is None else [{"role": "user", "content": observation}]
 
     @abc.abstractmethod
     async def outcome(self) -> Outcome: ...

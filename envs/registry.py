@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
-from cycleqd.envs.episode import Episode
+from cycleqd.envs.episode import AgentProtocol, Episode
 from cycleqd.envs.errors import TaskFormatError, UnknownEnvironmentError
 from cycleqd.envs.replay import TaskVerdict
 from cycleqd.sandboxes.contract import Sandbox
@@ -55,6 +55,7 @@ class EpisodeSettings:
     command_timeout_s: float = 30.0
     scripts_dir: Path | None = None  # AgentBench's scripts folder, for OS tasks that name script files
     time_limit_s: float = EPISODE_TIME_LIMIT_S
+    protocol: AgentProtocol = AgentProtocol.TEXT  # how the model acts: v0.2's text, or AgentBench FC's tool calls
 
 
 class SandboxStarter(Protocol):

@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -43,6 +44,15 @@ class ChatReply:
     model: str  # as the server named it
     identity: str  # the content hash (or other identity) of the model that produced this answer
     attempts: int = 1
+    # The reply's `tool_calls` as the server parsed them (OpenAI's schema: id, type, function.name and
+    # function.arguments, a JSON text that may be malformed); empty where no tools were offered or none was called.
+    tool_calls: tuple[dict[str, Any], ...] = ()
+
+    def message(self) -> dict[str, Any]:
+        """The assistant message to append to the conversation, as the chat-completions API takes it back."""
+        if not self.tool_calls:
+            return {"role": "assistant", "content": self.text}
+        return {"role": "assistant", "content": self.text, "tool_calls": [dict(call) for call in self.tool_calls]}
 
 
 @dataclass(frozen=True)
@@ -89,8 +99,9 @@ class ChatClient:
     async def chat(
         self,
         model: ServedModel,
-        messages: Sequence[dict[str, str]],
+        messages: Sequence[dict[str, Any]],
         *,
+        tools: Sequence[dict[str, Any]] = (),
         max_tokens: int = 512,
         temperature: float = 0.0,
         stop: Sequence[str] | None = None,
@@ -104,6 +115,8 @@ class ChatClient:
             "temperature": temperature,
             "stream": False,
         }
+        if tools:  # no tool_choice: the API's default with tools is "auto", as AgentBench FC sends them
+            body["tools"] = list(tools)
         if stop:
             body["stop"] = list(stop)
         if seed is not None:
@@ -133,6 +146,7 @@ class ChatClient:
                 model=data.get("model", model.name),
                 identity=model.identity,
                 attempts=attempts,
+                tool_calls=_tool_calls(choice["message"]),
             )
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise EndpointError(
@@ -184,6 +198,25 @@ def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
     it; cutting here makes every server agree."""
     cuts = [text.find(s) for s in stop or () if s and s in text]
     return text[: min(cuts)] if cuts else text
+
+
+def _tool_calls(message: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The message's tool calls, each kept as the server wrote it but for the fields the schema names: a call whose
+    arguments do not parse stays as it is, for the environment to answer as its protocol says."""
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise TypeError(f"tool_calls is not a list: {calls!r}")
+    return tuple(
+        {
+            "id": str(call.get("id") or ""),
+            "type": call.get("type") or "function",
+            "function": {
+                "name": str((call.get("function") or {}).get("name") or ""),
+                "arguments": (call.get("function") or {}).get("arguments") or "",
+            },
+        }
+        for call in calls
+    )
 
 
 def _says_unknown_model(response: httpx.Response) -> bool:

@@ -12,6 +12,7 @@ import abc
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from cycleqd.serving.client import ChatClient, ChatReply, ClientSettings, ServedModel
 from cycleqd.serving.errors import EndpointError, ServerDiedError
@@ -72,7 +73,7 @@ class ServerManager(abc.ABC):
             self.served, self.served_ref = served, ref
             return served
 
-    async def chat(self, messages: Sequence[dict[str, str]], **options: object) -> ChatReply:
+    async def chat(self, messages: Sequence[dict[str, Any]], **options: object) -> ChatReply:
         """Answer with the served model. ServerDiedError if the server died under the request."""
         served = self.served
         if served is None:

@@ -24,7 +24,7 @@ import inspect
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -35,7 +35,7 @@ from sqlalchemy.exc import OperationalError
 from cycleqd.db.schema import Aggregate
 from cycleqd.db.scores import ScoreTally
 from cycleqd.db.store import DuplicateEpisodeError, EpisodeKey, EpisodeProgress, EpisodeRecord, Store
-from cycleqd.envs.episode import Episode, EpisodeStatus, Outcome
+from cycleqd.envs.episode import Episode, EpisodeStatus, Message, Outcome
 from cycleqd.envs.errors import EpisodeSetupError
 from cycleqd.envs.registry import EPISODE_TIME_LIMIT_S, EpisodeSettings, environment
 from cycleqd.eval.runtime import EnvRuntime
@@ -121,7 +121,7 @@ async def _unheard(progress: EpisodeProgress) -> None:
 class Conversation:
     """One attempt's messages and usage as they grow: what an episode cut short by its time limit keeps."""
 
-    messages: list[dict[str, str]]
+    messages: list[Message]
     context_messages: int  # the leading messages the environment wrote: prompt, one-shot turns
     rounds: int = 0  # model replies
     prompt_tokens: int = 0
@@ -132,14 +132,17 @@ class Conversation:
     def progress(self) -> EpisodeProgress:
         return EpisodeProgress(self.rounds, self.prompt_tokens, self.completion_tokens, self.started_at)
 
-    async def reply(self, manager: ServerManager, max_tokens: int, options: dict[str, Any]) -> str:
-        reply = await manager.chat(self.messages, max_tokens=max_tokens, **options)
+    async def reply(
+        self, manager: ServerManager, max_tokens: int, options: dict[str, Any], tools: Sequence[dict[str, Any]]
+    ) -> Message:
+        reply = await manager.chat(self.messages, max_tokens=max_tokens, tools=tools, **options)
         self.rounds += 1
         self.prompt_tokens += reply.usage.prompt_tokens
         self.completion_tokens += reply.usage.completion_tokens
         self.latency_s += reply.latency_s
-        self.messages = [*self.messages, {"role": "assistant", "content": reply.text}]  # begin()'s list stays its own
-        return reply.text
+        message = reply.message()
+        self.messages = [*self.messages, message]  # begin()'s list stays its own
+        return message
 
 
 @dataclass(frozen=True)
@@ -177,12 +180,12 @@ async def _converse(
     options = settings.sampling.options()
     await on_round(talk.progress())
     while True:
-        reply = await talk.reply(manager, settings.max_tokens, options)
+        reply = await talk.reply(manager, settings.max_tokens, options, episode.tools)
         await on_round(talk.progress())
-        observation = await episode.step(reply)
-        if observation is None:
+        answers = await episode.act(reply)
+        if answers is None:
             return
-        talk.messages.append({"role": "user", "content": observation})
+        talk.messages.extend(answers)
 
 
 class EpisodeGate(Protocol):
