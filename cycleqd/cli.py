@@ -390,7 +390,13 @@ _ray_option = click.option(
 @click.option("--limit", type=int, help="At most N tasks per environment.")
 @click.option("--repeats", default=1, show_default=True, help="Episodes per task (AgentBench's OS init is random).")
 @click.option("--concurrency", default=8, show_default=True, help="Episodes at once (the model server batches them).")
-@click.option("--rounds", default=5, show_default=True, help="Round limit per episode (CycleQD 5, AgentBench OS 8).")
+@click.option("--protocol", type=click.Choice(["text", "tools"]), default="text", show_default=True,
+              help="How the model acts: text (AgentBench v0.2's and CycleQD's: actions parsed from the reply) or "
+                   "tools (AgentBench FC's function calling: every request carries the tools, actions are "
+                   "tool_calls).")  # fmt: skip
+@click.option("--rounds", type=int,
+              help="Round limit per episode [default: the environment's for the protocol: text 5 (CycleQD's); "
+                   "tools AgentBench FC's, OS 8, DB 15].")  # fmt: skip
 @click.option("--max-tokens", default=512, show_default=True, help="Tokens per model reply (greedy).")
 @click.option("--episode-timeout", type=float, default=EPISODE_TIME_LIMIT_S, show_default=True, metavar="SECONDS",
               help="Wall-clock limit per episode from its first message; past it: episode_timeout, "
@@ -411,9 +417,9 @@ _ray_option = click.option(
 @click.pass_context
 def eval_cmd(
     ctx: click.Context, model_ref: str, api_key_env: str, tasks: str | None, suite: str, split: str, limit: int | None,
-    repeats: int, concurrency: int, rounds: int, max_tokens: int, episode_timeout: float, server: str, dtype: str,
-    allow_download: bool, task_ids: str | None, temperature: float, top_p: float | None, seed: int | None,
-    db_path: Path, resume_id: str | None, as_json: bool, ray_address: str | None,
+    repeats: int, concurrency: int, protocol: str, rounds: int | None, max_tokens: int, episode_timeout: float,
+    server: str, dtype: str, allow_download: bool, task_ids: str | None, temperature: float, top_p: float | None,
+    seed: int | None, db_path: Path, resume_id: str | None, as_json: bool, ray_address: str | None,
 ) -> None:  # fmt: skip
     """Benchmark MODEL on the agent tasks and keep every episode in the store. With no argument: the embedded
     SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN (with no other run option: the
@@ -425,7 +431,8 @@ def eval_cmd(
         "model": model_ref, "api_key_env": api_key_env, "tasks": comma_separated(tasks or ""),
         "suite": suite, "split": split, "limit": limit, "repeats": repeats, "concurrency": concurrency,
         "rounds": rounds, "max_tokens": max_tokens, "episode_timeout": episode_timeout, "server": server,
-        "dtype": dtype, "allow_download": allow_download, "task_ids": comma_separated(task_ids) if task_ids else None,
+        "dtype": dtype, "protocol": protocol, "allow_download": allow_download,
+        "task_ids": comma_separated(task_ids) if task_ids else None,
         "temperature": temperature, "top_p": top_p, "seed": seed,
     }  # fmt: skip
     param = {"model": "model_ref"}

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from cycleqd.envs.episode import AgentProtocol
 from cycleqd.envs.registry import EPISODE_TIME_LIMIT_S, environment
 from cycleqd.errors import BadOptionError, ResumeConflictError, as_user_errors
 from cycleqd.eval.orchestrator import EvalSettings, Sampling
@@ -17,6 +18,7 @@ from cycleqd.serving.model_ref import ExternalEndpoint, parse_model_ref, server_
 from cycleqd.serving.resolve import DTYPES, server_choice
 
 SERVERS = ("auto", "transformers", "vllm")
+PROTOCOLS = tuple(AgentProtocol)
 # Upper bounds no machine gets past (every concurrent episode is a container; rounds and repeats multiply
 # episodes), so a typo fails at once instead of hours later.
 MAXIMA = {"limit": 10**7, "repeats": 1000, "concurrency": 1024, "rounds": 1000, "max_tokens": 1_000_000}
@@ -56,7 +58,9 @@ class EvalRequest:
     limit: int | None = None  # at most N tasks per environment; None: all
     repeats: int = 1
     concurrency: int = 8  # episodes at once: what a batching server decodes together
-    rounds: int = 5
+    # Round limit per episode; None: each environment's for the protocol (text: 5, CycleQD's; tools: AgentBench
+    # FC's, OS 8 and DB 15). A run stored before the protocol resumes with the 5 it was stored with.
+    rounds: int | None = None
     max_tokens: int = 512
     # An episode's wall-clock limit in seconds, from the environment's first messages: past it, `episode_timeout`,
     # scored 0. A run stored before this field resumes with the default.
@@ -70,6 +74,9 @@ class EvalRequest:
     # The model server's dtype (serving.resolve.DTYPES); auto: each engine's choice for its device, as before
     # this field (a run stored without it resumes so).
     dtype: str = "auto"
+    # How the model acts (envs.episode.AgentProtocol): "text", AgentBench v0.2's, or "tools", AgentBench FC's
+    # function calling. A run stored before this field resumes with text, as it ran.
+    protocol: str = "text"
 
     def __post_init__(self) -> None:
         with as_user_errors():  # what the layers below find is a UserError to an API caller too
@@ -92,12 +99,14 @@ class EvalRequest:
             environment(env)  # UnknownEnvironmentError names the known ones
         for name, maximum in MAXIMA.items():
             value = getattr(self, name)
-            if value is None and name == "limit":
+            if value is None and name in ("limit", "rounds"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
                 raise BadOptionError(option_name(name), value, f"a whole number from 1 to {maximum:,}")
         if self.server not in SERVERS:
             raise BadOptionError("--server", self.server, f"one of {', '.join(SERVERS)}")
+        if self.protocol not in PROTOCOLS:
+            raise BadOptionError("--protocol", self.protocol, f"one of {', '.join(PROTOCOLS)}")
         if self.dtype not in DTYPES:
             raise BadOptionError("--dtype", self.dtype, f"one of {', '.join(DTYPES)}")
         self._check_model()
@@ -150,7 +159,8 @@ class EvalRequest:
     def settings(self) -> EvalSettings:
         return EvalSettings.sized(concurrency=self.concurrency, repeats=self.repeats, max_tokens=self.max_tokens,
                                   rounds=self.rounds, sampling=self.sampling(),
-                                  time_limit_s=float(self.episode_timeout))  # fmt: skip
+                                  time_limit_s=float(self.episode_timeout),
+                                  protocol=AgentProtocol(self.protocol))  # fmt: skip
 
 
 def _as_tuple(value: str | Sequence[str]) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import AsyncIterator, Awaitable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -56,6 +56,13 @@ class EpisodeSettings:
     scripts_dir: Path | None = None  # AgentBench's scripts folder, for OS tasks that name script files
     time_limit_s: float = EPISODE_TIME_LIMIT_S
     protocol: AgentProtocol = AgentProtocol.TEXT  # how the model acts: v0.2's text, or AgentBench FC's tool calls
+    # Environments that act otherwise (an evolve config's task-level `protocol`), as sorted (env, protocol) pairs.
+    env_protocols: tuple[tuple[str, AgentProtocol], ...] = ()
+
+    def for_env(self, env: str) -> EpisodeSettings:
+        """The settings an episode of `env` runs under: its own protocol where the run gave it one."""
+        protocol = dict(self.env_protocols).get(env, self.protocol)
+        return self if protocol == self.protocol else replace(self, protocol=protocol)
 
 
 class SandboxStarter(Protocol):

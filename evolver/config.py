@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from cycleqd.envs.episode import AgentProtocol
 from cycleqd.envs.registry import names as environment_names
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -25,6 +26,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A few minutes on a CPU: enough generations to see archives fill, few episodes per score.
     "small": {"generations": 6, "bins": 5, "eval": {"max_tokens": 128}},
 }
+
+
+PROTOCOLS = tuple(AgentProtocol)
 
 
 class ConfigError(ValueError):
@@ -51,6 +55,7 @@ class TaskSpec:
     selection_split: str = "dev"
     test_split: str = "test"
     limit: int | None = None
+    protocol: str = "text"  # how the model acts on this task (envs.episode.AgentProtocol): text or tools
 
 
 @dataclass(frozen=True)
@@ -329,10 +334,14 @@ class _Reader:
                 name=str(item["name"]), env=env, expert=self.checkpoint(f"{where}.expert", item["expert"], folder, env),
                 suite=suite, selection_split=str(item.get("selection_split", "dev")),
                 test_split=str(item.get("test_split", "test")), limit=limit,
+                protocol=self.choice(f"{where}.protocol", item.get("protocol", "text"), PROTOCOLS),
             ))  # fmt: skip
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
             self.fail("tasks", "distinct task names", names)
+        protocols = {(t.env, t.protocol) for t in tasks}
+        if len({env for env, _ in protocols}) != len(protocols):  # a runtime's episodes of one env act one way
+            self.fail("tasks", "one protocol per environment", sorted(protocols))
         return tuple(tasks)
 
     def bc_ranges(self, value: Any, names: list[str]) -> dict[str, tuple[float, float]] | None:

@@ -35,7 +35,7 @@ from sqlalchemy.exc import OperationalError
 from cycleqd.db.schema import Aggregate
 from cycleqd.db.scores import ScoreTally
 from cycleqd.db.store import DuplicateEpisodeError, EpisodeKey, EpisodeProgress, EpisodeRecord, Store
-from cycleqd.envs.episode import Episode, EpisodeStatus, Message, Outcome
+from cycleqd.envs.episode import AgentProtocol, Episode, EpisodeStatus, Message, Outcome
 from cycleqd.envs.errors import EpisodeSetupError
 from cycleqd.envs.registry import EPISODE_TIME_LIMIT_S, EpisodeSettings, environment
 from cycleqd.eval.runtime import EnvRuntime
@@ -74,15 +74,17 @@ class EvalSettings:
 
     @classmethod
     def sized(
-        cls, *, concurrency: int, repeats: int, max_tokens: int, rounds: int, sampling: Sampling | None = None,
-        time_limit_s: float = EPISODE_TIME_LIMIT_S,
+        cls, *, concurrency: int, repeats: int, max_tokens: int, rounds: int | None, sampling: Sampling | None = None,
+        time_limit_s: float = EPISODE_TIME_LIMIT_S, protocol: AgentProtocol = AgentProtocol.TEXT,
+        env_protocols: dict[str, AgentProtocol] | None = None,
     ) -> EvalSettings:  # fmt: skip
         """The settings of a run asked for these counts (`cycleqd eval` and an evolution's eval block alike):
         two sandboxes per concurrent episode, so a warm spare is ready while one is being torn down, and two more,
         so that one episode at a time too has starts in flight while the last sandbox goes away."""
         return cls(concurrency=concurrency, repeats=repeats, max_tokens=max_tokens,
                    max_sandboxes=concurrency * 2 + 2,
-                   episode=EpisodeSettings(round_limit=rounds, time_limit_s=time_limit_s),
+                   episode=EpisodeSettings(round_limit=rounds, time_limit_s=time_limit_s, protocol=protocol,
+                                           env_protocols=tuple(sorted((env_protocols or {}).items()))),
                    sampling=sampling or Sampling())  # fmt: skip
 
 

@@ -104,5 +104,18 @@ class EnvRuntime:
 
     @contextlib.asynccontextmanager
     async def episode(self, task: EvalTask) -> AsyncIterator[Episode]:
-        async with environment(task.env).open_episode(task.task, self) as episode:
+        settings = self.settings.for_env(task.env)
+        runtime = self if settings is self.settings else _WithSettings(self, settings)
+        async with environment(task.env).open_episode(task.task, runtime) as episode:
             yield episode
+
+
+class _WithSettings:
+    """The runtime as one environment's episodes see it: its sandboxes and services, under that environment's own
+    settings (an evolve config's task-level protocol)."""
+
+    def __init__(self, runtime: EnvRuntime, settings: EpisodeSettings) -> None:
+        self.settings = settings
+        self.start_sandbox = runtime.start_sandbox
+        self.sandbox = runtime.sandbox
+        self.service = runtime.service

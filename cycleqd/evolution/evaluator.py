@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.store import Store
+from cycleqd.envs.episode import AgentProtocol
 from cycleqd.eval.orchestrator import EpisodeResult, EvalSettings, Orchestrator
 from cycleqd.eval.tasks import EvalTask, load_eval_tasks
 from cycleqd.evolution.loop import CandidateUnderTest
@@ -38,7 +39,8 @@ def task_episodes(spec: TaskSpec, test: bool) -> list[EvalTask]:
 def eval_settings(config: EvolveConfig) -> EvalSettings:
     spec = config.eval
     return EvalSettings.sized(concurrency=spec.concurrency, repeats=spec.repeats, max_tokens=spec.max_tokens,
-                              rounds=spec.rounds)  # fmt: skip
+                              rounds=spec.rounds,
+                              env_protocols={t.env: AgentProtocol(t.protocol) for t in config.tasks})  # fmt: skip
 
 
 class RaceGate:
