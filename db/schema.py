@@ -88,7 +88,7 @@ class CandidateStatus(StrEnum):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[dict[str, str]]: JSON}
+    type_annotation_map = {dict[str, Any]: JSON, list[dict[str, Any]]: JSON}
 
 
 class Run(Base):
@@ -157,7 +157,7 @@ class Episode(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
-    transcript: Mapped[list[dict[str, str]]] = mapped_column(default=list)
+    transcript: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
     # How many leading transcript messages the environment wrote before the model's first reply (the prompt, and
     # AgentBench's one-shot turns): context, not the model's actions.
     context_messages: Mapped[int] = mapped_column(Integer, default=0)

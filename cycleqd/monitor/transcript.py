@@ -3,12 +3,15 @@
 The first messages were written by the environment, not the model: its prompt and, for AgentBench, a worked
 one-shot example (replies that look like the model's but are part of the prompt) — they are folded away under
 "context", and the task statement closes them. After that come the model's actions and the environment's
-observations, numbered by round.
+observations, numbered by round. Under the tools protocol an action shows its tool calls (name and arguments, as
+the model wrote them) and each tool result is the observation it answers.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -17,7 +20,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Collapsible, Static
 
 
-def message_titles(transcript: list[dict[str, str]], context: int = 0) -> list[str]:
+def message_titles(transcript: list[dict[str, Any]], context: int = 0) -> list[str]:
     """Within the context: the prompt, the example's replies and observations, then the task (a context of one
     message is just the prompt). After it: each
     assistant message an action, each user message the observation of that round. With no context recorded (an
@@ -38,6 +41,8 @@ def message_titles(transcript: list[dict[str, str]], context: int = 0) -> list[s
             titles.append(f"action {actions}")
         elif role == "user":
             titles.append(f"observation {actions}" if seen_action or context else "prompt")
+        elif role == "tool":
+            titles.append(f"tool result {actions}")
         else:
             titles.append(role)
     return titles
@@ -52,9 +57,24 @@ class MessageBlock(Static):
         self.text = content
 
 
-def _kind(message: dict[str, str]) -> str:
+def _kind(message: dict[str, Any]) -> str:
     role = message.get("role", "?")
-    return role if role in ("user", "assistant", "system") else "other"
+    return role if role in ("user", "assistant", "system", "tool") else "other"
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """What a block shows: the content, then each tool call as `→ name(arguments)`, its arguments indented JSON
+    where they parse and the model's own text where they do not (that is what the environment answered)."""
+    lines = [message.get("content") or ""] if message.get("content") or not message.get("tool_calls") else []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        raw = function.get("arguments")
+        try:
+            shown = json.dumps(json.loads(raw), indent=2, ensure_ascii=False) if isinstance(raw, str) else repr(raw)
+        except json.JSONDecodeError:
+            shown = f"{raw}  (not JSON)"
+        lines.append(f"→ {function.get('name') or '?'}({shown})")
+    return "\n".join(lines)
 
 
 class Transcript(VerticalScroll):
@@ -66,7 +86,7 @@ class Transcript(VerticalScroll):
         Binding("pagedown", "page_down", "Page ↓", show=False),
     ]
 
-    def __init__(self, transcript: list[dict[str, str]], context: int = 0, **kwargs: object) -> None:
+    def __init__(self, transcript: list[dict[str, Any]], context: int = 0, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.transcript = transcript
         self.context = min(context, len(transcript))
@@ -76,7 +96,7 @@ class Transcript(VerticalScroll):
             yield Static("(an empty transcript: the episode ended before the model was asked anything)")
         titles = message_titles(self.transcript, self.context)
         blocks = [
-            MessageBlock(_kind(message), title, message.get("content", ""), context=position < self.context)
+            MessageBlock(_kind(message), title, message_text(message), context=position < self.context)
             for position, (message, title) in enumerate(zip(self.transcript, titles, strict=True))
         ]
         folded = self.context - 1  # everything before the task statement

@@ -9,6 +9,7 @@ inspect_ai is the optional extra `cycleqd[inspect]`; only this module imports it
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,21 +32,51 @@ def import_inspect(what: str = "--format inspect") -> Any:
     return inspect_ai
 
 
-def _messages(transcript: list[dict[str, str]]) -> list[Any]:
-    from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageUser
+def _messages(transcript: list[dict[str, Any]]) -> list[Any]:
+    """The conversation as inspect_ai's messages: an assistant's tool calls as its `ToolCall`s (arguments that do
+    not parse as a JSON object kept as the raw text, with the parse error, as inspect_ai records a model's bad
+    call), a tool result as a `ChatMessageTool` naming the function it answers."""
+    from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageTool, ChatMessageUser
 
-    kinds = {"user": ChatMessageUser, "assistant": ChatMessageAssistant, "system": ChatMessageSystem}
-    return [kinds.get(m.get("role", "user"), ChatMessageUser)(content=m.get("content", "")) for m in transcript]
+    called: dict[str, str] = {}  # tool call id → function, for the tool messages that answer them
+    messages: list[Any] = []
+    for m in transcript:
+        role, content = m.get("role", "user"), m.get("content") or ""
+        if role == "assistant":
+            calls = [_tool_call(call) for call in m.get("tool_calls") or []]
+            called |= {call.id: call.function for call in calls}
+            messages.append(ChatMessageAssistant(content=content, tool_calls=calls or None))
+        elif role == "tool":
+            call_id = m.get("tool_call_id") or ""
+            messages.append(ChatMessageTool(content=content, tool_call_id=call_id, function=called.get(call_id)))
+        else:
+            messages.append({"system": ChatMessageSystem}.get(role, ChatMessageUser)(content=content))
+    return messages
+
+
+def _tool_call(call: dict[str, Any]) -> Any:
+    from inspect_ai.tool import ToolCall
+
+    function = call.get("function") or {}
+    raw = function.get("arguments")
+    try:
+        arguments = json.loads(raw) if isinstance(raw, str) else raw
+        error = None if isinstance(arguments, dict) else f"arguments are not a JSON object: {raw!r}"
+    except json.JSONDecodeError as exc:
+        arguments, error = None, f"arguments are not JSON: {exc}"
+    return ToolCall(id=call.get("id") or "", function=function.get("name") or "",
+                    arguments=arguments if error is None else {"raw": raw}, parse_error=error)  # fmt: skip
 
 
 def _sample(record: dict[str, Any]) -> Any:
     from inspect_ai._util.error import EvalError
     from inspect_ai.log import EvalSample
-    from inspect_ai.model import ModelOutput, ModelUsage
+    from inspect_ai.model import ModelUsage
     from inspect_ai.scorer import Score
 
     messages = _messages(record["messages"])
-    replies = [m["content"] for m in record["messages"][record["context_messages"] :] if m.get("role") == "assistant"]
+    context = record["context_messages"]
+    replies = [m for m in messages[context:] if m.role == "assistant"]
     # The servers report no cached or reasoning tokens: those fields stay unset (None), not 0.
     usage = ModelUsage(
         input_tokens=record["prompt_tokens"], output_tokens=record["completion_tokens"],
@@ -56,14 +87,25 @@ def _sample(record: dict[str, Any]) -> Any:
         scores = {SCORER: Score(value=record["score"], answer=record["answer"], explanation=record["grader_detail"],
                                 metadata={"status": record["status"]})}  # fmt: skip
     return EvalSample(
-        id=record["task"], epoch=record["repeat"] + 1, input=messages[: record["context_messages"]] or messages[:1],
+        id=record["task"], epoch=record["repeat"] + 1, input=messages[:context] or messages[:1],
         target=record["expected"] or "", messages=messages,
-        output=ModelOutput.from_content(record["model_label"], replies[-1] if replies else ""),
+        output=_output(record["model_label"], replies[-1] if replies else None),
         scores=scores, model_usage={record["model_label"]: usage}, total_time=record["latency_s"],
         metadata={k: record[k] for k in ("run", "episode", "env", "suite", "split", "status", "rounds", "role",
                                          "model", "model_identity", "error")},
         error=EvalError(message=record["error"], traceback="", traceback_ansi="") if record["score"] is None else None,
     )  # fmt: skip
+
+
+def _output(model: str, reply: Any) -> Any:
+    """The episode's last reply as its output, a tool call's stop reason with it."""
+    from inspect_ai.model import ModelOutput
+
+    if reply is None:
+        return ModelOutput.from_content(model, "")
+    output = ModelOutput.from_message(reply, stop_reason="tool_calls" if reply.tool_calls else "stop")
+    output.model = model
+    return output
 
 
 def write_inspect_logs(run: Run, records: Iterable[dict[str, Any]], folder: Path) -> list[Path]:
