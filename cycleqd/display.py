@@ -40,13 +40,15 @@ err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, h
 
 @contextlib.contextmanager
 def error_boundary(err: Console = err_console) -> Iterator[None]:
-    """A user error (`cycleqd.errors.USER_ERRORS`) is one line on stderr and its exit status (2; 1 for a run left
+    """A user error (`cycleqd.errors.is_user_error`) is one line on stderr and its exit status (2; 1 for a run left
     incomplete), its traceback only with -v; anything else is a bug and keeps its traceback."""
-    from cycleqd.errors import USER_ERRORS, one_line
+    from cycleqd.errors import is_user_error, one_line
 
     try:
         yield
-    except USER_ERRORS as exc:
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
         if logging.getLogger().isEnabledFor(logging.INFO):  # -v
             err.print_exception()
         # escaped: a message may hold brackets (`cycleqd[vllm]`, a list) that rich would take for markup

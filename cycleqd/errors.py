@@ -5,8 +5,9 @@ an endpoint that does not answer, a file in the wrong format). Anything else is 
 `-v` shows the traceback of a user error too.
 
 The layers below raise their own types (they import nothing of ours); `USER_ERRORS` lists the ones that are the
-user's to fix, so the boundary in `cli.main` is the only place that decides how they look. Where the Python API
-hands such an error to its caller, `as_user_errors` makes it a `UserError`.
+user's to fix, and `is_user_error` adds the store's troubles (locked, damaged, unwritable) that only SQLite's
+error code tells apart from a bug, so the boundary in `cli.main` is the only place that decides how they look.
+Where the Python API hands such an error to its caller, `as_user_errors` makes it a `UserError`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 
 from sqlalchemy.exc import DatabaseError
 
-from cycleqd.db.store import StoreOpenError
+from cycleqd.db.store import NoSuchRunError, StoreOpenError, store_trouble
 from cycleqd.envs.errors import NoTasksError, TaskFormatError, UnknownEnvironmentError
 from cycleqd.envs.registry import UnknownSplitError
 from cycleqd.evolver.checkpoint_files import CheckpointError
@@ -46,7 +47,7 @@ class BadOptionError(UserError):
 
 
 class UnknownRunError(UserError):
-    """The store has no run with this id (or not of the kind the command needs)."""
+    """The store has no run with this id or id prefix (or not of the kind the command needs)."""
 
 
 class ResumeConflictError(UserError):
@@ -97,8 +98,14 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     EndpointError,
     UnknownModelError,
     SandboxError,
-    DatabaseError,  # sqlalchemy's: the store's file is damaged or not a database
+    NoSuchRunError,  # the store's: a run removed (`cycleqd runs rm`) while it ran
 )
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """One of `USER_ERRORS`, or a database error that is the store's state rather than ours (`store_trouble`). An
+    IntegrityError, or any statement SQLite refuses, is a bug: it keeps its traceback."""
+    return isinstance(exc, USER_ERRORS) or (isinstance(exc, DatabaseError) and store_trouble(exc) is not None)
 
 
 @contextlib.contextmanager
@@ -108,14 +115,14 @@ def as_user_errors() -> Iterator[None]:
     nothing of ours (so their types cannot be UserErrors themselves)."""
     try:
         yield
-    except UserError:
-        raise
-    except USER_ERRORS as exc:
+    except Exception as exc:
+        if isinstance(exc, UserError) or not is_user_error(exc):
+            raise
         raise UserError(one_line(exc)) from exc
 
 
 def one_line(exc: BaseException) -> str:
     """How a user error reads on the terminal: its message, on one line."""
-    if isinstance(exc, DatabaseError):
-        return f"the store cannot be read ({exc.orig}); it may be damaged — restore it from a copy, or use another --db"
+    if isinstance(exc, DatabaseError) and (trouble := store_trouble(exc)):
+        return trouble
     return " ".join(str(exc).split()) or type(exc).__name__

@@ -310,7 +310,7 @@ class EpisodeDetail:
     completion_tokens: int
     latency_s: float
     error: str | None
-    transcript: list[dict[str, str]]
+    transcript: list[dict[str, Any]]
     started_at: datetime
     finished_at: datetime
     context_messages: int = 0  # leading messages the environment wrote (prompt, one-shot example, the task)

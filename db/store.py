@@ -28,7 +28,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Delete, Engine, Select, create_engine, delete, event, func, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cycleqd.db.run_time import env_seconds, run_seconds
@@ -51,6 +51,13 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 class DuplicateEpisodeError(Exception):
     """This (run, model, task, repeat) is already recorded."""
+
+
+class NoSuchRunError(KeyError):
+    """The store has no run with this id: it was never made, or was removed (`cycleqd runs rm`) while it ran."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # a KeyError's own str() is its key's repr, quotes and all
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,7 @@ class EpisodeRecord:
     completion_tokens: int = 0
     latency_s: float = 0.0
     error: str | None = None
-    transcript: list[dict[str, str]] = field(default_factory=list)
+    transcript: list[dict[str, Any]] = field(default_factory=list)
     started_at: datetime | None = None
     context_messages: int = 0
     verdict: dict[str, Any] = field(default_factory=dict)
@@ -113,11 +120,16 @@ class EpisodeProgress:
     started_at: datetime
 
 
+# How long a writer waits for another's lock before SQLite gives up with SQLITE_BUSY: several writers (an eval, a
+# `runs rm`, a second eval on the same store) queue instead of failing.
+BUSY_TIMEOUT_MS = 30_000
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers (the TUI) never block the writer
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")  # several writers queue instead of failing
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")  # with WAL: a committed episode survives a process crash
     cursor.close()
 
@@ -256,9 +268,7 @@ class Store:
         its last stored work (an episode or a generation), not now, which would count the time it lay dead."""
         now = utcnow()
         with self.session() as session:
-            run = session.get(Run, run_id)
-            if run is None:
-                raise KeyError(f"no run {run_id!r} in the store")
+            run = _stored_run(session, run_id)
             run.status = status
             run.finished_at = None if status == RunStatus.RUNNING else now
             open_ = session.scalar(select(RunSession).where(RunSession.run_id == run_id, RunSession.ended_at.is_(None)))
@@ -273,9 +283,7 @@ class Store:
     def run_seconds(self, run_id: str, now: datetime | None = None) -> float:
         """The run's time (db/run_time.py: the sum of its sessions), one still under way counted up to `now`."""
         with self.session() as session:
-            run = session.get(Run, run_id)
-            if run is None:
-                raise KeyError(f"no run {run_id!r} in the store")
+            run = _stored_run(session, run_id)
             return run_seconds(session, [run], now or utcnow())[run_id]
 
     # -- models and tasks ----------------------------------------------------------------------------------------
@@ -425,6 +433,13 @@ class Store:
             return list(session.scalars(query))
 
 
+def _stored_run(session: Session, run_id: str) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NoSuchRunError(f"no run {run_id!r} in the store")
+    return run
+
+
 def _delete_in_flight(key: EpisodeKey) -> Delete:
     """The statement that drops the row in flight of the episode `key` (none there: it does nothing)."""
     return delete(EpisodeInFlight).where(
@@ -443,6 +458,28 @@ def _last_work(session: Session, run_id: str, since: datetime) -> datetime:
 
 class StoreOpenError(Exception):
     """The store's file cannot be opened (or created); the message says why and what to do."""
+
+
+def store_trouble(exc: DatabaseError) -> str | None:
+    """What is wrong with the store itself, as one line saying what to do, when SQLite's error code names it: a lock
+    held past the busy timeout, a damaged file, one we may not write, a full disk. None for anything else (a broken
+    constraint, a statement SQLite refused): that is a bug in cycleqd, not the store's state. Read from the code,
+    not the message, whose wording differs between SQLite's versions; the code is the extended one (Python 3.11+),
+    whose low byte is the primary code."""
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    primary = code & 0xFF
+    if primary == sqlite3.SQLITE_BUSY:
+        return (f"the store is locked ({exc.orig}): another cycleqd process held it for over "
+                f"{BUSY_TIMEOUT_MS / 1000:g} s; wait for that one to finish, or use another --db")  # fmt: skip
+    if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return f"the store is damaged ({exc.orig}); restore it from a copy, or use another --db"
+    if primary in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CANTOPEN):
+        return f"cannot write to the store ({exc.orig}); check its permissions and its folder's, or use another --db"
+    if primary == sqlite3.SQLITE_FULL:
+        return f"cannot write to the store ({exc.orig}): its disk is full; free space, or use another --db"
+    return None
 
 
 def check_store_file(path: Path) -> None:
@@ -492,10 +529,10 @@ def open_store(path: Path | str, *, create: bool = True) -> Store:
     try:
         if not is_at_newest_schema(engine):
             migrate(engine, path)
-    except OperationalError as exc:
-        engine.dispose()
-        raise StoreOpenError(f"{path}: cannot write to the store ({exc.orig}); check its permissions") from None
     except DatabaseError as exc:
         engine.dispose()
-        raise StoreOpenError(f"{path}: the store is damaged ({exc.orig}); restore it from a copy") from None
+        trouble = store_trouble(exc)
+        if trouble is None:
+            raise
+        raise StoreOpenError(f"{path}: {trouble}") from None
     return Store(engine)

@@ -1,4 +1,5 @@
-"""Shared, expensive fixtures: the real Docker engine and the sandbox images, once per test session."""
+"""Shared, expensive fixtures: the real Docker engine and the sandbox images, once per test session; and the test
+tiers, marked from the fixtures each test uses."""
 
 from __future__ import annotations
 
@@ -22,6 +23,40 @@ from tests.checkpoints import perturbed_checkpoint
 from tests.cli_in_process import Run
 from tests.echo_environment import EchoEnvironment
 from tests.sandbox_settings import TEST_LIMITS
+
+# -- tiers -------------------------------------------------------------------------------------------------------
+
+# What a fixture brings with it, so that a test is marked by what it uses rather than by hand (a mark on a test
+# that later gains a fixture would go stale). `item.fixturenames` holds every fixture a test needs, through the
+# fixtures it asks for, so the roots are enough: `sandbox`, `os_image` and the MariaDB server all need
+# `docker_engine`; `tserve`, `perturbed_model` and every trained expert need `default_model`.
+FIXTURE_TIERS: dict[str, tuple[str, ...]] = {
+    "docker_engine": ("docker",),
+    "default_model": ("model",),  # a real checkpoint (converted once per machine), so torch loads real weights
+    "tserve": ("slow",),  # a real `transformers serve`: seconds to start
+    "vllm_server": ("vllm", "slow"),  # a real vLLM server: minutes to start on a CPU
+}
+
+# What no fixture tells. test_vllm's `vllm` is the real server, while test_vllm_protocol's fixture of that name is
+# a protocol double. The `slow` modules start `cycleqd` or another Python child (seconds each on two cores, torch
+# imported anew), or compute for seconds (bootstraps, a run cancelled at every moment, inspect logs, hundreds of
+# writes from several processes): measured here, they were the ones whose tests took more than a second or two.
+SLOW_MODULES = ("test_agentbench_rules", "test_algorithm", "test_api", "test_api_in_a_loop", "test_cli",
+                "test_cli_errors", "test_demo", "test_eval", "test_gpu_check", "test_import_graph", "test_model_names",
+                "test_orchestrator_logic", "test_package", "test_racing", "test_report", "test_results_reading",
+                "test_score_intervals", "test_sft", "test_store", "test_training_data", "test_tui")  # fmt: skip
+MODULE_TIERS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(SLOW_MODULES, ("slow",)),
+    "test_vllm": ("vllm", "model", "slow"),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tiers = {tier for name in item.fixturenames for tier in FIXTURE_TIERS.get(name, ())}
+        tiers.update(MODULE_TIERS.get(item.module.__name__.rpartition(".")[2], ()) if item.module else ())
+        for tier in sorted(tiers - {mark.name for mark in item.iter_markers()}):
+            item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +130,22 @@ async def tserve(default_model):  # noqa: ANN001, ANN201 - a TransformersServeMa
 
     manager = TransformersServeManager()
     await manager.start()
+    await manager.serve(default_model)
+    yield manager
+    await manager.stop()
+
+
+@pytest.fixture(scope="session")
+async def vllm_server(default_model, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201 - a VLLMManager
+    """One real vLLM server for the session (the CPU build here), serving the default model; tests/test_vllm.py keeps
+    its own, which its tests kill and restart."""
+    from cycleqd.serving.gpu import gpu_available
+    from cycleqd.serving.vllm_launch import cpu_vllm_available
+    from cycleqd.serving.vllm_serve import VLLMManager
+
+    if not (cpu_vllm_available() or gpu_available()):
+        pytest.skip("no vLLM here: `bash scripts/setup.sh` makes its CPU venv (.venv-vllm); on a GPU, cycleqd[vllm]")
+    manager = VLLMManager(max_model_len=2048, log_dir=tmp_path_factory.mktemp("vllm-logs"))
     await manager.serve(default_model)
     yield manager
     await manager.stop()

@@ -402,7 +402,8 @@ def test_genome_hashes_are_stable_across_save_load_and_processes(family: Family,
     assert genome.save(tmp_path) == digest and [p.name for p in tmp_path.iterdir()] == [f"{digest}.safetensors"]
     loaded = Genome.load(tmp_path, digest)
     assert loaded == genome and loaded.noise == genome.noise and loaded.content_hash() == digest
-    code = "import sys; from evolver.genome import Genome; print(Genome.load(sys.argv[1], sys.argv[2]).content_hash())"
+    code = ("import sys; from cycleqd.evolver.genome import Genome; "
+            "print(Genome.load(sys.argv[1], sys.argv[2]).content_hash())")  # fmt: skip
     other = subprocess.run([sys.executable, "-c", code, str(tmp_path), digest], capture_output=True, text=True,
                            check=True, cwd=Path(__file__).parent.parent)  # fmt: skip
     assert other.stdout.strip() == digest

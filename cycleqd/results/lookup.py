@@ -9,7 +9,7 @@ from pathlib import Path
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.schema import Candidate, CandidateKind, Run, RunKind
 from cycleqd.db.store import Store, StoreOpenError, open_store
-from cycleqd.errors import UserError
+from cycleqd.errors import UnknownRunError, UserError
 
 
 class RunLookupError(UserError):
@@ -23,19 +23,20 @@ def open_existing_store(db_path: Path) -> Store:
 
 
 def find_run(store: Store, text: str, db_path: Path | str, kind: RunKind | None = None) -> Run:
-    """The run whose id is `text` or starts with it (git-style prefixes); with `kind`, only a run of that kind."""
+    """The run whose id is `text` or starts with it (git-style prefixes); with `kind`, only a run of that kind.
+    UnknownRunError when there is none, RunLookupError when the prefix is shared by several."""
     matches = store.runs_matching(text)
-    if not matches:
-        raise RunLookupError(f"no run {text!r} in {db_path} (list them with: cycleqd runs --db {db_path})")
     if len(matches) > 1 and text not in matches:
         shown = ", ".join(sorted(matches)[:5])
         raise RunLookupError(f"{text!r} matches {len(matches)} runs ({shown}…); give more of the id")
-    run = store.get_run(text if text in matches else matches[0])
-    assert run is not None
+    # None: no such id, or the run was removed (`cycleqd runs rm` elsewhere) since it matched
+    run = store.get_run(text if text in matches else matches[0]) if matches else None
+    if run is None:
+        raise UnknownRunError(f"no run {text!r} in {db_path} (list them with: cycleqd runs --db {db_path})")
     if kind is not None and run.kind != kind:
         wanted = "an evolution" if kind is RunKind.EVOLVE else f"an {kind} run"
-        raise RunLookupError(f"run {run.id} is an {run.kind} run, not {wanted}; `cycleqd runs --db {db_path}` lists "
-                             "them")  # fmt: skip
+        raise UnknownRunError(f"run {run.id} is an {run.kind} run, not {wanted}; `cycleqd runs --db {db_path}` lists "
+                              "them")  # fmt: skip
     return run
 
 
