@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cycleqd.db.schema import Run, RunKind, RunStatus
 from cycleqd.db.store import Store, check_store_path, open_store
-from cycleqd.errors import IncompleteRunError, RunInterrupted, explained
+from cycleqd.errors import IncompleteRunError, explained
 from cycleqd.eval.orchestrator import Orchestrator, summarize
 from cycleqd.eval.runtime import images_for
 from cycleqd.eval.tasks import EvalTask
@@ -22,6 +21,7 @@ from cycleqd.requests import EvalRequest
 from cycleqd.results.intervals import aggregate_intervals
 from cycleqd.results.lookup import find_run, model_label
 from cycleqd.results.values import EnvScore, EvalResult
+from cycleqd.run_ending import run_ending
 from cycleqd.sandboxes.engine import docker_client
 from cycleqd.sandboxes.images import build_images
 from cycleqd.serving.errors import ServingError
@@ -144,24 +144,12 @@ class _Evaluation:
         if self.store is not None and self.run_id is not None:
             self.store.set_run_status(self.run_id, status)
 
-    @contextlib.contextmanager
-    def ending(self) -> Iterator[None]:
-        """The run's status when it stops early: interrupted (resumable) by Ctrl-C, SIGTERM or a cancelled task,
-        failed otherwise."""
-        try:
-            yield
-        except KeyboardInterrupt:
-            self.finish(RunStatus.INTERRUPTED)
-            raise RunInterrupted(self.run_id) from None
-        except asyncio.CancelledError:
-            self.finish(RunStatus.INTERRUPTED)
-            raise
-        except ServingError as exc:
-            self.finish(RunStatus.FAILED)
-            raise explained(exc, self.request.api_key_env) from exc
-        except BaseException:
-            self.finish(RunStatus.FAILED)
-            raise
+    def ending(self) -> contextlib.AbstractContextManager[None]:
+        """The run's status when it stops early (cycleqd/run_ending.py); a server's failure explained to a user."""
+        return run_ending(self, self._explained)
+
+    def _explained(self, exc: BaseException) -> BaseException | None:
+        return explained(exc, self.request.api_key_env) if isinstance(exc, ServingError) else None
 
     def conclude(self) -> EvalResult:
         """Completed once every planned episode is stored, else failed (resumable)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.schema import CandidateKind, RunKind, RunStatus
 from cycleqd.db.store import Store, check_store_path, open_store
-from cycleqd.errors import RunInterrupted, UserError
+from cycleqd.errors import UserError
 from cycleqd.eval.runtime import EnvRuntime, images_for
 from cycleqd.events import OnEvent, RunOpened, Stage, Stopping, ignore
 from cycleqd.evolution.evaluator import EpisodeEvaluator
@@ -28,6 +27,7 @@ from cycleqd.ray.support import ray_backend
 from cycleqd.results.intervals import run_final_intervals
 from cycleqd.results.lookup import find_run
 from cycleqd.results.values import EvolveResult
+from cycleqd.run_ending import run_ending
 from cycleqd.sandboxes.engine import docker_client
 from cycleqd.sandboxes.images import build_images
 from cycleqd.serving.default_model import cache_root, default_checkpoint
@@ -128,21 +128,9 @@ class _EvolveRun:
     db: Path
     notify: OnEvent
 
-    @contextlib.contextmanager
-    def ending(self) -> Iterator[None]:
-        """Interrupted (resumable) by Ctrl-C, SIGTERM or a cancelled task, failed by anything else. SIGTERM outside
-        the loop (images, the SVD cache, the final checkpoint) is the CLI's SystemExit."""
-        try:
-            yield
-        except KeyboardInterrupt:
-            self.store.set_run_status(self.run_id, RunStatus.INTERRUPTED)
-            raise RunInterrupted(self.run_id) from None
-        except (SystemExit, asyncio.CancelledError):
-            self.store.set_run_status(self.run_id, RunStatus.INTERRUPTED)
-            raise
-        except BaseException:
-            self.store.set_run_status(self.run_id, RunStatus.FAILED)
-            raise
+    def ending(self) -> contextlib.AbstractContextManager[None]:
+        """The run's status when it stops early (cycleqd/run_ending.py)."""
+        return run_ending(self)
 
     def prepare(self, progress: bool) -> SVDCache:
         experts = [Path(t.expert) for t in self.config.tasks]
