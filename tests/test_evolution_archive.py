@@ -158,7 +158,7 @@ def test_the_default_config_is_the_papers_setting(tmp_path: Path) -> None:
 EVERY_KEY = """
 base: base
 tasks:
-  - {name: os, env: os, expert: e1, suite: builtin, selection_split: train, test_split: dev, limit: 7}
+  - {name: os, env: os, expert: e1, suite: builtin, selection_split: train, test_split: dev, limit: 7, protocol: tools}
   - {name: db, env: db, expert: e2}
 generations: 9
 flip_interval: 2
@@ -203,8 +203,9 @@ def test_every_config_key_is_read_from_the_file(tmp_path: Path) -> None:
     given = leaf_fields(type(config)) - {"base", "tasks"}
     changed = {name for name in given if value_at(config, name) != value_at(default, name)}
     assert changed == given, given - changed
-    assert config.tasks[0] == TaskSpec("os", "os", str(tmp_path / "e1"), "builtin", "train", "dev", 7)
-    assert leaf_fields(TaskSpec) == {"name", "env", "expert", "suite", "selection_split", "test_split", "limit"}
+    assert config.tasks[0] == TaskSpec("os", "os", str(tmp_path / "e1"), "builtin", "train", "dev", 7, "tools")
+    assert leaf_fields(TaskSpec) == {"name", "env", "expert", "suite", "selection_split", "test_split", "limit",
+                                     "protocol"}  # fmt: skip
     assert config.ray == RaySpec("10.0.0.1:6379", True) and config.baselines.models == {"sft": str(tmp_path / "e1")}
     assert type(config).from_snapshot(config.snapshot()) == config
 
@@ -216,6 +217,14 @@ def test_every_config_key_is_read_from_the_file(tmp_path: Path) -> None:
         ("mutation: {kind: lora}\n", "field 'mutation.kind': expected one of svd, gaussian, none, got 'lora'"),
         ("bc_ranges: {os: [0.5, 0.1], db: [0, 1]}\n", "field 'bc_ranges.os': expected lo < hi"),
         ("mode: fast\n", "field 'mode': expected one of sync, async"),
+        (
+            "tasks: [{name: a, env: os, expert: e1, protocol: json}, {name: b, env: db, expert: e2}]\n",
+            "field 'tasks[0].protocol': expected one of text, tools, got 'json'",
+        ),
+        (
+            "tasks: [{name: a, env: os, expert: e1}, {name: b, env: os, expert: e2, protocol: tools}]\n",
+            "field 'tasks': expected one protocol per environment",
+        ),
         ("crossover: {sigma: .nan}\n", "field 'crossover.sigma': expected a finite number, got nan"),
         ("mutation: {w_max: .inf}\n", "field 'mutation.w_max': expected a finite number, got inf"),
         ("bc_ranges: {os: [0, .inf], db: [0, 1]}\n", "field 'bc_ranges.os[1]': expected a finite number, got inf"),
