@@ -13,13 +13,13 @@ inserted (no archive could take it), and its record says what each archive could
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cycleqd.evolver.archive import Elite, GridArchive, Insertion, paper_bc_range
+from cycleqd.evolver.archive import Elite, GridArchive, Insertion, paper_bc_range, parse_cell_key
 from cycleqd.evolver.genome import Genome
 from cycleqd.evolver.operators import crossover, draw_omegas, gaussian_mutation, softmax_merge, svd_mutation
 from cycleqd.evolver.qd_metrics import qd_metrics
@@ -113,6 +113,23 @@ class CycleQD:
         self.experts = list(experts)  # in task order
         self.genome = genome
         self.names = config.task_names
+
+    def restore(
+        self,
+        archives: Sequence[tuple[int, int, Sequence[Sequence[float]]]],
+        cells: Iterable[tuple[int, str, Elite]],
+        experts: Sequence[Elite],
+    ) -> None:
+        """The archives as a store holds them: (task index, bins, BC ranges) per archive in task order, each filled
+        cell as (archive position, cell key, elite), and the experts that were scored on every task. The one way
+        archives are set from outside: the algorithm alone writes into them afterwards (`tell`)."""
+        self.archives = [
+            GridArchive(task_index, self.names, bins, tuple((lo, hi) for lo, hi in ranges))
+            for task_index, bins, ranges in archives
+        ]
+        for position, key, elite in cells:
+            self.archives[position].elites[parse_cell_key(key)] = elite
+        self.experts = list(experts)
 
     def ask(self, generation: int, slot: int) -> Proposal:
         """The child (generation, slot), from the archives as they stand."""

@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -29,6 +30,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 PROTOCOLS = tuple(AgentProtocol)
+
+
+class Mode(StrEnum):
+    """How children are scored: `sync`, W at a time from the archives at the generation's start (exact resume);
+    `async`, each slot proposes as soon as it is free."""
+
+    SYNC = "sync"
+    ASYNC = "async"
 
 
 class ConfigError(ValueError):
@@ -128,7 +137,7 @@ class EvolveConfig:
     mutation: MutationSpec = field(default_factory=MutationSpec)
     servers: int = 1
     server: str = "auto"  # the engine: auto (serving/resolve.py `engine_for`), vllm, transformers
-    mode: str = "sync"
+    mode: Mode = Mode.SYNC
     seed: int = 0
     eval: EvalSpec = field(default_factory=EvalSpec)
     racing: RacingSpec = field(default_factory=RacingSpec)
@@ -224,7 +233,7 @@ def parse_config(data: Any, source: str, folder: Path) -> EvolveConfig:
         mutation=reader.mutation(data.get("mutation", {})),
         servers=reader.integer("servers", data.get("servers", 1), minimum=1, maximum=MAX_SERVERS),
         server=reader.choice("server", data.get("server", "auto"), ("auto", "vllm", "transformers")),
-        mode=reader.choice("mode", data.get("mode", "sync"), ("sync", "async")),
+        mode=Mode(reader.choice("mode", data.get("mode", Mode.SYNC), tuple(Mode))),
         seed=reader.integer("seed", data.get("seed", 0), minimum=0, maximum=MAX_SEED),
         eval=reader.eval_spec(data.get("eval", {})),
         racing=reader.racing(data.get("racing", {})),

@@ -23,8 +23,9 @@ measured before in the run is not measured again: the earlier scores (or rejecti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -35,8 +36,8 @@ import numpy as np
 from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
 from cycleqd.db.schema import Candidate, CandidateKind, CandidateStatus
 from cycleqd.evolver.algorithm import SEARCH_STREAM, CycleQD, Offer, Proposal, active_task, bc_ranges, empty_archives
-from cycleqd.evolver.archive import Elite, GridArchive, Insertion, cell_key, parse_cell_key
-from cycleqd.evolver.config import EvolveConfig
+from cycleqd.evolver.archive import Elite, GridArchive, Insertion, cell_key
+from cycleqd.evolver.config import EvolveConfig, Mode
 from cycleqd.evolver.genome import Genome
 from cycleqd.evolver.operators import average_merge
 from cycleqd.evolver.racing import Race, rejects
@@ -146,12 +147,14 @@ class Evolution:
     def archives(self) -> list[GridArchive]:
         return self.algorithm.archives
 
-    @archives.setter
-    def archives(self, archives: list[GridArchive]) -> None:
-        """The archives as the store holds them (or as generation 0 made them), with the experts as elites."""
-        self.algorithm.archives = archives
-        self.algorithm.experts = [self._elite(row) for row in self.evo.candidates(CandidateKind.EXPERT)
-                                  if set(row.scores) == set(self.names)]  # fmt: skip
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[int]:
+        """A model server of its own for one candidate's episodes, given back however they end."""
+        slot = await self._free_slots.get()
+        try:
+            yield slot
+        finally:
+            self._free_slots.put_nowait(slot)
 
     # -- the whole run -------------------------------------------------------------------------------------------
 
@@ -159,7 +162,7 @@ class Evolution:
         for slot in range(self.evaluator.slots):
             self._free_slots.put_nowait(slot)
         await self.initialise()
-        if self.config.mode == "sync":
+        if self.config.mode is Mode.SYNC:
             await self._run_synchronously()
         else:
             await self._run_asynchronously()
@@ -177,7 +180,7 @@ class Evolution:
             row = self.evo.add_candidate(CandidateKind.EXPERT, 0, k, genome_hash=digest, mutation={"expert": task.name})
             experts.append((row, CandidateUnderTest(row.id, CandidateKind.EXPERT, genome, digest, Path(task.expert))))
         if 0 in self.evo.committed_generations():
-            self.archives = self._rebuild_archives()
+            self._restore_archives()
             return
         measured = await asyncio.gather(*(self._measure(row, under) for row, under in experts))
         scored = [m.scores for m in measured if m.scores is not None]  # experts never race
@@ -187,7 +190,7 @@ class Evolution:
         self.evo.create_archives(
             [ArchiveSpec(a.task_index, a.name, a.bins, list(a.bc_names), [list(r) for r in a.ranges]) for a in empty]
         )
-        self.archives = self._rebuild_archives()
+        self._restore_archives()
         self._insert_and_commit(0, 0, [(row, m) for (row, _), m in zip(experts, measured, strict=True)])
 
     async def _run_synchronously(self) -> None:
@@ -270,14 +273,11 @@ class Evolution:
         stored = self._stored(row) or self._reused(row)
         if stored is not None:
             return stored
-        slot = await self._free_slots.get()
-        try:
+        async with self._slot() as slot:
             race = None
             if row.kind == CandidateKind.CHILD and self.evaluator.races:
                 race = Race(self.archives, self.config.racing.kind, self.config.racing.delta)  # the archives now
             model_id, scores = await self.evaluator.evaluate(slot, under, test=False, race=race)
-        finally:
-            self._free_slots.put_nowait(slot)
         episodes = (race.played, race.planned) if race is not None else None
         if race is not None and race.rejected:
             bounds = [list(b) for b in race.bounds()]
@@ -321,18 +321,24 @@ class Evolution:
 
     # -- archives ------------------------------------------------------------------------------------------------
 
-    def _rebuild_archives(self) -> list[GridArchive]:
+    def _restore_archives(self) -> None:
+        """The algorithm's archives as the store holds them (or as generation 0 made them), the experts scored on
+        every task as its fallback parents."""
         rows = self.evo.archives()
         candidates = {c.id: c for c in self.evo.candidates()}
-        archives = [
-            GridArchive(row.task_index, self.names, row.bins, tuple((lo, hi) for lo, hi in row.bc_ranges))
-            for row in rows
-        ]
-        by_id = {row.id: archive for row, archive in zip(rows, archives, strict=True)}
-        for cell in self.evo.cells():
-            archive = by_id[cell.archive_id]
-            archive.elites[parse_cell_key(cell.cell)] = self._elite(candidates[cell.candidate_id])
-        return archives
+        position = {row.id: index for index, row in enumerate(rows)}
+        self.algorithm.restore(
+            [(row.task_index, row.bins, row.bc_ranges) for row in rows],
+            [
+                (position[cell.archive_id], cell.cell, self._elite(candidates[cell.candidate_id]))
+                for cell in self.evo.cells()
+            ],
+            [
+                self._elite(row)
+                for row in self.evo.candidates(CandidateKind.EXPERT)
+                if set(row.scores) == set(self.names)
+            ],
+        )
 
     def _elite(self, row: Candidate) -> Elite:
         assert row.genome_hash is not None
@@ -398,11 +404,8 @@ class Evolution:
         async def measure(label: str, row: Candidate, under: CandidateUnderTest) -> FinalRow:
             if set(row.test_scores) == set(self.names):
                 return FinalRow(label, row.kind, row.id, dict(row.test_scores))
-            slot = await self._free_slots.get()
-            try:
+            async with self._slot() as slot:
                 model_id, scores = await self.evaluator.evaluate(slot, under, test=True)
-            finally:
-                self._free_slots.put_nowait(slot)
             self.evo.record_scores(row.id, model_id or row.model_id, scores, test=True)
             self.on_event(EvolutionEvent(EventKind.FINAL, after, candidate_id=row.id, scores=scores))
             return FinalRow(label, row.kind, row.id, scores)
