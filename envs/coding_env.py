@@ -11,31 +11,41 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from cycleqd.envs.coding import (
-    CodingEpisode,
+    CodingSettings,
     CodingTask,
+    coding_episode,
     humaneval_path,
     load_coding_tasks,
     load_coding_tasks_leniently,
 )
-from cycleqd.envs.episode import Episode
+from cycleqd.envs.episode import AgentProtocol, Episode, Message
 from cycleqd.envs.errors import EpisodeSetupError
-from cycleqd.envs.registry import EnvironmentBase, Runtime, UnknownSplitError
+from cycleqd.envs.registry import TEXT_ROUNDS, EnvironmentBase, Runtime, UnknownSplitError
 from cycleqd.envs.replay import RecordedEpisode, TaskVerdict
+from cycleqd.envs.tool_calls import gold_turn
 
 HUMANEVAL_SPLITS = {"dev": (0,), "test": (1,), "train": (2, 3)}
 IMAGE = "os-default"
 
 
-def gold_reply(task: CodingTask) -> str:
-    return f"```python\n{task.gold}\n```"
+# Text: one reply (the limit is never reached). Tools: one submission plus one nudge for a reply that forgot the tool:
+# the least that lets a nudge matter while every run still judges one piece of code, as the text protocol does.
+ROUND_LIMITS = MappingProxyType({AgentProtocol.TEXT: TEXT_ROUNDS, AgentProtocol.TOOLS: 2})
+GOLD_THOUGHT = "This implements what the task asks for, so I submit it."
+
+
+def gold_reply(task: CodingTask, protocol: AgentProtocol = AgentProtocol.TEXT) -> Message:
+    return gold_turn(protocol, f"```python\n{task.gold}\n```", GOLD_THOUGHT, "submit", {"code": task.gold}, 0)
 
 
 class CodingEnvironment(EnvironmentBase[CodingTask]):
     name = "coding"
     gold_rounds = 1
+    round_limits = ROUND_LIMITS
 
     def images(self) -> tuple[str, ...]:
         return (IMAGE,)
@@ -58,23 +68,28 @@ class CodingEnvironment(EnvironmentBase[CodingTask]):
         return docstring.group(2) if docstring else task.prompt
 
     def gold_texts(self, task: CodingTask) -> list[str]:
-        return [gold_reply(task)]
+        return [gold_reply(task)["content"]]
 
     @contextlib.asynccontextmanager
     async def open_episode(self, task: CodingTask, runtime: Runtime) -> AsyncIterator[Episode]:
         async with runtime.sandbox(IMAGE) as sandbox:
-            yield CodingEpisode(task, sandbox)
+            yield coding_episode(task, sandbox, self._settings(runtime), runtime.settings.protocol)
 
     async def replay_gold(self, task: CodingTask, runtime: Runtime) -> TaskVerdict:
         async with runtime.sandbox(IMAGE) as sandbox:
-            episode = RecordedEpisode(CodingEpisode(task, sandbox))
+            protocol = runtime.settings.protocol
+            episode = RecordedEpisode(coding_episode(task, sandbox, self._settings(runtime), protocol))
             await episode.begin()
-            await episode.step(gold_reply(task))
+            await episode.act(gold_reply(task, protocol))
             try:
                 outcome = await episode.outcome()
             except EpisodeSetupError as exc:
                 return TaskVerdict(task.task_id, False, f"environment error: {exc}")
         return episode.verdict(task.task_id, outcome, outcome.detail)
+
+    @staticmethod
+    def _settings(runtime: Runtime) -> CodingSettings:
+        return CodingSettings(round_limit=runtime.settings.rounds(ROUND_LIMITS))
 
 
 ENVIRONMENT = CodingEnvironment()

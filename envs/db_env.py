@@ -13,15 +13,20 @@ import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from cycleqd.envs.db_tasks import DBTask, load_db_tasks, load_db_tasks_leniently
-from cycleqd.envs.dbbench import DBBenchEpisode, DBSettings, dbbench_metrics
-from cycleqd.envs.episode import Episode
+from cycleqd.envs.dbbench import DBSettings, db_episode, dbbench_metrics
+from cycleqd.envs.episode import AgentProtocol, Episode, Message
 from cycleqd.envs.errors import EpisodeSetupError
 from cycleqd.envs.mariadb_server import MariaDBServer
-from cycleqd.envs.registry import EnvironmentBase, Runtime, closing
+from cycleqd.envs.registry import TEXT_ROUNDS, EnvironmentBase, Runtime, closing
 from cycleqd.envs.replay import RecordedEpisode, TaskVerdict
+from cycleqd.envs.tool_calls import gold_turn
+
+# Text: CycleQD's 5 operations; tools: AgentBench FC's 15 replies (configs/tasks/dbbench.yaml:5).
+ROUND_LIMITS = MappingProxyType({AgentProtocol.TEXT: TEXT_ROUNDS, AgentProtocol.TOOLS: 15})
 
 
 def result_values(observation: str) -> list[str] | None:
@@ -35,44 +40,60 @@ def result_values(observation: str) -> list[str] | None:
     return [str(value) for row in rows for value in row]
 
 
-def db_operation_reply(task: DBTask, sql: str) -> str:
+def _operation_thought(task: DBTask) -> str:
     purpose = "change" if task.modifies else "read"
-    return (f"I need to {purpose} the rows of the table {task.table_name} to do this, with one SQL statement.\n"
-            f"Action: Operation\n```sql\n{sql}\n```")  # fmt: skip
+    return f"I need to {purpose} the rows of the table {task.table_name} to do this, with one SQL statement."
 
 
-def db_answer_reply(task: DBTask, answer: list[str], after_query: bool) -> str:
-    if task.modifies:  # scored by the table's contents; the answer field is free
-        return 'The table is changed as asked, so I am done.\nAction: Answer\nFinal Answer: ["done"]'
-    thought = "The result above is the answer." if after_query else "I know the answer."
-    return f"{thought}\nAction: Answer\nFinal Answer: {json.dumps(answer)}"
+def _answer_thought(task: DBTask, after_query: bool) -> str:
+    if task.modifies:
+        return "The table is changed as asked, so I am done."
+    return "The result above is the answer." if after_query else "I know the answer."
 
 
-async def replay_db_gold(task: DBTask, server: MariaDBServer, settings: DBSettings | None = None) -> TaskVerdict:
+def db_operation_reply(task: DBTask, sql: str, protocol: AgentProtocol = AgentProtocol.TEXT, turn: int = 0) -> Message:
+    thought = _operation_thought(task)
+    text = f"{thought}\nAction: Operation\n```sql\n{sql}\n```"
+    return gold_turn(protocol, text, thought, "execute_sql", {"query": sql}, turn)
+
+
+def db_answer_reply(task: DBTask, answer: list[str], after_query: bool, protocol: AgentProtocol = AgentProtocol.TEXT,
+                    turn: int = 0) -> Message:  # fmt: skip
+    given = ["done"] if task.modifies else answer  # a modification is scored by its table; the answer field is free
+    thought = _answer_thought(task, after_query)
+    text = f"{thought}\nAction: Answer\nFinal Answer: {json.dumps(given)}"
+    return gold_turn(protocol, text, thought, "commit_final_answer", {"answers": given}, turn)
+
+
+async def replay_db_gold(task: DBTask, server: MariaDBServer, settings: DBSettings | None = None,
+                         protocol: AgentProtocol = AgentProtocol.TEXT) -> TaskVerdict:  # fmt: skip
     """A modification runs its gold SQL then answers. A SELECT-like task first tries its gold SQL and answers with
     what came back (what an agent would do); when that SQL fails on MariaDB or its result does not score, it
     answers the label directly, so that verification still tells whether the task itself is sound."""
     if not task.modifies and task.gold_sql:
-        verdict = await _replay_db(task, server, settings, query_first=True)
+        verdict = await _replay_db(task, server, settings, protocol, query_first=True)
         if verdict.passed:
             return verdict
-    return await _replay_db(task, server, settings, query_first=False)
+    return await _replay_db(task, server, settings, protocol, query_first=False)
 
 
-async def _replay_db(task: DBTask, server: MariaDBServer, settings: DBSettings | None, *,
+async def _replay_db(task: DBTask, server: MariaDBServer, settings: DBSettings | None, protocol: AgentProtocol, *,
                      query_first: bool) -> TaskVerdict:  # fmt: skip
-    episode = RecordedEpisode(DBBenchEpisode(task, server, settings))
+    episode = RecordedEpisode(db_episode(task, server, settings or DBSettings(), protocol))
     try:
         await episode.begin()
         answer = [str(value) for value in task.label]
+        turn = 0
         if task.modifies or query_first:
-            observation = await episode.step(db_operation_reply(task, task.gold_sql or ""))
+            shown = await episode.act(db_operation_reply(task, task.gold_sql or "", protocol, turn))
+            turn += 1
         if query_first:
+            observation = shown[0]["content"] if shown else None
             values = result_values(observation or "")
             if values is None:
                 return TaskVerdict(task.task_id, False, f"gold SQL gave no plain result: {observation!r}")
             answer = values
-        await episode.step(db_answer_reply(task, answer, query_first))
+        await episode.act(db_answer_reply(task, answer, query_first, protocol, turn))
         outcome = await episode.outcome()
     except EpisodeSetupError as exc:
         return TaskVerdict(task.task_id, False, f"environment error: {exc}")
@@ -85,6 +106,7 @@ class DBEnvironment(EnvironmentBase[DBTask]):
     name = "db"
     gold_format = 2
     gold_rounds = 2  # an operation, then the answer
+    round_limits = ROUND_LIMITS
 
     def images(self) -> tuple[str, ...]:
         return ("mariadb",)
@@ -105,25 +127,29 @@ class DBEnvironment(EnvironmentBase[DBTask]):
     async def open_episode(self, task: DBTask, runtime: Runtime) -> AsyncIterator[Episode]:
         server: MariaDBServer = runtime.service(self.name)
         await server.ensure_running()  # a server killed under earlier episodes is restarted here
-        async with closing(DBBenchEpisode(task, server, self._settings(runtime))) as episode:
+        episode = db_episode(task, server, self._settings(runtime), runtime.settings.protocol)
+        async with closing(episode):
             yield episode
 
     async def replay_gold(self, task: DBTask, runtime: Runtime) -> TaskVerdict:
-        return await replay_db_gold(task, runtime.service(self.name), self._settings(runtime))
+        return await replay_db_gold(
+            task, runtime.service(self.name), self._settings(runtime), runtime.settings.protocol
+        )
 
     def describe(self, task: DBTask) -> str:
         return task.description
 
     def gold_texts(self, task: DBTask) -> list[str]:
         operation = [db_operation_reply(task, task.gold_sql or "")] if task.modifies or task.gold_sql else []
-        return [*operation, db_answer_reply(task, [str(v) for v in task.label], bool(task.gold_sql))]
+        replies = [*operation, db_answer_reply(task, [str(v) for v in task.label], bool(task.gold_sql))]
+        return [reply["content"] for reply in replies]
 
     def metrics(self, results: Iterable[tuple[DBTask, float]]) -> dict[str, float]:
         return dbbench_metrics(results)
 
     @staticmethod
     def _settings(runtime: Runtime) -> DBSettings:
-        return DBSettings(round_limit=runtime.settings.round_limit)
+        return DBSettings(round_limit=runtime.settings.rounds(ROUND_LIMITS))
 
 
 ENVIRONMENT = DBEnvironment()

@@ -15,12 +15,17 @@ Rules as AgentBench v0.2 (src/server/tasks/dbbench/__init__.py) has them:
   episode's ending (an answer, an invalid reply, the round limit);
 - a SELECT-like task is scored by its answer when one was given (compared with the label as v0.2 does);
 - `dbbench_metrics` counts DELETE tasks in SELECT's accuracy, as v0.2's metric does.
+
+Under the tools protocol (`DBBenchToolsEpisode`, AgentBench FC) the prompt, the reading of a reply (every tool call, in
+order) and the round (every reply) are FC's, and only a committed answer is judged; the table, what a query shows
+and the comparisons are the ones above.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,9 +34,20 @@ from typing import Any
 import pymysql
 
 from cycleqd.envs.db_tasks import DBTask
-from cycleqd.envs.episode import Episode, EpisodeStatus, Message, Outcome
+from cycleqd.envs.episode import AgentProtocol, Episode, EpisodeStatus, Message, Outcome
 from cycleqd.envs.errors import EpisodeSetupError
 from cycleqd.envs.mariadb_server import EpisodeDatabase, MariaDBServer, quote_identifier
+from cycleqd.envs.tool_calls import (
+    ARGUMENT_ERRORS,
+    ActsByCalls,
+    calls_of,
+    first_value,
+    function_of,
+    function_tool,
+    string_property,
+    tool_result,
+    user_message,
+)
 
 PROMPT = (
     "\nI will ask you a question, then you should help me operate a MySQL database with SQL to answer the question.\n"
@@ -49,6 +65,47 @@ PROMPT = (
     "anything.\nIf your response cannot match any pattern I mentioned earlier, you will be judged as FAIL "
     "immediately.\nYour input will be raw MySQL response, you have to deal with it by yourself.\n"
 )
+# AgentBench FC's prompt (src/server/tasks/dbbench/task.py:23-34), word for word, as its system message.
+FC_SYSTEM_PROMPT = (
+    "I will ask you a question, then you should help me operate a MySQL database with SQL to answer the question.\n"
+    "You have to explain the problem and your solution to me and write down your thoughts.\n"
+    "After thinking and explaining thoroughly, every round you can choose to operate or to answer with the two "
+    "specific tools provided.\n"
+    "If you should execute a SQL query, use the `execute_sql` function, Your SQL should be in one line.\n"
+    "Every time you can only execute one SQL statement. I will only execute the statement in the first SQL code "
+    "block. Every time you write a SQL, I will execute it for you and give you the output.\n"
+    "If you are done operating, and you want to commit your final answer, then use the `commit_final_answer` "
+    "function.\n"
+    "DO NOT use this tool unless you are sure about your answer. I expect an accurate and correct answer.\n"
+    "Your answer should be accurate. Your answer must be exactly the same as the correct answer.\n"
+    "If the question is about modifying the database, then after done operation, your answer field can be "
+    "anything.\n"
+    "If your response cannot match any pattern I mentioned earlier, you will be judged as FAIL immediately.\n"
+    "You should always use the tools provided to submit your answer. Be careful not to write it in the content "
+    "field.\n"
+    "Your input will be raw MySQL response, you have to deal with it by yourself."
+)
+# FC's tools (configs/tasks/dbbench.yaml:7-34), in its order.
+DB_TOOLS: tuple[dict[str, Any], ...] = (
+    function_tool("execute_sql", "Executes a given SQL statement on the database and returns the result.",
+                  {"query": string_property("The SQL query to be executed.")}),
+    function_tool("commit_final_answer", "Commits the final answer after all operations are completed.",
+                  {"answers": {"type": "array", "items": {"type": "string"},
+                               "description": "The list of final answers to commit."}}),
+)  # fmt: skip
+# FC's words (dbbench/task.py:129, 143, 155, 232).
+NO_TOOL_CALLS = "Internal error: No tool calls found despite finish reason."
+UNPARSED_CALL = "Error: Failed to parse tool call. Tool call format is incorrect."
+NO_RESPONSE = "No response from database."
+INVALID_FUNCTION_CALL = "Invalid function call. Please call a tool instead."
+
+
+def fc_question(task: DBTask) -> str:
+    """FC's user message (task.py:108-113). Our task files carry no `evidence`, so its line never appears."""
+    extra = f"Additional table information about the question: {task.add_description}\n" if task.add_description else ""
+    return f"{extra}Question: {task.description}\n"
+
+
 _ACTION = re.compile(r"Action: (.*?)\n")
 _SQL = re.compile(r"```sql\n([\s\S]*?)\n```")
 _FINAL = re.compile(r"\nFinal Answer:(.*)")
@@ -92,8 +149,11 @@ def parse_final_answer(text: str) -> list[Any]:
 
 
 def select_answer_correct(answer: str, label: Sequence[Any]) -> bool:
+    return select_values_correct(parse_final_answer(answer), label)
+
+
+def select_values_correct(given: Sequence[Any], label: Sequence[Any]) -> bool:
     """AgentBench v0.2: one value each side compares as floats if both parse, else as given; otherwise sets."""
-    given = parse_final_answer(answer)
     if len(given) == 1 and len(label) == 1:
         try:
             return float(given[0]) == float(label[0])
@@ -149,12 +209,15 @@ class DBBenchEpisode(Episode):
         except pymysql.MySQLError as exc:
             await self._release()
             raise EpisodeSetupError(f"{self.task.task_id}: could not set up the table: {exc}") from exc
-        self.messages = [
+        self.messages = self._first_messages()
+        return list(self.messages)
+
+    def _first_messages(self) -> list[Message]:
+        return [
             {"role": "user", "content": PROMPT},
             {"role": "assistant", "content": "Ok."},
             {"role": "user", "content": self.task.description + "\n" + self.task.add_description},
         ]
-        return list(self.messages)
 
     def _create_table(self) -> None:
         task = self.task
@@ -235,16 +298,27 @@ class DBBenchEpisode(Episode):
         code, message = (exc.args + ("",))[:2] if exc.args else ("", str(exc))
         return as_mysql_text(f"{code}: {message}" if message else str(exc))
 
+    def _judged(self) -> bool:
+        """Whether the ending is scored: v0.2 scores a modification whatever the ending (a SELECT needs its answer)."""
+        return True
+
+    def _given(self) -> list[Any] | None:
+        """The answer's values, None without an answer."""
+        return None if self.answer is None else parse_final_answer(self.answer)
+
     async def outcome(self) -> Outcome:
         if self.status is None:
             raise RuntimeError("outcome() before the episode ended")
         try:
-            if self.task.modifies:  # whatever the ending, as v0.2
+            if not self._judged():
+                passed, detail = False, f"not judged: {self.status}"
+            elif self.task.modifies:  # whatever the answer
                 table_hash = await asyncio.to_thread(self._table_hash)
                 passed = table_hash == self.task.answer_md5
                 detail = "" if passed else f"table hash {table_hash}, expected {self.task.answer_md5}"
             else:
-                passed = self.answer is not None and select_answer_correct(self.answer, self.task.label)
+                given = self._given()
+                passed = given is not None and select_values_correct(given, self.task.label)
                 detail = "" if passed else f"answer {self.answer!r}, expected {list(self.task.label)!r}"
         except pymysql.MySQLError as exc:
             raise EpisodeSetupError(f"{self.task.task_id}: scoring failed: {exc}") from exc
@@ -281,6 +355,83 @@ class DBBenchEpisode(Episode):
                 await self.server.drop_episode_database(database)
             except pymysql.MySQLError as exc:  # the server died under the episode: the environment's failure
                 raise EpisodeSetupError(f"{self.task.task_id}: could not drop the episode's database: {exc}") from exc
+
+
+class DBBenchToolsEpisode(ActsByCalls, DBBenchEpisode):
+    """The DB episode under AgentBench FC's tools protocol (src/server/tasks/dbbench/task.py:103-237): its prompt and
+    tools; every call of a reply answered in order until a commit, which ends the episode; every reply a round. The
+    table, the server, what a query shows (v0.2's rendering: FC's is the same list of tuples cut at 800 characters,
+    interaction.py:84-105) and the scoring are the text episode's, but only a committed answer is judged, as in FC:
+    the round limit scores 0 whatever the table holds."""
+
+    tools = DB_TOOLS
+
+    def __init__(self, task: DBTask, server: MariaDBServer, settings: DBSettings | None = None) -> None:
+        super().__init__(task, server, settings)
+        self._values: list[Any] | None = None
+
+    def _first_messages(self) -> list[Message]:
+        return [{"role": "system", "content": FC_SYSTEM_PROMPT}, {"role": "user", "content": fc_question(self.task)}]
+
+    async def act(self, reply: Message) -> list[Message] | None:
+        self._take(reply)
+        calls = calls_of(reply)
+        answers = [] if calls else [user_message(NO_TOOL_CALLS)]
+        for call in calls:
+            call_id = call.get("id", "")
+            try:
+                name, arguments = function_of(call)
+                parsed = json.loads(arguments)
+            except ARGUMENT_ERRORS:
+                answers.append(tool_result(call_id, UNPARSED_CALL))
+                continue
+            if name == "commit_final_answer":  # the calls after it are never answered (task.py:216)
+                self.messages.extend(answers)
+                self._commit(parsed)
+                return None
+            shown = await self._sql_result(parsed) if name == "execute_sql" else INVALID_FUNCTION_CALL
+            answers.append(tool_result(call_id, shown))
+        self.messages.extend(answers)
+        if self.rounds >= self.settings.round_limit:
+            self.status = EpisodeStatus.ROUND_LIMIT
+            return None
+        return answers
+
+    async def _sql_result(self, arguments: Any) -> str:
+        try:
+            sql = first_value(arguments)
+        except (AttributeError, IndexError) as exc:  # task.py:150 and 162-164
+            return f"Error executing query: {exc}"
+        # A query that is not a string is sent as its text, which the server rejects as MySQL would.
+        shown = await asyncio.to_thread(self._execute, sql if isinstance(sql, str) else str(sql))
+        return shown or NO_RESPONSE
+
+    def _commit(self, arguments: Any) -> None:
+        """FC reads the answer outside its handler (task.py:172, 176): arguments without a value, or an answer that
+        is neither a list nor a string nor empty, raise there and end the sample as a task error scored 0
+        (task.py:242-245). Here that is an invalid action, scored 0 and the model's failure, never retried."""
+        try:
+            value = first_value(arguments)
+        except (AttributeError, IndexError):
+            self.status = EpisodeStatus.INVALID_ACTION
+            return
+        if value and not isinstance(value, str | list):
+            self.status = EpisodeStatus.INVALID_ACTION
+            return
+        self.answer = json.dumps(value)
+        # A list is the answer's values; a string is read as a v0.2 `Final Answer` is, so both compare alike.
+        self._values = value if isinstance(value, list) else parse_final_answer(value) if value else [value]
+        self.status = EpisodeStatus.COMPLETED
+
+    def _judged(self) -> bool:
+        return self.status == EpisodeStatus.COMPLETED
+
+    def _given(self) -> list[Any] | None:
+        return self._values
+
+
+def db_episode(task: DBTask, server: MariaDBServer, settings: DBSettings, protocol: AgentProtocol) -> DBBenchEpisode:
+    return (DBBenchToolsEpisode if protocol == AgentProtocol.TOOLS else DBBenchEpisode)(task, server, settings)
 
 
 def dbbench_metrics(results: Iterable[tuple[DBTask, float]]) -> dict[str, float]:

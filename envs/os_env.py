@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from cycleqd.envs.episode import Episode
+from cycleqd.envs.episode import AgentProtocol, Episode, Message
 from cycleqd.envs.errors import EpisodeSetupError, ScriptUnavailableError
 from cycleqd.envs.os_checks import check_scripts_available, script_source
-from cycleqd.envs.os_interaction import OSInteractionEpisode, OSSettings
+from cycleqd.envs.os_interaction import OSSettings, os_episode
 from cycleqd.envs.os_tasks import OSTask, load_os_tasks, load_os_tasks_leniently, network_commands
 from cycleqd.envs.os_training import explanation_thought
-from cycleqd.envs.registry import EnvironmentBase, EpisodeSettings, Runtime
+from cycleqd.envs.registry import TEXT_ROUNDS, EnvironmentBase, EpisodeSettings, Runtime
 from cycleqd.envs.replay import RecordedEpisode, TaskVerdict
+from cycleqd.envs.tool_calls import gold_turn
+
+# Text: CycleQD's 5; tools: AgentBench FC's 8 (configs/tasks/os.yaml:5).
+ROUND_LIMITS = MappingProxyType({AgentProtocol.TEXT: TEXT_ROUNDS, AgentProtocol.TOOLS: 8})
 
 
 def os_settings(settings: EpisodeSettings) -> OSSettings:
-    return OSSettings(round_limit=settings.round_limit, command_timeout_s=settings.command_timeout_s,
+    return OSSettings(round_limit=settings.rounds(ROUND_LIMITS), command_timeout_s=settings.command_timeout_s,
                       scripts_dir=settings.scripts_dir)  # fmt: skip
 
 
@@ -31,8 +37,25 @@ def asks_a_question(task: OSTask) -> bool:
     return task.description.rstrip().endswith("?") or "answer" in task.description.lower()
 
 
-def gold_replies(task: OSTask, scripts_dir: Path | None) -> list[str] | None:
-    """The first gold reply (the rest depends on what the sandbox printed); None if the task has no gold.
+@dataclass(frozen=True)
+class GoldMove:
+    """One gold turn, written out per protocol by `message`."""
+
+    thought: str
+    kind: str  # bash, answer, finish
+    content: str | None = None
+
+    def message(self, protocol: AgentProtocol, turn: int) -> Message:
+        act = {"bash": f"bash\n\n```bash\n{self.content}\n```", "answer": f"answer({self.content})"}
+        text = f"Think: {self.thought}\n\nAct: {act.get(self.kind, self.kind)}"
+        name, argument = {"bash": ("bash_action", "script"), "answer": ("answer_action", "answer"),
+                          "finish": ("finish_action", "thought")}[self.kind]  # fmt: skip
+        value = self.thought if self.kind == "finish" else self.content
+        return gold_turn(protocol, text, self.thought, name, {argument: value}, turn)
+
+
+def gold_moves(task: OSTask, scripts_dir: Path | None) -> list[GoldMove] | None:
+    """The first gold move (the rest depends on what the sandbox printed); None if the task has no gold.
 
     The thought says what a competent agent would think, never "the reference solution": an expert fine-tuned on
     these replies should learn the behaviour, not a phrase that only makes sense in a replay."""
@@ -41,23 +64,30 @@ def gold_replies(task: OSTask, scripts_dir: Path | None) -> list[str] | None:
         thought = explanation_thought(task.explanation) if task.explanation else (
             "To answer this I need to look at the system, so I run a command that prints what is asked."
             if asks_a_question(task) else "I can do this with a shell command.")  # fmt: skip
-        return [f"Think: {thought}\n\nAct: bash\n\n```bash\n{source}\n```"]
+        return [GoldMove(thought, "bash", source)]
     if task.match is not None and task.match.answer is not None:
-        return [f"Think: I already know the answer, it is {task.match.answer}.\n\nAct: answer({task.match.answer})"]
+        return [GoldMove(f"I already know the answer, it is {task.match.answer}.", "answer", task.match.answer)]
     return None
 
 
-def answer_reply(output: str) -> str:
+def gold_replies(task: OSTask, scripts_dir: Path | None) -> list[str] | None:
+    """The first gold reply as text (v0.2's protocol); None if the task has no gold."""
+    moves = gold_moves(task, scripts_dir)
+    return None if moves is None else [move.message(AgentProtocol.TEXT, 0)["content"] for move in moves]
+
+
+def answer_move(output: str) -> GoldMove:
     text = output.strip()
     if "\n" in text or not text:
-        return "Think: The command ran without errors, so the task is done.\n\nAct: finish"
-    return f"Think: Now I get the answer, it is {text}.\n\nAct: answer({text})"
+        return GoldMove("The command ran without errors, so the task is done.", "finish")
+    return GoldMove(f"Now I get the answer, it is {text}.", "answer", text)
 
 
 class OSEnvironment(EnvironmentBase[OSTask]):
     name = "os"
     gold_format = 2
     gold_rounds = 2  # the bash action, then the answer its output gives
+    round_limits = ROUND_LIMITS
 
     def images(self) -> tuple[str, ...]:
         return ("os-default", "os-packages")
@@ -84,27 +114,27 @@ class OSEnvironment(EnvironmentBase[OSTask]):
     @contextlib.asynccontextmanager
     async def open_episode(self, task: OSTask, runtime: Runtime) -> AsyncIterator[Episode]:
         async with runtime.sandbox(task.image) as sandbox:
-            yield OSInteractionEpisode(task, sandbox, os_settings(runtime.settings))
+            yield os_episode(task, sandbox, os_settings(runtime.settings), runtime.settings.protocol)
 
     async def replay_gold(self, task: OSTask, runtime: Runtime) -> TaskVerdict:
         scripts_dir = runtime.settings.scripts_dir
         try:
             check_scripts_available(task, scripts_dir)
-            replies = gold_replies(task, scripts_dir)
+            moves = gold_moves(task, scripts_dir)
         except ScriptUnavailableError as exc:
             return TaskVerdict(task.task_id, None, f"unavailable: {exc}")
-        if replies is None:
+        if moves is None:
             return TaskVerdict(task.task_id, None, "unavailable: no gold solution (no example, no literal answer)")
         if needs := network_commands(task):
             return TaskVerdict(task.task_id, None, f"unavailable: its set-up needs the network ({', '.join(needs)})")
         async with runtime.sandbox(task.image) as sandbox:
-            os_episode = OSInteractionEpisode(task, sandbox, os_settings(runtime.settings))
-            episode = RecordedEpisode(os_episode)
+            protocol = runtime.settings.protocol
+            played = os_episode(task, sandbox, os_settings(runtime.settings), protocol)
+            episode = RecordedEpisode(played)
             try:
                 await episode.begin()
-                observation = await episode.step(replies[0])
-                if observation is not None:
-                    await episode.step(answer_reply(os_episode.last_output))
+                if await episode.act(moves[0].message(protocol, 0)) is not None:
+                    await episode.act(answer_move(played.last_output).message(protocol, 1))
                 outcome = await episode.outcome()
             except EpisodeSetupError as exc:
                 return TaskVerdict(task.task_id, False, f"environment error: {exc}")

@@ -5,7 +5,9 @@ own; `start` is typed into the agent's persistent shell (so what it leaves runni
 agent); init, the shell and the checks share one working directory, `/`, as AgentBench's containers (no WORKDIR)
 and its execs have it. Then up to `round_limit` model replies, each parsed as AgentBench does (envs.os_actions); a
 bash action's output is cut for display at 800 characters (first 780 + a note). The episode ends on
-answer/finish, an invalid action or the round limit.
+answer/finish, an invalid action or the round limit. Under the tools protocol (`OSToolsEpisode`, AgentBench FC) only
+the prompt, the reading of a reply (its first tool call) and the form of an observation (a tool result) differ, and a
+reply with no usable call is answered and costs its round; after `finish` the answer is its thought, as FC passes it.
 
 Scoring follows AgentBench v0.2: only an episode the agent ended by answering or finishing is judged (an invalid
 reply or the round limit scores 0, whatever state the machine is in); after `finish` the answer is None — `match`
@@ -25,9 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cycleqd.envs.episode import Episode, EpisodeStatus, Message, Outcome
+from cycleqd.envs.episode import AgentProtocol, Episode, EpisodeStatus, Message, Outcome
 from cycleqd.envs.errors import EpisodeSetupError, ScriptUnavailableError
-from cycleqd.envs.os_actions import parse_os_action
+from cycleqd.envs.os_actions import OS_TOOLS, OSAction, parse_os_action, read_os_call
 from cycleqd.envs.os_checks import (
     checks_in_container,
     container_sources,
@@ -37,9 +39,10 @@ from cycleqd.envs.os_checks import (
     script_argv,
     script_source,
 )
-from cycleqd.envs.os_prompt import first_messages, observation
+from cycleqd.envs.os_prompt import fc_first_messages, first_messages, observation
 from cycleqd.envs.os_tasks import OSTask
 from cycleqd.envs.os_trust import PASSWD, Named, TrustJudge, verdict
+from cycleqd.envs.tool_calls import ActsByCalls, tool_result
 from cycleqd.sandboxes.contract import CommandResult, LayerScan, Sandbox, SandboxHealth, ShellSession
 from cycleqd.sandboxes.errors import SandboxError, WitnessUnavailableError
 from cycleqd.sandboxes.output import truncate_for_display
@@ -73,6 +76,7 @@ class OSInteractionEpisode(Episode):
         self.last_output = ""  # the raw output of the last bash action, before display truncation
         self._baseline: LayerScan | None = None  # the writable layer as the set-up left it (envs/os_trust.py)
         self._passwd = ""  # /etc/passwd as the set-up left it
+        self._answer_is_text = True  # see OSAction.text
 
     async def begin(self) -> list[Message]:
         settings = self.settings
@@ -93,8 +97,11 @@ class OSInteractionEpisode(Episode):
                 self._passwd = await self.sandbox.file_text(PASSWD)
         except (SandboxError, ScriptUnavailableError) as exc:
             raise EpisodeSetupError(f"{self.task.task_id}: {exc}") from exc
-        self.messages = first_messages(self.task.description)
+        self.messages = self._first_messages()
         return list(self.messages)
+
+    def _first_messages(self) -> list[Message]:
+        return first_messages(self.task.description)
 
     async def _run_init(self, argv: list[str]) -> CommandResult:
         """One init script as its own process, as an exec would run it (stdin empty, a pipe of its own for output,
@@ -149,24 +156,34 @@ class OSInteractionEpisode(Episode):
             raise RuntimeError("step() after the episode ended")
         self.rounds += 1
         self.messages.append({"role": "assistant", "content": reply})
-        action = parse_os_action(reply)
+        shown = await self._perform(parse_os_action(reply))
+        if shown is None or self._out_of_rounds(timed_out=self._last_timed_out):
+            return None
+        self.messages.append({"role": "user", "content": shown})
+        return shown
+
+    async def _perform(self, action: OSAction) -> str | None:
+        """What the model is shown after the action, or None when the action ended the episode."""
         if action.kind == "invalid":
             self.status = EpisodeStatus.INVALID_ACTION
             return None
         if action.kind in ("answer", "finish"):
-            self.answer = action.content
+            self.answer, self._answer_is_text = action.content, action.text
             self.status = EpisodeStatus.COMPLETED
             return None
-        output = await self._run_bash(action.content or "")
+        output = "" if action.content is None else await self._run_bash(action.content)
         if output is None:
             self.status = EpisodeStatus.SANDBOX_BROKEN
             return None
-        if self.rounds >= self.settings.round_limit:
-            self.status = EpisodeStatus.COMMAND_TIMEOUT if self._last_timed_out else EpisodeStatus.ROUND_LIMIT
-            return None
-        message = observation(truncate_for_display(output))
-        self.messages.append({"role": "user", "content": message})
-        return message
+        return observation(truncate_for_display(output))
+
+    def _out_of_rounds(self, *, timed_out: bool) -> bool:
+        """Whether the round just played was the last; if so the episode ends on it (nothing shown), as a command
+        timeout where that round's command timed out."""
+        if self.rounds < self.settings.round_limit:
+            return False
+        self.status = EpisodeStatus.COMMAND_TIMEOUT if timed_out else EpisodeStatus.ROUND_LIMIT
+        return True
 
     async def _run_bash(self, command: str) -> str | None:
         """The command's output, or None when the agent has broken its sandbox."""
@@ -242,7 +259,7 @@ class OSInteractionEpisode(Episode):
                 self.status, 0.0, self.rounds, self.answer, f"not judged: {self.status}", expected_of(self.task)
             )
         if self.task.match is not None:
-            passed = self.answer is not None and match_answer(self.task.match, self.answer)
+            passed = self.answer is not None and self._answer_is_text and match_answer(self.task.match, self.answer)
             detail = "" if passed else f"answer {self.answer!r} does not match"
         else:
             try:
@@ -265,3 +282,34 @@ class OSInteractionEpisode(Episode):
                     expected_of(self.task),
                 )
         return Outcome(self.status, 1.0 if passed else 0.0, self.rounds, self.answer, detail, expected_of(self.task))
+
+
+class OSToolsEpisode(ActsByCalls, OSInteractionEpisode):
+    """The OS episode under AgentBench FC's tools protocol: its prompt and tools, its reading of a reply
+    (envs.os_actions.read_os_call) and its answers as tool results; the set-up, the shell, the checks and their
+    trust are the text episode's. Every reply is a round, whatever it held (os_interaction/task.py:419); only an
+    answer or a finish ends the episode before the round limit."""
+
+    tools = OS_TOOLS
+
+    def _first_messages(self) -> list[Message]:
+        return fc_first_messages(self.task.description)
+
+    async def act(self, reply: Message) -> list[Message] | None:
+        self._take(reply)
+        read = read_os_call(reply)
+        if isinstance(read, OSAction):
+            shown = await self._perform(read)
+            if shown is None:
+                return None
+            answer = tool_result(read.call_id, shown)
+        else:
+            answer = read
+        if self._out_of_rounds(timed_out=isinstance(read, OSAction) and self._last_timed_out):
+            return None
+        self.messages.append(answer)
+        return [answer]
+
+
+def os_episode(task: OSTask, sandbox: Sandbox, settings: OSSettings, protocol: AgentProtocol) -> OSInteractionEpisode:
+    return (OSToolsEpisode if protocol == AgentProtocol.TOOLS else OSInteractionEpisode)(task, sandbox, settings)

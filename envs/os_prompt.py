@@ -1,5 +1,6 @@
-"""AgentBench's OS-interaction prompt and one-shot example, word for word: scores are only comparable with
-AgentBench's when the model sees exactly what AgentBench shows it (typos included)."""
+"""AgentBench's OS-interaction prompts, word for word: v0.2's (text protocol) with its one-shot example, and FC's
+(tools protocol). Scores are only comparable with AgentBench's when the model sees exactly what AgentBench shows it
+(typos included)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ INSTRUCTIONS = (
     "the truncating problem by yourself. Attention, your bash code should not contain any input operation. Once "
     "again, you should take only exact one of the three actions in each turn.\n\n"
 )
+
+# How both protocols put the task itself (v0.2 and FC alike).
+PROBLEM = "Now, I will start a new problem in a new OS. My problem is:\n\n"
 
 ONE_SHOT: list[Message] = [
     {"role": "user", "content": 'tell me how many files are in the directory "/etc"?'},
@@ -48,10 +52,36 @@ def first_messages(description: str) -> list[Message]:
     return [
         {"role": "user", "content": INSTRUCTIONS + "Now, my problem is:\n\n" + ONE_SHOT[0]["content"]},
         *ONE_SHOT[1:],
-        {"role": "user", "content": "Now, I will start a new problem in a new OS. My problem is:\n\n" + description},
+        {"role": "user", "content": PROBLEM + description},
     ]
 
 
 def observation(output: str) -> str:
     """What the model sees after a bash action (output already truncated for display)."""
     return "The output of the OS:\n\n" + output if output else "The output of the OS is empty."
+
+
+# AgentBench FC's OS prompt (src/server/tasks/os_interaction/task.py:516-532), word for word: a system message and
+# the problem; no one-shot, since the tools array shows the actions.
+FC_SYSTEM = (
+    "You are an assistant that will act like a person. I will play the role of a Linux (Ubuntu) operating system.\n"
+    "Your goal is to implement the operations required by me or answer the questions proposed by me.\n"
+    "For each of your turns, you should first think about what you should do, and then call exactly one of the "
+    "provided tools according to the situation.\n"
+    "If you think the output is too long, I will truncate it. The truncated output is not complete. You have to "
+    "deal with the truncating problem by yourself.\n"
+    "Attention, your bash code should not contain any input operation. Once again, you should use one tool in each "
+    "turn, and should not respond without function calling.\n"
+    "Note that if you think the task has been finished, or there is some message missing to completely complete the "
+    'task, you should respond with calling the function "finish_action", as no additional information will be '
+    "provided.\n"
+    'Also, note that if you have gotten the answer to the question, you should call the "answer_action" tool instead '
+    "of simply writing your answer in your response.\n"
+    "Your answers should be exact and precise (for example, a single number), do not answer with full sentences or "
+    "phrases.\n"
+    "Always use a tool provided instead of simply responding with content."
+)
+
+
+def fc_first_messages(description: str) -> list[Message]:
+    return [{"role": "system", "content": FC_SYSTEM}, {"role": "user", "content": PROBLEM + description}]

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from cycleqd.envs.episode import AgentProtocol, Episode
@@ -38,6 +39,13 @@ _BUILTIN: dict[str, str] = {
 _registered: dict[str, Environment[Any]] = {}
 
 
+# The text protocol's round limit everywhere: CycleQD's (AgentBench v0.2 configures 8 for OS, 15 for DB). Under the
+# tools protocol each environment has AgentBench FC's (`round_limits`).
+TEXT_ROUNDS = 5
+DEFAULT_ROUND_LIMITS: Mapping[AgentProtocol, int] = MappingProxyType(
+    {AgentProtocol.TEXT: TEXT_ROUNDS, AgentProtocol.TOOLS: TEXT_ROUNDS}
+)
+
 # An episode's wall-clock limit by default. AgentBench v0.2 has none for a whole episode: its controller only drops a
 # session left 240 s without an interaction, which our per-command and per-request limits already cover. So the
 # default is a safety net that never cuts an episode a normal run finishes: the slowest measured (OS, 5 rounds of
@@ -51,7 +59,7 @@ class EpisodeSettings:
     """What every environment's episodes share: the run's round limit, the limits of one command, and the wall-clock
     limit of a whole episode (enforced by the orchestrator, from the environment's first message to its last)."""
 
-    round_limit: int = 5  # CycleQD's setting; AgentBench's OS uses 8
+    round_limit: int | None = None  # None: the environment's for the protocol (its `round_limits`)
     command_timeout_s: float = 30.0
     scripts_dir: Path | None = None  # AgentBench's scripts folder, for OS tasks that name script files
     time_limit_s: float = EPISODE_TIME_LIMIT_S
@@ -63,6 +71,10 @@ class EpisodeSettings:
         """The settings an episode of `env` runs under: its own protocol where the run gave it one."""
         protocol = dict(self.env_protocols).get(env, self.protocol)
         return self if protocol == self.protocol else replace(self, protocol=protocol)
+
+    def rounds(self, limits: Mapping[AgentProtocol, int]) -> int:
+        """The round limit of an environment whose defaults per protocol are `limits`: the run's, if it set one."""
+        return limits[self.protocol] if self.round_limit is None else self.round_limit
 
 
 class SandboxStarter(Protocol):
@@ -112,6 +124,7 @@ class Environment(Protocol[TaskT]):
     name: str
     gold_format: int  # bumped when its gold replies change, so that what was trained on them is redone
     gold_rounds: int  # model turns in its longest gold trajectory: a round limit below it cannot win every task
+    round_limits: Mapping[AgentProtocol, int]  # its round limit per protocol where the run sets none
 
     def images(self) -> tuple[str, ...]:
         """The sandbox image names its episodes (and services) need, built before a run starts."""
@@ -146,7 +159,8 @@ class Environment(Protocol[TaskT]):
         ...
 
     async def replay_gold(self, task: TaskT, runtime: Runtime) -> TaskVerdict:
-        """The task's gold solution replayed through a real episode, as a model's replies would go."""
+        """The task's gold solution replayed through a real episode, as a model's replies would go under the
+        runtime's protocol (text replies, or tool calls whose transcript keeps them as calls)."""
         ...
 
     def gold_texts(self, task: TaskT) -> list[str]:
@@ -174,6 +188,7 @@ class EnvironmentBase(Generic[TaskT]):
     name: str = ""
     gold_format: int = 0  # bumped when the gold replies change, so that what was trained on them is redone
     gold_rounds: int = 1
+    round_limits: Mapping[AgentProtocol, int] = DEFAULT_ROUND_LIMITS
 
     def images(self) -> tuple[str, ...]:
         raise NotImplementedError

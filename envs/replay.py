@@ -1,7 +1,8 @@
 """Gold replays: an episode driven by a task's gold replies instead of a model, and what one replay found.
 
-Each environment writes its own gold replies (beside it: `os_env.py`, `db_env.py`, `coding_env.py`); `cycleqd suite
-verify` reports the verdicts and `cycleqd sft` trains on the transcripts of those that passed.
+Each environment writes its own gold replies (beside it: `os_env.py`, `db_env.py`, `coding_env.py`), as text or as
+tool calls after the runtime's protocol; `cycleqd suite verify` reports the verdicts and `cycleqd sft` trains on the
+transcripts of those that passed (under the tools protocol: assistant messages with `tool_calls`, `tool` results).
 """
 
 from __future__ import annotations
@@ -35,11 +36,15 @@ class RecordedEpisode:
         return self.messages
 
     async def step(self, reply: str) -> str | None:
-        self.messages.append({"role": "assistant", "content": reply})
-        observation = await self.episode.step(reply)
-        if observation is not None:
-            self.messages.append({"role": "user", "content": observation})
-        return observation
+        answers = await self.act({"role": "assistant", "content": reply})
+        return None if answers is None else answers[0]["content"]
+
+    async def act(self, reply: Message) -> list[Message] | None:
+        """One model turn under either protocol (a text reply is an assistant message without calls)."""
+        self.messages.append(reply)
+        answers = await self.episode.act(reply)
+        self.messages.extend(answers or [])
+        return answers
 
     async def outcome(self) -> Outcome:
         return await self.episode.outcome()

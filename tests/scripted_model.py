@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cycleqd.serving.client import ChatReply, ServedModel, Usage
 from cycleqd.serving.errors import EndpointError
 from cycleqd.serving.manager import ServerManager
 from cycleqd.serving.model_ref import ModelRef
 
-Messages = Sequence[dict[str, str]]
+Messages = Sequence[dict[str, Any]]
+# An answer: a text, or (under the tools protocol) an assistant message whose `tool_calls` the server parsed.
+Answer = str | dict[str, Any]
 
 
 class ScriptedModel(ServerManager):
@@ -24,12 +27,13 @@ class ScriptedModel(ServerManager):
 
     def __init__(
         self,
-        reply: Callable[[Messages], str],
+        reply: Callable[[Messages], Answer],
         *,
         latency_s: float = 0.0,
         fail: Callable[[int], type[EndpointError] | None] = lambda _: None,
     ) -> None:
-        """`reply(messages)` gives the answer; `fail(n)` may name an error to raise on the n-th request (from 1)."""
+        """`reply(messages)` gives the answer; `fail(n)` may name an error to raise on the n-th request (from 1).
+        `asked` keeps every request as it came: its messages and its tools."""
         super().__init__()
         self.reply = reply
         self.latency_s = latency_s
@@ -38,6 +42,7 @@ class ScriptedModel(ServerManager):
         self.in_flight = 0
         self.most_in_flight = 0
         self.failed: list[int] = []
+        self.asked: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
 
     @property
     def base_url(self) -> str:
@@ -54,6 +59,7 @@ class ScriptedModel(ServerManager):
             raise EndpointError("no model is being served: call serve() first")
         self.requests += 1
         number = self.requests
+        self.asked.append(([dict(m) for m in messages], list(options.get("tools") or [])))  # type: ignore[call-overload]
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -62,8 +68,11 @@ class ScriptedModel(ServerManager):
             if error is not None:
                 self.failed.append(number)
                 raise error(f"request {number} failed (as the test asked)")
-            text = self.reply(messages)
+            answer = self.reply(messages)
         finally:
             self.in_flight -= 1
-        usage = Usage(sum(len(m["content"].split()) for m in messages), len(text.split()))
-        return ChatReply(text, "stop", usage, self.latency_s, "scripted", self.served.identity)
+        message = {"content": answer} if isinstance(answer, str) else answer
+        text, calls = message.get("content") or "", tuple(message.get("tool_calls") or ())
+        usage = Usage(sum(len(str(m.get("content") or "").split()) for m in messages), len(text.split()))
+        finish = "tool_calls" if calls else "stop"
+        return ChatReply(text, finish, usage, self.latency_s, "scripted", self.served.identity, tool_calls=calls)
