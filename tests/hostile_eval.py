@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from cycleqd.db import open_store
+from cycleqd.envs.episode import AgentProtocol
 from cycleqd.envs.registry import EpisodeSettings
 from cycleqd.eval.orchestrator import EvalSettings, Orchestrator
 from cycleqd.eval.tasks import EvalTask, load_eval_tasks
@@ -60,12 +61,14 @@ def load_suite(folders: dict[str, Path]) -> list[EvalTask]:
 async def run_suite(
     server: HostileModelServer, tasks: list[EvalTask], db: Path, retries: int = 2, concurrency: int = 3
 ) -> dict:
+    """The tasks played against `server`, under its protocol."""
     store = open_store(db)
     run = store.create_run("eval", {"test": "adversarial"})
     endpoint = ExternalEndpoint(server.base_url, MODEL)
     model_id = store.model_id(endpoint.identity(), endpoint.label)
+    episode = EpisodeSettings(round_limit=3, protocol=AgentProtocol(server.protocol))
     settings = EvalSettings(concurrency=concurrency, repeats=1, retries=retries, max_sandboxes=2 * concurrency,
-                            episode=EpisodeSettings(round_limit=3))  # fmt: skip
+                            episode=episode)  # fmt: skip
     async with ExternalManager(endpoint, ClientSettings(retries=4, backoff_s=0.5, max_backoff_s=4)) as manager:
         await manager.serve(endpoint)
         await Orchestrator(store, run.id, manager, model_id, settings).run(tasks)

@@ -3,12 +3,16 @@
 Each task of the adversarial suite carries a marker `«name»` in its text; the server finds the marker in the
 conversation, counts the assistant turns after it, and answers with that step of `scripts[name]` (the last step
 repeats). It runs in a thread on loopback and can be taken down and brought back on the same port, to play a
-model server that goes away for a while.
+model server that goes away for a while. Under the tools protocol (`protocol="tools"`) it plays the same scripts as
+AgentBench FC's tool calls: each step's text action becomes the call that does the same (an OS bash block
+`bash_action`, an answer `answer_action`, a finish `finish_action`, a DB operation `execute_sql`, a final answer
+`commit_final_answer`, code `submit`), and a step with no action stays text, a reply without a tool call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import threading
@@ -20,6 +24,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from cycleqd.envs.coding import extract_code
+from cycleqd.envs.dbbench import parse_db_action, parse_final_answer
+from cycleqd.envs.os_actions import parse_os_action
 
 MODEL = "hostile"
 _MARKER = re.compile(r"«([a-z0-9_]+)»")
@@ -35,11 +43,38 @@ def scripted_reply(scripts: dict[str, list[str]], messages: list[dict[str, str]]
     return "no marker: nothing scripted"
 
 
+def as_tool_call(text: str, call_id: str) -> dict:
+    """The assistant message that does under the tools protocol what `text` does under the text protocol."""
+    os_action, db_action = parse_os_action(text), parse_db_action(text)
+    if os_action.kind == "bash":
+        call = ("bash_action", {"script": os_action.content})
+    elif os_action.kind == "answer":
+        call = ("answer_action", {"answer": os_action.content})
+    elif os_action.kind == "finish":
+        call = ("finish_action", {"thought": os_action.thought})
+    elif db_action.kind == "operation":
+        call = ("execute_sql", {"query": db_action.content})
+    elif db_action.kind == "answer":
+        call = ("commit_final_answer", {"answers": [str(v) for v in parse_final_answer(db_action.content or "")]})
+    elif "```" in text:  # a coding answer
+        call = ("submit", {"code": extract_code(text)})
+    else:
+        return {"role": "assistant", "content": text}
+    name, arguments = call
+    function = {"name": name, "arguments": json.dumps(arguments)}
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": call_id, "type": "function", "function": function}],
+    }
+
+
 class HostileModelServer:
     """`base_url` is stable across `down()`/`up()`; `served` counts requests per script name."""
 
-    def __init__(self, scripts: dict[str, list[str]]) -> None:
+    def __init__(self, scripts: dict[str, list[str]], protocol: str = "text") -> None:
         self.scripts = scripts
+        self.protocol = protocol
         self.served: Counter[str] = Counter()
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -65,9 +100,13 @@ class HostileModelServer:
                 self.served[found.group(1)] += 1
                 break
         text = scripted_reply(self.scripts, messages)
+        message = {"role": "assistant", "content": text}
+        if self.protocol == "tools":
+            message = as_tool_call(text, f"call_{sum(m['role'] == 'assistant' for m in messages)}")
+        finish = "tool_calls" if message.get("tool_calls") else "stop"
         return JSONResponse({
             "id": "cmpl-hostile", "object": "chat.completion", "model": MODEL,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
         })  # fmt: skip
 

@@ -371,6 +371,32 @@ async def test_an_agent_that_rewrites_what_its_checks_run_scores_0(tmp_path: Pat
         assert path in episodes[name].verdict["detail"], (name, episodes[name].verdict)
 
 
+# Played once under the tools protocol (AgentBench FC): every attack and control of the two runs above, as tool
+# calls (tests/hostile_model.py), without the fault run's faults: os_killed only waits for its kill.
+TOOLS_REPLAYED = (set(SCRIPTS) - {"os_killed"}) | set(TAMPER_SCRIPTS)
+# Where AgentBench FC's rules differ from v0.2's, by design of these three probes of v0.2's: its finish_action commits
+# the thought as the answer (os_interaction/task.py:353), so the check of "None" fails and a match of ".*" passes;
+# and DBBench FC judges only a commit (dbbench/task.py:166-216), where v0.2 hashes a modified table at any ending.
+TOOLS_RULES = {"os_finish_none": 0.0, "os_finish_match": 1.0, "db_modify_then_invalid": 0.0}
+
+
+@pytest.mark.slow
+async def test_every_attack_and_control_replays_under_the_tools_protocol(tmp_path: Path) -> None:
+    server = HostileModelServer({**SCRIPTS, **TAMPER_SCRIPTS}, protocol="tools")
+    server.up()
+    try:
+        result = await run_suite(server, load_suite(write_suite(tmp_path / "suite", TOOLS_REPLAYED)), tmp_path / "t.db")
+    finally:
+        server.down()
+    episodes = result["episodes"]
+    assert all(any(m.get("tool_calls") for m in e.transcript) for e in episodes.values())  # acted by tool calls
+    expected = {name: score for name, (_, score) in {**EXPECTED, **TAMPER_EXPECTED}.items() if name in TOOLS_REPLAYED}
+    expected |= TOOLS_RULES
+    assert {n: e.score for n, e in episodes.items()} == expected, {n: (e.status, e.error) for n, e in episodes.items()}
+    statuses = {name: episodes[name].status for name in TAMPER_EXPECTED}  # every tampering found as tampering
+    assert statuses == {name: status for name, (status, _) in TAMPER_EXPECTED.items()}, statuses
+
+
 def stored_episodes(db: Path) -> int:
     try:
         return sum(len(open_store(db).episodes(r.id)) for r in open_store(db).list_runs()) if db.exists() else 0

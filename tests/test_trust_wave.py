@@ -125,8 +125,9 @@ def wave_tasks(root: Path) -> list:
     return load_suite(write_os_suite(root, tasks))
 
 
-async def test_every_attack_of_the_wave_scores_0_and_every_control_is_right(tmp_path: Path) -> None:
-    server = HostileModelServer({name: replies for name, (_, replies) in CASES.items()})
+@pytest.mark.parametrize("protocol", ["text", "tools"])
+async def test_every_attack_of_the_wave_scores_0_and_every_control_is_right(tmp_path: Path, protocol: str) -> None:
+    server = HostileModelServer({name: replies for name, (_, replies) in CASES.items()}, protocol)
     server.up()
     try:
         run = await run_suite(server, wave_tasks(tmp_path / "wave"), tmp_path / "wave.db", concurrency=2)
