@@ -353,7 +353,7 @@ def show_report(run_text: str, db: Path, out: Path | None) -> None:
     """`cycleqd report`: the final table with its intervals, then a heatmap PNG per archive, the QD metrics and the
     children's episode table written under `out` (default: report-RUN)."""
     from cycleqd.db.evolution_store import EvolutionStore
-    from cycleqd.db.monitor_queries import open_monitor_store
+    from cycleqd.db.monitor_store import open_monitor_store
     from cycleqd.db.schema import RunKind
     from cycleqd.evolution.report import final_rows, saving_line, write_episode_table, write_heatmaps, write_qd_metrics
     from cycleqd.results.intervals import final_report_tables

@@ -9,19 +9,19 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from cycleqd.envs.episode import AgentProtocol
 from cycleqd.envs.registry import EPISODE_TIME_LIMIT_S, environment
 from cycleqd.errors import BadOptionError, ResumeConflictError, as_user_errors
 from cycleqd.eval.orchestrator import EvalSettings, Sampling
 from cycleqd.eval.tasks import EvalTask, planned_tasks, suite_environments
+from cycleqd.limits import MAX_CONCURRENCY, MAX_LIMIT, MAX_REPEATS, MAX_ROUNDS, MAX_TOKENS
+from cycleqd.protocols import AgentProtocol
 from cycleqd.serving.model_ref import ExternalEndpoint, parse_model_ref, server_prefix
 from cycleqd.serving.resolve import DTYPES, server_choice
 
 SERVERS = ("auto", "transformers", "vllm")
 PROTOCOLS = tuple(AgentProtocol)
-# Upper bounds no machine gets past (every concurrent episode is a container; rounds and repeats multiply
-# episodes), so a typo fails at once instead of hours later.
-MAXIMA = {"limit": 10**7, "repeats": 1000, "concurrency": 1024, "rounds": 1000, "max_tokens": 1_000_000}
+MAXIMA = {"limit": MAX_LIMIT, "repeats": MAX_REPEATS, "concurrency": MAX_CONCURRENCY, "rounds": MAX_ROUNDS,
+          "max_tokens": MAX_TOKENS}  # fmt: skip
 EPISODE_TIMEOUT_MAX_S = 7 * 24 * 3600.0  # a week: more is a typo, not a limit
 
 

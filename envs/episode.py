@@ -21,16 +21,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+# It lives below envs/, so that the evolution's config can check a task's protocol without importing envs/.
+from cycleqd.protocols import AgentProtocol as AgentProtocol
+
 # A chat-completions message: role and content, and under the tools protocol an assistant's `tool_calls` or a tool
 # result's `tool_call_id`.
 Message = dict[str, Any]
-
-
-class AgentProtocol(StrEnum):
-    """How the model acts: chosen per run (`eval --protocol`), kept with the run."""
-
-    TEXT = "text"  # AgentBench v0.2, and CycleQD's: actions are parsed from the reply's text
-    TOOLS = "tools"  # AgentBench FC: actions are the reply's `tool_calls`, and every request carries the tools
 
 
 class EpisodeStatus(StrEnum):

@@ -21,6 +21,7 @@ import numpy as np
 
 from cycleqd.evolver.archive import Elite, GridArchive, Insertion, paper_bc_range, parse_cell_key
 from cycleqd.evolver.genome import Genome
+from cycleqd.evolver.kinds import MutationKind
 from cycleqd.evolver.operators import crossover, draw_omegas, gaussian_mutation, softmax_merge, svd_mutation
 from cycleqd.evolver.qd_metrics import qd_metrics
 from cycleqd.evolver.racing import early_rejection_records
@@ -160,10 +161,10 @@ class CycleQD:
         """The config's mutation along task q's expert, and its record (kind, task, seed, strength)."""
         mutation = {"kind": self.config.mutation.kind, "task": self.names[q]}
         seed = int(rng.integers(2**31 - 1))
-        if self.config.mutation.kind == "svd":
+        if self.config.mutation.kind == MutationKind.SVD:
             genome = svd_mutation(genome, self.cache, q, self.config.mutation.w_max, seed)
             mutation |= {"seed": seed, "w_max": self.config.mutation.w_max}
-        elif self.config.mutation.kind == "gaussian":
+        elif self.config.mutation.kind == MutationKind.GAUSSIAN:
             genome = gaussian_mutation(genome, self.config.mutation.std, seed)
             mutation |= {"seed": seed, "std": self.config.mutation.std}
         return genome, mutation

@@ -8,28 +8,37 @@ every generation, one child per generation, 1200 generations. Relative paths are
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import re
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+import typing
+from collections.abc import Collection, Iterable
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
-from cycleqd.envs.episode import AgentProtocol
-from cycleqd.envs.registry import names as environment_names
+from cycleqd.evolver.kinds import MutationKind, RacingKind, SamplerKind, Server
+from cycleqd.limits import (
+    MAX_CELLS,
+    MAX_CONCURRENCY,
+    MAX_GENERATIONS,
+    MAX_REPEATS,
+    MAX_ROUNDS,
+    MAX_SEED,
+    MAX_SERVERS,
+    MAX_TOKENS,
+)
+from cycleqd.protocols import AgentProtocol
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     # A few minutes on a CPU: enough generations to see archives fill, few episodes per score.
     "small": {"generations": 6, "bins": 5, "eval": {"max_tokens": 128}},
 }
-
-
-PROTOCOLS = tuple(AgentProtocol)
 
 
 class Mode(StrEnum):
@@ -44,13 +53,11 @@ class ConfigError(ValueError):
     """The config is wrong; the message names the file, the field and what was expected."""
 
 
-# Upper bounds: beyond these no machine holds the run (an archive has bins^(tasks-1) cells; every server is a
-# process; every concurrent episode a container), so a typo fails here, not hours later.
-MAX_GENERATIONS = 10_000_000
-MAX_CELLS = 10_000_000  # per archive: bins ** (tasks - 1)
-MAX_SERVERS = 1024
-MAX_SEED = 2**63 - 1
-EVAL_MAXIMA = {"concurrency": 1024, "max_tokens": 1_000_000, "repeats": 1000, "rounds": 1000}
+def bounded(default: Any, minimum: float | None = None, maximum: int | None = None) -> Any:
+    """A field whose default is written here only, with the bounds the config's reader checks it against."""
+    return field(default=default, metadata={"minimum": minimum, "maximum": maximum})
+
+
 # 3e-4, 1.5e4: numbers to a reader, text to YAML 1.1, whose floats need a point and a signed exponent (3.0e-4)
 _FLOAT_TEXT = re.compile(r"([-+]?\d+)(\.\d*)?[eE]([-+]?)(\d+)")
 
@@ -64,35 +71,35 @@ class TaskSpec:
     selection_split: str = "dev"
     test_split: str = "test"
     limit: int | None = None
-    protocol: str = "text"  # how the model acts on this task (envs.episode.AgentProtocol): text or tools
+    protocol: AgentProtocol = AgentProtocol.TEXT  # how the model acts on this task: text or tools
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    kind: str = "elite"
-    alpha_low: float = 0.5
-    alpha_high: float = 0.8
+    kind: SamplerKind = SamplerKind.ELITE
+    alpha_low: float = bounded(0.5, minimum=0.0)
+    alpha_high: float = bounded(0.8, minimum=0.0)
 
 
 @dataclass(frozen=True)
 class CrossoverSpec:
     mu: float = 1.0
-    sigma: float = 0.01
+    sigma: float = bounded(0.01, minimum=0.0)
 
 
 @dataclass(frozen=True)
 class MutationSpec:
-    kind: str = "svd"
-    w_max: float = 0.1
-    std: float = 3e-4
+    kind: MutationKind = MutationKind.SVD
+    w_max: float = bounded(0.1, minimum=0.0)
+    std: float = bounded(3e-4, minimum=0.0)
 
 
 @dataclass(frozen=True)
 class EvalSpec:
-    concurrency: int = 8  # episodes at once: what a batching server decodes together
-    max_tokens: int = 512
-    repeats: int = 1
-    rounds: int = 5
+    concurrency: int = bounded(8, minimum=1, maximum=MAX_CONCURRENCY)  # what a batching server decodes together
+    max_tokens: int = bounded(512, minimum=1, maximum=MAX_TOKENS)
+    repeats: int = bounded(1, minimum=1, maximum=MAX_REPEATS)
+    rounds: int = bounded(5, minimum=1, maximum=MAX_ROUNDS)
 
 
 @dataclass(frozen=True)
@@ -100,8 +107,8 @@ class RacingSpec:
     """Stop scoring a child once it cannot enter any archive (evolver/racing.py). `exact` (the default) changes
     no archive; `hoeffding` is statistical and inexact (confidence 1 − delta per check); `off` plays everything."""
 
-    kind: str = "exact"
-    delta: float = 0.05
+    kind: RacingKind = RacingKind.EXACT
+    delta: float = bounded(0.05, minimum=0.0)
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ class RaySpec:
     """Run the evaluation slots on a Ray cluster: its head's address ('auto': the cluster this machine joined),
     and whether each slot takes one GPU (else one `cycleqd_slot` of a CPU node)."""
 
-    address: str = "auto"
+    address: str = field(default="auto", metadata={"expected": "a Ray head address (HOST:PORT) or 'auto'"})
     gpus: bool = False
 
 
@@ -128,17 +135,17 @@ class BaselinesSpec:
 class EvolveConfig:
     base: str
     tasks: tuple[TaskSpec, ...]
-    generations: int = 1200
-    flip_interval: int = 1
-    bins: int = 15
+    generations: int = bounded(1200, minimum=0, maximum=MAX_GENERATIONS)
+    flip_interval: int = bounded(1, minimum=1, maximum=MAX_GENERATIONS)
+    bins: int = 15  # bins ** (tasks - 1) ≤ MAX_CELLS
     bc_ranges: dict[str, tuple[float, float]] | None = None  # None: the paper's rule from the experts' scores
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     crossover: CrossoverSpec = field(default_factory=CrossoverSpec)
     mutation: MutationSpec = field(default_factory=MutationSpec)
-    servers: int = 1
-    server: str = "auto"  # the engine: auto (serving/resolve.py `engine_for`), vllm, transformers
+    servers: int = bounded(1, minimum=1, maximum=MAX_SERVERS)
+    server: Server = Server.AUTO
     mode: Mode = Mode.SYNC
-    seed: int = 0
+    seed: int = bounded(0, minimum=0, maximum=MAX_SEED)
     eval: EvalSpec = field(default_factory=EvalSpec)
     racing: RacingSpec = field(default_factory=RacingSpec)
     ray: RaySpec | None = None  # None: every slot on this machine
@@ -164,11 +171,13 @@ class EvolveConfig:
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> EvolveConfig:
+        """A stored run's config. Its tasks' environments are checked where the run is loaded, with its task files
+        (`check_task_sources`)."""
         return parse_config(data, "<stored run config>", Path("/"))
 
 
 def load_config(path: Path) -> EvolveConfig:
-    """The config in the YAML file `path`, with every task's files and splits checked."""
+    """The config in the YAML file `path`, with every task's environment, files and splits checked."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -189,10 +198,12 @@ def load_config(path: Path) -> EvolveConfig:
 def check_task_sources(config: EvolveConfig, source: str) -> None:
     """Every task's suite exists and holds its selection and test splits: read now, so that a typo fails before
     the run is created instead of after its images and SVD cache."""
+    # Imported here: reading task files is the environments' work, and the rest of the config needs none of it.
     from cycleqd.envs.errors import NoTasksError, TaskFormatError
-    from cycleqd.envs.registry import UnknownSplitError
+    from cycleqd.envs.registry import UnknownSplitError, names
     from cycleqd.envs.suites import suite_tasks
 
+    check_environments(config, source, names())
     for index, task in enumerate(config.tasks):
         where = f"{source}: field 'tasks[{index}]"
         if task.suite != "builtin" and not Path(task.suite).exists():
@@ -206,7 +217,17 @@ def check_task_sources(config: EvolveConfig, source: str) -> None:
                 raise ConfigError(f"{where}.suite' (task {task.name}): {exc}") from None
 
 
-def parse_config(data: Any, source: str, folder: Path) -> EvolveConfig:
+def check_environments(config: EvolveConfig, source: str, environments: Collection[str]) -> None:
+    """Every task names a known environment; `environments` comes from the caller (the registry's names), as the
+    evolver does not import the environments."""
+    for index, task in enumerate(config.tasks):
+        _Reader(source).choice(f"tasks[{index}].env", task.env, tuple(environments))
+
+
+def parse_config(data: Any, source: str, folder: Path, environments: Collection[str] | None = None) -> EvolveConfig:
+    """`data` (a YAML file's, or a stored run's) as a config: each section read field by field from its spec, a
+    field's default taken from the spec when the key is absent. `environments`: the known environment names, when
+    the caller has them (else `check_task_sources` checks them, with the task files)."""
     reader = _Reader(source)
     if not isinstance(data, dict):
         reader.fail("", "a mapping at the top level", data)
@@ -215,32 +236,43 @@ def parse_config(data: Any, source: str, folder: Path) -> EvolveConfig:
     if preset_name not in PRESETS:
         reader.fail("preset", f"one of {', '.join(PRESETS)}", preset_name)
     data = _merged(PRESETS[preset_name], data)
-    known = {f for f in EvolveConfig.__dataclass_fields__}
+    known = {f.name for f in fields(EvolveConfig)}
     for key in data:
         if key not in known:
             reader.unknown_key(key, known)
-    tasks = reader.tasks(data.get("tasks"), folder)
+    tasks = reader.tasks(data.get("tasks"), folder, environments)
     names = [t.name for t in tasks]
-    config = EvolveConfig(
-        base=reader.checkpoint("base", data.get("base"), folder),
-        tasks=tasks,
-        generations=reader.integer("generations", data.get("generations", 1200), minimum=0, maximum=MAX_GENERATIONS),
-        flip_interval=reader.integer("flip_interval", data.get("flip_interval", 1), minimum=1, maximum=MAX_GENERATIONS),
-        bins=reader.bins(data.get("bins", 15), len(tasks)),
-        bc_ranges=reader.bc_ranges(data.get("bc_ranges", "paper"), names),
-        sampler=reader.sampler(data.get("sampler", {})),
-        crossover=reader.crossover(data.get("crossover", {})),
-        mutation=reader.mutation(data.get("mutation", {})),
-        servers=reader.integer("servers", data.get("servers", 1), minimum=1, maximum=MAX_SERVERS),
-        server=reader.choice("server", data.get("server", "auto"), ("auto", "vllm", "transformers")),
-        mode=Mode(reader.choice("mode", data.get("mode", Mode.SYNC), tuple(Mode))),
-        seed=reader.integer("seed", data.get("seed", 0), minimum=0, maximum=MAX_SEED),
-        eval=reader.eval_spec(data.get("eval", {})),
-        racing=reader.racing(data.get("racing", {})),
-        ray=reader.ray(data.get("ray")),
-        baselines=reader.baselines(data.get("baselines", {}), folder),
-    )
-    return config
+    special = {
+        "base": lambda value: reader.checkpoint("base", value, folder),
+        "bins": lambda value: reader.bins(value, len(tasks)),
+        "bc_ranges": lambda value: reader.bc_ranges(value, names),
+        "ray": lambda value: None if value is None else reader.section("ray", RaySpec, value),
+        "baselines": lambda value: reader.baselines(value, folder),
+        "sampler": reader.sampler,
+        "racing": reader.racing,
+    }
+    values: dict[str, Any] = {"tasks": tasks}
+    for spec in fields(EvolveConfig):
+        value = data.get(spec.name, MISSING)
+        if spec.name in special:
+            absent = {} if is_dataclass(_hints(EvolveConfig)[spec.name]) else _default(spec)
+            values[spec.name] = special[spec.name](absent if value is MISSING else value)
+        elif spec.name != "tasks":
+            values[spec.name] = reader.leaf(spec.name, value, spec, EvolveConfig)
+    return EvolveConfig(**values)
+
+
+def _default(spec: Field[Any]) -> Any:
+    if spec.default is not MISSING:
+        return spec.default
+    if spec.default_factory is not MISSING:
+        return spec.default_factory()
+    return None  # a required field (base): its reader names what is expected
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _merged(preset: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
@@ -295,6 +327,38 @@ class _Reader:
             self.fail(name, f"a number ≥ {minimum}", value)
         return float(value)
 
+    def leaf(self, name: str, value: Any, spec: Field[Any], owner: type) -> Any:
+        """One field of a spec: its default when absent, else checked against its type and its metadata's bounds
+        (a nested spec is read as a section)."""
+        kind = _hints(owner)[spec.name]
+        if value is MISSING:
+            if not is_dataclass(kind):
+                return _default(spec)
+            value = {}
+        if is_dataclass(kind):
+            return self.section(name, kind, value)
+        if isinstance(kind, type) and issubclass(kind, StrEnum):
+            return kind(self.choice(name, value, tuple(kind)))
+        if kind is bool:
+            if not isinstance(value, bool):
+                self.fail(name, "true or false", value)
+            return value
+        if kind is int:
+            return self.integer(name, value, spec.metadata["minimum"], spec.metadata["maximum"])
+        if kind is float:
+            return self.number(name, value, spec.metadata.get("minimum"))
+        if kind is str:
+            if not isinstance(value, str) or not value:
+                self.fail(name, spec.metadata.get("expected", "a text"), value)
+            return value
+        raise TypeError(f"{owner.__name__}.{spec.name}: a field of type {kind} needs its own reader")
+
+    def section(self, name: str, spec: type, value: Any) -> Any:
+        """A spec's mapping, field by field: unknown keys refused, absent ones the spec's defaults."""
+        value = self.mapping(name, value, {f.name for f in fields(spec)})
+        return spec(**{f.name: self.leaf(f"{name}.{f.name}", value.get(f.name, MISSING), f, spec)
+                       for f in fields(spec)})  # fmt: skip
+
     def choice(self, name: str, value: Any, options: tuple[str, ...]) -> str:
         if value not in options:
             self.fail(name, f"one of {', '.join(options)}", value)
@@ -321,29 +385,30 @@ class _Reader:
             self.fail(name, f"a checkpoint folder with a config.json{made}", str(path))
         return str(path)
 
-    def tasks(self, value: Any, folder: Path) -> tuple[TaskSpec, ...]:
+    def tasks(self, value: Any, folder: Path, environments: Collection[str] | None) -> tuple[TaskSpec, ...]:
         if not isinstance(value, list) or len(value) < 2:
             self.fail("tasks", "a list of at least two tasks (one archive each, the others are its BCs)", value)
         tasks = []
-        allowed = set(TaskSpec.__dataclass_fields__)
+        specs = {f.name: f for f in fields(TaskSpec)}
         for index, item in enumerate(value):
             where = f"tasks[{index}]"
-            item = self.mapping(where, item, allowed)
+            item = self.mapping(where, item, set(specs))
             for required in ("name", "env", "expert"):
                 if required not in item:
                     self.fail(f"{where}.{required}", "a value", None)
-            env = self.choice(f"{where}.env", item["env"], environment_names())
-            limit = item.get("limit")
-            if limit is not None:
-                self.integer(f"{where}.limit", limit, minimum=1)
-            suite = item.get("suite", "builtin")
-            if suite != "builtin":
-                suite = str((folder / Path(suite).expanduser()).resolve())
+            env = item["env"]
+            if environments is not None:
+                self.choice(f"{where}.env", env, tuple(environments))
+            read = {name: item.get(name, _default(spec)) for name, spec in specs.items()}
+            if read["limit"] is not None:
+                self.integer(f"{where}.limit", read["limit"], minimum=1)
+            if read["suite"] != "builtin":
+                read["suite"] = str((folder / Path(read["suite"]).expanduser()).resolve())
             tasks.append(TaskSpec(
-                name=str(item["name"]), env=env, expert=self.checkpoint(f"{where}.expert", item["expert"], folder, env),
-                suite=suite, selection_split=str(item.get("selection_split", "dev")),
-                test_split=str(item.get("test_split", "test")), limit=limit,
-                protocol=self.choice(f"{where}.protocol", item.get("protocol", "text"), PROTOCOLS),
+                name=str(read["name"]), env=env, expert=self.checkpoint(f"{where}.expert", read["expert"], folder, env),
+                suite=read["suite"], selection_split=str(read["selection_split"]),
+                test_split=str(read["test_split"]), limit=read["limit"],
+                protocol=self.leaf(f"{where}.protocol", read["protocol"], specs["protocol"], TaskSpec),
             ))  # fmt: skip
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
@@ -373,65 +438,28 @@ class _Reader:
         return ranges
 
     def sampler(self, value: Any) -> SamplerSpec:
-        value = self.mapping("sampler", value, {"kind", "alpha_low", "alpha_high"})
-        spec = SamplerSpec(
-            kind=self.choice("sampler.kind", value.get("kind", "elite"), ("elite", "uniform")),
-            alpha_low=self.number("sampler.alpha_low", value.get("alpha_low", 0.5), minimum=0.0),
-            alpha_high=self.number("sampler.alpha_high", value.get("alpha_high", 0.8), minimum=0.0),
-        )
+        spec = self.section("sampler", SamplerSpec, value)
         if spec.alpha_low <= 0 and spec.alpha_high <= 0:
             self.fail("sampler", "α_low or α_high above 0 (every weight would be 0)", value)
         return spec
 
-    def crossover(self, value: Any) -> CrossoverSpec:
-        value = self.mapping("crossover", value, {"mu", "sigma"})
-        return CrossoverSpec(
-            mu=self.number("crossover.mu", value.get("mu", 1.0)),
-            sigma=self.number("crossover.sigma", value.get("sigma", 0.01), minimum=0.0),
-        )
-
-    def mutation(self, value: Any) -> MutationSpec:
-        value = self.mapping("mutation", value, {"kind", "w_max", "std"})
-        return MutationSpec(
-            kind=self.choice("mutation.kind", value.get("kind", "svd"), ("svd", "gaussian", "none")),
-            w_max=self.number("mutation.w_max", value.get("w_max", 0.1), minimum=0.0),
-            std=self.number("mutation.std", value.get("std", 3e-4), minimum=0.0),
-        )
-
     def racing(self, value: Any) -> RacingSpec:
-        value = self.mapping("racing", value, {"kind", "delta"})
-        kind = self.choice("racing.kind", value.get("kind", "exact"), ("exact", "hoeffding", "off"))
-        delta = self.number("racing.delta", value.get("delta", 0.05), minimum=0.0)
-        if not 0.0 < delta < 1.0:
+        spec = self.section("racing", RacingSpec, value)
+        if not 0.0 < spec.delta < 1.0:
             self.fail("racing.delta", "a confidence parameter strictly between 0 and 1", value.get("delta"))
-        return RacingSpec(kind=kind, delta=delta)
-
-    def eval_spec(self, value: Any) -> EvalSpec:
-        value = self.mapping("eval", value, set(EvalSpec.__dataclass_fields__))
-        return EvalSpec(**{
-            name: self.integer(f"eval.{name}", value.get(name, default), minimum=1, maximum=EVAL_MAXIMA[name])
-            for name, default in asdict(EvalSpec()).items()
-        })  # fmt: skip
+        return spec
 
     def baselines(self, value: Any, folder: Path) -> BaselinesSpec:
-        value = self.mapping("baselines", value, {"search", "models"})
-        search = value.get("search", False)
-        if not isinstance(search, bool):
-            self.fail("baselines.search", "true or false", search)
-        models = value.get("models", {})
+        """`search` as its spec says; `models` are checkpoint folders, each checked."""
+        value = self.mapping("baselines", value, {f.name for f in fields(BaselinesSpec)})
+        search = self.leaf("baselines.search", value.get("search", MISSING), _field(BaselinesSpec, "search"),
+                           BaselinesSpec)  # fmt: skip
+        models = value.get("models", _default(_field(BaselinesSpec, "models")))
         if not isinstance(models, dict):
             self.fail("baselines.models", "a mapping of labels to checkpoint folders", models)
         return BaselinesSpec(search, {str(label): self.checkpoint(f"baselines.models.{label}", path, folder)
                                       for label, path in models.items()})  # fmt: skip
 
-    def ray(self, value: Any) -> RaySpec | None:
-        if value is None:
-            return None
-        value = self.mapping("ray", value, {"address", "gpus"})
-        address = value.get("address", "auto")
-        if not isinstance(address, str) or not address:
-            self.fail("ray.address", "a Ray head address (HOST:PORT) or 'auto'", address)
-        gpus = value.get("gpus", False)
-        if not isinstance(gpus, bool):
-            self.fail("ray.gpus", "true or false", gpus)
-        return RaySpec(address, gpus)
+
+def _field(spec: type, name: str) -> Field[Any]:
+    return next(f for f in fields(spec) if f.name == name)

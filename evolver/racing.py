@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cycleqd.evolver.archive import GridArchive
+from cycleqd.evolver.kinds import RacingKind
 
 SCORE_RANGE = (0.0, 1.0)  # every environment scores an episode within this range
 MARGIN = 1e-9  # bounds are widened by this much, so that float rounding of the final mean can never escape them
-KINDS = ("exact", "hoeffding", "off")
+KINDS = tuple(RacingKind)
 
 
 @dataclass
@@ -52,7 +53,9 @@ class TaskTally:
         return math.fsum(self.scores) / len(self.scores) if self.scores else 0.0
 
 
-def mean_bounds(tally: TaskTally, kind: str = "exact", delta: float = 0.05, tasks: int = 1) -> tuple[float, float]:
+def mean_bounds(
+    tally: TaskTally, kind: str = RacingKind.EXACT, delta: float = 0.05, tasks: int = 1
+) -> tuple[float, float]:
     """The lowest and highest final mean this task can still reach (widened by MARGIN).
 
     The final mean leaves environment errors out, so each unplayed episode either joins the mean with a score in
@@ -63,7 +66,7 @@ def mean_bounds(tally: TaskTally, kind: str = "exact", delta: float = 0.05, task
     total, scored = math.fsum(tally.scores), len(tally.scores)
     unplayed = tally.planned - tally.played
     fill_low, fill_high = low, high
-    if kind == "hoeffding" and scored and unplayed:
+    if kind == RacingKind.HOEFFDING and scored and unplayed:
         observed = total / scored
         epsilon = (high - low) * math.sqrt(math.log(2 * tasks / delta) / (2 * scored))
         fill_low, fill_high = max(low, observed - epsilon), min(high, observed + epsilon)
@@ -110,7 +113,7 @@ class Race:
     soon as `rejected` is true.
     """
 
-    def __init__(self, archives: Sequence[GridArchive], kind: str = "exact", delta: float = 0.05) -> None:
+    def __init__(self, archives: Sequence[GridArchive], kind: str = RacingKind.EXACT, delta: float = 0.05) -> None:
         if kind not in KINDS:
             raise ValueError(f"racing kind must be one of {', '.join(KINDS)}, not {kind!r}")
         self.kind = kind
@@ -158,7 +161,7 @@ class Race:
     @property
     def rejected(self) -> bool:
         """No archive can take the child any more, and some of its episodes are still unplayed."""
-        if self.kind == "off" or not self.tallies or self.played >= self.planned:
+        if self.kind == RacingKind.OFF or not self.tallies or self.played >= self.planned:
             return False
         return all(s <= 0 for s in self.slacks())  # cached until the next episode: start_next reads them too
 

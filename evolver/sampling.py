@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cycleqd.evolver.archive import Elite, GridArchive
+from cycleqd.evolver.kinds import SamplerKind
 
 
 class NotEnoughElitesError(RuntimeError):
@@ -39,7 +40,7 @@ def sample_parents(
     archive: GridArchive,
     rng: np.random.Generator,
     *,
-    kind: str = "elite",
+    kind: str = SamplerKind.ELITE,
     alpha_low: float = 0.5,
     alpha_high: float = 0.8,
     fallback: Sequence[Elite] = (),
@@ -55,9 +56,9 @@ def sample_parents(
         elites = _distinct([*elites, *fallback])
     if len(elites) < 2:
         raise NotEnoughElitesError(f"archive {archive.name} and the fallback hold {len(elites)} distinct genome(s)")
-    if kind == "elite":
+    if kind == SamplerKind.ELITE:
         weights = elite_weights(archive, elites, alpha_low, alpha_high)
-    elif kind == "uniform":
+    elif kind == SamplerKind.UNIFORM:
         weights = np.ones(len(elites))
     else:
         raise ValueError(f"unknown sampler {kind!r}: expected 'elite' or 'uniform'")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cycleqd.db.monitor_queries import evolution_progress, open_monitor_store
+from cycleqd.db.monitor_store import open_monitor_store
 from cycleqd.db.store import open_store
+from cycleqd.monitor.queries.evolution_run import evolution_progress
 from tests.checkpoints import perturbed_checkpoint
 from tests.cli_process import CYCLEQD_HERE
 

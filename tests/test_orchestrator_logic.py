@@ -18,7 +18,6 @@ import pytest
 from rich.console import Console
 
 from cycleqd.db import open_store
-from cycleqd.db.monitor_queries import episodes_in_flight
 from cycleqd.db.store import Store
 from cycleqd.display import EvalView, _RunWatch
 from cycleqd.envs.episode import Episode, EpisodeStatus
@@ -26,6 +25,7 @@ from cycleqd.envs.registry import EpisodeSettings, Runtime, register, unregister
 from cycleqd.eval.orchestrator import EpisodeGate, EpisodeResult, EpisodeRound, EvalSettings, Orchestrator, summarize
 from cycleqd.eval.runtime import EnvRuntime
 from cycleqd.eval.tasks import EvalTask, load_eval_tasks
+from cycleqd.monitor.queries.eval_run import episodes_in_flight
 from cycleqd.serving.client import ChatReply
 from cycleqd.serving.errors import EndpointError
 from cycleqd.serving.model_ref import ExternalEndpoint

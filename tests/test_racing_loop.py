@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from cycleqd.db.evolution_store import EvolutionStore
-from cycleqd.db.monitor_queries import EpisodeSaving, evolution_progress
 from cycleqd.db.store import open_store
 from cycleqd.evolution.loop import CandidateUnderTest, Evolution
 from cycleqd.evolution.report import final_rows, saving_line, write_episode_table
 from cycleqd.evolver.svd_cache import build_svd_cache
+from cycleqd.monitor.queries.evolution_run import EpisodeSaving, evolution_progress
 from tests.evolution_probe import TASKS, ProbeEvaluator, make_tiny_family, probe_config, run_probe_evolution
 
 pytestmark = pytest.mark.slow
@@ -106,7 +106,7 @@ def test_a_genome_measured_before_is_not_measured_again(family: Path, tmp_path: 
     cache = build_svd_cache(base, experts, family / "cache", progress=False)
     evaluator = ProbeEvaluator(cache, experts, family / "work")
     evolution = Evolution(config, evo, cache, family / "genomes", evaluator)
-    evolution.archives = evolution._rebuild_archives()
+    evolution._restore_archives()
     evolution._free_slots.put_nowait(0)
     for earlier in evo.candidates("child"):
         again = evo.add_candidate("child", 100 + earlier.generation, 0, genome_hash=earlier.genome_hash,

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from cycleqd.db import EpisodeRecord, open_store
 from cycleqd.db import store as store_module
-from cycleqd.db.monitor_queries import env_scores, open_monitor_store, run_summary
+from cycleqd.db.monitor_store import open_monitor_store
 from cycleqd.db.run_time import env_seconds
 from cycleqd.db.schema import Generation, RunKind, RunStatus
 from cycleqd.db.store import Store
@@ -25,6 +25,8 @@ from cycleqd.eval.orchestrator import EpisodeResult, summarize
 from cycleqd.eval.tasks import EvalTask, load_eval_tasks
 from cycleqd.events import RunOpened
 from cycleqd.monitor import format as fmt
+from cycleqd.monitor.queries.eval_run import env_scores
+from cycleqd.monitor.queries.runs import run_summary
 from cycleqd.results.commands import show_run
 from tests.echo_environment import EchoEnvironment
 from tests.test_store import store_at_revision
@@ -107,7 +109,7 @@ def test_every_view_gives_the_store_s_times_and_a_resume_s_idle_gap_counts_in_no
 
     monitor = open_monitor_store(db)
     (scores,) = env_scores(monitor, run_id)
-    assert scores.seconds == env_time
+    assert scores.wall_s == env_time
     summary = run_summary(monitor, run_id, now=RESUMED + timedelta(days=1))
     assert summary is not None
     assert (summary.elapsed_s, summary.rate) == (run_time, 5 / run_time)

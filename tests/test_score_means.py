@@ -12,12 +12,13 @@ import pytest
 from rich.console import Console
 
 from cycleqd.db import EpisodeRecord, open_store
-from cycleqd.db.monitor_queries import env_scores, open_monitor_store
+from cycleqd.db.monitor_store import open_monitor_store
 from cycleqd.db.scores import ScoreTally
 from cycleqd.display import eval_table
 from cycleqd.eval.evaluate import eval_result
 from cycleqd.eval.orchestrator import summarize
 from cycleqd.eval.tasks import EvalTask, load_eval_tasks
+from cycleqd.monitor.queries.eval_run import env_scores
 from cycleqd.results.commands import print_runs, show_run
 from tests.echo_environment import EchoEnvironment
 
@@ -65,7 +66,7 @@ def test_every_view_of_a_run_has_the_same_mean(
     run_id, model = stored_run(db, four_tasks, scores)
     views = {"show, from the episodes": shown(db, run_id, capsys)}
     (live,) = env_scores(open_monitor_store(db), run_id)
-    views["monitor"] = live.mean
+    views["monitor"] = live.score
     (aggregate,) = summarize(open_store(db), run_id, four_tasks, model)
     views["summarize"] = aggregate.score
     views["show, from the stored aggregate"] = shown(db, run_id, capsys)

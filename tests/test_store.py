@@ -290,12 +290,13 @@ async def test_an_eval_interrupted_before_0022_resumes_on_the_migrated_store(tmp
     killed process left, and plays only the other episode, through a row in flight that its commit removes."""
     from datetime import UTC, datetime
 
-    from cycleqd.db.monitor_queries import episodes_in_flight, open_monitor_store
+    from cycleqd.db.monitor_store import open_monitor_store
     from cycleqd.db.schema import RunStatus
     from cycleqd.db.store import EpisodeProgress
     from cycleqd.envs.registry import EPISODE_TIME_LIMIT_S
     from cycleqd.eval.orchestrator import EpisodeRound, Orchestrator
     from cycleqd.eval.runtime import EnvRuntime
+    from cycleqd.monitor.queries.eval_run import episodes_in_flight
     from cycleqd.requests import EvalRequest
     from cycleqd.serving.model_ref import ExternalEndpoint
     from tests.memory_sandbox import MemoryStarter

@@ -25,9 +25,9 @@ from textual.widgets import DataTable, Static, TabbedContent
 
 from cycleqd.db import EpisodeRecord, open_store
 from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
-from cycleqd.db.monitor_queries import ArchiveView, CellView, StoreOpenError, open_monitor_store
+from cycleqd.db.monitor_store import open_monitor_store
 from cycleqd.db.schema import Episode, Run, RunStatus, ServerState, Task
-from cycleqd.db.store import EpisodeKey, EpisodeProgress, Store
+from cycleqd.db.store import EpisodeKey, EpisodeProgress, Store, StoreOpenError
 from cycleqd.envs.os_prompt import first_messages
 from cycleqd.monitor import episode_screen, eval_screen, evolution_screen, runs_screen
 from cycleqd.monitor import format as fmt
@@ -40,6 +40,7 @@ from cycleqd.monitor.evolution_screen import EvolutionScreen
 from cycleqd.monitor.heatmap import Heatmap
 from cycleqd.monitor.lineage import LineageTree
 from cycleqd.monitor.qd_chart import QDChart
+from cycleqd.monitor.queries.evolution_run import ArchiveView, CellView
 from cycleqd.monitor.runs_table import RunsTable
 from cycleqd.monitor.score_table import ENDINGS, ScoreTable
 from cycleqd.monitor.servers_table import ServersTable

@@ -21,6 +21,7 @@ from cycleqd.requests import EvalRequest
 from cycleqd.results.intervals import aggregate_intervals
 from cycleqd.results.lookup import find_run, model_label
 from cycleqd.results.values import EnvScore, EvalResult
+from cycleqd.run_config import eval_run_config
 from cycleqd.run_ending import run_ending
 from cycleqd.sandboxes.engine import docker_client
 from cycleqd.sandboxes.images import build_images
@@ -167,12 +168,9 @@ class _Evaluation:
         if self.store is None:
             self.store = open_store(self.db)
         if self.run_id is None:
-            # planned_episodes: the monitor's progress total; planned_envs: its header (`--task-ids` may pick the
-            # tasks of fewer environments than the request names)
             played = {task.env for task in self.tasks}
-            config = {**self.request.snapshot(), "planned_episodes": len(self.tasks) * self.request.repeats,
-                      "planned_envs": [env for env in self.request.tasks if env in played],
-                      "decoding": decoding}  # fmt: skip
+            config = eval_run_config(self.request.snapshot(), len(self.tasks) * self.request.repeats,
+                                     [env for env in self.request.tasks if env in played], decoding)  # fmt: skip
             self.run_id = self.store.create_run(RunKind.EVAL, config).id
         self.store.set_run_status(self.run_id, RunStatus.RUNNING)
         done, elapsed = self.store.count_episodes(self.run_id), self.store.run_seconds(self.run_id)

@@ -16,10 +16,12 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cycleqd.db.evolution_store import EvolutionStore  # noqa: E402
-from cycleqd.db.monitor_queries import episode_saving  # noqa: E402
 from cycleqd.db.schema import Archive, Candidate, CandidateKind, CandidateStatus, Cell  # noqa: E402
 from cycleqd.evolution.loop import FinalRow, search_label  # noqa: E402
 from cycleqd.evolver.archive import AddStatus, parse_cell_key  # noqa: E402
+from cycleqd.evolver.config import RacingSpec  # noqa: E402
+from cycleqd.evolver.kinds import RacingKind  # noqa: E402
+from cycleqd.monitor.queries.evolution_run import episode_saving  # noqa: E402
 
 FINAL_KINDS = [
     CandidateKind.BASE,
@@ -159,8 +161,8 @@ def saving_line(evo: EvolutionStore) -> str | None:
     saving = episode_saving(evo.store, evo.run_id)
     if saving is None:
         return None
-    kind = (evo.store.get_run(evo.run_id).config.get("racing") or {}).get("kind", "exact")  # type: ignore[union-attr]
-    if kind == "hoeffding":
+    kind = (evo.store.get_run(evo.run_id).config.get("racing") or {}).get("kind", RacingSpec().kind)  # type: ignore[union-attr]
+    if kind == RacingKind.HOEFFDING:
         kind = "hoeffding, statistical and inexact: the archives may differ from a run without racing"
     return (f"racing ({kind}): children played {saving.played:,} of {saving.planned:,} selection episodes "
             f"({saving.saved:.1%} saved); {saving.rejected_early} of {saving.children} rejected early")  # fmt: skip

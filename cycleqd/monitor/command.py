@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cycleqd.db.monitor_queries import open_monitor_store
+from cycleqd.db.monitor_store import open_monitor_store
 
 
 def run_tui(db_path: Path, refresh_s: float = 2.0) -> None:

@@ -9,9 +9,9 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Static
 
-from cycleqd.db.monitor_queries import EpisodeDetail, episode_detail
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.live_screen import LiveSource, ReadFailed
+from cycleqd.monitor.queries.episode import EpisodeDetail, episode_detail
 from cycleqd.monitor.transcript import Transcript
 
 

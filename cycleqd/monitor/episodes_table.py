@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from textual.binding import Binding
 
-from cycleqd.db.monitor_queries import EpisodeRow, RunningEpisodeRow
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.live_table import LiveTable, Row
+from cycleqd.monitor.queries.eval_run import EpisodeRow, RunningEpisodeRow
 
 RUNNING = "running"  # the status of an episode in flight: no EpisodeStatus, since no stored episode has it
 

@@ -4,29 +4,28 @@ committed episodes."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from cycleqd.db.monitor_queries import (
-    EnvScore,
-    EpisodeRow,
-    RunningEpisodeRow,
-    RunSummary,
-    env_scores,
-    episodes_in_flight,
-    recent_episodes,
-    run_config,
-    run_summary,
-)
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.episode_screen import EpisodeScreen
 from cycleqd.monitor.episodes_table import EpisodesTable
 from cycleqd.monitor.live_screen import LiveScreen, LiveSource
+from cycleqd.monitor.queries.eval_run import (
+    EpisodeRow,
+    RunningEpisodeRow,
+    env_scores,
+    episodes_in_flight,
+    eval_config,
+    recent_episodes,
+)
+from cycleqd.monitor.queries.runs import RunSummary, run_summary
 from cycleqd.monitor.score_table import ScoreTable
+from cycleqd.results.values import EnvScore
+from cycleqd.run_config import EvalRunConfig
 
 
 @dataclass(frozen=True)
@@ -34,20 +33,15 @@ class EvalRun:
     """An eval run as one read of the store found it."""
 
     summary: RunSummary
-    config: dict[str, Any]
+    config: EvalRunConfig
     scores: list[EnvScore]
     episodes: list[EpisodeRow]  # the most recent, newest first
     running: list[RunningEpisodeRow] = field(default_factory=list)  # in flight, longest running first
 
 
-def run_environments(config: dict[str, Any], scores: list[EnvScore]) -> list[str]:
-    """The environments the run plays: those of its planned tasks (`planned_envs`, stored since runs record it) and
-    those with episodes. An older run's request names every environment of the suite, even where `--task-ids`
-    picked tasks of one, so there only those with episodes count."""
-    planned = config.get("planned_envs")
-    if planned is None:
-        planned = [] if config.get("task_ids") else config.get("tasks", [])
-    return list(dict.fromkeys([*planned, *(s.env for s in scores)]))
+def run_environments(config: EvalRunConfig, scores: list[EnvScore]) -> list[str]:
+    """The environments the run plays: those of its planned tasks and those with episodes."""
+    return list(dict.fromkeys([*config.environments(), *(s.env for s in scores)]))
 
 
 EPISODES_TITLE = "most recent episodes"
@@ -79,7 +73,7 @@ class EvalScreen(LiveScreen[EvalRun | None]):
         if summary is None:
             return None
         run_id = self.run_id
-        return EvalRun(summary, run_config(store, run_id), env_scores(store, run_id), recent_episodes(store, run_id),
+        return EvalRun(summary, eval_config(store, run_id), env_scores(store, run_id), recent_episodes(store, run_id),
                        episodes_in_flight(store, run_id))  # fmt: skip
 
     def show(self, run: EvalRun | None) -> None:
@@ -88,7 +82,7 @@ class EvalScreen(LiveScreen[EvalRun | None]):
             return
         summary, config = run.summary, run.config
         envs = ",".join(run_environments(config, run.scores)) or "–"
-        what = f"{config.get('model', '?')} on {envs} ({config.get('split', '?')})"
+        what = f"{config.model or '?'} on {envs} ({config.split or '?'})"
         lines = Text.assemble(
             (summary.id, "bold"), f" · {summary.kind} · ", fmt.run_status(summary.status), f" · {what}\n",
             f"episodes {fmt.progress(summary.done, summary.total, summary.total_is_bound)} · "

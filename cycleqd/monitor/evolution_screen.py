@@ -12,26 +12,25 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
-from cycleqd.db.monitor_queries import (
-    ArchiveView,
-    CandidateView,
-    EvolutionProgress,
-    GenerationView,
-    RunSummary,
-    ServerView,
-    archive_views,
-    evolution_progress,
-    generation_history,
-    lineage,
-    run_summary,
-    server_views,
-)
 from cycleqd.db.schema import RunStatus
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.heatmap import Heatmap
 from cycleqd.monitor.lineage import LineageTree
 from cycleqd.monitor.live_screen import LiveScreen, LiveSource, ReadFailed
 from cycleqd.monitor.qd_chart import QDChart
+from cycleqd.monitor.queries.evolution_run import (
+    ArchiveView,
+    CandidateView,
+    EvolutionProgress,
+    GenerationView,
+    ServerView,
+    archive_views,
+    evolution_progress,
+    generation_history,
+    lineage,
+    server_views,
+)
+from cycleqd.monitor.queries.runs import RunSummary, run_summary
 from cycleqd.monitor.servers_table import ServersTable
 
 Selection = tuple[str, int | None]  # (archive name, elite's candidate id); ("", None) before any cursor has moved

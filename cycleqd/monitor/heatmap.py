@@ -19,8 +19,8 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.widget import Widget
 
-from cycleqd.db.monitor_queries import ArchiveView, CellView
 from cycleqd.monitor.colors import CURSOR, EMPTY, ink_on, quality_color
+from cycleqd.monitor.queries.evolution_run import ArchiveView, CellView
 
 NUMBER_WIDTH = 3  # " 73", "100": quality ×100
 MAX_NUMBER_ROWS = 8  # taller grids switch to half blocks, or the screen has no room left for the rest

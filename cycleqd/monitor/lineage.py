@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from cycleqd.db.monitor_queries import CandidateView
+from cycleqd.monitor.queries.evolution_run import CandidateView
 
 MAX_DEPTH = 12
 

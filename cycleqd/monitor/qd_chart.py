@@ -10,7 +10,7 @@ from textual.geometry import Size
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from cycleqd.db.monitor_queries import GenerationView
+from cycleqd.monitor.queries.evolution_run import GenerationView
 
 METRICS = (("qd_score", "QD-score"), ("coverage", "coverage"), ("best", "best quality"))
 BARS = "▁▂▃▄▅▆▇█"

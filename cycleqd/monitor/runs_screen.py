@@ -5,11 +5,11 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Header, Static
 
-from cycleqd.db.monitor_queries import RunSummary, run_summaries
 from cycleqd.db.schema import RunKind
 from cycleqd.monitor.eval_screen import EvalScreen
 from cycleqd.monitor.evolution_screen import EvolutionScreen
 from cycleqd.monitor.live_screen import LiveScreen
+from cycleqd.monitor.queries.runs import RunSummary, run_summaries
 from cycleqd.monitor.runs_table import RunsTable
 
 

@@ -6,10 +6,10 @@ from datetime import tzinfo
 
 from textual.binding import Binding
 
-from cycleqd.db.monitor_queries import RunSummary
 from cycleqd.db.schema import RunKind
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.live_table import LiveTable
+from cycleqd.monitor.queries.runs import RunSummary
 
 
 class RunsTable(LiveTable):

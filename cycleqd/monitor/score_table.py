@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cycleqd.db.monitor_queries import EnvScore
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.live_table import LiveTable
+from cycleqd.results.values import EnvScore
 
 # The model's own endings; environment errors have their column (env_error), as they are never scored.
 ENDINGS = ("completed", "round_limit", "invalid_action", "command_timeout", "episode_timeout")
@@ -20,7 +20,7 @@ class ScoreTable(LiveTable):
         rows = []
         for s in scores:
             endings = [str(s.statuses.get(status, 0)) for status in ENDINGS]
-            time = fmt.duration(s.seconds)  # the figure eval's table and `cycleqd show` give (db/run_time.py)
-            cells = (s.env, s.split, str(s.episodes), fmt.score(s.mean, 3), time, str(s.errors), *endings)
+            time = fmt.duration(s.wall_s)  # the figure eval's table and `cycleqd show` give (db/run_time.py)
+            cells = (s.env, s.split, str(s.episodes), fmt.score(s.score, 3), time, str(s.errors), *endings)
             rows.append((f"{s.env}/{s.split}", cells))
         self.replace_rows(rows)

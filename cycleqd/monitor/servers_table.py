@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from cycleqd.db.monitor_queries import ServerView
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.live_table import LiveTable
+from cycleqd.monitor.queries.evolution_run import ServerView
 
 
 class ServersTable(LiveTable):

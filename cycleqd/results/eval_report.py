@@ -200,7 +200,7 @@ def score_table(rows: list[EnvRow]) -> Table:
 def report_command(run_text: str, db: Path, out: Path | None, console: Console) -> int:
     """`cycleqd report RUN`: an evolution's report (`cycleqd.display.show_report`), or an eval run's: its table,
     then its figures and tables under `out` (default: report-RUN)."""
-    from cycleqd.db.monitor_queries import open_monitor_store
+    from cycleqd.db.monitor_store import open_monitor_store
     from cycleqd.display import print_table, show_report
 
     store = open_monitor_store(db)

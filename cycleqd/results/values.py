@@ -45,6 +45,8 @@ class EnvScore:
     wall_s: float
     interval: Interval | None  # 95% bootstrap interval over tasks; None with no scored task
     metrics: Mapping[str, Any] = field(default_factory=dict)  # the environment's own (DB: per-category accuracy)
+    # How the episodes ended (episode status → count), where the reader counted them (the monitor's live table)
+    statuses: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
