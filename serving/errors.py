@@ -27,3 +27,7 @@ class SwapVerificationError(ServingError):
 
 class EngineUnavailableError(EndpointError):
     """The serving engine asked for cannot run on this machine (not installed, or no kernels for this CPU)."""
+
+
+class ToolFormatError(ModelRefError):
+    """A request carries tools, but the served model's chat template writes tool calls cycleqd cannot read back."""

@@ -18,6 +18,7 @@ from cycleqd.serving.client import ChatClient, ChatReply, ClientSettings, Served
 from cycleqd.serving.errors import EndpointError, ServerDiedError
 from cycleqd.serving.model_ref import ModelRef
 from cycleqd.serving.server_process import ServerProcess
+from cycleqd.serving.tool_protocol import ToolSupport
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class ServerManager(abc.ABC):
         self._client: ChatClient | None = None
         self.served: ServedModel | None = None
         self.served_ref: ModelRef | None = None
+        # How the served model's tool calls are rendered and parsed; None where the server decides alone (an
+        # external endpoint, a hub name).
+        self.tool_support: ToolSupport | None = None
         self._swap_lock = asyncio.Lock()
 
     @property
@@ -78,6 +82,8 @@ class ServerManager(abc.ABC):
         served = self.served
         if served is None:
             raise EndpointError("no model is being served: call serve() first")
+        if options.get("tools") and self.tool_support is not None:
+            self.tool_support.require()
         try:
             return await self.client.chat(served, messages, **options)  # type: ignore[arg-type]
         except EndpointError as exc:

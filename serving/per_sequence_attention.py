@@ -23,6 +23,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from cycleqd.serving.heap_trim import start_heap_trimmer
 from cycleqd.serving.step_threads import with_step_threads_from_env
+from cycleqd.serving.transformers_tools import install as install_tool_calling
 
 
 def per_sequence_sdpa(
@@ -68,9 +69,10 @@ def as_sdpa_flags(block: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
 
 def serve() -> None:
     """`transformers serve` with this attention registered first (and, where the environment asks, with wide steps
-    on more threads: serving.step_threads), its heap trimmed as it runs (serving.heap_trim); takes the same
-    arguments."""
+    on more threads: serving.step_threads), tool calling completed (serving.transformers_tools), its heap trimmed
+    as it runs (serving.heap_trim); takes the same arguments."""
     AttentionInterface.register("sdpa", with_step_threads_from_env(per_sequence_sdpa))
+    install_tool_calling()
     start_heap_trimmer()
     from transformers.cli.transformers import main
 

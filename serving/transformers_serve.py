@@ -23,8 +23,10 @@ from cycleqd.serving.manager import ProcessServerManager
 from cycleqd.serving.model_ref import ExternalEndpoint, LocalCheckpoint, ModelRef
 from cycleqd.serving.server_process import ServerProcess, free_port
 from cycleqd.serving.step_threads import WIDE_STEP_THREADS_ENV, wide_threads_here
+from cycleqd.serving.tool_protocol import ToolFormat, ToolSupport, checkpoint_tool_support
 
 PER_SEQUENCE_ENTRY = "cycleqd.serving.per_sequence_attention"
+TOOLS_ENTRY = "cycleqd.serving.transformers_tools"  # transformers' own server, tool calling completed
 
 # OpenMP threads that spin at a barrier burn their core: on a loaded 2-core machine the spinning thread is then
 # descheduled, and its partner waits a whole time slice at the next barrier (two threads throughout, with one busy
@@ -55,10 +57,11 @@ class ServeOptions:
 
     @property
     def entry_module(self) -> str:
-        """The module the server process runs: `transformers serve`, with per-sequence attention unless packed."""
+        """The module the server process runs: `transformers serve` with tool calling completed, and with
+        per-sequence attention unless packed."""
         if self.continuous_batching and not self.packed_attention:
             return PER_SEQUENCE_ENTRY
-        return "transformers.cli.transformers"
+        return TOOLS_ENTRY
 
     def argv(self) -> list[str]:
         args = ["--dtype", self.dtype]
@@ -136,6 +139,17 @@ def default_options(device: str, dtype: str = "auto") -> ServeOptions:
     return options if dtype == "auto" else dataclasses.replace(options, dtype=dtype)
 
 
+def transformers_tool_support(ref: LocalCheckpoint) -> ToolSupport:
+    """What this server makes of the checkpoint's tools (serving.transformers_tools): Hermes-style calls, in
+    cycleqd's template or the model's own, are parsed; transformers has no parser for Llama 3's or Mistral's."""
+    support = checkpoint_tool_support(ref.path)
+    if support.format in (ToolFormat.LLAMA3_JSON, ToolFormat.MISTRAL):
+        return ToolSupport(ToolFormat.UNSUPPORTED, why=(
+            f"transformers serve cannot read {ref.label}'s tool calls ({support.format} format); serve it with "
+            "--server vllm"))  # fmt: skip
+    return support
+
+
 def default_log_dir() -> Path:
     from cycleqd.serving.default_model import cache_root
 
@@ -185,6 +199,7 @@ class TransformersServeManager(ProcessServerManager):
             raise ModelRefError(f"{ref.label} is served by its own server; use an external endpoint manager")
         name = str(ref.path) if isinstance(ref, LocalCheckpoint) else ref.name
         identity = await asyncio.to_thread(ref.identity)
+        self.tool_support = None
         async with httpx.AsyncClient(base_url=self.root_url, timeout=httpx.Timeout(600, connect=10)) as http:
             (await http.post("/reset")).raise_for_status()
             await self._stream_load(http, name)
@@ -192,6 +207,8 @@ class TransformersServeManager(ProcessServerManager):
         # The request names the checkpoint by path, so the answer cannot come from another model; one token
         # through the public API proves it is loaded and answering.
         await self.client.chat(served, PROBE, max_tokens=1)
+        if isinstance(ref, LocalCheckpoint):  # a hub name's template is read by the server alone
+            self.tool_support = transformers_tool_support(ref)
         return served
 
     async def _stream_load(self, http: httpx.AsyncClient, name: str) -> None:

@@ -50,6 +50,7 @@ from cycleqd.serving.gpu import gpu_available
 from cycleqd.serving.manager import ProcessServerManager
 from cycleqd.serving.model_ref import ExternalEndpoint, LocalCheckpoint, ModelRef
 from cycleqd.serving.server_process import ServerProcess, free_port
+from cycleqd.serving.tool_protocol import checkpoint_tool_support
 from cycleqd.serving.vllm_launch import DEFAULT_CPU_KV_CACHE_GIB, RELOAD_METHOD, Device, VLLMLaunch, find_vllm
 
 log = logging.getLogger(__name__)
@@ -189,17 +190,33 @@ class VLLMManager(ProcessServerManager):
 
     def _make_process(self) -> ServerProcess:
         port = free_port() if self.process is None else self.process.port
+        # Decided per launch from the checkpoint it starts on: a swap in place keeps the serving files (the chat
+        # template included), so the process's template and parser stay right for every candidate it reloads.
+        self.tool_support = checkpoint_tool_support(Path(self._model_path))
         argv = [
             *self.launch.entry, "serve", self._model_path,
             "--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_NAME,
             "--max-model-len", str(self.max_model_len),
             *self.launch.device_args(gpu_memory_utilization=self.gpu_memory_utilization,
                                      kv_cache_gib=self.kv_cache_gib, dtype=self.dtype),
+            *self.tool_support.vllm_args(self._template_file(self.tool_support.chat_template)),
             *self.extra_args,
         ]  # fmt: skip
         env = {**self.launch.device_env(self.gpu), "VLLM_SERVER_DEV_MODE": "1", "HF_HUB_OFFLINE": "1"}
         where = f"gpu{self.gpu}" if self.launch.device is Device.GPU else "cpu"
         return ServerProcess(argv, env=env, log_path=self.log_dir / f"vllm-{where}-{port}.log", port=port)
+
+    def _template_file(self, template: str | None) -> Path | None:
+        """The chat template vLLM reads at its start, in a file named by its content (so a restart finds it)."""
+        if template is None:
+            return None
+        path = self.log_dir / "chat-templates" / f"{hashlib.sha256(template.encode()).hexdigest()[:16]}.jinja"
+        if not path.is_file():  # written whole, then renamed: servers of other slots may be starting from it
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = path.with_suffix(f".{os.getpid()}.tmp")
+            staging.write_text(template)
+            staging.replace(path)
+        return path
 
     def decoding(self) -> str:
         version = ".".join(map(str, self.version)) or "?"
