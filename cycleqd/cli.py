@@ -617,9 +617,12 @@ def report_cmd(run_id: str, db_path: Path, out: Path | None) -> None:
 @click.option("--max-length", default=2048, show_default=True, help="Tokens per trajectory (longer ones are cut).")
 @click.option("--lora-rank", default=0, show_default=True, help="0: full fine-tune; else LoRA merged back at the end.")
 @click.option("--save-every", default=20, show_default=True, help="Steps between resumable checkpoints.")
+@click.option("--protocol", type=click.Choice(["text", "tools"]), default="text", show_default=True,
+              help="The gold as text replies (AgentBench v0.2) or as tool calls answered by tool results "
+                   "(AgentBench FC), rendered with the tools through the template the servers use.")  # fmt: skip
 def sft_cmd(
     base_ref: str, env_name: str, suite: str, split: str, limit: int | None, out: Path, epochs: int,
-    learning_rate: float, batch_size: int, max_length: int, lora_rank: int, save_every: int,
+    learning_rate: float, batch_size: int, max_length: int, lora_rank: int, save_every: int, protocol: str,
 ) -> None:  # fmt: skip
     """Fine-tune an expert on an environment's gold trajectories: each train task's gold solution replayed
     through the real environment, rendered with the env's prompts and the model's chat template, loss on the
@@ -635,7 +638,10 @@ def sft_cmd(
         raise UserError(f"--base must be a local checkpoint folder or 'default', not {base_ref!r}")
     settings = SFTSettings(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
                            lora_rank=lora_rank, save_every=save_every)  # fmt: skip
-    summary = run_sft(SFTRequest(ref.path, env_name, suite, split, limit, out, settings), console)
+    from cycleqd.envs.episode import AgentProtocol
+
+    request = SFTRequest(ref.path, env_name, suite, split, limit, out, settings, AgentProtocol(protocol))
+    summary = run_sft(request, console)
     console.print(summary.describe(), highlight=False)
 
 

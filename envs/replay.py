@@ -8,6 +8,7 @@ transcripts of those that passed (under the tools protocol: assistant messages w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from cycleqd.envs.episode import Episode, Message, Outcome
 
@@ -20,6 +21,7 @@ class TaskVerdict:
     transcript: list[Message] = field(default_factory=list)  # the replay as a model would have seen it
     prompt_messages: int = 0  # the first messages are the env's prompt (one-shot turns included), not replies
     expected: str = ""  # for a failure: what the grader expected, beside the reason
+    tools: tuple[dict[str, Any], ...] = ()  # the tools its requests carried (the tools protocol), for SFT data
 
 
 class RecordedEpisode:
@@ -53,4 +55,4 @@ class RecordedEpisode:
         """Passed only with a full score; `reason` says why not."""
         passed = outcome.score == 1.0
         return TaskVerdict(task_id, passed, "" if passed else reason, self.messages, self.prompt_messages,
-                           "" if passed else outcome.expected)  # fmt: skip
+                           "" if passed else outcome.expected, tuple(self.episode.tools))  # fmt: skip

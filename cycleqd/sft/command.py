@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cycleqd.envs.episode import AgentProtocol
 from cycleqd.errors import BadOptionError
 from cycleqd.eval.runtime import images_for
 from cycleqd.sandboxes.engine import docker_client
@@ -37,6 +38,8 @@ class SFTRequest:
     limit: int | None
     out: Path
     settings: SFTSettings
+    # How the gold acts: v0.2's text, or AgentBench FC's tool calls (an expert for `eval --protocol tools`)
+    protocol: AgentProtocol = AgentProtocol.TEXT
 
     def __post_init__(self) -> None:
         if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
@@ -70,19 +73,22 @@ def epoch_means(losses: list[float], steps_per_epoch: int) -> tuple[float, ...]:
     return tuple(sum(epoch) / len(epoch) for epoch in reversed(epochs))
 
 
-def transcripts_file(out: Path) -> Path:
-    return out.with_name(out.name + ".transcripts.jsonl")
+def transcripts_file(out: Path, protocol: AgentProtocol = AgentProtocol.TEXT) -> Path:
+    """Beside the output: the gold transcripts it is trained on (a tools expert's are its own file)."""
+    kind = "" if protocol is AgentProtocol.TEXT else f".{protocol}"
+    return out.with_name(f"{out.name}{kind}.transcripts.jsonl")
 
 
 def run_sft(request: SFTRequest, console: Console | None) -> SFTSummary:
     """Gold trajectories (replayed once, then read from beside the output), rendered, trained on, published."""
     started = time.monotonic()
-    cached = transcripts_file(request.out)
+    cached = transcripts_file(request.out, request.protocol)
     if cached.is_file():
         transcripts = load_transcripts(cached)
     else:
         build_images(docker_client(), images_for([request.env]))
-        transcripts = asyncio.run(gold_transcripts(request.env, request.suite, request.split, request.limit))
+        transcripts = asyncio.run(gold_transcripts(request.env, request.suite, request.split, request.limit,
+                                                   protocol=request.protocol))  # fmt: skip
         save_transcripts(cached, transcripts)
     if not transcripts:
         raise TrainingDataError(f"no gold trajectory of the {request.env} {request.split} split passed its own check")

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from cycleqd.envs.episode import Message
-from cycleqd.envs.registry import environment
+from cycleqd.envs.episode import AgentProtocol, Message
 from cycleqd.envs.replay import TaskVerdict
-from cycleqd.envs.suite_verify import replay_gold_all
 from cycleqd.errors import UserError
 from cycleqd.eval.tasks import load_eval_tasks
-from cycleqd.suite.verify import replay_runtime
+from cycleqd.serving.tool_protocol import tool_support
+from cycleqd.suite.verify import gold_conversations
 
 IGNORE = -100  # the label value torch's cross-entropy skips
 
@@ -36,6 +36,9 @@ class TemplateError(TrainingDataError):
 class GoldTranscript:
     messages: list[Message]
     prompt_messages: int  # how many leading messages are the env's prompt (its one-shot replies are not trained)
+    # The tools every request of the episode carried (the tools protocol), rendered by the chat template as a served
+    # request renders them; empty under the text protocol.
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,13 @@ class TrainingExample:
 
 async def gold_transcripts(
     env: str, suite: str, split: str, limit: int | None, concurrency: int = 4,
-    progress: Callable[[TaskVerdict], None] = lambda _: None,
+    progress: Callable[[TaskVerdict], None] = lambda _: None, protocol: AgentProtocol = AgentProtocol.TEXT,
 ) -> list[GoldTranscript]:  # fmt: skip
-    """Replay the gold solution of every task of the split; the transcripts of those that pass, in task order."""
+    """Replay the gold solution of every task of the split under `protocol` (under the tools protocol the gold
+    replies are tool calls answered by tool results); the transcripts of those that pass, in task order."""
     tasks = [t.task for t in load_eval_tasks([env], suite, split, limit)]
-    async with replay_runtime(env, tasks, concurrency) as runtime:
-        verdicts = await replay_gold_all(environment(env), tasks, runtime, concurrency, progress)
-    return [GoldTranscript(v.transcript, v.prompt_messages) for v in verdicts if v.passed]
+    verdicts = await gold_conversations(env, tasks, protocol=protocol, concurrency=concurrency, progress=progress)
+    return [GoldTranscript(v.transcript, v.prompt_messages, list(v.tools)) for v in verdicts if v.passed]
 
 
 def save_transcripts(path: Path, transcripts: list[GoldTranscript]) -> None:
@@ -78,18 +81,31 @@ def load_transcripts(path: Path) -> list[GoldTranscript]:
         if not (isinstance(messages, list) and all(isinstance(m, dict) and {"role", "content"} <= set(m)
                                                    for m in messages)):  # fmt: skip
             raise TrainingDataError(f"{path}:{line_no}: expected 'messages': a list of {{role, content}}")
-        transcripts.append(GoldTranscript(messages, int(record.get("prompt_messages", 0))))
+        tools = record.get("tools") or []
+        if not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+            raise TrainingDataError(f"{path}:{line_no}: expected 'tools': a list of OpenAI tool objects")
+        transcripts.append(GoldTranscript(messages, int(record.get("prompt_messages", 0)), tools))
     return transcripts
+
+
+def tools_template(tokenizer: object) -> str | None:
+    """The chat template a server renders this tokenizer's requests with tools through; None: its own."""
+    support = tool_support(getattr(tokenizer, "chat_template", None), "the base checkpoint")
+    support.require()
+    return support.chat_template
 
 
 def render(transcript: GoldTranscript, tokenizer: object, max_length: int) -> TrainingExample:
     """Token ids of the whole conversation as the chat template renders it; labels on assistant turns only.
 
     Each assistant turn's tokens are found as the difference between the conversation up to it (with the
-    generation prompt) and the conversation including it, which is exactly what the model generated."""
+    generation prompt) and the conversation including it, which is exactly what the model generated. A tools
+    transcript is rendered with its tools, through the template the servers use for this model (cycleqd's tools
+    preamble before a template that has none), so the expert learns the tool-call text its server parses."""
+    tools = {"tools": transcript.tools, "chat_template": tools_template(tokenizer)} if transcript.tools else {}
 
     def template(part: list[Message], **options: object) -> list[int]:
-        return list(tokenizer.apply_chat_template(part, tokenize=True, return_dict=False, **options))  # type: ignore[attr-defined]
+        return list(tokenizer.apply_chat_template(part, tokenize=True, return_dict=False, **tools, **options))  # type: ignore[attr-defined]
 
     messages = transcript.messages
     ids = template(messages)
