@@ -2,8 +2,8 @@
 
     python -m bench.episode_steps [--rounds N]
 
-The steps are those of envs/os_interaction.py on the os-default image: create, start, one init script in a shell
-of its own, the writable layer and /etc/passwd as the set-up left them (envs/os_trust.py: read from the host),
+The steps are those of envs/os/interaction.py on the os-default image: create, start, one init script in a shell
+of its own, the writable layer and /etc/passwd as the set-up left them (envs/os/trust.py: read from the host),
 opening the persistent shell, the `start` command and two agent commands typed into it, closing the shell, one
 check exec with every agent process stopped and its opens witnessed, the layer again and the judgement of what the
 check reached, and removal. The shells are the main process's, reached by attaching (no exec); the workdir probe
@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable
 
-from cycleqd.envs.os_trust import CHECK_ENV, Named, TrustJudge
+from cycleqd.envs.os.trust import CHECK_ENV, Named, TrustJudge
 from cycleqd.sandboxes.contract import CheckEvidence, LayerScan
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox, create_container
 from cycleqd.sandboxes.engine import docker_client, ensure_engine
@@ -39,7 +39,7 @@ async def one_episode(client, image: str, times: dict[str, list[float]]) -> None
     container = await step("create + start", asyncio.to_thread(create_container, client, image, limits, None, "/root"))
     box = DockerSandbox(client, container, limits, idle_main=True)  # type: ignore[arg-type]
 
-    async def init_in_own_shell() -> None:  # as envs/os_interaction.py runs an init script
+    async def init_in_own_shell() -> None:  # as envs/os/interaction.py runs an init script
         shell = await box.open_session(workdir="/root")
         await shell.run("set -o pipefail; bash -c 'echo hi > /root/x' </dev/null 2>&1 | cat")
         await shell.close()

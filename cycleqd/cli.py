@@ -312,7 +312,7 @@ def suite_verify(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cycleqd.envs.episode import AgentProtocol
-    from cycleqd.envs.suite_verify import verify_total
+    from cycleqd.envs.gold_replays import verify_total
     from cycleqd.envs.suites import guess_environment
     from cycleqd.eval.runtime import images_for
     from cycleqd.sandboxes.engine import docker_client

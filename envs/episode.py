@@ -38,7 +38,7 @@ class EpisodeStatus(StrEnum):
     INVALID_ACTION = "invalid_action"
     COMMAND_TIMEOUT = "command_timeout"  # a command hit the sandbox's limit; the episode went on
     SANDBOX_BROKEN = "sandbox_broken"  # the agent broke its own sandbox (deleted bash, ate the memory): scored 0
-    TAMPERED = "tampered"  # a passing check reached what the agent changed (envs/os_trust.py): 0
+    TAMPERED = "tampered"  # a passing check reached what the agent changed (envs/os/trust.py): 0
     ENV_ERROR = "env_error"  # not the model's failure: retried, never scored
 
 

@@ -32,9 +32,9 @@ BUILTIN_DATA = Path(__file__).resolve().parent / "data"
 
 # name → "module:attribute" of its registered object. One line per environment.
 _BUILTIN: dict[str, str] = {
-    "os": "cycleqd.envs.os_env:ENVIRONMENT",
-    "db": "cycleqd.envs.db_env:ENVIRONMENT",
-    "coding": "cycleqd.envs.coding_env:ENVIRONMENT",
+    "os": "cycleqd.envs.os.env:ENVIRONMENT",
+    "db": "cycleqd.envs.db.env:ENVIRONMENT",
+    "coding": "cycleqd.envs.coding.env:ENVIRONMENT",
 }
 _registered: dict[str, Environment[Any]] = {}
 

@@ -20,7 +20,7 @@ _DROP = ["setpriv", f"--inh-caps=-{CHECK_ONLY_CAP.lower()}", f"--bounding-set=-{
 def agent_side(argv: list[str], user: str | None = None) -> list[str]:
     """`argv` started without CHECK_ONLY_CAP, as `user` when given: then the result must be exec'd as root (the
     drop needs root) and takes the user's ids and groups after it. A setpriv or sh the agent replaced to skip the
-    drop is itself a change the file witness sees (envs/os_trust.py)."""
+    drop is itself a change the file witness sees (envs/os/trust.py)."""
     if user in (None, "", "root", "0"):
         return [*_DROP, *argv]
     as_user = (

@@ -150,7 +150,11 @@ def snapshot(db: Path, run_id: str) -> tuple[dict, list]:
 
 
 def run_probe_evolution(  # noqa: ANN201
-    db: Path, root: Path, run_id: str | None, delays: tuple[float, ...], evaluator: CandidateEvaluator | None = None,
+    db: Path,
+    root: Path,
+    run_id: str | None,
+    delays: tuple[float, ...],
+    evaluator: CandidateEvaluator | None = None,
     **settings: object,
 ):
     """One evolution over the tiny family under `root` (made if missing); returns (run id, final rows, evaluator).

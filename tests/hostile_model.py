@@ -25,9 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cycleqd.envs.coding import extract_code
-from cycleqd.envs.dbbench import parse_db_action, parse_final_answer
-from cycleqd.envs.os_actions import parse_os_action
+from cycleqd.envs.coding.episode import extract_code
+from cycleqd.envs.db.episode import parse_db_action, parse_final_answer
+from cycleqd.envs.os.actions import parse_os_action
 
 MODEL = "hostile"
 _MARKER = re.compile(r"«([a-z0-9_]+)»")

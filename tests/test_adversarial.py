@@ -22,7 +22,7 @@ import docker
 import pytest
 
 from cycleqd.db import open_store
-from cycleqd.envs.mariadb_server import SOCKET_ROOT
+from cycleqd.envs.db.mariadb import SOCKET_ROOT
 from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.sandboxes.labels import RUN
 from tests.hostile_eval import EXIT_0_SO, bash, load_suite, os_task, run_suite
@@ -105,7 +105,7 @@ EXPECTED = {
 }  # fmt: skip
 ROWS = [["a", "1"], ["b", "2"], ["c", "3"]]
 
-# A root agent that rewrites what its checks run (envs/os_trust.py): each did nothing the task asked, and each
+# A root agent that rewrites what its checks run (envs/os/trust.py): each did nothing the task asked, and each
 # scored 1.0 before the checks' toolchain was watched. Every check needs /tmp/flag, which no attack writes.
 
 FAKE_OK = "printf '#!/bin/sh\\nexit 0\\n' > /tmp/ok && chmod +x /tmp/ok"

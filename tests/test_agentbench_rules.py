@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from cycleqd.envs.db_tasks import DBTask, load_db_tasks, parse_db_task
-from cycleqd.envs.dbbench import dbbench_metrics, select_answer_correct
+from cycleqd.envs.db.episode import dbbench_metrics, select_answer_correct
+from cycleqd.envs.db.tasks import DBTask, load_db_tasks, parse_db_task
 
 SHARED_DB = Path(__file__).resolve().parents[2] / "shared" / "data" / "agentbench" / "AgentBench" / "dbbench"
 pytestmark = pytest.mark.skipif(not SHARED_DB.exists(), reason=f"the shared DBBench data is not at {SHARED_DB}")

@@ -128,4 +128,3 @@ def test_the_readmes_example_runs_as_written(docker_engine, default_model, tmp_p
     assert interval.startswith("Interval(") and "n=2" in interval
     line = re.compile(r"dev\.jsonl#\d \w+ (None|[\d.]+) \d+ messages")
     assert len(episodes) == 2 and all(line.fullmatch(e) for e in episodes)
-

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cycleqd.envs.coding import (
+from cycleqd.envs.coding.episode import (
     CodingEpisode,
     CodingSettings,
     CodingTask,

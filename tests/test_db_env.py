@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from cycleqd.envs.db_tasks import load_db_tasks, parse_db_task
-from cycleqd.envs.dbbench import (
+from cycleqd.envs.db.episode import (
     DBBenchEpisode,
     dbbench_metrics,
     parse_db_action,
     parse_final_answer,
     select_answer_correct,
 )
+from cycleqd.envs.db.mariadb import MariaDBServer
+from cycleqd.envs.db.tasks import load_db_tasks, parse_db_task
 from cycleqd.envs.episode import EpisodeStatus
 from cycleqd.envs.errors import EpisodeSetupError, TaskFormatError
-from cycleqd.envs.mariadb_server import MariaDBServer
 from cycleqd.eval.runtime import docker_starter
 from cycleqd.eval.tasks import EvalTask
 from cycleqd.sandboxes.images import build_images
@@ -119,7 +119,6 @@ def test_malformed_db_tasks_name_the_field(tmp_path: Path) -> None:
             load_db_tasks(path)
 
 
-
 def test_a_selects_gold_sql_is_read_but_leaves_the_task_identity_alone() -> None:
     record = {"description": "d", "table": {"table_name": "t", "table_info": {"columns": [{"name": "a"}],
               "rows": [["1"]]}}, "type": ["counting"], "label": ["1"]}  # fmt: skip
@@ -131,6 +130,7 @@ def test_a_selects_gold_sql_is_read_but_leaves_the_task_identity_alone() -> None
     assert as_eval[0].content_hash == as_eval[1].content_hash
     changed = parse_db_task(record | {"label": ["2"]}, "t.jsonl", 0)
     assert EvalTask("db", "builtin", "dev", "t.jsonl#0", changed).content_hash != as_eval[0].content_hash
+
 
 # -- real episodes -----------------------------------------------------------------------------------------------
 
@@ -155,7 +155,7 @@ async def test_operations_answer_and_errors(db_server: MariaDBServer) -> None:
 
 
 async def test_round_limit_and_invalid_replies(db_server: MariaDBServer) -> None:
-    from cycleqd.envs.dbbench import DBSettings
+    from cycleqd.envs.db.episode import DBSettings
 
     episode = DBBenchEpisode(make_task(), db_server, DBSettings(round_limit=2))
     await episode.begin()
@@ -191,7 +191,7 @@ async def test_modifications_are_scored_by_the_table_whatever_the_answer(db_serv
     await wrong.step("Action: Operation\n```sql\nINSERT INTO scores VALUES ('dee', '10');\n```")
     await wrong.step("Action: Answer\nFinal Answer: []")
     assert (await wrong.outcome()).score == 0.0
-    from cycleqd.envs.dbbench import DBSettings
+    from cycleqd.envs.db.episode import DBSettings
 
     for ending in ("no valid action at all", "Action: Operation\n```sql\nSELECT 1;\n```"):  # invalid, round limit
         unfinished = DBBenchEpisode(make_task("INSERT", [gold], expected), db_server, DBSettings(round_limit=1))

@@ -11,12 +11,12 @@ import pytest
 from cycleqd.demo.command import PRESETS, DemoBudget
 from cycleqd.demo.data import IN_FAMILY, TRANSFER
 from cycleqd.demo.gold_lengths import FIT_SHARE, fit, needed_tokens, task_lengths
-from cycleqd.envs.coding import load_coding_tasks
-from cycleqd.envs.coding_training import MBPP_FILE, build_coding_suite
-from cycleqd.envs.db_generate import MAX_VALUES, draft_record
-from cycleqd.envs.db_tasks import MODIFYING, load_db_tasks, parse_db_task
-from cycleqd.envs.os_tasks import load_os_tasks
-from cycleqd.envs.os_training import TRAINING_FILE, build_os_suite, shared_data_root
+from cycleqd.envs.coding.episode import load_coding_tasks
+from cycleqd.envs.coding.training import MBPP_FILE, build_coding_suite
+from cycleqd.envs.db.generate import MAX_VALUES, draft_record
+from cycleqd.envs.db.tasks import MODIFYING, load_db_tasks, parse_db_task
+from cycleqd.envs.os.tasks import load_os_tasks
+from cycleqd.envs.os.training import TRAINING_FILE, build_os_suite, shared_data_root
 from cycleqd.envs.registry import environment, names
 
 DBBENCH = Path("agentbench/AgentBench/dbbench/standard.jsonl")

@@ -40,7 +40,11 @@ def test_an_unknown_environment_names_the_known_ones() -> None:
 
 @pytest.mark.slow
 async def test_a_fourth_environment_runs_through_the_orchestrator(
-    echo_environment: EchoEnvironment, tserve, default_model, os_image: str, tmp_path: Path  # noqa: ANN001
+    echo_environment: EchoEnvironment,
+    tserve,
+    default_model,
+    os_image: str,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     store = open_store(tmp_path / "echo.db")
     tasks = load_eval_tasks(["echo"], "builtin", "dev", limit=None)

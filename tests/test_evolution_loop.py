@@ -133,7 +133,6 @@ def test_the_asynchronous_mode_gives_each_child_its_own_generation(family: Path,
     assert {r.kind for r in rows} == {"base", "expert", "merge", "final"}
 
 
-
 def test_the_search_baseline_plays_as_many_merges_as_children_in_full_and_its_best_is_tested(
     family: Path, tmp_path: Path
 ) -> None:

@@ -64,7 +64,9 @@ def test_experts_equal_to_the_base_or_to_each_other_are_refused(default_model, t
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_the_run_exists_and_shows_its_stage_while_the_svd_cache_is_built(
-    default_model, two_experts, tmp_path: Path  # noqa: ANN001
+    default_model,
+    two_experts,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     config = tmp_path / "evolve.yaml"
     config.write_text(CONFIG.format(base=default_model.path, e0=two_experts[0], e1=two_experts[1]))

@@ -96,4 +96,3 @@ def test_the_evolvers_algorithm_and_materialisation_import_without_docker() -> N
              "cycleqd.evolver.svd_cache, cycleqd.evolver.genome")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-1500:]
-

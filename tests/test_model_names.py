@@ -73,7 +73,9 @@ def test_a_bare_hub_name_is_one_line_and_touches_no_network(args: tuple[str, ...
 
 @pytest.mark.slow
 async def test_an_openai_name_answers_from_the_endpoint_the_environment_names(
-    tserve, default_model, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    tserve,
+    default_model,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
 ) -> None:
     """Protocol test against a real OpenAI-compatible server (transformers serve with SmolLM2): `openai/MODEL` goes to
     $OPENAI_BASE_URL with $OPENAI_API_KEY, and the answer is stamped with that endpoint's model."""

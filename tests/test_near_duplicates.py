@@ -31,7 +31,7 @@ def test_the_index_finds_the_closest_held_out_task_and_drops_at_the_threshold() 
 def test_a_db_split_the_held_out_ones_crowd_out_is_refused_in_one_line() -> None:
     import asyncio
 
-    from cycleqd.envs.db_generate import generate_split
+    from cycleqd.envs.db.generate import generate_split
     from cycleqd.envs.errors import TaskFormatError
 
     class Everything(WordSetIndex):

@@ -12,10 +12,10 @@ import pytest
 
 from cycleqd.envs.episode import EpisodeStatus
 from cycleqd.envs.errors import EpisodeSetupError, TaskFormatError
-from cycleqd.envs.os_actions import parse_os_action
-from cycleqd.envs.os_checks import contained_in, containing, integer_match, size_match, string_match
-from cycleqd.envs.os_interaction import _WORKDIR_IN_IMAGE, OSInteractionEpisode, OSSettings
-from cycleqd.envs.os_tasks import load_os_tasks, load_os_tasks_leniently, parse_task
+from cycleqd.envs.os.actions import parse_os_action
+from cycleqd.envs.os.checks import contained_in, containing, integer_match, size_match, string_match
+from cycleqd.envs.os.interaction import _WORKDIR_IN_IMAGE, OSInteractionEpisode, OSSettings
+from cycleqd.envs.os.tasks import load_os_tasks, load_os_tasks_leniently, parse_task
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.images import build_images, image_tag
 from cycleqd.sandboxes.output import AGENTBENCH_TRUNCATION_NOTE
@@ -180,7 +180,7 @@ async def test_tampering_with_the_agents_shell_does_not_change_the_score(os_imag
 
 
 async def test_deleting_a_program_the_checks_may_run_is_tampering_even_with_the_right_answer(os_image: str) -> None:
-    """envs/os_trust.py: the example runs in the container, so a deletion voids its pass; a match task runs nothing."""
+    """envs/os/trust.py: the example runs in the container, so a deletion voids its pass; a match task runs nothing."""
     delete = "Act: bash\n\n```bash\nrm -f /usr/bin/python3*\n```"
     _, _, right = await run_episode(COUNT_TASK, [delete, "Act: answer(3)"])
     assert (right.status, right.score) == (EpisodeStatus.TAMPERED, 0.0)
@@ -334,7 +334,7 @@ async def test_shared_agentbench_os_gold_mostly_passes(docker_engine: object) ->
 
 
 def test_suite_verify_guesses_the_environment(tmp_path: Path) -> None:
-    from cycleqd.envs.coding import humaneval_path
+    from cycleqd.envs.coding.episode import humaneval_path
     from cycleqd.envs.suites import guess_environment as guess_env
 
     assert guess_env(BUILTIN_OS) == "os"

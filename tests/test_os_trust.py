@@ -1,4 +1,4 @@
-"""Trust in a passing check (envs/os_trust.py) and what it stands on (sandboxes/file_witness.py, process_freeze.py,
+"""Trust in a passing check (envs/os/trust.py) and what it stands on (sandboxes/file_witness.py, process_freeze.py,
 layer_scan.py, other_mounts.py): the naming rules without Docker, then each piece against a real container."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from cycleqd.envs.os_trust import Named, changed_since
+from cycleqd.envs.os.trust import Named, changed_since
 from cycleqd.sandboxes.contract import EntryKind, LayerEntry, LayerScan
 from cycleqd.sandboxes.docker_sandbox import DockerSandbox
 from cycleqd.sandboxes.layer_scan import scan_upper

@@ -91,9 +91,11 @@ def clean_env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_an_installed_wheel_imports_from_its_own_site_packages(installed: Path, tmp_path: Path) -> None:
-    probe = ("import importlib.util as u, cycleqd, cycleqd.db as d, cycleqd.envs as e, cycleqd.evolver, "
-             "cycleqd.sandboxes, cycleqd.serving; print(cycleqd.__file__, e.__file__, d.__file__); "
-             "assert not any(u.find_spec(n) for n in ('db', 'envs', 'evolver', 'sandboxes', 'serving', 'tui'))")
+    probe = (
+        "import importlib.util as u, cycleqd, cycleqd.db as d, cycleqd.envs as e, cycleqd.evolver, "
+        "cycleqd.sandboxes, cycleqd.serving; print(cycleqd.__file__, e.__file__, d.__file__); "
+        "assert not any(u.find_spec(n) for n in ('db', 'envs', 'evolver', 'sandboxes', 'serving', 'tui'))"
+    )
     done = subprocess.run([str(installed / "python"), "-c", probe], cwd=tmp_path, env=clean_env(),
                           capture_output=True, text=True, check=True)  # fmt: skip
     site = installed.parent
@@ -104,21 +106,31 @@ def test_a_plain_checkout_imports_every_subpackage_from_its_own_folders(checkout
     """No install: `python -S` runs no .pth file, so the test environment's editable finder is inert, and only the
     third-party packages are on the path. Tools that read the tree (linters, editors, a GPU machine without the
     editable install) see the same."""
-    probe = ("import cycleqd.envs.registry as e, cycleqd.db.store as d, cycleqd.evolver.genome as g, "
-             "cycleqd.sandboxes.pool as s, cycleqd.serving.model_ref as m, cycleqd.cli as c; "
-             "print(*(x.__file__ for x in (e, d, g, s, m, c)))")
+    probe = (
+        "import cycleqd.envs.registry as e, cycleqd.db.store as d, cycleqd.evolver.genome as g, "
+        "cycleqd.sandboxes.pool as s, cycleqd.serving.model_ref as m, cycleqd.cli as c; "
+        "print(*(x.__file__ for x in (e, d, g, s, m, c)))"
+    )
     env = {**clean_env(), "PYTHONPATH": sysconfig.get_path("purelib")}
     done = subprocess.run([sys.executable, "-S", "-c", probe], cwd=checkout, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     files = [Path(p).resolve() for p in done.stdout.split()]
     assert [f.relative_to(checkout.resolve()).parts[0] for f in files] == [
-        "envs", "db", "evolver", "sandboxes", "serving", "cycleqd"
+        "envs",
+        "db",
+        "evolver",
+        "sandboxes",
+        "serving",
+        "cycleqd",
     ]
 
 
 @pytest.mark.slow
 def test_an_installed_wheel_evaluates_and_verifies_its_builtin_suites(
-    installed: Path, default_model, docker_engine, tmp_path: Path  # noqa: ANN001
+    installed: Path,
+    default_model,
+    docker_engine,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     cycleqd = str(installed / "cycleqd")
     done = subprocess.run([cycleqd, "eval", "--tasks", "db", "--limit", "1", "--max-tokens", "32", "--db",

@@ -36,13 +36,19 @@ def what_racing_must_not_change(evo: EvolutionStore) -> dict:
     children = evo.candidates("child")
     return {
         "archives": [(a.task_name, a.bins, a.bc_tasks, a.bc_ranges) for a in evo.archives()],
-        "cells": sorted((names[c.archive_id], c.cell, hashes[c.candidate_id], c.quality, c.generation)
-                        for c in evo.cells()),  # fmt: skip
+        "cells": sorted(
+            (names[c.archive_id], c.cell, hashes[c.candidate_id], c.quality, c.generation) for c in evo.cells()
+        ),  # fmt: skip
         "metrics": [(g.number, g.active_task, g.metrics) for g in evo.generations()],
-        "lineage": [(c.generation, c.slot, c.genome_hash, [hashes[p] for p in c.parents], c.omegas, c.mutation)
-                    for c in children],  # fmt: skip
-        "final": [(c.kind, c.genome_hash, [hashes[p] for p in c.parents], c.test_scores)
-                  for c in evo.candidates() if c.kind in ("base", "merge", "final")],  # fmt: skip
+        "lineage": [
+            (c.generation, c.slot, c.genome_hash, [hashes[p] for p in c.parents], c.omegas, c.mutation)
+            for c in children
+        ],  # fmt: skip
+        "final": [
+            (c.kind, c.genome_hash, [hashes[p] for p in c.parents], c.test_scores)
+            for c in evo.candidates()
+            if c.kind in ("base", "merge", "final")
+        ],  # fmt: skip
     }
 
 

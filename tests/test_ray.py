@@ -60,8 +60,7 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def single_process(family: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     db = tmp_path_factory.mktemp("single") / "single.db"
-    run_id, _, _ = run_probe_evolution(db, family, None, (0.0, 0.0), generations=GENERATIONS, bins=4,
-                                       racing=NO_RACING)
+    run_id, _, _ = run_probe_evolution(db, family, None, (0.0, 0.0), generations=GENERATIONS, bins=4, racing=NO_RACING)
     return snapshot(db, run_id)
 
 
@@ -80,8 +79,9 @@ def test_a_synchronous_evolution_on_the_cluster_equals_the_single_process_run(
                      for actor in evaluator.pool.actors])  # fmt: skip
     assert len(set(nodes)) == 2  # one slot per worker node
     db = tmp_path / "ray.db"
-    run_id, rows, _ = run_probe_evolution(db, family, None, (0.0, 0.0), evaluator, generations=GENERATIONS, bins=4,
-                                          racing=NO_RACING)
+    run_id, rows, _ = run_probe_evolution(
+        db, family, None, (0.0, 0.0), evaluator, generations=GENERATIONS, bins=4, racing=NO_RACING
+    )
     assert evaluator.pool.redispatched == 0
     assert snapshot(db, run_id) == single_process
     assert {r.kind for r in rows} == {"base", "expert", "merge", "final"}
@@ -155,7 +155,10 @@ def tiny_servable_model(tokenizer_from: Path, out: Path) -> Path:
 
 @pytest.mark.timeout(900)
 def test_a_child_is_materialised_served_and_played_on_a_node_and_stored_at_the_head(
-    cluster: LocalRayCluster, default_model, docker_engine, tmp_path: Path  # noqa: ANN001
+    cluster: LocalRayCluster,
+    default_model,
+    docker_engine,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     """`evolve --ray`'s evaluator on real episodes: the genome goes through the object store, a node materialises
     it from the SVD cache (read at the head's path), serves it with `transformers serve`, plays its episodes;

@@ -25,8 +25,10 @@ def two_task_evolution(tmp_path: Path) -> EvolutionStore:
     children = [evo.add_candidate("child", g, 0) for g in range(1, 4)]
     # Both archives improve together, so their coverage curves coincide: both must still be visible.
     for number, child in enumerate([None, *children]):
-        updates = [CellUpdate(archives[0].id, str(3 + number * 3), (child or experts[0]).id, 0.1 + 0.1 * number),
-                   CellUpdate(archives[1].id, str(2 + number * 4), (child or experts[1]).id, 0.2 + 0.05 * number)]
+        updates = [
+            CellUpdate(archives[0].id, str(3 + number * 3), (child or experts[0]).id, 0.1 + 0.1 * number),
+            CellUpdate(archives[1].id, str(2 + number * 4), (child or experts[1]).id, 0.2 + 0.05 * number),
+        ]
         metrics = [{"archive": a.task_name, "coverage": (number + 1) / 15, "qd_score": 0.1 * (number + 1),
                     "best": 0.1 + 0.1 * number} for a in archives]  # fmt: skip
         evo.commit_generation(number, number % 2, {}, updates, metrics)

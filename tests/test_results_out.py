@@ -53,7 +53,9 @@ def stored(db: Path, run_id: str) -> dict[int, tuple]:
     }  # fmt: skip
 
 
-def test_a_jsonl_export_holds_every_message_and_score_and_loads_with_datasets(two_runs: TwoRuns, tmp_path: Path) -> None:  # noqa: E501
+def test_a_jsonl_export_holds_every_message_and_score_and_loads_with_datasets(
+    two_runs: TwoRuns, tmp_path: Path
+) -> None:  # noqa: E501
     out = tmp_path / "episodes.jsonl"
     done = cycleqd("export", two_runs.greedy[:6], "--db", str(two_runs.db), "--out", str(out))
     assert done.returncode == 0, done.stderr

@@ -65,7 +65,9 @@ def test_the_training_sets_digest_changes_with_any_example_and_their_order() -> 
 
 
 @pytest.mark.slow
-def test_sft_lowers_the_loss_and_moves_the_greedy_answer_toward_the_gold(docker_engine, default_model, tmp_path: Path) -> None:  # noqa: ANN001, E501
+def test_sft_lowers_the_loss_and_moves_the_greedy_answer_toward_the_gold(
+    docker_engine, default_model, tmp_path: Path
+) -> None:  # noqa: ANN001, E501
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "coding-expert"
@@ -135,7 +137,9 @@ def test_lora_is_merged_into_full_weights(tmp_path: Path) -> None:
 
 
 def test_the_sft_command_trains_a_checkpoint_the_evolver_accepts_and_refuses_bad_input_in_one_line(
-    docker_engine, default_model, tmp_path: Path  # noqa: ANN001
+    docker_engine,
+    default_model,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     out = tmp_path / "coding-expert"
     args = ["--env", "coding", "--limit", "1", "--epochs", "2", "--batch-size", "1", "--max-length", "512"]

@@ -266,7 +266,7 @@ def test_episodes_stored_before_0019_get_their_context_length_by_environment(tmp
     contexts = {store.tasks()[e.task_id - 1].env: (e.context_messages, e.verdict) for e in store.episodes("r")}
     assert contexts == {"os": (7, {}), "db": (3, {}), "coding": (1, {})}
     # The revision's numbers are what the environments write today (a change there needs no migration, but a check).
-    from cycleqd.envs.os_prompt import first_messages
+    from cycleqd.envs.os.prompt import first_messages
 
     assert len(first_messages("a task")) == 7
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from cycleqd.envs import db_generate
+from cycleqd.envs.db import generate as db_generate
 from cycleqd.suite import generate
 from tests.cli_in_process import Run
 

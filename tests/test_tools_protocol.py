@@ -3,7 +3,7 @@ builds, each turn rule's exact observation and round accounting on real sandboxe
 limits per protocol, and gold replays that pass under tools exactly where they pass as text.
 
 FC's source is read from the AgentBench mirror when it is here (the differential tests skip without it); the turn
-rules' expected texts are FC's, with file:line beside each in envs/os_actions.py and envs/dbbench.py.
+rules' expected texts are FC's, with file:line beside each in envs/os/actions.py and envs/db/episode.py.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 import yaml
 
-from cycleqd.envs.coding import CodingSettings, coding_episode
-from cycleqd.envs.db_tasks import load_db_tasks, parse_db_task
-from cycleqd.envs.dbbench import DBBenchToolsEpisode, DBSettings
+from cycleqd.envs.coding.episode import CodingSettings, coding_episode
+from cycleqd.envs.db.episode import DBBenchToolsEpisode, DBSettings
+from cycleqd.envs.db.mariadb import MariaDBServer
+from cycleqd.envs.db.tasks import load_db_tasks, parse_db_task
 from cycleqd.envs.episode import AgentProtocol, EpisodeStatus, Message
-from cycleqd.envs.mariadb_server import MariaDBServer
-from cycleqd.envs.os_actions import INVALID_FUNCTION, NO_TOOL_CALL, OSAction, read_os_call
-from cycleqd.envs.os_env import os_settings
-from cycleqd.envs.os_interaction import os_episode
-from cycleqd.envs.os_tasks import parse_task
+from cycleqd.envs.os.actions import INVALID_FUNCTION, NO_TOOL_CALL, OSAction, read_os_call
+from cycleqd.envs.os.env import os_settings
+from cycleqd.envs.os.interaction import os_episode
+from cycleqd.envs.os.tasks import parse_task
 from cycleqd.envs.registry import EpisodeSettings, environment
 from cycleqd.eval.orchestrator import EvalSettings, play
 from cycleqd.eval.runtime import EnvRuntime, docker_starter

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cycleqd.envs.near_duplicates import NEAR, WordSetIndex
-from cycleqd.envs.os_env import gold_replies
-from cycleqd.envs.os_training import SPLITS, TRAINING_FILE, build_os_suite, explanation_thought, shared_data_root
+from cycleqd.envs.os.env import gold_replies
+from cycleqd.envs.os.training import SPLITS, TRAINING_FILE, build_os_suite, explanation_thought, shared_data_root
 from cycleqd.envs.registry import environment
 from cycleqd.envs.task_files import read_task_records
 from cycleqd.eval.tasks import load_eval_tasks
@@ -92,7 +92,7 @@ def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_en
     import subprocess
     import sys
 
-    from cycleqd.envs.db_generate import task_key, task_text
+    from cycleqd.envs.db.generate import task_key, task_text
     from cycleqd.suite.verify import verify_suite
 
     out = tmp_path / "db"
@@ -124,7 +124,7 @@ def test_generated_db_suite_verifies_fully_and_its_splits_are_disjoint(docker_en
 @pytest.mark.skipif(not (DATA / "mbpp" / "mbpp.jsonl").is_file(), reason=f"MBPP is not at {DATA / 'mbpp'}")
 async def test_coding_suite_has_mbpp_splits_and_its_gold_passes(os_image: str, tmp_path: Path) -> None:
     from cycleqd.demo.data import near_duplicate_pairs
-    from cycleqd.envs.coding_training import build_coding_suite
+    from cycleqd.envs.coding.training import build_coding_suite
 
     suite = build_coding_suite(DATA, tmp_path / "coding")
     splits = {s: load_eval_tasks(["coding"], str(suite), s, None) for s in ("train", "dev", "test", "transfer")}

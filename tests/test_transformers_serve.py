@@ -161,7 +161,7 @@ OS_PROBLEMS = [
 async def test_batched_serving_answers_as_one_request_at_a_time(default_model: LocalCheckpoint) -> None:
     """Greedy transcripts do not depend on batching: the default (continuous batching) answers OS episodes' first
     prompts, all at once, exactly as the same server settings without batching answer them one by one."""
-    from cycleqd.envs.os_prompt import first_messages
+    from cycleqd.envs.os.prompt import first_messages
 
     batched_options = SERVE_PRESETS["default"]
     assert batched_options.continuous_batching

@@ -1,4 +1,4 @@
-"""Round four of the attacks on OS checks (envs/os_trust.py), through a real eval on real sandboxes: a root agent
+"""Round four of the attacks on OS checks (envs/os/trust.py), through a real eval on real sandboxes: a root agent
 that knows the source and does nothing the task asks tries to pass a check through what the check reaches without
 naming it (class 1), through trust rules that are too loose (class 2) and through a flood that once cut the scan
 short (class 3). Thirteen check styles, each with an honest control (does the task: 1.0) and a do-nothing one (0.0).

@@ -28,7 +28,7 @@ from cycleqd.db.evolution_store import ArchiveSpec, CellUpdate, EvolutionStore
 from cycleqd.db.monitor_store import open_monitor_store
 from cycleqd.db.schema import Episode, Run, RunStatus, ServerState, Task
 from cycleqd.db.store import EpisodeKey, EpisodeProgress, Store, StoreOpenError
-from cycleqd.envs.os_prompt import first_messages
+from cycleqd.envs.os.prompt import first_messages
 from cycleqd.monitor import episode_screen, eval_screen, evolution_screen, runs_screen
 from cycleqd.monitor import format as fmt
 from cycleqd.monitor.app import MonitorApp

@@ -27,7 +27,7 @@ from cycleqd.db.schema import Run, RunKind, RunStatus
 from cycleqd.db.store import Store, open_store
 from cycleqd.demo.data import DATA_VERSION, IN_FAMILY, TEST_KINDS, TRANSFER, demo_suites
 from cycleqd.demo.seeds import seed_spread_table
-from cycleqd.envs.os_training import shared_data_root
+from cycleqd.envs.os.training import shared_data_root
 from cycleqd.envs.registry import environment, names
 from cycleqd.errors import RunInterrupted, UserError
 from cycleqd.evolution.command import run_evolve_command

@@ -6,7 +6,7 @@ Every suite has train, dev (selection during the evolution) and two kinds of tes
 - `transfer`: a benchmark written apart from the training data (OS: AgentBench's own OS benchmark; DB: DBBench's
   `standard.jsonl`; coding: HumanEval), where `../shared/data` (or $CYCLEQD_DATA) has it.
 No train task is a near-duplicate of a dev or test task (envs/near_duplicates.py; word-set Jaccard ≥ 0.7), which
-the builders (envs/os_training.py, envs/db_generate.py, envs/coding_training.py) ensure and `near_duplicate_pairs`
+the builders (envs/os/training.py, envs/db/generate.py, envs/coding/training.py) ensure and `near_duplicate_pairs`
 checks.
 Without the outside data: the built-in OS suite, HumanEval alone, and no transfer split. Each suite is copied
 with dev and test cut to the budget's sizes (an evenly spread subset, so every group of a file keeps its share),
@@ -20,11 +20,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from cycleqd.envs import coding_training, os_training
-from cycleqd.envs.coding_training import MBPP_FILE, build_coding_suite, problem_text
-from cycleqd.envs.db_generate import suite_folder, task_text
+from cycleqd.envs.coding import training as coding_training
+from cycleqd.envs.coding.training import MBPP_FILE, build_coding_suite, problem_text
+from cycleqd.envs.db.generate import suite_folder, task_text
 from cycleqd.envs.near_duplicates import NEAR, WordSetIndex
-from cycleqd.envs.os_training import TRAINING_FILE, build_os_suite, shared_data_root
+from cycleqd.envs.os import training as os_training
+from cycleqd.envs.os.training import TRAINING_FILE, build_os_suite, shared_data_root
 from cycleqd.envs.registry import BUILTIN_DATA
 from cycleqd.envs.task_files import read_task_records
 from cycleqd.suite.generate import generated_db_suite

@@ -69,7 +69,7 @@ def check_disk_cap() -> Check:
 
 
 def check_check_witness() -> Check:
-    """Whether OS checks that run in a sandbox can be witnessed from this host (envs/os_trust.py)."""
+    """Whether OS checks that run in a sandbox can be witnessed from this host (envs/os/trust.py)."""
     from cycleqd.sandboxes.file_witness import FileWitness
 
     try:

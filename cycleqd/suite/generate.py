@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cycleqd.envs.db_generate import generate_suite
+from cycleqd.envs.db.generate import generate_suite
 from cycleqd.errors import UserError
 from cycleqd.eval.runtime import docker_starter, images_for
 from cycleqd.monitor import format as fmt

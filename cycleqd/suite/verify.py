@@ -7,9 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from cycleqd.envs.episode import AgentProtocol
+from cycleqd.envs.gold_replays import FileReport, load_reports, replay_gold_all, verify_jobs
 from cycleqd.envs.registry import EpisodeSettings, Task, environment
 from cycleqd.envs.replay import TaskVerdict
-from cycleqd.envs.suite_verify import FileReport, load_reports, replay_gold_all, verify_jobs
 from cycleqd.eval.runtime import EnvRuntime
 
 # Gold replays get AgentBench's generous command limit: a slow but correct gold script must not read as broken; the

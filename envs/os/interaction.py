@@ -29,8 +29,8 @@ from pathlib import Path
 
 from cycleqd.envs.episode import AgentProtocol, Episode, EpisodeStatus, Message, Outcome
 from cycleqd.envs.errors import EpisodeSetupError, ScriptUnavailableError
-from cycleqd.envs.os_actions import OS_TOOLS, OSAction, parse_os_action, read_os_call
-from cycleqd.envs.os_checks import (
+from cycleqd.envs.os.actions import OS_TOOLS, OSAction, parse_os_action, read_os_call
+from cycleqd.envs.os.checks import (
     checks_in_container,
     container_sources,
     expected_of,
@@ -39,9 +39,9 @@ from cycleqd.envs.os_checks import (
     script_argv,
     script_source,
 )
-from cycleqd.envs.os_prompt import fc_first_messages, first_messages, observation
-from cycleqd.envs.os_tasks import OSTask
-from cycleqd.envs.os_trust import PASSWD, Named, TrustJudge, verdict
+from cycleqd.envs.os.prompt import fc_first_messages, first_messages, observation
+from cycleqd.envs.os.tasks import OSTask
+from cycleqd.envs.os.trust import PASSWD, Named, TrustJudge, verdict
 from cycleqd.envs.tool_calls import ActsByCalls, tool_result
 from cycleqd.sandboxes.contract import CommandResult, LayerScan, Sandbox, SandboxHealth, ShellSession
 from cycleqd.sandboxes.errors import SandboxError, WitnessUnavailableError
@@ -74,7 +74,7 @@ class OSInteractionEpisode(Episode):
         self._session: ShellSession | None = None
         self._last_timed_out = False
         self.last_output = ""  # the raw output of the last bash action, before display truncation
-        self._baseline: LayerScan | None = None  # the writable layer as the set-up left it (envs/os_trust.py)
+        self._baseline: LayerScan | None = None  # the writable layer as the set-up left it (envs/os/trust.py)
         self._passwd = ""  # /etc/passwd as the set-up left it
         self._answer_is_text = True  # see OSAction.text
 
@@ -223,7 +223,7 @@ class OSInteractionEpisode(Episode):
 
     async def _judged_checks(self) -> tuple[bool, str, list[str]]:
         """The check chain's verdict and, for a pass whose checks ran in the container, what voids it: the checks
-        run with every process of the agent stopped and their opens witnessed (envs/os_trust.py)."""
+        run with every process of the agent stopped and their opens witnessed (envs/os/trust.py)."""
         settings = self.settings
 
         async def checks() -> tuple[bool, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from cycleqd.envs.coding import (
+from cycleqd.envs.coding.episode import (
     CodingSettings,
     CodingTask,
     coding_episode,

@@ -33,10 +33,10 @@ from typing import Any
 
 import pymysql
 
-from cycleqd.envs.db_tasks import DBTask
+from cycleqd.envs.db.mariadb import EpisodeDatabase, MariaDBServer, quote_identifier
+from cycleqd.envs.db.tasks import DBTask
 from cycleqd.envs.episode import AgentProtocol, Episode, EpisodeStatus, Message, Outcome
 from cycleqd.envs.errors import EpisodeSetupError
-from cycleqd.envs.mariadb_server import EpisodeDatabase, MariaDBServer, quote_identifier
 from cycleqd.envs.tool_calls import (
     ARGUMENT_ERRORS,
     ActsByCalls,

@@ -15,7 +15,7 @@ import gzip
 import json
 from pathlib import Path
 
-from cycleqd.envs.coding import humaneval_path
+from cycleqd.envs.coding.episode import humaneval_path
 from cycleqd.envs.near_duplicates import drop_near
 
 MBPP_FILE = Path("mbpp/mbpp.jsonl")

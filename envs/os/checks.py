@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cycleqd.envs.errors import ScriptUnavailableError
-from cycleqd.envs.os_tasks import MatchSpec, OSTask, Script
-from cycleqd.envs.os_trust import CHECK_ENV
+from cycleqd.envs.os.tasks import MatchSpec, OSTask, Script
+from cycleqd.envs.os.trust import CHECK_ENV
 from cycleqd.sandboxes.contract import Sandbox
 
 

@@ -2,7 +2,7 @@
 
 One turn: the model sees the task, replies with code (the first ```python block, else the whole reply; under the
 tools protocol, a `submit` call's `code`), and the tests run in a fresh sandbox with no network and a time limit.
-The verdict is decided outside the submission's process (envs/coding_harness.py): the submission runs as `nobody`
+The verdict is decided outside the submission's process (envs/coding/harness.py): the submission runs as `nobody`
 and answers each call of its function over a pipe; the tests and their asserts run in a root checker on values
 rebuilt from builtin types; the per-run token that marks a verdict exists only in the checker's memory and on its
 stdout. So neither lying objects (`__eq__` always True), patched builtins, exits, nor anything read from the
@@ -121,7 +121,7 @@ def extract_code(reply: str) -> str:
     return (block.group(1) if block else reply).replace("\r\n", "\n")
 
 
-HARNESS_SOURCE = (Path(__file__).with_name("coding_harness.py")).read_text(encoding="utf-8")
+HARNESS_SOURCE = (Path(__file__).with_name("harness.py")).read_text(encoding="utf-8")
 
 
 def solution_code(task: CodingTask, code: str) -> str:

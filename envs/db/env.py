@@ -16,11 +16,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from cycleqd.envs.db_tasks import DBTask, load_db_tasks, load_db_tasks_leniently
-from cycleqd.envs.dbbench import DBSettings, db_episode, dbbench_metrics
+from cycleqd.envs.db.episode import DBSettings, db_episode, dbbench_metrics
+from cycleqd.envs.db.mariadb import MariaDBServer
+from cycleqd.envs.db.tasks import DBTask, load_db_tasks, load_db_tasks_leniently
 from cycleqd.envs.episode import AgentProtocol, Episode, Message
 from cycleqd.envs.errors import EpisodeSetupError
-from cycleqd.envs.mariadb_server import MariaDBServer
 from cycleqd.envs.registry import TEXT_ROUNDS, EnvironmentBase, Runtime, closing
 from cycleqd.envs.replay import RecordedEpisode, TaskVerdict
 from cycleqd.envs.tool_calls import gold_turn

@@ -16,10 +16,10 @@ from typing import Any
 
 from cycleqd.envs.episode import AgentProtocol, Episode, Message
 from cycleqd.envs.errors import EpisodeSetupError, ScriptUnavailableError
-from cycleqd.envs.os_checks import check_scripts_available, script_source
-from cycleqd.envs.os_interaction import OSSettings, os_episode
-from cycleqd.envs.os_tasks import OSTask, load_os_tasks, load_os_tasks_leniently, network_commands
-from cycleqd.envs.os_training import explanation_thought
+from cycleqd.envs.os.checks import check_scripts_available, script_source
+from cycleqd.envs.os.interaction import OSSettings, os_episode
+from cycleqd.envs.os.tasks import OSTask, load_os_tasks, load_os_tasks_leniently, network_commands
+from cycleqd.envs.os.training import explanation_thought
 from cycleqd.envs.registry import TEXT_ROUNDS, EnvironmentBase, EpisodeSettings, Runtime
 from cycleqd.envs.replay import RecordedEpisode, TaskVerdict
 from cycleqd.envs.tool_calls import gold_turn

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cycleqd.envs.db_tasks import MODIFYING, parse_db_task
-from cycleqd.envs.dbbench import DBBenchEpisode
+from cycleqd.envs.db.episode import DBBenchEpisode
+from cycleqd.envs.db.mariadb import MariaDBServer
+from cycleqd.envs.db.tasks import MODIFYING, parse_db_task
 from cycleqd.envs.errors import EpisodeSetupError, TaskFormatError
-from cycleqd.envs.mariadb_server import MariaDBServer
 from cycleqd.envs.near_duplicates import WordSetIndex
 from cycleqd.envs.registry import SandboxStarter
 
@@ -278,7 +278,7 @@ def _operation(sql: str) -> str:
 
 async def solve(record: dict[str, Any], server: MariaDBServer) -> dict[str, Any] | None:
     """The record with its answer as MariaDB gives it, or None when the answer would be ambiguous or failed."""
-    from cycleqd.envs.db_env import result_values  # the same reading of a result as gold replay uses
+    from cycleqd.envs.db.env import result_values  # the same reading of a result as gold replay uses
 
     task = parse_db_task({**record, "answer_md5": ""}, "<generated>", 0)
     episode = DBBenchEpisode(task, server)

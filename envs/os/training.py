@@ -19,8 +19,8 @@ from pathlib import Path
 
 from cycleqd.envs.errors import ScriptUnavailableError, TaskFormatError
 from cycleqd.envs.near_duplicates import drop_near
-from cycleqd.envs.os_checks import check_scripts_available
-from cycleqd.envs.os_tasks import network_commands, parse_task
+from cycleqd.envs.os.checks import check_scripts_available
+from cycleqd.envs.os.tasks import network_commands, parse_task
 from cycleqd.envs.task_files import read_task_records
 
 TRAINING_FILE = Path("agentbench/AgentBench/os_interaction/train_0317/training.json")
@@ -35,7 +35,7 @@ _POINTER = re.compile(r"\s*(You can use (this|the following) command( pattern)?[
 
 def shared_data_root() -> Path:
     """Where outside task data lies: $CYCLEQD_DATA, else `../shared/data` beside the project checkout."""
-    return Path(os.environ.get("CYCLEQD_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    return Path(os.environ.get("CYCLEQD_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 
 
 def explanation_thought(explanation: str) -> str:

@@ -1,0 +1,1 @@
+"""The OS environment (AgentBench's OS interaction): tasks, prompts, actions, checks, trust, episode, training data."""
