@@ -410,6 +410,9 @@ _ray_option = click.option(
 @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto",
               show_default=True, help="The model server's dtype (auto: the checkpoint's on a GPU; on a CPU, bf16 "
                                       "only where its instructions compute it fast, else float32).")  # fmt: skip
+@click.option("--deterministic", is_flag=True,
+              help="Greedy answers that do not depend on the other episodes the server batches with them "
+                   "(slower; without it, compare transcripts at --concurrency 1).")  # fmt: skip
 @_download_option
 @click.option("--task-ids", help="Only these tasks, comma-separated ids as `cycleqd tasks` lists them.")
 @click.option("--temperature", default=0.0, show_default=True, help="Sampling temperature (0: greedy).")
@@ -423,8 +426,8 @@ _ray_option = click.option(
 def eval_cmd(
     ctx: click.Context, model_ref: str, api_key_env: str, tasks: str | None, suite: str, split: str, limit: int | None,
     repeats: int, concurrency: int, protocol: str, rounds: int | None, max_tokens: int, episode_timeout: float,
-    server: str, dtype: str, allow_download: bool, task_ids: str | None, temperature: float, top_p: float | None,
-    seed: int | None, db_path: Path, resume_id: str | None, as_json: bool, ray_address: str | None,
+    server: str, dtype: str, deterministic: bool, allow_download: bool, task_ids: str | None, temperature: float,
+    top_p: float | None, seed: int | None, db_path: Path, resume_id: str | None, as_json: bool, ray_address: str | None,
 ) -> None:  # fmt: skip
     """Benchmark MODEL on the agent tasks and keep every episode in the store. With no argument: the embedded
     SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN (with no other run option: the
@@ -436,7 +439,7 @@ def eval_cmd(
         "model": model_ref, "api_key_env": api_key_env, "tasks": comma_separated(tasks or ""),
         "suite": suite, "split": split, "limit": limit, "repeats": repeats, "concurrency": concurrency,
         "rounds": rounds, "max_tokens": max_tokens, "episode_timeout": episode_timeout, "server": server,
-        "dtype": dtype, "protocol": protocol, "allow_download": allow_download,
+        "dtype": dtype, "deterministic": deterministic, "protocol": protocol, "allow_download": allow_download,
         "task_ids": comma_separated(task_ids) if task_ids else None,
         "temperature": temperature, "top_p": top_p, "seed": seed,
     }  # fmt: skip

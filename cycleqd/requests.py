@@ -74,6 +74,9 @@ class EvalRequest:
     # The model server's dtype (serving.resolve.DTYPES); auto: each engine's choice for its device, as before
     # this field (a run stored without it resumes so).
     dtype: str = "auto"
+    # Greedy answers that do not depend on the other episodes batched with them (serving/in_vllm/batch_invariant.py),
+    # at a price in speed. A run stored before this field resumes without, as it ran.
+    deterministic: bool = False
     # How the model acts (envs.episode.AgentProtocol): "text", AgentBench v0.2's, or "tools", AgentBench FC's
     # function calling. A run stored before this field resumes with text, as it ran.
     protocol: str = "text"

@@ -100,6 +100,7 @@ class EvalSpec:
     max_tokens: int = bounded(512, minimum=1, maximum=MAX_TOKENS)
     repeats: int = bounded(1, minimum=1, maximum=MAX_REPEATS)
     rounds: int = bounded(5, minimum=1, maximum=MAX_ROUNDS)
+    deterministic: bool = False  # a greedy answer independent of its batch (serving/in_vllm/batch_invariant.py)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from cycleqd.serving.heap_trim import start_heap_trimmer
+from cycleqd.serving.in_vllm import batch_invariant
 from cycleqd.serving.step_threads import with_step_threads_from_env
 from cycleqd.serving.transformers_tools import install as install_tool_calling
 
@@ -69,8 +70,11 @@ def as_sdpa_flags(block: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
 
 def serve() -> None:
     """`transformers serve` with this attention registered first (and, where the environment asks, with wide steps
-    on more threads: serving.step_threads), tool calling completed (serving.transformers_tools), its heap trimmed
-    as it runs (serving.heap_trim); takes the same arguments."""
+    on more threads: serving.step_threads; with batch-invariant linear layers where it asks: in_vllm/
+    batch_invariant.py), tool calling completed (serving.transformers_tools), its heap trimmed as it runs
+    (serving.heap_trim); takes the same arguments."""
+    if batch_invariant.requested():
+        batch_invariant.install_in_torch()
     AttentionInterface.register("sdpa", with_step_threads_from_env(per_sequence_sdpa))
     install_tool_calling()
     start_heap_trimmer()

@@ -73,12 +73,14 @@ def manager_for(
     episodes_at_once: int | None = None,
     episodes: int | None = 0,
     dtype: str = "auto",
+    deterministic: bool = False,
 ) -> ServerManager:
     """`server`: auto, vllm, transformers (`engine_for`, with `episodes` the job's size; 0, the default, is a
     short job such as one chat). `dtype`: one of `DTYPES`, for a server we start (an endpoint's is its own).
     `slot` picks the GPU when an evolution runs one server per GPU. `episodes_at_once`: an endpoint's client lets
     that many requests fly (each episode waits on one reply at a time), or a run's --concurrency above the client's
-    default would queue on the client instead of reaching the endpoint."""
+    default would queue on the client instead of reaching the endpoint. `deterministic`: a server we start decodes
+    a request alike whatever else it batches with it (an endpoint's decoding is its own)."""
     if isinstance(ref, ExternalEndpoint):
         from cycleqd.serving.external import ExternalManager
 
@@ -88,9 +90,9 @@ def manager_for(
     if engine_for(server, episodes=episodes) == "vllm":
         from cycleqd.serving.vllm_serve import VLLMManager
 
-        return VLLMManager(gpu=slot, client_settings=client_settings, dtype=dtype)
+        return VLLMManager(gpu=slot, client_settings=client_settings, dtype=dtype, deterministic=deterministic)
     from cycleqd.serving.transformers_serve import TransformersServeManager, default_options
 
     device = "cuda" if gpu_available() else "cpu"
-    return TransformersServeManager(device=device, options=default_options(device, dtype),
-                                    client_settings=client_settings)  # fmt: skip
+    options = default_options(device, dtype, deterministic=deterministic)
+    return TransformersServeManager(device=device, options=options, client_settings=client_settings)

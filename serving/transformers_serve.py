@@ -19,6 +19,7 @@ import httpx
 from cycleqd.serving.client import ClientSettings, ServedModel
 from cycleqd.serving.cpu_dtype import cpu_serving_dtype
 from cycleqd.serving.errors import EndpointError, ModelRefError
+from cycleqd.serving.in_vllm.batch_invariant import BATCH_INVARIANT_ENV
 from cycleqd.serving.manager import ProcessServerManager
 from cycleqd.serving.model_ref import ExternalEndpoint, LocalCheckpoint, ModelRef
 from cycleqd.serving.server_process import ServerProcess, free_port
@@ -44,7 +45,9 @@ class ServeOptions:
     threads in the server (None: torch's default, one per core). `packed_attention` keeps transformers' own SDPA
     over the whole batch instead of one sequence at a time (serving.per_sequence_attention); it only matters with
     continuous batching. `wide_step_threads` runs the forward steps that carry prefill on that many threads and
-    decode steps on `threads` (serving.step_threads; per-sequence attention only)."""
+    decode steps on `threads` (serving.step_threads; per-sequence attention only). `deterministic`: every linear
+    layer computes a row alike whatever else shares the forward pass (serving/in_vllm/batch_invariant.py), so a
+    greedy answer does not depend on the other requests in flight."""
 
     dtype: str = "auto"
     continuous_batching: bool = False
@@ -54,6 +57,7 @@ class ServeOptions:
     threads: int | None = None
     packed_attention: bool = False
     wide_step_threads: int | None = None
+    deterministic: bool = False
 
     @property
     def entry_module(self) -> str:
@@ -80,6 +84,8 @@ class ServeOptions:
         env = {"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}
         if self.wide_step_threads and self.entry_module == PER_SEQUENCE_ENTRY:
             env |= {WIDE_STEP_THREADS_ENV: str(self.wide_step_threads), **SLEEP_AT_BARRIERS}
+        if self.deterministic:
+            env[BATCH_INVARIANT_ENV] = "1"
         return env
 
     def describe(self) -> str:
@@ -90,6 +96,8 @@ class ServeOptions:
             words.append(f"OMP_NUM_THREADS={self.threads}")
         if WIDE_STEP_THREADS_ENV in self.env():
             words.append(f"(prefill steps on {self.wide_step_threads} threads, OMP_WAIT_POLICY=PASSIVE)")
+        if self.deterministic:
+            words.append("deterministic")
         return " ".join(words)
 
 
@@ -130,10 +138,11 @@ SERVE_PRESETS["default"] = ServeOptions(
 RETURN_FREED_WEIGHTS = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
-def default_options(device: str, dtype: str = "auto") -> ServeOptions:
+def default_options(device: str, dtype: str = "auto", *, deterministic: bool = False) -> ServeOptions:
     """The default preset; on an accelerator, in the checkpoint's own dtype and torch's threads (the CPU's dtype
-    and thread choices are about CPU kernels). `dtype` other than auto (`eval --dtype`) overrides the dtype alone."""
-    options = SERVE_PRESETS["default"]
+    and thread choices are about CPU kernels). `dtype` other than auto (`eval --dtype`) overrides the dtype alone;
+    `deterministic` (`eval --deterministic`) asks for batch-invariant linear layers."""
+    options = dataclasses.replace(SERVE_PRESETS["default"], deterministic=deterministic)
     if device != "cpu":
         options = dataclasses.replace(options, dtype="auto", threads=None, wide_step_threads=None)
     return options if dtype == "auto" else dataclasses.replace(options, dtype=dtype)

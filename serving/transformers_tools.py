@@ -76,7 +76,12 @@ def _with_template_arguments(message: dict) -> dict:
 
 
 def serve() -> None:
-    """`transformers serve` with tool calling completed; takes the same arguments."""
+    """`transformers serve` with tool calling completed (and batch-invariant linear layers where the environment
+    asks: in_vllm/batch_invariant.py); takes the same arguments."""
+    from cycleqd.serving.in_vllm import batch_invariant
+
+    if batch_invariant.requested():
+        batch_invariant.install_in_torch()
     install()
     from transformers.cli.transformers import main
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cycleqd.serving.cpu_dtype import cpu_flags, cpu_serving_dtype
 from cycleqd.serving.errors import EngineUnavailableError
+from cycleqd.serving.in_vllm.batch_invariant import BATCH_INVARIANT_ENV
 
 # Code that runs inside vLLM's processes (it imports nothing of cycleqd): put on their PYTHONPATH.
 IN_VLLM = Path(__file__).with_name("in_vllm")
@@ -67,13 +68,18 @@ class VLLMLaunch:
     def dtype_on_cpu(dtype: str) -> str:
         return cpu_serving_dtype() if dtype == "auto" else dtype
 
-    def device_env(self, gpu: str) -> dict[str, str]:
+    def device_env(self, gpu: str, *, deterministic: bool = False) -> dict[str, str]:
+        """`deterministic`: batch-invariant kernels, so a greedy answer does not depend on the other requests in
+        flight: vLLM's own mode on a GPU (untested here), our tiled linear layers on the CPU (in_vllm/
+        batch_invariant.py; its CPU attention, bf16 on one thread, already is)."""
         path = os.pathsep.join(p for p in (str(IN_VLLM), os.environ.get("PYTHONPATH", "")) if p)
         if self.device is Device.GPU:
-            return {**self.env, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONPATH": path}
+            invariant = {"VLLM_BATCH_INVARIANT": "1"} if deterministic else {}
+            return {**self.env, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONPATH": path, **invariant}
         # vLLM 0.32's AOT-compiled model fails to load from its cache ("'function' object has no attribute
         # 'finalize_loading'") and is compiled anew at every start (~50 s); inductor's own cache loads.
-        return {**self.env, "VLLM_TARGET_DEVICE": "cpu", "VLLM_USE_AOT_COMPILE": "0", "PYTHONPATH": path}
+        invariant = {BATCH_INVARIANT_ENV: "1"} if deterministic else {}
+        return {**self.env, "VLLM_TARGET_DEVICE": "cpu", "VLLM_USE_AOT_COMPILE": "0", "PYTHONPATH": path, **invariant}
 
 
 def gpu_launch() -> VLLMLaunch:

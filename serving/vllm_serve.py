@@ -155,11 +155,13 @@ class VLLMManager(ProcessServerManager):
         launch: VLLMLaunch | None = None,
         kv_cache_gib: int = DEFAULT_CPU_KV_CACHE_GIB,
         dtype: str = "auto",
+        deterministic: bool = False,
     ) -> None:
         """`gpu`: the server slot; on a GPU it runs on the slot-th GPU the parent may use (see `gpu_for_slot`).
         `launch`: how the process starts (default: `find_vllm`, which raises EngineUnavailableError where vLLM
         cannot run; the protocol tests put their own server there). `kv_cache_gib`: the KV cache on a CPU.
-        `dtype`: `--dtype` of every process started (auto: the device's choice, `VLLMLaunch.device_args`)."""
+        `dtype`: `--dtype` of every process started (auto: the device's choice, `VLLMLaunch.device_args`).
+        `deterministic`: batch-invariant kernels (`VLLMLaunch.device_env`)."""
         super().__init__(client_settings or ClientSettings(max_concurrency=64))
         self.launch = launch or find_vllm(want_gpu=gpu_available())
         if self.launch.device is Device.CPU:
@@ -168,6 +170,7 @@ class VLLMManager(ProcessServerManager):
         self.gpu_memory_utilization = gpu_memory_utilization
         self.kv_cache_gib = kv_cache_gib
         self.dtype = dtype
+        self.deterministic = deterministic
         self.max_model_len = max_model_len
         self.extra_args = extra_args
         if log_dir is None:
@@ -202,7 +205,8 @@ class VLLMManager(ProcessServerManager):
             *self.tool_support.vllm_args(self._template_file(self.tool_support.chat_template)),
             *self.extra_args,
         ]  # fmt: skip
-        env = {**self.launch.device_env(self.gpu), "VLLM_SERVER_DEV_MODE": "1", "HF_HUB_OFFLINE": "1"}
+        env = {**self.launch.device_env(self.gpu, deterministic=self.deterministic), "VLLM_SERVER_DEV_MODE": "1",
+               "HF_HUB_OFFLINE": "1"}  # fmt: skip
         where = f"gpu{self.gpu}" if self.launch.device is Device.GPU else "cpu"
         return ServerProcess(argv, env=env, log_path=self.log_dir / f"vllm-{where}-{port}.log", port=port)
 
@@ -221,8 +225,10 @@ class VLLMManager(ProcessServerManager):
     def decoding(self) -> str:
         version = ".".join(map(str, self.version)) or "?"
         if self.launch.device is Device.GPU:
-            return f"vllm {version} --device cuda" + (f" --dtype {self.dtype}" if self.dtype != "auto" else "")
-        return f"vllm {version} --device cpu --dtype {self.launch.dtype_on_cpu(self.dtype)}"
+            words = f"vllm {version} --device cuda" + (f" --dtype {self.dtype}" if self.dtype != "auto" else "")
+        else:
+            words = f"vllm {version} --device cpu --dtype {self.launch.dtype_on_cpu(self.dtype)}"
+        return words + (" deterministic" if self.deterministic else "")
 
     async def start(self) -> None:
         """vLLM needs a model to start with: the process starts on the first serve()."""

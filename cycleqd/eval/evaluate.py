@@ -188,7 +188,12 @@ class _Evaluation:
         server = server_choice(request.model, request.server)
         planned = len(self.tasks) * request.repeats  # the whole request's, so a resume chooses as the run did
         async with manager_for(
-            ref, server=server, episodes_at_once=request.concurrency, episodes=planned, dtype=request.dtype
+            ref,
+            server=server,
+            episodes_at_once=request.concurrency,
+            episodes=planned,
+            dtype=request.dtype,
+            deterministic=request.deterministic,
         ) as manager:
             await manager.serve(ref)
             store, run_id = await asyncio.to_thread(self._open_run, manager.decoding())

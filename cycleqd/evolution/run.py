@@ -214,7 +214,8 @@ async def _evolve(store: Store, run_id: str, config: EvolveConfig, cache: SVDCac
     async with AsyncExitStack() as stack:
         managers = []
         for slot in range(config.servers):
-            manager = manager_for(base_ref, server=config.server, slot=slot, episodes=config.planned_episodes())
+            manager = manager_for(base_ref, server=config.server, slot=slot, episodes=config.planned_episodes(),
+                                  deterministic=config.eval.deterministic)  # fmt: skip
             await stack.enter_async_context(manager)
             managers.append(manager)
         evaluator = EpisodeEvaluator(store, run_id, config, cache, run_dir(run_id) / "checkpoints", managers, None)

@@ -7,9 +7,17 @@ that processing packs every matrix for its GEMM kernel, the head's included, so 
 computing with the packed embeddings of the checkpoint the process started on: the candidate served was a chimera
 (measured: mean |Δ logprob| 0.50 nats per token against the same checkpoint freshly started, when only the
 embeddings differ; 0 when only other layers do). Every candidate of an evolution changes the embeddings.
+
+vLLM imports this module in each worker before it loads the model, which makes it the place to install the
+batch-invariant linear layers of deterministic decoding (batch_invariant.py beside it) when the manager asks.
 """
 
 from __future__ import annotations
+
+import batch_invariant
+
+if batch_invariant.requested():
+    batch_invariant.install_in_vllm()
 
 
 class TiedHeadReload:
