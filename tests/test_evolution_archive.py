@@ -171,7 +171,7 @@ servers: 2
 server: transformers
 mode: async
 seed: 11
-eval: {concurrency: 3, max_tokens: 64, repeats: 2, rounds: 4}
+eval: {concurrency: 3, max_tokens: 64, repeats: 2, rounds: 4, deterministic: true}
 racing: {kind: hoeffding, delta: 0.1}
 ray: {address: "10.0.0.1:6379", gpus: true}
 baselines: {search: true, models: {sft: e1}}
