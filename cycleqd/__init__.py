@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cycleqd.errors import UserError
     from cycleqd.eval.evaluate import evaluate, evaluate_async
+    from cycleqd.eval_request import EvalRequest
     from cycleqd.evolution.run import evolve, evolve_async
     from cycleqd.evolver.config import EvolveConfig, load_config
-    from cycleqd.requests import EvalRequest
     from cycleqd.results.values import EnvScore, EvalResult, EvolveResult
 
 _EXPORTS = {
@@ -34,7 +34,7 @@ _EXPORTS = {
     "evaluate_async": "cycleqd.eval.evaluate",
     "evolve": "cycleqd.evolution.run",
     "evolve_async": "cycleqd.evolution.run",
-    "EvalRequest": "cycleqd.requests",
+    "EvalRequest": "cycleqd.eval_request",
     "EvolveConfig": "cycleqd.evolver.config",
     "load_config": "cycleqd.evolver.config",
     "EvalResult": "cycleqd.results.values",

@@ -433,7 +433,7 @@ def eval_cmd(
     SmolLM2 on the built-in OS, DB and coding suites. Resumable with --resume RUN (with no other run option: the
     run goes on as it was asked)."""
     from cycleqd.display import show_eval
-    from cycleqd.requests import EvalRequest, comma_separated
+    from cycleqd.eval_request import EvalRequest, comma_separated
 
     values = {
         "model": model_ref, "api_key_env": api_key_env, "tasks": comma_separated(tasks or ""),
@@ -555,7 +555,7 @@ def compare_cmd(run_ids: tuple[str, ...], db_path: Path, all_tasks: bool, as_jso
 def tasks_cmd(envs: str | None, suite: str, split: str, as_json: bool) -> None:
     """List task ids (what `eval --task-ids` takes) with a one-line description each."""
     from cycleqd.eval.task_list import tasks_command
-    from cycleqd.requests import comma_separated
+    from cycleqd.eval_request import comma_separated
 
     sys.exit(tasks_command(comma_separated(envs or ""), suite, split, as_json, console))
 

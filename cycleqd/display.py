@@ -29,9 +29,9 @@ from cycleqd.monitor import format as fmt
 if TYPE_CHECKING:
     from cycleqd.db.store import EpisodeKey
     from cycleqd.eval.orchestrator import EpisodeRound
+    from cycleqd.eval_request import EvalRequest
     from cycleqd.evolution.loop import EvolutionEvent
     from cycleqd.evolver.config import EvolveConfig
-    from cycleqd.requests import EvalRequest
     from cycleqd.results.values import EvalResult, EvolveResult
 
 console = Console()

@@ -1,4 +1,4 @@
-"""Upper bounds no machine gets past, shared by the eval request (`cycleqd/requests.py`) and the evolution's config
+"""Upper bounds no machine gets past, shared by the eval request (`cycleqd/eval_request.py`) and the evolution's config
 (`evolver/config.py`): every concurrent episode is a container, every server a process, rounds and repeats
 multiply episodes, and an archive has bins^(tasks-1) cells. A typo fails at once instead of hours later."""
 

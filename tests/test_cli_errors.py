@@ -18,7 +18,7 @@ import pytest
 
 from cycleqd.db import open_store
 from cycleqd.db.schema import RunStatus
-from cycleqd.requests import EvalRequest
+from cycleqd.eval_request import EvalRequest
 
 CLI = [sys.executable, "-m", "cycleqd.cli"]
 

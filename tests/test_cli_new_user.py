@@ -16,7 +16,7 @@ from cycleqd.db import open_store
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.schema import Aggregate, RunStatus
 from cycleqd.envs.registry import environment
-from cycleqd.requests import EvalRequest
+from cycleqd.eval_request import EvalRequest
 from tests.cli_in_process import Run, one_line_error
 
 # -- 12. `cycleqd runs` for scripts ----------------------------------------------------------------------------------

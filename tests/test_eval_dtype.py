@@ -13,7 +13,7 @@ from cycleqd.db import open_store
 from cycleqd.errors import BadOptionError
 from cycleqd.eval import evaluate as evaluate_module
 from cycleqd.eval import runtime as runtime_module
-from cycleqd.requests import EvalRequest
+from cycleqd.eval_request import EvalRequest
 from cycleqd.serving.model_ref import ExternalEndpoint
 from tests.cli_in_process import Run
 from tests.echo_environment import EchoEnvironment

@@ -152,7 +152,7 @@ def test_a_relative_checkpoint_folder_is_stored_as_an_absolute_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cycleqd.errors import ResumeConflictError
-    from cycleqd.requests import EvalRequest
+    from cycleqd.eval_request import EvalRequest
 
     make_checkpoint(tmp_path / "experts" / "db", config=GOOD_CONFIG)
     monkeypatch.chdir(tmp_path)

@@ -296,8 +296,8 @@ async def test_an_eval_interrupted_before_0022_resumes_on_the_migrated_store(tmp
     from cycleqd.envs.registry import EPISODE_TIME_LIMIT_S
     from cycleqd.eval.orchestrator import EpisodeRound, Orchestrator
     from cycleqd.eval.runtime import EnvRuntime
+    from cycleqd.eval_request import EvalRequest
     from cycleqd.monitor.queries.eval_run import episodes_in_flight
-    from cycleqd.requests import EvalRequest
     from cycleqd.serving.model_ref import ExternalEndpoint
     from tests.memory_sandbox import MemoryStarter
     from tests.scripted_model import ScriptedModel

@@ -468,8 +468,8 @@ async def test_a_finished_evolution_s_servers_hold_nothing(tmp_path: Path) -> No
 
 async def test_an_eval_s_header_names_only_the_environments_it_plays(tmp_path: Path) -> None:
     from cycleqd.eval.evaluate import _Evaluation
+    from cycleqd.eval_request import EvalRequest
     from cycleqd.events import ignore
-    from cycleqd.requests import EvalRequest
 
     path = tmp_path / "ids.db"
     store = open_store(path)

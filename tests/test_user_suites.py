@@ -14,7 +14,7 @@ import pytest
 from cycleqd import display
 from cycleqd.envs.registry import BUILTIN_DATA, environment
 from cycleqd.envs.task_files import read_task_records
-from cycleqd.requests import EvalRequest
+from cycleqd.eval_request import EvalRequest
 from tests.cli_in_process import Run, one_line_error
 
 

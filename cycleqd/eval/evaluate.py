@@ -15,9 +15,9 @@ from cycleqd.errors import IncompleteRunError, explained
 from cycleqd.eval.orchestrator import Orchestrator, summarize
 from cycleqd.eval.runtime import images_for
 from cycleqd.eval.tasks import EvalTask
+from cycleqd.eval_request import EvalRequest
 from cycleqd.events import EpisodesPlanned, OnEvent, RunOpened, Stopping, ignore
 from cycleqd.ray.support import ray_backend
-from cycleqd.requests import EvalRequest
 from cycleqd.results.intervals import aggregate_intervals
 from cycleqd.results.lookup import find_run, model_label
 from cycleqd.results.values import EnvScore, EvalResult
