@@ -43,8 +43,9 @@ FIXTURE_TIERS: dict[str, tuple[str, ...]] = {
 # writes from several processes): measured here, they were the ones whose tests took more than a second or two.
 SLOW_MODULES = ("test_agentbench_rules", "test_algorithm", "test_api", "test_api_in_a_loop", "test_cli",
                 "test_cli_errors", "test_demo", "test_deterministic_decoding", "test_eval", "test_gpu_check",
-                "test_import_graph", "test_model_names", "test_orchestrator_logic", "test_package", "test_racing", "test_report", "test_results_reading",
-                "test_score_intervals", "test_sft", "test_store", "test_training_data", "test_tui")  # fmt: skip
+                "test_import_graph", "test_model_names", "test_orchestrator_logic", "test_package", "test_racing",
+                "test_report", "test_results_reading", "test_score_intervals", "test_sft", "test_store",
+                "test_training_data", "test_tui")  # fmt: skip
 MODULE_TIERS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(SLOW_MODULES, ("slow",)),
     "test_vllm": ("vllm", "model", "slow"),
