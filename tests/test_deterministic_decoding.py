@@ -78,21 +78,18 @@ def test_tiled_linear_keeps_leading_dimensions() -> None:
     torch.testing.assert_close(tiled_linear(x, weight), F.linear(x, weight))
 
 
-@pytest.mark.slow
-async def test_transformers_serve_answers_alike_alone_and_together(
-    default_model: LocalCheckpoint, tmp_path: Path
-) -> None:
+def test_transformers_serve_in_the_mode_says_so_in_its_decoding(tmp_path: Path) -> None:
+    """Its server in the mode answered 8 chats alike alone and together, but so did it without the mode (0 of 8
+    differed): that comparison could not fail, so it is not kept as a test; what a run stores is."""
     from cycleqd.serving.transformers_serve import TransformersServeManager, default_options
 
     manager = TransformersServeManager(options=default_options("cpu", deterministic=True), log_dir=tmp_path)
     assert manager.decoding().endswith("deterministic")
-    await manager.start()
-    try:
-        await manager.serve(default_model)
-        alone, together = await answers_alone_and_together(manager)
-    finally:
-        await manager.stop()
-    assert together == alone
+    assert (
+        not TransformersServeManager(options=default_options("cpu"), log_dir=tmp_path)
+        .decoding()
+        .endswith("deterministic")
+    )
 
 
 @pytest.mark.slow
