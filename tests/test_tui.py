@@ -529,8 +529,12 @@ async def test_an_episode_in_flight_is_a_running_row_with_its_round_and_tokens_u
         await wait_until(pilot, lambda: all(row[4] != "running" for row in table_rows(episodes).values()))
         assert [row[4:7] for row in table_rows(episodes).values()] == [
             ["episode_timeout", "0.00", "3"], ["completed", "1.00", "2"]]  # fmt: skip
-        summary = str(app.screen.query_one("#eval-summary", Static).content)
-        assert "episodes 2/2 · " in summary and "in flight" not in summary
+
+        def summary_now() -> str:
+            return str(app.screen.query_one("#eval-summary", Static).content)
+
+        await wait_until(pilot, lambda: "episodes 2/2 · " in summary_now())  # it refreshes apart from the table
+        assert "in flight" not in summary_now()
 
 
 # -- reads off the UI loop ------------------------------------------------------------------------------------------
