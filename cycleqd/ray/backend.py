@@ -237,9 +237,9 @@ async def eval_on_cluster(
     if slots < 1:
         raise RayClusterError(f"the Ray cluster offers no {SLOT_RESOURCE!r}; start its nodes with "
                               f"`ray start ... --resources '{{\"{SLOT_RESOURCE}\": N}}'`")  # fmt: skip
-    # a run stored before --dtype existed has none: the servers' own choice, as then
+    # a run stored before --dtype or --deterministic existed has neither: it resumes as it ran
     model = ModelSpec(ref=config["model"], api_key_env=config["api_key_env"], server=config["server"],
-                      dtype=config.get("dtype", "auto"))  # fmt: skip
+                      dtype=config.get("dtype", "auto"), deterministic=config.get("deterministic", False))  # fmt: skip
     pool = SlotPool(NodeSlot, (model, tasks, run_id, settings), slots, gpus=bool(config.get("ray_gpus")))
     try:
         served = await asyncio.gather(*(actor.serve_model.remote() for actor in pool.actors))
@@ -274,7 +274,8 @@ class RayEpisodeEvaluator(EpisodeEvaluator):
                  checkpoints: Path, gpus: bool = False) -> None:  # fmt: skip
         super().__init__(store, run_id, config, None, checkpoints, [], None)  # type: ignore[arg-type]
         model = ModelSpec(base=str(base), experts=tuple(t.expert for t in config.tasks), cache_root=str(cache_root),
-                          checkpoints=str(checkpoints))  # fmt: skip
+                          checkpoints=str(checkpoints), server=config.server,
+                          deterministic=config.eval.deterministic)  # fmt: skip
         self.slots = config.servers
         self.pool = SlotPool(NodeSlot, (model, self.all_tasks(), run_id, self.settings), self.slots, gpus)
 

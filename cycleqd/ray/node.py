@@ -42,6 +42,7 @@ class ModelSpec:
     cache_root: str | None = None
     checkpoints: str | None = None  # where this node writes the candidate it serves (deleted when it moves on)
     dtype: str = "auto"  # the server's `--dtype` (serving.resolve.DTYPES)
+    deterministic: bool = False  # batch-invariant decoding (`--deterministic`), as on one machine
 
 
 class NodeSlot:
@@ -62,7 +63,8 @@ class NodeSlot:
         async with self._started:
             if self.manager is None or self.runtime is None:
                 # Ray gives a GPU actor its GPU as device 0 (CUDA_VISIBLE_DEVICES), hence slot 0 on every node.
-                manager = manager_for(ref, server=self.model.server, slot=0, dtype=self.model.dtype)
+                manager = manager_for(ref, server=self.model.server, slot=0, dtype=self.model.dtype,
+                                      deterministic=self.model.deterministic)  # fmt: skip
                 self.manager = await self._stack.enter_async_context(manager)
                 runtime = EnvRuntime.of(self.tasks, run_id=self.run_id, max_sandboxes=self.settings.max_sandboxes,
                                         settings=self.settings.episode)  # fmt: skip
