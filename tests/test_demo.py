@@ -136,6 +136,7 @@ def test_a_dry_run_prints_the_plan_and_the_estimate_and_makes_nothing(
 
     from cycleqd import cli
     from cycleqd.demo import command
+    from cycleqd.demo.power import describe_power
     from cycleqd.serving import default_model
     from cycleqd.suite import generate
 
@@ -156,7 +157,8 @@ def test_a_dry_run_prints_the_plan_and_the_estimate_and_makes_nothing(
     assert lines[0] == f"cycleqd demo — {budget.describe()}"
     assert lines[1] == "not the paper's setting: " + "; ".join(budget.deviations())
     assert lines[2] == command.estimate(budget).describe() and lines[2].startswith("estimate on 2 cores: data ")
-    assert lines[3:] == [f"dry run: nothing was made; to run it: cycleqd demo --generations 4 --seeds 1 --db {db}"]
+    assert lines[3] == describe_power(budget.test_limit) and "(average) ±0.11 (75 tasks" in lines[3]
+    assert lines[4:] == [f"dry run: nothing was made; to run it: cycleqd demo --generations 4 --seeds 1 --db {db}"]
     assert list(tmp_path.iterdir()) == []  # no store, no cache
 
 

@@ -26,6 +26,7 @@ from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.schema import Run, RunKind, RunStatus
 from cycleqd.db.store import Store, open_store
 from cycleqd.demo.data import DATA_VERSION, IN_FAMILY, TEST_KINDS, TRANSFER, demo_suites
+from cycleqd.demo.power import describe_power
 from cycleqd.demo.seeds import seed_spread_table
 from cycleqd.envs.os.training import shared_data_root
 from cycleqd.envs.registry import environment, names
@@ -290,6 +291,7 @@ def run_demo(budget: DemoBudget, db_path: Path, console: Console, err: Console, 
     console.print(f"cycleqd demo — {budget.describe()}", highlight=False)
     console.print("not the paper's setting: " + "; ".join(budget.deviations()), highlight=False)
     console.print(estimate(budget).describe(), highlight=False)
+    console.print(describe_power(budget.test_limit), highlight=False)
     rerun = demo_command(budget, db_path)
     if dry_run:
         console.print(f"dry run: nothing was made; to run it: {rerun}", highlight=False)
