@@ -410,6 +410,29 @@ class Store:
             )
             return list(session.scalars(query))
 
+    def adopt_episodes(self, run_id: str, model_id: int, task_ids: list[int], donors: list[str]) -> int:
+        """Copy into `run_id`, in one transaction, the scored episodes of `model_id` on these tasks that a donor run
+        played and `run_id` lacks (the first donor holding one wins); how many were copied. For runs whose episodes
+        are played alike (deterministic decoding, one measurement), where a copy is what playing again would give.
+        Environment errors were never scored and are not copied. A copy took no time in this run (its start and end
+        are now) and names its donor in its verdict."""
+        copied = 0
+        with self.session() as session:
+            mine = (Episode.model_id == model_id, Episode.task_id.in_(task_ids))
+            have = set(session.execute(select(Episode.task_id, Episode.repeat).where(Episode.run_id == run_id, *mine)))
+            for donor in donors:
+                query = select(Episode).where(Episode.run_id == donor, Episode.score.is_not(None), *mine)
+                for episode in session.scalars(query).all():
+                    if (episode.task_id, episode.repeat) in have:
+                        continue
+                    have.add((episode.task_id, episode.repeat))
+                    values = {c.key: getattr(episode, c.key) for c in Episode.__table__.columns}
+                    values |= {"id": None, "run_id": run_id, "started_at": utcnow(), "finished_at": utcnow(),
+                               "verdict": {**episode.verdict, "adopted_from": donor}}  # fmt: skip
+                    session.add(Episode(**values))
+                    copied += 1
+        return copied
+
     def scored_tasks(self, run_id: str) -> list[tuple[int, str, str, str, float]]:
         """(model, env, split, task key, score) of every scored episode of the run (environment errors left out):
         what confidence intervals resample."""

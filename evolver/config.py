@@ -166,6 +166,14 @@ class EvolveConfig:
         searched = self.generations if self.baselines.search else 0
         return (len(self.tasks) + self.generations + searched) * per_candidate
 
+    def test_measurement(self) -> dict[str, Any]:
+        """What besides the model decides its test episodes: the server, how episodes are played (concurrency aside)
+        and each task's test split. Two deterministic runs with the same measurement play a model's test episodes
+        alike, so the second adopts the first's (`EpisodeEvaluator`)."""
+        played = {k: v for k, v in asdict(self.eval).items() if k != "concurrency"}
+        tasks = [(t.env, t.suite, t.test_split, t.limit, str(t.protocol)) for t in self.tasks]
+        return json.loads(json.dumps({"server": str(self.server), "eval": played, "tasks": tasks}))
+
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready, stored with the run so that a resume needs no config file."""
         return json.loads(json.dumps(asdict(self)))

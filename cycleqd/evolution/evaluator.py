@@ -5,6 +5,10 @@ MariaDB shared by the whole run), and average the scores per task.
 A materialised checkpoint is cache: it is deleted once its server serves something else. A candidate's model row
 is keyed by its genome hash, so a resumed run finds the episodes its candidates already played.
 
+In a deterministic run, a model's test episodes are adopted from an earlier evolution of the store that measured
+the same way (`donor_runs`), and a model found there in full is neither materialised nor served: the final table's
+fixed rows (base, experts, naive merge, baselines) are measured once over a demo's seeds.
+
 A raced child (evolver/racing.py) starts with the episodes a killed process already stored, plays the rest in the
 order its race chooses, and stops as soon as no archive can take it (the orchestrator cancels what still runs).
 """
@@ -18,8 +22,10 @@ import time
 from pathlib import Path
 
 from cycleqd.db.evolution_store import EvolutionStore
+from cycleqd.db.schema import RunKind
 from cycleqd.db.store import Store
 from cycleqd.envs.episode import AgentProtocol
+from cycleqd.errors import UserError
 from cycleqd.eval.orchestrator import EpisodeResult, EvalSettings, Orchestrator
 from cycleqd.eval.tasks import EvalTask, load_eval_tasks
 from cycleqd.evolution.loop import CandidateUnderTest
@@ -41,6 +47,25 @@ def eval_settings(config: EvolveConfig) -> EvalSettings:
     return EvalSettings.sized(concurrency=spec.concurrency, repeats=spec.repeats, max_tokens=spec.max_tokens,
                               rounds=spec.rounds,
                               env_protocols={t.env: AgentProtocol(t.protocol) for t in config.tasks})  # fmt: skip
+
+
+def donor_runs(store: Store, run_id: str, config: EvolveConfig) -> list[str]:
+    """The other evolutions of the store, newest first, that played test episodes as `config` does: deterministic,
+    with the same measurement (`EvolveConfig.test_measurement`). None unless `config` is deterministic."""
+    if not config.eval.deterministic:
+        return []
+    mine = config.test_measurement()
+    donors = []
+    for run in store.list_runs(limit=10_000):
+        if run.id == run_id or run.kind is not RunKind.EVOLVE:
+            continue
+        try:
+            other = EvolveConfig.from_snapshot(run.config)
+        except UserError:  # a config this version cannot read measured in some other way
+            continue
+        if other.eval.deterministic and other.test_measurement() == mine:
+            donors.append(run.id)
+    return donors
 
 
 class RaceGate:
@@ -85,6 +110,7 @@ class EpisodeEvaluator:
         self.slots = len(managers)
         self.settings = eval_settings(config)
         self.tasks = {(spec.name, test): task_episodes(spec, test) for spec in config.tasks for test in (False, True)}
+        self.donors = donor_runs(store, run_id, config)
         self._materialised: dict[int, Path] = {}  # per slot: the checkpoint it serves, deleted when it moves on
 
     def all_tasks(self) -> list[EvalTask]:
@@ -99,6 +125,10 @@ class EpisodeEvaluator:
             gate = self._start_race(race, candidate.genome_hash, test)
             if gate.settled():  # what an earlier process played already rules the child out
                 return self._genome_model_id(candidate.genome_hash, self.checkpoints_dir / candidate.genome_hash), {}
+        if test and self.donors:
+            model_id = await self._model_id_unserved(candidate)
+            if self._adopted_in_full(model_id):
+                return model_id, self._test_scores(model_id)
         path = candidate.checkpoint
         if path is None:
             assert candidate.genome is not None and candidate.genome_hash is not None
@@ -119,6 +149,25 @@ class EpisodeEvaluator:
         orchestrator = Orchestrator(self.store, self.run_id, manager, model_id, self.settings)
         await orchestrator.run(tasks, self.runtime, gate)  # type: ignore[arg-type]
         return model_id, {s.name: self._mean_score(model_id, self.tasks[(s.name, test)]) for s in self.config.tasks}
+
+    async def _model_id_unserved(self, candidate: CandidateUnderTest) -> int:
+        """The model row `evaluate` would give the candidate, found without materialising or serving it."""
+        if candidate.genome_hash:
+            path = candidate.checkpoint or self.checkpoints_dir / candidate.genome_hash
+            return self._genome_model_id(candidate.genome_hash, path)
+        assert candidate.checkpoint is not None
+        ref = LocalCheckpoint(candidate.checkpoint)
+        return self.store.model_id(await asyncio.to_thread(ref.identity), str(candidate.checkpoint))
+
+    def _adopted_in_full(self, model_id: int) -> bool:
+        """Adopt the donors' test episodes of the model; whether this run now holds every one it would play."""
+        tasks = [task for spec in self.config.tasks for task in self.tasks[(spec.name, True)]]
+        ids = [self.store.task_id(t.env, t.suite, t.split, t.key, t.content_hash) for t in tasks]
+        self.store.adopt_episodes(self.run_id, model_id, ids, self.donors)
+        return len(self.store.episode_scores(self.run_id, model_id, ids)) >= len(ids) * self.settings.repeats
+
+    def _test_scores(self, model_id: int) -> dict[str, float]:
+        return {s.name: self._mean_score(model_id, self.tasks[(s.name, True)]) for s in self.config.tasks}
 
     def _genome_model_id(self, genome_hash: str, path: Path) -> int:
         return self.store.model_id(f"genome:{genome_hash}", str(path), genome_hash)
