@@ -125,6 +125,14 @@ def perturbed_model(default_model, tmp_path_factory: pytest.TempPathFactory):  #
 
 
 @pytest.fixture(scope="session")
+def smollm_experts(default_model, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201 - list[Path]
+    """Three experts for real evolutions: the default model with a little noise each. Shared by the session, so
+    their SVD cache (the evolution's first stage, tens of seconds per expert on two cores) is built once."""
+    root = tmp_path_factory.mktemp("smollm-experts")
+    return [perturbed_checkpoint(default_model.path, root / f"expert-{k}", seed=10 + k, scale=0.05) for k in range(3)]
+
+
+@pytest.fixture(scope="session")
 async def tserve(default_model):  # noqa: ANN001, ANN201 - a TransformersServeManager serving the default
     """One real `transformers serve` for the session, serving the default model."""
     from cycleqd.serving.transformers_serve import TransformersServeManager
@@ -138,15 +146,17 @@ async def tserve(default_model):  # noqa: ANN001, ANN201 - a TransformersServeMa
 
 @pytest.fixture(scope="session")
 async def vllm_server(default_model, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201 - a VLLMManager
-    """One real vLLM server for the session (the CPU build here), serving the default model; tests/test_vllm.py keeps
-    its own, which its tests kill and restart."""
+    """One real vLLM server for the session (the CPU build here), serving the default model, in the deterministic
+    mode (`--deterministic`): tests/test_deterministic_decoding.py needs it, and the tool-calling tests are alike
+    in either mode, so one start serves both. tests/test_vllm.py keeps its own, in the default mode, which its tests
+    kill and restart."""
     from cycleqd.serving.gpu import gpu_available
     from cycleqd.serving.vllm_launch import cpu_vllm_available
     from cycleqd.serving.vllm_serve import VLLMManager
 
     if not (cpu_vllm_available() or gpu_available()):
         pytest.skip("no vLLM here: `bash scripts/setup.sh` makes its CPU venv (.venv-vllm); on a GPU, cycleqd[vllm]")
-    manager = VLLMManager(max_model_len=2048, log_dir=tmp_path_factory.mktemp("vllm-logs"))
+    manager = VLLMManager(max_model_len=2048, log_dir=tmp_path_factory.mktemp("vllm-logs"), deterministic=True)
     await manager.serve(default_model)
     yield manager
     await manager.stop()

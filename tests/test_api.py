@@ -82,12 +82,13 @@ def test_import_is_light_and_evolve_stays_callable() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_evolve_returns_its_final_table_and_tells_each_step(docker_engine, default_model, tmp_path: Path) -> None:  # noqa: ANN001
+def test_evolve_returns_its_final_table_and_tells_each_step(
+    docker_engine, default_model, smollm_experts, tmp_path: Path
+) -> None:  # noqa: ANN001
     from cycleqd.events import Stage
     from cycleqd.evolution.loop import EventKind, EvolutionEvent
-    from tests.checkpoints import perturbed_checkpoint
 
-    experts = [perturbed_checkpoint(default_model.path, tmp_path / f"e{k}", seed=40 + k, scale=0.05) for k in range(2)]
+    experts = smollm_experts
     (tmp_path / "evolve.yaml").write_text(
         f"base: {default_model.path}\ntasks:\n"
         f"  - {{name: db, env: db, expert: {experts[0]}, limit: 1}}\n"

@@ -92,20 +92,8 @@ def test_transformers_serve_in_the_mode_says_so_in_its_decoding(tmp_path: Path) 
     )
 
 
-@pytest.mark.slow
-@pytest.mark.vllm
-async def test_vllm_answers_alike_alone_and_together(default_model: LocalCheckpoint, tmp_path: Path) -> None:
-    from cycleqd.serving.gpu import gpu_available
-    from cycleqd.serving.vllm_launch import cpu_vllm_available
-    from cycleqd.serving.vllm_serve import VLLMManager
-
-    if not (cpu_vllm_available() or gpu_available()):
-        pytest.skip("no vLLM here: `bash scripts/setup.sh` makes its CPU venv (.venv-vllm); on a GPU, cycleqd[vllm]")
-    manager = VLLMManager(max_model_len=2048, log_dir=tmp_path, deterministic=True)
-    try:
-        await manager.serve(default_model)
-        assert manager.decoding().endswith("deterministic")
-        alone, together = await answers_alone_and_together(manager)
-    finally:
-        await manager.stop()
+async def test_vllm_answers_alike_alone_and_together(vllm_server, default_model: LocalCheckpoint) -> None:  # noqa: ANN001
+    await vllm_server.serve(default_model)
+    assert vllm_server.decoding().endswith("deterministic")
+    alone, together = await answers_alone_and_together(vllm_server)
     assert together == alone

@@ -15,7 +15,6 @@ import pytest
 from cycleqd.db.evolution_store import EvolutionStore
 from cycleqd.db.schema import RunStatus
 from cycleqd.db.store import open_store
-from tests.checkpoints import perturbed_checkpoint
 from tests.cli_process import CYCLEQD
 
 pytestmark = pytest.mark.slow
@@ -31,12 +30,6 @@ bins: 3
 seed: 3
 eval: {{concurrency: 2, max_tokens: 32, rounds: 2}}
 """
-
-
-@pytest.fixture(scope="module")
-def smollm_experts(default_model, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:  # noqa: ANN001
-    root = tmp_path_factory.mktemp("smollm-experts")
-    return [perturbed_checkpoint(default_model.path, root / f"expert-{k}", seed=10 + k, scale=0.05) for k in range(3)]
 
 
 @pytest.mark.timeout(1800)  # eleven candidates' episodes on a 2-core CPU
