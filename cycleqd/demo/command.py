@@ -68,6 +68,9 @@ class DemoBudget:
     db_train: int = 200  # generated DB train tasks (the expert uses sft_tasks of them)
     test_kind: str = IN_FAMILY  # which test split the final table reports (cycleqd.demo.data.TEST_KINDS)
     seeds: int = 3  # evolutions, seeds 0, 1, …; over several, each verdict's spread is printed
+    # Greedy answers that do not depend on the batch (`--deterministic`): a model scores the same in every seed, so
+    # the table's fixed rows (base, experts, naive merge, all-data SFT) are measured once, not once per seed.
+    deterministic: bool = True
 
     def describe(self) -> str:
         tuning = f"LoRA rank {self.lora_rank}" if self.lora_rank else "full fine-tune"
@@ -76,7 +79,12 @@ class DemoBudget:
                 f"test: {self.test_limit} {self.test_kind} tasks per environment ({TEST_KINDS[self.test_kind]}); "
                 f"{self.max_tokens} tokens per reply, {self.rounds} rounds; baselines: a random merge search "
                 f"playing as many dev episodes as the evolution, and one model fine-tuned on the union of the "
-                f"experts' data with their total budget{self._over_seeds()}")  # fmt: skip
+                f"experts' data with their total budget{self._over_seeds()}; {self._decoding()}")  # fmt: skip
+
+    def _decoding(self) -> str:
+        if self.deterministic:
+            return "deterministic decoding, so the fixed rows are measured once"
+        return "batched decoding (--batched): every row measured in every seed"
 
     def _over_seeds(self) -> str:
         return f"; the evolution over {self.seeds} seeds" if self.seeds > 1 else ""
@@ -134,7 +142,8 @@ PRESETS = {
 OPTIONS = {"sft_tasks": "--sft-tasks", "sft_epochs": "--sft-epochs", "sft_learning_rate": "--sft-lr",
            "lora_rank": "--lora-rank", "dev_limit": "--dev-limit", "test_limit": "--test-limit",
            "generations": "--generations", "max_tokens": "--max-tokens", "rounds": "--rounds",
-           "db_train": "--db-train", "seeds": "--seeds", "test_kind": "--test-kind"}  # fmt: skip
+           "db_train": "--db-train", "seeds": "--seeds", "test_kind": "--test-kind",
+           "deterministic": "--batched"}  # fmt: skip
 
 
 def demo_command(budget: DemoBudget, db_path: Path) -> str:
@@ -146,7 +155,8 @@ def demo_command(budget: DemoBudget, db_path: Path) -> str:
 
     preset = min(PRESETS, key=lambda name: len(changed(name)))  # a tie: the first, the default
     args = ["cycleqd", "demo", *(["--budget", preset] if preset != "default" else [])]
-    args += [part for key, value in changed(preset).items() for part in (OPTIONS[key], str(value))]
+    for key, value in changed(preset).items():  # a flag (--batched) stands alone
+        args += [OPTIONS[key]] if isinstance(value, bool) else [OPTIONS[key], str(value)]
     return shlex.join([*args, "--db", str(db_path)])
 
 
@@ -161,7 +171,8 @@ DB_GENERATE_S_PER_TASK = 0.55  # `suite generate db`: 100 tasks in 55 s
 EPISODE_FIXED_S = 0.3
 EPISODE_S_PER_TOKEN_ROUND = 0.00075
 SWAP_S = 3.0
-MODELS_ON_TEST = 8  # base, three experts, the naive merge, the search's best, the all-data SFT, the final model
+FIXED_ROWS = 6  # base, three experts, the naive merge, the all-data SFT: measured once when decoding is deterministic
+ROWS_PER_SEED = 2  # the search's best and the final model
 
 
 @dataclass(frozen=True)
@@ -189,7 +200,9 @@ def estimate(budget: DemoBudget) -> Estimate:
     # the experts are scored first, then one child per generation, then as many merges of the search baseline
     evolved = envs + 2 * budget.generations
     evolution = budget.seeds * evolved * (SWAP_S + envs * budget.dev_limit * episode)
-    final = budget.seeds * MODELS_ON_TEST * (SWAP_S + envs * budget.test_limit * episode)
+    fixed = FIXED_ROWS if budget.deterministic else budget.seeds * FIXED_ROWS
+    rows = fixed + budget.seeds * ROWS_PER_SEED
+    final = rows * (SWAP_S + envs * budget.test_limit * episode)
     data = DB_GENERATE_S_PER_TASK * (budget.db_train + budget.dev_limit + budget.test_limit)
     return Estimate(data, experts, evolution, final)
 
@@ -244,7 +257,8 @@ def demo_config(budget: DemoBudget, base: Path, experts: dict[str, Path], suites
     tasks = [{"name": env, "env": env, "expert": str(experts[env]), "suite": str(suites[env]),
               "selection_split": "dev", "test_split": budget.test_kind} for env in ENVS]  # fmt: skip
     data = {"base": str(base), "tasks": tasks, "generations": budget.generations, "bins": budget.bins,
-            "eval": {"concurrency": 8, "max_tokens": budget.max_tokens, "rounds": budget.rounds},
+            "eval": {"concurrency": 8, "max_tokens": budget.max_tokens, "rounds": budget.rounds,
+                     "deterministic": budget.deterministic},
             "baselines": {"search": True, "models": {ALL_DATA_LABEL: str(all_data)}}, "seed": seed}  # fmt: skip
     return parse_config(data, "<demo>", Path("/"))
 
