@@ -448,10 +448,12 @@ async def test_rows_written_while_the_monitor_runs_appear_without_a_restart(tmp_
         assert os_map.cells[(3, 1)].quality == pytest.approx(0.73)
         assert " 73" in os_map.render().plain and os_map.border_title == "os · best 0.73"
         assert [g.number for g in screen.query_one(QDChart).history] == [0, 1, 2, 3]
-        summary = str(screen.query_one("#evolution-summary", Static).content)
-        assert "gen 3/10 ·" in summary and "active os" in summary
-        servers = table_rows(screen.query_one(ServersTable))
-        assert servers["0"][1] == f"#{writer.ids['child-3']} child g3"
+        # the summary and the servers are read apart from the archives, so they may come a refresh later
+        summary = screen.query_one("#evolution-summary", Static)
+        await wait_until(pilot, lambda: "gen 3/10 ·" in str(summary.content))
+        assert "active os" in str(summary.content)
+        servers = screen.query_one(ServersTable)
+        await wait_until(pilot, lambda: table_rows(servers)["0"][1] == f"#{writer.ids['child-3']} child g3")
 
 
 async def test_a_finished_evolution_s_servers_hold_nothing(tmp_path: Path) -> None:
