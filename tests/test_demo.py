@@ -13,8 +13,10 @@ import pytest
 
 from tests.cli_process import CYCLEQD
 
-TINY = ["--sft-tasks", "2", "--sft-epochs", "1", "--eval-limit", "2", "--generations", "1", "--max-tokens", "32",
-        "--rounds", "1", "--db-train", "4", "--seeds", "1"]  # fmt: skip
+# One dev task per environment: the evolution then plans 15 dev episodes, too few for vLLM's start to pay (serving/
+# resolve.py), so it runs on transformers serve and the test spends no minute starting vLLM.
+TINY = ["--sft-tasks", "2", "--sft-epochs", "1", "--dev-limit", "1", "--test-limit", "2", "--generations", "1",
+        "--max-tokens", "32", "--rounds", "1", "--db-train", "4", "--seeds", "1"]  # fmt: skip
 
 
 @pytest.mark.slow
