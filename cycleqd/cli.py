@@ -668,14 +668,15 @@ def sft_cmd(
 @click.option("--test-kind", type=click.Choice(["in-family", "transfer"]),
               help="The final table's test splits: held out of the experts' family, or the benchmarks (AgentBench "
                    "OS, DBBench, HumanEval).")  # fmt: skip
-@click.option("--batched", is_flag=True, help="Greedy answers as the batch falls (faster per episode) instead of "
-                                             "deterministic ones; every row is measured in every seed.")  # fmt: skip
+@click.option("--deterministic/--batched", default=None,
+              help="Greedy answers independent of the batch, the fixed rows then measured once; or as the batch falls "
+                   "(the default: 2.4× faster per episode on vLLM's CPU build).")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Print the plan, the budget and the time estimate, then stop: nothing "
                                                "is made (no store, cache, image or model).")  # fmt: skip
 def demo_cmd(db_path: Path, preset: str, sft_tasks: int | None, sft_epochs: int | None, sft_lr: float | None,
              lora_rank: int | None, dev_limit: int | None, test_limit: int | None, eval_limit: int | None,
              generations: int | None, max_tokens: int | None, rounds: int | None,
-             db_train: int | None, seeds: int | None, test_kind: str | None, batched: bool,
+             db_train: int | None, seeds: int | None, test_kind: str | None, deterministic: bool | None,
              dry_run: bool) -> None:  # fmt: skip
     """The whole method on this machine's CPU: fine-tune one SmolLM2 expert per environment, evolve them with
     CycleQD, and print base, experts, naive merge and the CycleQD model on the held-out test splits with 95%
@@ -697,7 +698,7 @@ def demo_cmd(db_path: Path, preset: str, sft_tasks: int | None, sft_epochs: int 
             raise BadOptionError(option, value, "at least 0" if key == "lora_rank" else "a positive number")
     budget = replace(PRESETS[preset], **{k: v for k, v in given.items() if v is not None})
     budget = replace(budget, test_kind=test_kind) if test_kind else budget
-    budget = replace(budget, deterministic=False) if batched else budget
+    budget = replace(budget, deterministic=deterministic) if deterministic is not None else budget
     sys.exit(run_demo(budget, db_path, console, err_console, dry_run=dry_run))
 
 

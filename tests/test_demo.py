@@ -14,7 +14,9 @@ import pytest
 from tests.cli_process import CYCLEQD
 
 # One dev task per environment: the evolution then plans 15 dev episodes, too few for vLLM's start to pay (serving/
-# resolve.py), so it runs on transformers serve and the test spends no minute starting vLLM.
+# resolve.py), so it runs on transformers serve and the test spends no minute starting vLLM. Batched, the default:
+# with --deterministic (every linear in 16-row tiles) this test took 514 s; the mode is tested on both servers in
+# test_deterministic_decoding, the fixed rows measured once in test_measured_once.
 TINY = ["--sft-tasks", "2", "--sft-epochs", "1", "--dev-limit", "1", "--test-limit", "2", "--generations", "1",
         "--max-tokens", "32", "--rounds", "1", "--db-train", "4", "--seeds", "1"]  # fmt: skip
 
@@ -109,10 +111,10 @@ def test_the_demo_evolves_once_per_seed(tmp_path: Path, monkeypatch: pytest.Monk
     assert command.run_demo(replace(command.DemoBudget(), seeds=3), tmp_path / "d.db", quiet, quiet) == 0
     assert [config.seed for config, _ in calls] == [0, 1, 2]
     assert command.PRESETS["night"].seeds == 3 and command.PRESETS["default"].seeds == 3
-    one, three = (command.estimate(replace(command.DemoBudget(), seeds=n)) for n in (1, 3))
+    one, three = (command.estimate(replace(command.DemoBudget(), seeds=n, deterministic=True)) for n in (1, 3))
     assert three.evolution_s == 3 * one.evolution_s and three.experts_s == one.experts_s  # experts trained once
-    # deterministic: six fixed rows once, two rows per seed; batched: all eight in every seed
-    batched = command.estimate(replace(command.DemoBudget(), seeds=3, deterministic=False))
+    # deterministic: six fixed rows once, two rows per seed; batched (the default): all eight in every seed
+    batched = command.estimate(replace(command.DemoBudget(), seeds=3))
     assert three.final_s / one.final_s == pytest.approx((6 + 3 * 2) / (6 + 2))
     assert batched.final_s / three.final_s == pytest.approx(3 * 8 / (6 + 3 * 2))
 
@@ -129,8 +131,8 @@ def test_the_demo_command_passes_its_budget_options(monkeypatch: pytest.MonkeyPa
     assert done.exit_code == 0, done.output
     assert (seen[0].test_kind, seen[0].seeds, seen[0].generations) == ("transfer", 2, 4)
     assert seen[0].max_tokens == command.PRESETS["default"].max_tokens  # the rest is the preset's
-    assert seen[0].deterministic and CliRunner().invoke(cli.cli, ["demo", "--batched"]).exit_code == 0
-    assert not seen[1].deterministic
+    assert not seen[0].deterministic and CliRunner().invoke(cli.cli, ["demo", "--deterministic"]).exit_code == 0
+    assert seen[1].deterministic
     bad = CliRunner().invoke(cli.cli, ["demo", "--test-kind", "test"])
     assert bad.exit_code == 2 and "'test' is not one of 'in-family', 'transfer'" in bad.output
 
@@ -182,8 +184,8 @@ def test_the_command_that_resumes_a_demo_names_what_differs_from_its_preset() ->
     assert demo_command(night, Path("my demo.db")) == resume
     transfer = replace(PRESETS["default"], test_kind="transfer")
     assert demo_command(transfer, Path("d.db")) == "cycleqd demo --test-kind transfer --db d.db"
-    batched = replace(PRESETS["default"], deterministic=False, seeds=2)
-    assert demo_command(batched, Path("d.db")) == "cycleqd demo --seeds 2 --batched --db d.db"
+    deterministic = replace(PRESETS["default"], deterministic=True, seeds=2)
+    assert demo_command(deterministic, Path("d.db")) == "cycleqd demo --seeds 2 --deterministic --db d.db"
 
 
 def test_a_demo_interrupted_in_its_evolution_names_the_demo_to_resume(

@@ -68,9 +68,11 @@ class DemoBudget:
     db_train: int = 200  # generated DB train tasks (the expert uses sft_tasks of them)
     test_kind: str = IN_FAMILY  # which test split the final table reports (cycleqd.demo.data.TEST_KINDS)
     seeds: int = 3  # evolutions, seeds 0, 1, …; over several, each verdict's spread is printed
-    # Greedy answers that do not depend on the batch (`--deterministic`): a model scores the same in every seed, so
-    # the table's fixed rows (base, experts, naive merge, all-data SFT) are measured once, not once per seed.
-    deterministic: bool = True
+    # `--deterministic`: greedy answers that do not depend on the batch, so the table's fixed rows (base, experts,
+    # naive merge, all-data SFT) are measured once, not once per seed. Off by default: on vLLM's CPU build the mode
+    # cost 2.4× the episodes/s at the demo's concurrency and still left 1 of 16 transcripts differing
+    # (bench/determinism.py, README).
+    deterministic: bool = False
 
     def describe(self) -> str:
         tuning = f"LoRA rank {self.lora_rank}" if self.lora_rank else "full fine-tune"
@@ -83,8 +85,8 @@ class DemoBudget:
 
     def _decoding(self) -> str:
         if self.deterministic:
-            return "deterministic decoding, so the fixed rows are measured once"
-        return "batched decoding (--batched): every row measured in every seed"
+            return "deterministic decoding (--deterministic), so the fixed rows are measured once"
+        return "batched decoding: every row measured in every seed"
 
     def _over_seeds(self) -> str:
         return f"; the evolution over {self.seeds} seeds" if self.seeds > 1 else ""
@@ -143,7 +145,7 @@ OPTIONS = {"sft_tasks": "--sft-tasks", "sft_epochs": "--sft-epochs", "sft_learni
            "lora_rank": "--lora-rank", "dev_limit": "--dev-limit", "test_limit": "--test-limit",
            "generations": "--generations", "max_tokens": "--max-tokens", "rounds": "--rounds",
            "db_train": "--db-train", "seeds": "--seeds", "test_kind": "--test-kind",
-           "deterministic": "--batched"}  # fmt: skip
+           "deterministic": "--deterministic"}  # fmt: skip
 
 
 def demo_command(budget: DemoBudget, db_path: Path) -> str:
@@ -155,8 +157,11 @@ def demo_command(budget: DemoBudget, db_path: Path) -> str:
 
     preset = min(PRESETS, key=lambda name: len(changed(name)))  # a tie: the first, the default
     args = ["cycleqd", "demo", *(["--budget", preset] if preset != "default" else [])]
-    for key, value in changed(preset).items():  # a flag (--batched) stands alone
-        args += [OPTIONS[key]] if isinstance(value, bool) else [OPTIONS[key], str(value)]
+    for key, value in changed(preset).items():  # a flag stands alone: its value is the other way round
+        if isinstance(value, bool):
+            args.append(OPTIONS[key] if value else "--batched")
+        else:
+            args += [OPTIONS[key], str(value)]
     return shlex.join([*args, "--db", str(db_path)])
 
 
